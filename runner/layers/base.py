@@ -1,0 +1,71 @@
+"""The layer contract and registry: one nn.Module class per Caffe layer type."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runner.shapes import LayerShapes, Shape, infer_layer
+
+TRAIN, TEST = 0, 1  # caffe.Phase values
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+class UnsupportedLayerError(ValueError):
+    """A prototxt names a layer type that has no implementation here."""
+
+
+def register(*type_names: str):
+    """Class decorator: make a Layer the implementation of Caffe `type` strings."""
+    def wrap(cls):
+        for name in type_names:
+            _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def supported_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def layer_class(lp) -> type["Layer"]:
+    cls = _REGISTRY.get(lp.type)
+    if cls is None:
+        raise UnsupportedLayerError(
+            f"layer '{lp.name}' has type '{lp.type}', which is not supported; "
+            f"supported types: {', '.join(supported_types())}")
+    return cls
+
+
+def build_layer(lp, bottom_shapes: list[Shape], phase: int) -> "Layer":
+    """Instantiate the registered class for a LayerParameter."""
+    return layer_class(lp)(lp, [tuple(s) for s in bottom_shapes], phase)
+
+
+class Layer(nn.Module):
+    """One Caffe layer.
+
+    Built from its LayerParameter, the shapes of its bottoms and the phase. `blobs`
+    holds the learnable blobs in Caffe's order and shapes (what a .caffemodel stores);
+    `forward(*bottoms)` returns a tuple with one tensor per top.
+    """
+
+    is_loss = False  # loss layers weigh their first top by 1 unless loss_weight says otherwise
+
+    def __init__(self, lp, bottom_shapes: list[Shape], phase: int):
+        super().__init__()
+        self.name = lp.name
+        self.type = lp.type
+        self.phase = phase
+        self.lp = lp
+        self.bottom_shapes = bottom_shapes
+        shapes: LayerShapes = infer_layer(lp, bottom_shapes)
+        self.top_shapes = shapes.tops
+        self.blobs = nn.ParameterList(
+            [nn.Parameter(torch.zeros(s)) for s in shapes.blobs])
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
