@@ -123,11 +123,16 @@ def pooling_geometry(p, h: int, w: int) -> tuple[list[int], list[int], list[int]
     return kernel, stride, pad
 
 
-def pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool = True) -> int:
-    """Caffe's pooled size: ceil (default) or floor, then clip a window starting in the pad."""
+def pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool = True,
+             padded: bool | None = None) -> int:
+    """Caffe's pooled size: ceil (default) or floor, then clip a window starting in the pad.
+
+    Caffe applies the clip on both axes when either pad is non-zero: pass `padded`
+    (pad_h or pad_w) for 2-D pooling; it defaults to p > 0.
+    """
     rounding = math.ceil if ceil_mode else math.floor
     out = int(rounding((size + 2 * p - k) / s)) + 1
-    if p > 0 and (out - 1) * s >= size + p:
+    if (p > 0 if padded is None else padded) and (out - 1) * s >= size + p:
         out -= 1
     return out
 
@@ -193,7 +198,8 @@ def _pool(lp, bottoms):
     n, c, h, w = bottoms[0]
     kernel, stride, pad = pooling_geometry(p, h, w)
     ceil_mode = p.round_mode == p.CEIL
-    out = [pool_out(size, k, s, q, ceil_mode) for size, k, s, q in zip((h, w), kernel, stride, pad)]
+    out = [pool_out(size, k, s, q, ceil_mode, padded=any(pad))
+           for size, k, s, q in zip((h, w), kernel, stride, pad)]
     tops = [(n, c, *out)] * len(lp.top)
     return LayerShapes(tops)
 
@@ -401,7 +407,8 @@ def _argmax(lp, bottoms):
     if p.HasField("axis"):
         axis = canonical_axis(p.axis, len(b), lp.name)
         return LayerShapes([tuple(p.top_k if i == axis else d for i, d in enumerate(b))])
-    return LayerShapes([(b[0], 2 if p.out_max_val else 1, p.top_k)])
+    # Caffe keeps at least 3 axes, extra trailing axes are 1: (N, 1 or 2, top_k, 1, ...)
+    return LayerShapes([(b[0], 2 if p.out_max_val else 1, p.top_k) + (1,) * (len(b) - 3)])
 
 
 # ---- losses and metrics ------------------------------------------------------------

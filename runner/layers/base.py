@@ -67,5 +67,11 @@ class Layer(nn.Module):
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def blob_fillers(self) -> list:
+        """Caffe's FillerParameter per blob (layers with blobs override this)."""
+        if len(self.blobs):
+            raise NotImplementedError(f"layer type '{self.type}' declares no fillers")
+        return []
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

@@ -1,0 +1,131 @@
+"""Normalisation layers: LRN, BatchNorm (Caffe's running-sum statistics) and MVN."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runner.layers.base import Layer, register
+from runner.layers.common import constant_filler
+from runner.proto import caffe_pb2
+
+
+@register("LRN")
+class LRN(Layer):
+    """Local response normalisation.
+
+    ACROSS_CHANNELS: b = a * (k + alpha/n * sum of a^2 over n channels, zero padded)^-beta.
+    WITHIN_CHANNEL: Caffe squares, AVE-pools n x n with pad (n-1)/2 (padding counts in
+    the divisor, so it is always n^2 and the output keeps the input size), then
+    b = a * (1 + alpha * pooled)^-beta; k is not used.
+    """
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.lrn_param
+        if p.local_size % 2 != 1:
+            raise ValueError(f"layer '{lp.name}': LRN local_size must be odd, got {p.local_size}")
+        if len(bottom_shapes[0]) != 4:
+            raise ValueError(f"layer '{lp.name}': LRN needs a 4-D bottom (N, C, H, W), "
+                             f"got {list(bottom_shapes[0])}")
+        self.within = p.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
+
+    def forward(self, x):
+        p = self.lp.lrn_param
+        n = p.local_size
+        if not self.within:
+            return (F.local_response_norm(x, n, alpha=p.alpha, beta=p.beta, k=p.k),)
+        pooled = F.avg_pool2d(x * x, n, stride=1, padding=(n - 1) // 2, count_include_pad=True)
+        return (x * torch.pow(1 + p.alpha * pooled, -p.beta),)
+
+    def extra_repr(self):
+        p = self.lp.lrn_param
+        region = "WITHIN_CHANNEL" if self.within else "ACROSS_CHANNELS"
+        return f"name={self.name!r}, {region}, size={p.local_size}, alpha={p.alpha:g}, beta={p.beta:g}"
+
+
+@register("BatchNorm")
+class BatchNorm(Layer):
+    """Caffe's BatchNorm (no affine part; a Scale layer follows in Caffe nets).
+
+    Blobs: mean_acc, var_acc, s (not learned by gradient). Without global statistics it
+    normalises by the batch mean and biased variance and updates
+    s = lambda*s + 1, mean_acc = mean_B + lambda*mean_acc,
+    var_acc = m/(m-1)*var_B + lambda*var_acc. With global statistics it uses
+    mean_acc/s and var_acc/s (s == 0 gives 0). use_global_stats defaults to evaluation
+    mode (`not self.training`), Caffe's "phase == TEST".
+    """
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.batch_norm_param
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else None
+        self.fraction = p.moving_average_fraction
+        self.eps = p.eps
+        for blob in self.blobs:
+            blob.requires_grad_(False)
+
+    def blob_fillers(self):
+        return [constant_filler(0.0) for _ in self.blobs]
+
+    def forward(self, x):
+        use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
+        x4 = x.reshape(-1, 1) if x.dim() == 1 else x
+        mean_acc, var_acc, s = self.blobs
+        if use_global:
+            factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+            mean = (mean_acc * factor).to(x.dtype)
+            var = (var_acc * factor).to(x.dtype)
+            y = F.batch_norm(x4, mean, var, training=False, momentum=0.0, eps=self.eps)
+        else:
+            y = F.batch_norm(x4, None, None, training=True, momentum=0.0, eps=self.eps)
+            self._update_statistics(x4)
+        return (y.reshape(x.shape),)
+
+    @torch.no_grad()
+    def _update_statistics(self, x):
+        mean_acc, var_acc, s = self.blobs
+        dims = [0] + list(range(2, x.dim()))
+        var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
+        m = x.numel() // x.shape[1]
+        correction = m / (m - 1) if m > 1 else 1.0
+        s.mul_(self.fraction).add_(1)
+        mean_acc.mul_(self.fraction).add_(mean.to(mean_acc.dtype))
+        var_acc.mul_(self.fraction).add_((var * correction).to(var_acc.dtype))
+
+    def extra_repr(self):
+        return f"name={self.name!r}, eps={self.eps:g}, moving_average_fraction={self.fraction:g}"
+
+
+class _MVNFunction(torch.autograd.Function):
+    """y = (x - mean) / (std + eps) over the last axis, with Caffe's backward
+    (g - mean(g) - y * mean(g * y)) / (std + eps)."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        centred = x - x.mean(dim=-1, keepdim=True)
+        denom = torch.sqrt((centred * centred).mean(dim=-1, keepdim=True)) + eps
+        y = centred / denom
+        ctx.save_for_backward(y, denom)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, denom = ctx.saved_tensors
+        dx = g - g.mean(dim=-1, keepdim=True) - y * (g * y).mean(dim=-1, keepdim=True)
+        return dx / denom, None
+
+
+@register("MVN")
+class MVN(Layer):
+    """Mean-variance normalisation per (sample, channel), or per sample across channels;
+    eps is added to the standard deviation, as Caffe does."""
+
+    def forward(self, x):
+        p = self.lp.mvn_param
+        rows = x.shape[0] if p.across_channels else x.shape[0] * x.shape[1]
+        flat = x.reshape(rows, -1)
+        if p.normalize_variance:
+            y = _MVNFunction.apply(flat, p.eps)
+        else:
+            y = flat - flat.mean(dim=-1, keepdim=True)
+        return (y.reshape(x.shape),)

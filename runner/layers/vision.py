@@ -1,0 +1,173 @@
+"""Convolution, Deconvolution and Pooling, on torch's native kernels with Caffe's geometry."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runner.layers.base import Layer, register
+from runner.layers.common import FLT_MAX, filler_or
+from runner.proto import caffe_pb2
+from runner.shapes import canonical_axis, pool_out, pooling_geometry, spatial_params
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@register("Convolution", "Deconvolution")
+class Convolution(Layer):
+    """Caffe's (de)convolution: group, dilation, per-axis pad/kernel/stride, channel `axis`.
+
+    Every bottom is convolved with the same weights (one top per bottom), as in Caffe.
+    """
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.convolution_param
+        b = bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(b), lp.name)
+        n_spatial = len(b) - self.axis - 1
+        table = _CONV if lp.type == "Convolution" else _DECONV
+        if n_spatial not in table:
+            raise ValueError(f"layer '{lp.name}': {lp.type} over {n_spatial} spatial axes is not "
+                             f"supported (1, 2 or 3)")
+        self._op = table[n_spatial]
+        _, stride, pad, dilation = spatial_params(p, n_spatial)
+        self._kw = dict(stride=tuple(stride), padding=tuple(pad), dilation=tuple(dilation),
+                        groups=p.group)
+        self.bias_term = p.bias_term
+
+    def blob_fillers(self):
+        p = self.lp.convolution_param
+        fillers = [filler_or(p, "weight_filler")]
+        return fillers + ([filler_or(p, "bias_filler")] if self.bias_term else [])
+
+    def forward(self, *bottoms):
+        weight = self.blobs[0]
+        bias = self.blobs[1] if self.bias_term else None
+        tops = []
+        for x in bottoms:
+            if self.axis == 1:
+                tops.append(self._op(x, weight, bias, **self._kw))
+                continue
+            lead = x.shape[:self.axis]
+            y = self._op(x.reshape(-1, *x.shape[self.axis:]), weight, bias, **self._kw)
+            tops.append(y.reshape(*lead, *y.shape[1:]))
+        return tuple(tops)
+
+    def extra_repr(self):
+        k = tuple(self.blobs[0].shape[2:])
+        return f"name={self.name!r}, kernel={k}, " + ", ".join(f"{a}={v}" for a, v in self._kw.items())
+
+
+def _torch_pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """Output size torch's pooling kernels produce (aten pooling_output_shape)."""
+    out = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+class _PoolPlan:
+    """How to pool one input size exactly as Caffe: torch's kernel directly, or explicit
+    padding (so torch's window count equals Caffe's) plus Caffe's AVE divisor."""
+
+    def __init__(self, param, h: int, w: int):
+        self.kernel, self.stride, self.pad = pooling_geometry(param, h, w)
+        ceil_mode = param.round_mode == caffe_pb2.PoolingParameter.CEIL
+        padded = any(self.pad)
+        self.out = [pool_out(n, k, s, q, ceil_mode, padded)
+                    for n, k, s, q in zip((h, w), self.kernel, self.stride, self.pad)]
+        self.size = (h, w)
+        self.torch_ceil = None
+        if all(2 * q <= k for q, k in zip(self.pad, self.kernel)):
+            for mode in (ceil_mode, not ceil_mode):
+                if all(_torch_pool_out(n, k, s, q, mode) == o for n, k, s, q, o in
+                       zip((h, w), self.kernel, self.stride, self.pad, self.out)):
+                    self.torch_ceil = mode
+                    break
+        # explicit padding: pad before, and after so that the last window ends exactly
+        self.after = [(o - 1) * s + k - (n + q)
+                      for n, k, s, q, o in zip((h, w), self.kernel, self.stride, self.pad, self.out)]
+        self._divisors: dict = {}
+
+    @property
+    def native(self) -> bool:
+        return self.torch_ceil is not None
+
+    def padding(self):
+        """F.pad argument (left, right, top, bottom); negative values crop unused rows."""
+        return (self.pad[1], self.after[1], self.pad[0], self.after[0])
+
+    def divisor(self, like: torch.Tensor) -> torch.Tensor:
+        """Caffe's AVE divisor per output cell: the window clipped to the padded input."""
+        key = (like.device, like.dtype)
+        if key not in self._divisors:
+            sides = []
+            for n, k, s, q, o in zip(self.size, self.kernel, self.stride, self.pad, self.out):
+                start = torch.arange(o, dtype=torch.float64) * s - q
+                sides.append(torch.minimum(start + k, torch.tensor(float(n + q))) - start)
+            div = sides[0][:, None] * sides[1][None, :]
+            self._divisors[key] = div.to(device=like.device, dtype=like.dtype)
+        return self._divisors[key]
+
+
+@register("Pooling")
+class Pooling(Layer):
+    """Caffe's MAX/AVE pooling: ceil (or floor) output size with the last-window clip,
+    AVE divided by the window clipped to the padded input; optional MAX mask top."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.pooling_param
+        P = caffe_pb2.PoolingParameter
+        if p.pool not in (P.MAX, P.AVE):
+            raise ValueError(f"layer '{lp.name}': pooling method "
+                             f"{P.PoolMethod.Name(p.pool)} is not supported (MAX, AVE)")
+        if len(bottom_shapes[0]) != 4:
+            raise ValueError(f"layer '{lp.name}': Pooling needs a 4-D bottom (N, C, H, W), "
+                             f"got {list(bottom_shapes[0])}")
+        if len(lp.top) > 1 and p.pool != P.MAX:
+            raise ValueError(f"layer '{lp.name}': only MAX pooling has a second (mask) top")
+        self.is_max = p.pool == P.MAX
+        self.with_mask = len(lp.top) > 1
+        self._plans: dict[tuple[int, int], _PoolPlan] = {}
+
+    def _plan(self, h: int, w: int) -> _PoolPlan:
+        plan = self._plans.get((h, w))
+        if plan is None:
+            plan = self._plans[(h, w)] = _PoolPlan(self.lp.pooling_param, h, w)
+        return plan
+
+    def forward(self, x):
+        plan = self._plan(x.shape[2], x.shape[3])
+        k, s = plan.kernel, plan.stride
+        if self.is_max:
+            if plan.native:
+                y = F.max_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil,
+                                 return_indices=self.with_mask)
+                return (y[0], y[1].to(x.dtype)) if self.with_mask else (y,)
+            fill = -min(FLT_MAX, torch.finfo(x.dtype).max)
+            xp = F.pad(x, plan.padding(), value=fill)
+            y = F.max_pool2d(xp, k, s, return_indices=self.with_mask)
+            if not self.with_mask:
+                return (y,)
+            return y[0], self._mask_from_padded(y[1], plan, xp.shape[3], x)
+        if plan.native:
+            return (F.avg_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil,
+                                 count_include_pad=True),)
+        summed = F.avg_pool2d(F.pad(x, plan.padding()), k, s, divisor_override=1)
+        return (summed / plan.divisor(x),)
+
+    @staticmethod
+    def _mask_from_padded(idx, plan, padded_w, x):
+        """Caffe's mask (h * W + w in the bottom) from indices into the padded input."""
+        h = torch.div(idx, padded_w, rounding_mode="floor") - plan.pad[0]
+        w = idx % padded_w - plan.pad[1]
+        inside = (h >= 0) & (h < x.shape[2]) & (w >= 0) & (w < x.shape[3])
+        return torch.where(inside, h * x.shape[3] + w, -1).to(x.dtype)
+
+    def extra_repr(self):
+        p = self.lp.pooling_param
+        return (f"name={self.name!r}, pool={caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool)}"
+                + (", global" if p.global_pooling else ""))
+
