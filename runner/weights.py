@@ -1,0 +1,131 @@
+"""Trained blobs in and out of a Net: Caffe's CopyTrainedLayersFrom and Net::ToProto.
+
+Loading matches layers by name (the first of ours with that name, as Caffe), skips
+layers we do not have, and checks every blob's count and shape with Caffe's rules
+(legacy num/channels/height/width blobs match when our shape, padded with leading 1s
+to four axes, equals them). Saving writes the filtered net with each layer's
+definition and its blobs in Caffe's order and shapes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from runner.net_params import FIXED_STATISTICS
+from runner.proto import ProtoError, array_to_blob, blob_shape, blob_to_array, caffe_pb2, read_caffemodel, upgrade_net, write_binary
+
+log = logging.getLogger(__name__)
+
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+class WeightsError(ValueError):
+    """Trained blobs that do not fit the net (names the file, layer and blob)."""
+
+
+def _legacy_matches(ours: tuple[int, ...], blob) -> bool:
+    """Caffe's Blob::ShapeEquals for a BlobProto with legacy 4-D dimensions."""
+    return len(ours) <= 4 and (1,) * (4 - len(ours)) + ours == blob_shape(blob)
+
+
+def _blob_values(blob, ours: tuple[int, ...], what: str) -> torch.Tensor:
+    legacy = any(blob.HasField(name) for name in _LEGACY_DIMS)
+    matches = _legacy_matches(ours, blob) if legacy else tuple(blob.shape.dim) == ours
+    if not matches:
+        raise WeightsError(f"{what}: shape mismatch: the file has {list(blob_shape(blob))}"
+                           f"{' (legacy num/channels/height/width)' if legacy else ''}, the net "
+                           f"expects {list(ours)}; to learn this layer from scratch instead, rename it")
+    try:
+        return torch.from_numpy(blob_to_array(blob, what).reshape(ours))
+    except ProtoError as err:
+        raise WeightsError(str(err)) from None
+
+
+def _read(source) -> tuple[caffe_pb2.NetParameter, str]:
+    if isinstance(source, caffe_pb2.NetParameter):
+        param = caffe_pb2.NetParameter()
+        param.CopyFrom(source)
+        upgrade_net(param, "<NetParameter>")
+        return param, f"weights '{source.name}'" if source.name else "weights"
+    path = os.fspath(source)
+    return read_caffemodel(path), path
+
+
+def load_caffemodel(net, sources, allow_missing: bool = False) -> list[str]:
+    """Copy blobs from one or more .caffemodel files (or NetParameters), in order, into `net`.
+
+    Returns our layers with blobs that no source provided; unless allow_missing, those
+    are an error (with allow_missing they keep their filler values).
+    """
+    if isinstance(sources, (str, os.PathLike, caffe_pb2.NetParameter)):
+        sources = [sources]
+    targets: dict[str, str] = {}
+    for lp, key in zip(net.net_param.layer, net._layer_keys):
+        if key is not None:
+            targets.setdefault(lp.name, key)
+    provided: set[str] = set()
+    labels = []
+    for source in sources:
+        param, label = _read(source)
+        labels.append(label)
+        pending = []
+        for entry in param.layer:
+            key = targets.get(entry.name)
+            if key is None:
+                log.debug("%s: ignoring layer '%s' (not in the net)", label, entry.name)
+                continue
+            slots = net._slots[key]
+            if len(entry.blobs) != len(slots):
+                raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
+                                   f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
+                                   "(incompatible number of blobs)")
+            values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}")
+                      for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
+            pending.append((slots, values))
+            provided.add(entry.name)
+        with torch.no_grad():
+            for slots, values in pending:
+                for slot, value in zip(slots, values):
+                    slot.param.copy_(value.reshape(slot.param.shape))
+    missing = [lp.name for lp, key in zip(net.net_param.layer, net._layer_keys)
+               if key is not None and net._slots[key] and lp.name not in provided]
+    if missing and not allow_missing:
+        raise WeightsError(f"{', '.join(labels)}: no blobs for layer(s) {missing} of the net; "
+                           "pass allow_missing=True to keep their filler values")
+    if missing:
+        log.info("layers left at their filler values (not in %s): %s", ", ".join(labels), ", ".join(missing))
+    return missing
+
+
+def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
+    """The filtered net as Caffe's Net::ToProto writes it: name, then each layer's own
+    definition (phase filled in, a loss layer's default loss_weight and BatchNorm's fixed
+    lr_mult 0 made explicit, as Caffe's layers record them) with its blobs."""
+    out = caffe_pb2.NetParameter(name=net.net_param.name)
+    for lp, key in zip(net.net_param.layer, net._layer_keys):
+        entry = out.layer.add()
+        entry.CopyFrom(lp)
+        entry.ClearField("blobs")
+        if not entry.HasField("phase"):
+            entry.phase = net.phase
+        if key is None:
+            continue
+        slots = net._slots[key]
+        if net.layers[key].is_loss and not len(entry.loss_weight):
+            entry.loss_weight.append(1.0)
+        if lp.type in FIXED_STATISTICS:
+            while len(entry.param) < len(slots):
+                entry.param.add(lr_mult=0.0)
+        if with_blobs:
+            for slot in slots:
+                value = slot.param.detach().reshape(slot.shape).to("cpu", torch.float32).numpy()
+                entry.blobs.append(array_to_blob(np.ascontiguousarray(value)))
+    return out
+
+
+def save_caffemodel(net, path) -> None:
+    """Write `net`'s definition and blobs as a binary .caffemodel, atomically."""
+    write_binary(net_to_proto(net, with_blobs=True), path)
