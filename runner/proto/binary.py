@@ -1,0 +1,63 @@
+"""Binary protobuf files: .caffemodel (NetParameter), .binaryproto (BlobProto), .solverstate."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError, Message
+
+from runner.atomic import atomic_write_bytes
+from runner.proto import caffe_pb2
+from runner.proto.errors import ProtoError
+from runner.proto.upgrade import upgrade_net
+
+M = TypeVar("M", bound=Message)
+
+
+def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
+    """Parse a binary protobuf file into a new `message_class`.
+
+    Besides corrupt wire data this rejects top-level fields the message type does not
+    have, which is how a file of another type (say a NetParameter read as a BlobProto)
+    shows itself.
+    """
+    type_name = message_class.DESCRIPTOR.full_name
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+    try:
+        msg = message_class.FromString(data)
+    except DecodeError:
+        raise ProtoError(f"{path}: not a binary {type_name} "
+                         f"({len(data)} bytes of corrupt protobuf wire data)") from None
+    unknown = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(msg)})
+    if unknown:
+        raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "
+                         f"{unknown} that {type_name} does not define)")
+    return msg
+
+
+def write_binary(msg: Message, path: str | os.PathLike) -> None:
+    """Serialize `msg` to `path` atomically."""
+    atomic_write_bytes(path, msg.SerializeToString())
+
+
+def read_caffemodel(path: str | os.PathLike, upgrade: bool = True) -> caffe_pb2.NetParameter:
+    """Read trained weights (a binary NetParameter), upgrading legacy layers as Caffe does."""
+    net = read_binary(path, caffe_pb2.NetParameter)
+    if upgrade:
+        upgrade_net(net, str(path))
+    return net
+
+
+def read_blobproto(path: str | os.PathLike) -> caffe_pb2.BlobProto:
+    """Read a .binaryproto file (a mean image, for instance)."""
+    return read_binary(path, caffe_pb2.BlobProto)
+
+
+def read_solverstate(path: str | os.PathLike) -> caffe_pb2.SolverState:
+    """Read a .solverstate file (iteration, learned_net, update history)."""
+    return read_binary(path, caffe_pb2.SolverState)
