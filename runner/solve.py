@@ -1,0 +1,152 @@
+"""Train, score and time Caffe nets as Caffe's `caffe` tool does.
+
+  python runner/solve.py solver.prototxt [--weights W[,W2]] [--snapshot S] [--gpu G] ...
+  python runner/solve.py train --solver solver.prototxt ...     (same, Caffe's spelling)
+  python runner/solve.py test --model M --weights W --iterations N [--gpu G]
+  python runner/solve.py time --model M --iterations N [--gpu G]
+  torchrun --nproc_per_node=K runner/solve.py solver.prototxt ...   (data parallel)
+"""
+import os
+import sys
+
+# Run as a script from the repository root: import `runner` as a package, never
+# modules of runner/ as top-level ones.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
+import argparse  # noqa: E402
+
+PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, snapshot_prefix, "
+              "data sources, mean files) resolve relative to the working directory, as Caffe's.")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu", help="GPU ids: 0, 0,1 or all (default: the CPU; a solver's "
+                        "solver_mode: GPU picks device_id when this is absent)")
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train a net with Caffe's solver semantics (caffe train). "
+        + PATHS_NOTE + " The log goes to stderr and to <snapshot_prefix>.log; the curves "
+        "to <snapshot_prefix>_training.png.")
+    p.add_argument("solver", nargs="?", help="solver prototxt")
+    p.add_argument("--solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
+    p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from, in order")
+    p.add_argument("--snapshot", help=".solverstate to resume from")
+    p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
+                   help="decay of auxiliary loss weights per epoch (default eq2: "
+                        "alpha <- alpha * (1 - t/N))")
+    p.add_argument("--aux-loss", nargs="+", default=[], metavar="TOP",
+                   help="auxiliary loss tops (default: tops named like *_ds<k>)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the nets")
+    for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
+        p.add_argument(f"--{sig}_effect", f"--{sig}-effect", default=default,
+                       choices=["stop", "snapshot", "none"],
+                       help=f"what {sig.upper()} does (default {default})")
+    _common(p)
+    return p
+
+
+def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
+    what = {"test": "Score trained weights on a net (caffe test): outputs per batch and averaged.",
+            "time": "Time a net's forward and backward passes per layer (caffe time)."}[command]
+    p = argparse.ArgumentParser(prog=f"{prog} {command}", description=what + " " + PATHS_NOTE)
+    p.add_argument("--model", required=True, help="net prototxt")
+    p.add_argument("--weights", required=command == "test",
+                   help="comma-separated .caffemodel files")
+    p.add_argument("--iterations", type=int, default=50, help="batches (default 50)")
+    p.add_argument("--phase", choices=["TRAIN", "TEST"],
+                   default="TEST" if command == "test" else "TRAIN")
+    p.add_argument("--stage", default="", help="comma-separated stages")
+    p.add_argument("--level", type=int, default=0)
+    _common(p)
+    return p
+
+
+def run_train(args) -> None:
+    from runner.solver import Solver, SolverOptions, load_solver_param
+    from runner.solver import distributed
+
+    path = args.solver or args.solver_flag
+    if not path:
+        raise ValueError("give a solver prototxt (solve.py solver.prototxt or --solver)")
+    if args.snapshot and args.weights:
+        raise ValueError("Give a snapshot to resume training or weights to finetune but not both.")
+    param = load_solver_param(path)
+    if args.iterations is not None:
+        param.max_iter = args.iterations
+    gpus, warning = distributed.parse_gpus(args.gpu, param)
+    if warning:
+        print(f"W {warning}", file=sys.stderr)
+    options = SolverOptions(
+        weights=args.weights.split(",") if args.weights else [], aux_decay=args.aux_decay,
+        aux_loss=args.aux_loss, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, sigint_effect=args.sigint_effect,
+        sighup_effect=args.sighup_effect, append_log=bool(args.snapshot))
+    if len(gpus) > 1 and not distributed.launched_by_torchrun():
+        distributed.spawn(train_process, len(gpus), param, options, gpus, args.snapshot)
+    else:
+        train_process(param, options, gpus, args.snapshot)
+
+
+def train_process(param, options, gpus, resume) -> None:
+    """One rank of training (the only one without torch.distributed)."""
+    from runner.solver import Solver
+    from runner.solver import distributed
+
+    ctx = distributed.init_process_group(gpus)
+    try:
+        Solver(param, options, ctx).solve(resume)
+    finally:
+        distributed.shutdown()
+
+
+def run_model_command(command: str, args) -> None:
+    from runner import Net
+    from runner.solver import distributed
+    from runner.solver.caffe_log import CaffeLog
+    from runner.solver.evaluate import score_net
+    from runner.solver.timing import time_net
+
+    gpus, warning = distributed.parse_gpus(args.gpu)
+    if warning:
+        print(f"W {warning}", file=sys.stderr)
+    device = distributed.pick_device(gpus, 0)
+    stages = [s for s in args.stage.split(",") if s]
+    weights = args.weights.split(",") if args.weights else None
+    net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights)
+    log = CaffeLog()
+    log.info("caffe.cpp:249", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
+    if command == "test":
+        score_net(net, args.iterations, device, log)
+    else:
+        time_net(net, args.iterations, device, log)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "python runner/solve.py"
+    command = argv[0] if argv and argv[0] in ("train", "test", "time") else "train"
+    if argv and argv[0] == command:
+        argv = argv[1:]
+    parser = train_parser(prog) if command == "train" else model_parser(prog, command)
+    args = parser.parse_args(argv)
+    from runner.solver.errors import SolverDiverged
+    try:
+        if command == "train":
+            run_train(args)
+        else:
+            run_model_command(command, args)
+    except (ValueError, OSError, SolverDiverged) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Caffe's solver on our Net: update rules, lr policies, the train/test/snapshot loop,
+and the deep-supervision schedule of auxiliary loss weights."""
+from runner.solver.config import load_solver_param
+from runner.solver.errors import SolverConfigError, SolverDiverged
+from runner.solver.loop import Solver, SolverOptions
+
+__all__ = ["Solver", "SolverOptions", "SolverConfigError", "SolverDiverged", "load_solver_param"]

@@ -1,0 +1,34 @@
+"""`caffe test`: score trained weights on a net for N batches, per batch and averaged."""
+from __future__ import annotations
+
+import torch
+
+from runner.solver.batches import BatchStream
+from runner.solver.caffe_log import CaffeLog, cfloat
+
+
+@torch.no_grad()
+def score_net(net, iterations: int, device: torch.device, log: CaffeLog) -> dict[str, list[float]]:
+    """Caffe's `test` command on a built net; returns the mean of every output element."""
+    net.to(device)
+    batches = BatchStream(net.sources, device)
+    log.info("caffe.cpp:290", f"Running for {iterations} iterations.")
+    sums: dict[str, torch.Tensor] = {}
+    loss = 0.0
+    for i in range(iterations):
+        blobs = net(next(batches))
+        loss += float(net.objective(blobs))
+        for name in net.output_names:
+            values = blobs[name].detach().double().reshape(-1).cpu()
+            sums[name] = sums[name] + values if name in sums else values
+            for score in values.tolist():
+                log.info("caffe.cpp:313", f"Batch {i}, {name} = {cfloat(score)}")
+    log.info("caffe.cpp:318", f"Loss: {cfloat(loss / iterations)}")
+    means = {}
+    for name in net.output_names:
+        weight = net.loss_weights.get(name, 0.0)
+        means[name] = (sums[name] / iterations).tolist()
+        for mean in means[name]:
+            suffix = f" (* {cfloat(weight)} = {cfloat(weight * mean)} loss)" if weight else ""
+            log.info("caffe.cpp:330", f"{name} = {cfloat(mean)}{suffix}")
+    return means

@@ -1,0 +1,369 @@
+"""The Solver: Caffe's Solve/Step/Test/Snapshot/Restore loop over our Net.
+
+Read top to bottom it is Caffe's solver.cpp: test at the top of a step when due,
+iter_size forward/backward passes, display, ApplyUpdate (lr policy, clip, normalise,
+regularise, update), iter += 1, snapshot when due or asked. Added for the paper's
+deep supervision: auxiliary loss weights set per epoch by an AuxWeightSchedule.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from google.protobuf import text_format
+from tqdm import tqdm
+
+from runner.solver import distributed
+from runner.solver.actions import NONE, SNAPSHOT, STOP, SignalRequests
+from runner.solver.batches import BatchStream, share_trained_layers
+from runner.solver.caffe_log import CaffeLog, cfloat
+from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
+from runner.solver.errors import SolverDiverged
+from runner.solver.lr_policy import LearningRatePolicy
+from runner.solver.plot import plot_history, read_history
+from runner.solver.schedule import AuxWeightSchedule
+from runner.solver.snapshot import load_solverstate, write_snapshot
+from runner.solver.updates import make_update
+
+
+@dataclass
+class SolverOptions:
+    """What the command line adds to the SolverParameter."""
+    weights: list[str] = field(default_factory=list)
+    aux_decay: str = "eq2"
+    aux_loss: list[str] = field(default_factory=list)
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    sigint_effect: str = "stop"
+    sighup_effect: str = "snapshot"
+    progress: bool | None = None     # None: a bar only when stderr is a terminal
+    log_path: str | None = None      # None: <snapshot_prefix>.log
+    append_log: bool = False         # a resumed run continues its log
+    plot_path: str | None = None     # None: <snapshot_prefix>_training.png
+
+
+class Solver:
+    """One training run of a SolverParameter (caffe train)."""
+
+    def __init__(self, param, options: SolverOptions | None = None,
+                 ctx: distributed.DistContext | None = None):
+        from runner import Net
+
+        self.param = param
+        self.options = options = options or SolverOptions()
+        self.ctx = ctx = ctx or distributed.DistContext()
+        self.device = ctx.device
+        prefix = param.snapshot_prefix
+        self.log_path = options.log_path or f"{prefix}.log"
+        self.plot_path = options.plot_path or f"{prefix}_training.png"
+        if ctx.is_root and not options.append_log and os.path.exists(self.log_path):
+            os.remove(self.log_path)
+        self.log = CaffeLog(self.log_path if ctx.is_root else None, enabled=ctx.is_root)
+        prepare_solver_param(param)
+        self.seed = param.random_seed if param.random_seed >= 0 else random.randrange(2**31)
+        torch.manual_seed(self.seed + ctx.rank)  # Caffe: random_seed + solver_rank
+        self.log.info("solver.cpp:44", "Initializing solver from parameters: \n"
+                      + text_format.MessageToString(param))
+        if ctx.is_root:
+            self._check_snapshot_prefix(prefix)
+
+        weights = options.weights or list(param.weights)
+        spec = train_net_spec(param)
+        self.log.info("solver.cpp:87", f"Creating training net from {spec.origin}")
+        self.net = Net(spec.param, phase=spec.phase, stages=spec.stages, level=spec.level,
+                       weights=weights or None, allow_missing=True,
+                       source_kwargs={"rank": ctx.rank, "world_size": ctx.world_size,
+                                      "seed": self.seed})
+        self.test_nets = []
+        if ctx.is_root:
+            for i, tspec in enumerate(test_net_specs(param)):
+                self.log.info("solver.cpp:172", f"Creating test net (#{i}) specified by {tspec.origin}")
+                test_net = Net(tspec.param, phase=tspec.phase, stages=tspec.stages,
+                               level=tspec.level, source_kwargs={"seed": self.seed})
+                share_trained_layers(test_net, self.net)
+                self.test_nets.append(test_net)
+        self.log.info("solver.cpp:56", "Solver scaffolding done.")
+
+        memory_format = torch.channels_last if options.channels_last else torch.preserve_format
+        for net in [self.net, *self.test_nets]:
+            net.to(self.device, memory_format=memory_format)
+        self.update = make_update(param.type, self.net.learnable_params(), param)
+        self.update.on_clip = lambda norm, clip, scale: self.log.info(
+            "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
+            f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
+        self.lr_policy = LearningRatePolicy(param)
+        self.iter = 0
+        self.requested_early_exit = False
+        self.last_snapshot = None
+        self.schedule = self._aux_schedule()
+
+        self.ddp = distributed.wrap(self.net, ctx)
+        self.model = self.ddp
+        self.test_models = list(self.test_nets)
+        if options.compile:
+            self.model = torch.compile(self.model)
+            self.test_models = [torch.compile(n) for n in self.test_nets]
+        stream_kwargs = {"device": self.device, "channels_last": options.channels_last}
+        self.train_batches = BatchStream(self.net.sources, **stream_kwargs)
+        self.test_batches = [BatchStream(n.sources, **stream_kwargs) for n in self.test_nets]
+        self.requests = SignalRequests(options.sigint_effect, options.sighup_effect)
+
+    # ---- setup helpers -----------------------------------------------------------------
+    def _check_snapshot_prefix(self, prefix: str) -> None:
+        folder = os.path.dirname(prefix) or "."
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"Cannot write to snapshot prefix '{prefix}'. Make sure that "
+                                  "the directory exists and is writeable.")
+
+    def _aux_schedule(self) -> AuxWeightSchedule | None:
+        names = AuxWeightSchedule.find_aux(self.net.loss_weights, self.options.aux_loss)
+        if not names:
+            return None
+        train_size = sum(getattr(s, "num_records", 0) for s in self.net.sources)
+        batch = self.train_batches_per_pass()
+        if not train_size:
+            self.log.warning("solver.cpp:60", "auxiliary losses found but the train net's "
+                             "data source does not report its size; aux weights stay fixed")
+            return None
+        return AuxWeightSchedule(
+            self.net.loss_weights, names, self.options.aux_decay,
+            samples_per_iter=batch * self.param.iter_size * self.ctx.world_size,
+            train_size=train_size, max_iter=self.param.max_iter)
+
+    def train_batches_per_pass(self) -> int:
+        """batch_size of the train net: the first axis of its first data top."""
+        for source in self.net.sources:
+            for shape in source.top_shapes.values():
+                return int(shape[0])
+        return 1
+
+    def _autocast(self):
+        if not self.options.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # ---- Solve ---------------------------------------------------------------------------
+    def solve(self, resume_file: str | None = None) -> None:
+        """Caffe's Solver::Solve: optionally restore, step to max_iter, snapshot, test."""
+        self.log.info("solver.cpp:272", f"Solving {self.net.name}")
+        self.log.info("solver.cpp:273", f"Learning Rate Policy: {self.param.lr_policy}")
+        self.requested_early_exit = False
+        if resume_file:
+            self.log.info("solver.cpp:274", f"Restoring previous solver status from {resume_file}")
+            self.restore(resume_file)
+        try:
+            start_iter = self.iter
+            self.step(self.param.max_iter - self.iter)
+            p = self.param
+            if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+                self.snapshot()
+            if self.requested_early_exit:
+                self.log.info("solver.cpp:287", "Optimization stopped early.")
+                return
+            if p.display and self.iter % p.display == 0:
+                with torch.no_grad(), self._autocast():
+                    blobs = self.model(next(self.train_batches))
+                    loss = float(self.net.objective(blobs))
+                self._update_smoothed_loss(loss, start_iter)
+                self.log.info("solver.cpp:310", f"Iteration {self.iter}, loss = {cfloat(self.smoothed_loss)}")
+            if p.test_interval and self.iter % p.test_interval == 0:
+                self.test_all()
+            self.log.info("solver.cpp:315", "Optimization Done.")
+        finally:
+            self.requests.close()
+            self.finish_plot()
+
+    # ---- Step ----------------------------------------------------------------------------
+    def step(self, iters: int) -> None:
+        """Caffe's Solver::Step: `iters` updates (fewer on a stop request)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self.losses, self.smoothed_loss = [], 0.0
+        timer, iterations_last = time.perf_counter(), self.iter
+        show = self.options.progress
+        if show is None:
+            show = sys.stderr.isatty()
+        bar = tqdm(total=p.max_iter, initial=self.iter, unit="iter", file=sys.stderr,
+                   disable=not (show and self.ctx.is_root), dynamic_ncols=True)
+        try:
+            while self.iter < stop_iter:
+                for w in self.update.weights:
+                    w.grad = None
+                if (p.test_interval and self.iter % p.test_interval == 0
+                        and (self.iter > 0 or p.test_initialization)):
+                    self.test_all()
+                    if self._agree([float(self.requested_early_exit)])[0]:
+                        self.requested_early_exit = True
+                        break
+                self._apply_aux_schedule()
+                torch.manual_seed(self._iteration_seed(self.iter))
+                display = p.display and self.iter % p.display == 0
+                loss, blobs = self._forward_backward()
+                diverged, request = self._agree([float(not math.isfinite(loss)),
+                                                 float(self.requests.pop())])
+                if diverged:
+                    raise SolverDiverged(
+                        f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
+                        f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
+                self._update_smoothed_loss(loss, start_iter)
+                if display:
+                    lapse = time.perf_counter() - timer
+                    per_s = (self.iter - iterations_last) / (lapse or 1)
+                    self.log.info("solver.cpp:218", f"Iteration {self.iter} ({cfloat(per_s)} iter/s, "
+                                  f"{cfloat(lapse)}s/{p.display} iters), loss = {cfloat(self.smoothed_loss)}")
+                    timer, iterations_last = time.perf_counter(), self.iter
+                    self._log_outputs(self.net, blobs, "    Train net output", "solver.cpp:237")
+                    bar.set_postfix(loss=cfloat(self.smoothed_loss), refresh=False)
+                rate = self.lr_policy.rate(self.iter)
+                if display:
+                    self.log.info("sgd_solver.cpp:105", f"Iteration {self.iter}, lr = {cfloat(rate)}")
+                self.update.apply(rate, self.iter)
+                self.iter += 1
+                bar.update(1)
+                if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
+                    self.snapshot()
+                if request == STOP:
+                    self.requested_early_exit = True
+                    break
+        finally:
+            bar.close()
+
+    def _forward_backward(self):
+        """iter_size passes with accumulated gradients; returns (mean loss, last blobs)."""
+        n = self.param.iter_size
+        total = 0.0
+        for i in range(n):
+            batch = next(self.train_batches)
+            sync = i == n - 1 or not self.ctx.distributed
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with self._autocast():
+                    blobs = self.model(batch)
+                    objective = self.net.objective(blobs)
+                objective.backward()
+            total += objective.detach()
+        return float(total) / n, blobs
+
+    def _iteration_seed(self, it: int) -> int:
+        """torch's RNG is reseeded from (random_seed, rank, iter) every iteration, so a
+        resumed run draws the same dropout masks as an uninterrupted one."""
+        return (self.seed * 1_000_003 + self.ctx.rank * 7_919 + it * 104_729) % (2**63)
+
+    def _apply_aux_schedule(self) -> None:
+        if self.schedule is None:
+            return
+        changed = self.schedule.update(self.iter)
+        if changed is None:
+            return
+        for net in self.test_nets:
+            net.loss_weights.update({k: v for k, v in changed.items() if k in net.loss_weights})
+        for name, weight in changed.items():
+            self.log.info("solver.cpp:205", f"Iteration {self.iter}, aux {name} weight = {cfloat(weight)}")
+
+    def _agree(self, flags: list[float]) -> list[float]:
+        """The same decision on every rank: each flag is the max over ranks."""
+        return distributed.agree_max(flags, self.ctx)
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        """Caffe's UpdateSmoothedLoss: mean of the last `average_loss` losses."""
+        avg = self.param.average_loss
+        if len(self.losses) < avg:
+            self.losses.append(loss)
+            self.smoothed_loss = (self.smoothed_loss * (len(self.losses) - 1) + loss) / len(self.losses)
+        else:
+            idx = (self.iter - start_iter) % avg
+            self.smoothed_loss += (loss - self.losses[idx]) / avg
+            self.losses[idx] = loss
+
+    def _log_outputs(self, net, blobs, label: str, where: str, scale: float = 1.0) -> None:
+        """One line per output element: `name = value (* w = w*value loss)`."""
+        index = 0
+        for name in net.output_names:
+            weight = net.loss_weights.get(name, 0.0)
+            for value in (blobs[name].detach().float().reshape(-1).cpu() * scale).tolist():
+                suffix = f" (* {cfloat(weight)} = {cfloat(weight * value)} loss)" if weight else ""
+                self.log.info(where, f"{label} #{index}: {name} = {cfloat(value)}{suffix}")
+                index += 1
+
+    # ---- Test ----------------------------------------------------------------------------
+    def test_all(self) -> None:
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(i)
+
+    @torch.no_grad()
+    def test(self, k: int) -> None:
+        """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
+        self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
+        net, model, n = self.test_nets[k], self.test_models[k], self.param.test_iter[k]
+        sums, loss = None, 0.0
+        for _ in range(n):
+            request = self.requests.pop()
+            if request == SNAPSHOT:
+                self.snapshot()
+            elif request == STOP:
+                self.requested_early_exit = True
+                break
+            with self._autocast():
+                blobs = model(next(self.test_batches[k]))
+                if self.param.test_compute_loss:
+                    loss += net.objective(blobs).float()
+            outs = {name: blobs[name].detach().float() for name in net.output_names}
+            sums = outs if sums is None else {name: sums[name] + outs[name] for name in outs}
+        if self.requested_early_exit:
+            self.log.info("solver.cpp:360", "Test interrupted.")
+            return
+        if self.param.test_compute_loss:
+            self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
+        self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+
+    # ---- Snapshot / Restore ----------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Write <prefix>_iter_<N>.caffemodel/.solverstate (rank 0), never NaN weights."""
+        if not self.ctx.is_root:
+            return
+        with torch.no_grad():
+            finite = all(bool(torch.isfinite(w).all()) for w in self.update.weights)
+        if not finite:
+            raise SolverDiverged(
+                f"Iteration {self.iter}: the weights contain NaN/inf; not snapshotting over the "
+                f"last good snapshot ({self.last_snapshot or 'none written'})")
+        paths = write_snapshot(self.net, self.update.history, self.iter,
+                               self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
+        self.last_snapshot = paths.state
+
+    def restore(self, state_file: str) -> None:
+        """Weights, history, iter, current_step; data and aux weights follow from iter."""
+        state = load_solverstate(state_file)
+        self.net.load_caffemodel(state.learned_net)
+        self.update.load_history(state.history)
+        self.iter = state.iter
+        self.lr_policy.current_step = state.current_step
+        self.train_batches.skip(self.iter * self.param.iter_size)
+        for stream, n in zip(self.test_batches, self.param.test_iter):
+            stream.skip(self.tests_before(self.iter) * n)
+
+    def tests_before(self, it: int) -> int:
+        """How many test rounds the loop ran before reaching iteration `it`."""
+        p = self.param
+        if not p.test_interval or it <= 0:
+            return 0
+        rounds = (it + p.test_interval - 1) // p.test_interval
+        return rounds - (0 if p.test_initialization else 1)
+
+    def finish_plot(self) -> None:
+        """The PNG of the curves in this run's log (rank 0)."""
+        if not self.ctx.is_root or not os.path.exists(self.log_path):
+            return
+        self.log.close()
+        history = read_history(self.log_path)
+        if history.train_loss or history.test:
+            plot_history(history, self.plot_path, title=self.net.name)
