@@ -16,6 +16,14 @@ from runner.proto.upgrade import upgrade_net
 M = TypeVar("M", bound=Message)
 
 
+def read_file_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes, or a ProtoError naming the path."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+
+
 def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     """Parse a binary protobuf file into a new `message_class`.
 
@@ -24,10 +32,7 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     shows itself.
     """
     type_name = message_class.DESCRIPTOR.full_name
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+    data = read_file_bytes(path)
     try:
         msg = message_class.FromString(data)
     except DecodeError:

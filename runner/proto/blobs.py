@@ -45,11 +45,11 @@ def _varint(value: int) -> bytes:
 
 def array_to_blob(array) -> caffe_pb2.BlobProto:
     """A BlobProto with shape.dim and float `data` (Caffe's Blob<float>::ToProto)."""
-    values = np.ascontiguousarray(array, dtype="<f4")
+    values = np.asarray(array, dtype="<f4")
     blob = caffe_pb2.BlobProto()
     blob.shape.dim.extend(values.shape)
     if values.size:
         # The packed field as wire bytes, merged by protobuf: far faster than extend().
-        payload = values.tobytes()
+        payload = values.tobytes(order="C")
         blob.MergeFromString(_varint(_DATA_FIELD << 3 | 2) + _varint(len(payload)) + payload)
     return blob

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf import text_format
@@ -10,6 +9,7 @@ from google.protobuf.message import Message
 
 from runner.atomic import atomic_write_text
 from runner.proto import caffe_pb2
+from runner.proto.binary import read_file_bytes
 from runner.proto.errors import ProtoError
 from runner.proto.upgrade import snapshot_prefix_for, upgrade_net, upgrade_solver
 
@@ -56,10 +56,7 @@ def parse_text(text: str, message_class: type[M], origin: str = "<string>") -> M
 
 def read_file_text(path: str | os.PathLike) -> str:
     """The UTF-8 contents of a text file, or a ProtoError naming the path."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+    data = read_file_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
