@@ -1,11 +1,14 @@
 """Binary compatibility with an independent Caffe reader: OpenCV's dnn importer loads
 .caffemodel files written with our schema (current and V1 layout, shape.dim and legacy
 4D dims) and computes what numpy computes from the same weights."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
-from runner.proto import array_to_blob, caffe_pb2, parse_net_text, read_caffemodel, write_binary, blob_to_array
+from runner.proto import (array_to_blob, blob_to_array, caffe_pb2, parse_net_text, read_caffemodel,
+                          read_net, to_text, write_binary)
 
 DEPLOY = """
 name: "tiny"
@@ -80,8 +83,6 @@ def test_opencv_runs_our_caffemodel(tmp_path, make_model):
 
 def test_opencv_parses_our_upgraded_text():
     """The text we write for an upgraded V1 net is valid for OpenCV's own Caffe schema."""
-    from pathlib import Path
-    from runner.proto import read_net, to_text
     net = read_net(Path(__file__).parent / "data" / "proto" / "googlenet_deploy_v1.prototxt")
     cv_net = cv2.dnn.readNetFromCaffe(bytearray(to_text(net).encode()))
     assert "inception_3a/output" in cv_net.getLayerNames()

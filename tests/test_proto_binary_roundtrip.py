@@ -114,3 +114,14 @@ def test_binary_errors_name_the_file_and_the_expected_type(tmp_path):
     with pytest.raises(ProtoError, match=r"net.binaryproto: not a binary caffe.BlobProto \(it has field numbers \[1\]"):
         read_blobproto(wrong_type)
     assert read_binary(wrong_type, caffe_pb2.NetParameter).name == "net"
+
+
+def test_required_fields_are_checked_on_write_and_read(tmp_path):
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="clip1", type="Clip").clip_param.min = 0
+    with pytest.raises(ProtoError, match=r"c.caffemodel: missing required fields: layer\[0\].clip_param.max"):
+        write_binary(net, tmp_path / "c.caffemodel")
+    assert not (tmp_path / "c.caffemodel").exists()
+    (tmp_path / "c.caffemodel").write_bytes(net.SerializePartialToString())
+    with pytest.raises(ProtoError, match=r"c.caffemodel: missing required fields: .*\(layer 'clip1'\)"):
+        read_caffemodel(tmp_path / "c.caffemodel")

@@ -50,3 +50,8 @@ def test_missing_file_and_binary_file(tmp_path):
     binary.write_bytes(b"\x0a\x04name\x92\xff\x00")
     with pytest.raises(ProtoError, match=r"w.prototxt: not a text prototxt \(byte 6 is not UTF-8\)"):
         read_net(binary)
+
+
+def test_missing_required_field_is_refused_as_caffe_does(tmp_path):
+    msg, path = _error(tmp_path, 'layer { name: "clip1" type: "Clip" clip_param { min: 0 } }')
+    assert msg == f"{path}: missing required fields: layer[0].clip_param.max (layer 'clip1')"

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError, Message
 
 from runner.atomic import atomic_write_bytes
 from runner.proto import caffe_pb2
-from runner.proto.errors import ProtoError
+from runner.proto.errors import ProtoError, check_required_fields
 from runner.proto.upgrade import upgrade_net
 
 M = TypeVar("M", bound=Message)
@@ -42,11 +42,13 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     if unknown:
         raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "
                          f"{unknown} that {type_name} does not define)")
+    check_required_fields(msg, str(path))
     return msg
 
 
 def write_binary(msg: Message, path: str | os.PathLike) -> None:
-    """Serialize `msg` to `path` atomically."""
+    """Serialize `msg` to `path` atomically (refused when required fields are unset)."""
+    check_required_fields(msg, str(path))
     atomic_write_bytes(path, msg.SerializeToString())
 
 

@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from runner.atomic import atomic_write_text
 from runner.proto import caffe_pb2
 from runner.proto.binary import read_file_bytes
-from runner.proto.errors import ProtoError
+from runner.proto.errors import ProtoError, check_required_fields
 from runner.proto.upgrade import snapshot_prefix_for, upgrade_net, upgrade_solver
 
 M = TypeVar("M", bound=Message)
@@ -51,6 +51,7 @@ def parse_text(text: str, message_class: type[M], origin: str = "<string>") -> M
         line, column = err.GetLine(), err.GetColumn()
         where = origin if line is None else f"{origin}:{line}" + ("" if column is None else f":{column}")
         raise ProtoError(f"{where}: {_located_message(err, text)}{_caret(text, line, column)}") from None
+    check_required_fields(msg, origin)
     return msg
 
 

@@ -13,10 +13,11 @@ from runner.proto import ProtoError, parse_net_text, upgrade_net, write_text
 from runner.proto.textio import read_file_text
 
 
-def run_upgrade(doc: str, parse: Callable, upgrade: Callable, argv: list[str] | None) -> int:
+def run_upgrade(module: str, doc: str, parse: Callable, upgrade: Callable,
+                argv: list[str] | None) -> int:
     """Read IN without upgrading, apply `upgrade`, write OUT; one-line errors, exit 1."""
-    summary, _, details = doc.partition("\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details.strip())
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="the prototxt to read")
     parser.add_argument("output", help="where to write the upgraded prototxt (atomically)")
     args = parser.parse_args(argv)
@@ -33,7 +34,7 @@ def run_upgrade(doc: str, parse: Callable, upgrade: Callable, argv: list[str] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_upgrade(__doc__, parse_net_text, upgrade_net, argv)
+    return run_upgrade(__spec__.name, __doc__, parse_net_text, upgrade_net, argv)
 
 
 if __name__ == "__main__":

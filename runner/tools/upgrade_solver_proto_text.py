@@ -12,7 +12,7 @@ from runner.tools.upgrade_net_proto_text import run_upgrade
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_upgrade(__doc__, parse_solver_text, upgrade_solver, argv)
+    return run_upgrade(__spec__.name, __doc__, parse_solver_text, upgrade_solver, argv)
 
 
 if __name__ == "__main__":
