@@ -187,9 +187,10 @@ def _conv(lp, bottoms):
         macs = count(b, 0, axis) * channels * math.prod(spatial) * (n_out // group) * math.prod(kernel)
     if min(out) <= 0:
         raise ValueError(f"output size {out} is not positive (input {list(spatial)})")
+    if any(bb != b for bb in bottoms[1:]):
+        raise ValueError(f"all bottoms must have the same shape, got {[list(bb) for bb in bottoms]}")
     blobs = [weight] + ([(n_out,)] if p.bias_term else [])
-    return LayerShapes([(*b[:axis], n_out, *out)] + [(*bb[:axis], n_out, *out) for bb in bottoms[1:]],
-                       blobs, macs * len(bottoms))
+    return LayerShapes([(*b[:axis], n_out, *out)] * len(bottoms), blobs, macs * len(bottoms))
 
 
 @rule("Pooling")
