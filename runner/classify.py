@@ -1,0 +1,79 @@
+"""Classify images with a Model Zoo folder or a deploy.prototxt + caffemodel, as Caffe's
+python/classify.py does: `python runner/classify.py ZOO_DIR_OR_DEPLOY IMAGE... [--top 5]`.
+
+Preprocessing is caffe.Classifier's (see runner/zoo/classifier.py): resize to the mean's
+size (or --images-dim, else the net input), centre crop or --oversample (10 crops
+averaged), subtract the mean averaged per channel, apply the train_val's scale.
+"""
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python runner/classify.py`: the repo root, not runner/, first
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse  # noqa: E402
+
+import torch  # noqa: E402
+
+from runner.proto import ProtoError  # noqa: E402
+from runner.zoo import ZooError, load  # noqa: E402
+from runner.zoo.classifier import Classifier, read_image, top_k  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="Model Zoo folder, or a deploy.prototxt (with --weights)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (OpenCV reads them)")
+    p.add_argument("--weights", help="caffemodel (default: the folder's, from readme.md)")
+    mean = p.add_mutually_exclusive_group()
+    mean.add_argument("--mean", help="mean .binaryproto (default: the folder's)")
+    mean.add_argument("--mean-value", help="per-channel mean, e.g. 104,117,123 or 33.3")
+    p.add_argument("--labels", help="labels file, one per line (default: the folder's)")
+    p.add_argument("--images-dim", help="H,W to resize images to before cropping "
+                   "(default: the mean's size, else the net input)")
+    p.add_argument("--top", type=int, default=5, help="labels to print per image (5)")
+    p.add_argument("--oversample", action="store_true",
+                   help="average 10 crops (corners, centre and mirrors)")
+    p.add_argument("--gpu", action="store_true", help="run on the CUDA device")
+    return p.parse_args(argv)
+
+
+def numbers(text: str | None, kind=float) -> list | None:
+    """'1,2,3' -> [1.0, 2.0, 3.0]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise ZooError(f"'{text}': expected comma-separated numbers") from None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.gpu and not torch.cuda.is_available():
+            raise ZooError("--gpu given but no CUDA device is available")
+        dims = numbers(args.images_dim, int)
+        if dims is not None and len(dims) != 2:
+            raise ZooError(f"--images-dim '{args.images_dim}': expected H,W")
+        net, info = load(args.model, args.weights, mean_file=args.mean,
+                         mean_value=numbers(args.mean_value), labels_file=args.labels,
+                         image_dims=dims)
+        for note in info.notes:
+            print(f"note: {note}", file=sys.stderr)
+        images = [read_image(path, info.channels) for path in args.images]
+        classifier = Classifier(net, info, "cuda" if args.gpu else "cpu")
+        probabilities = classifier.predict(images, oversampled=args.oversample)
+    except (ZooError, ProtoError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path, probs in zip(args.images, probabilities):
+        print(f"{path}:")
+        for label, p in top_k(probs, info.labels, args.top):
+            print(f"  {p:.6f}  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

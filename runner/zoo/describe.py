@@ -1,0 +1,66 @@
+"""The readme body of a published model: architecture, training settings, measured accuracy."""
+from __future__ import annotations
+
+import math
+import re
+
+from runner.zoo.netinfo import layer_shapes
+
+TEST_START = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
+TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = (\S+)")
+# Fields that are paths on the publishing machine, not training settings.
+_SOLVER_PATHS = {"net", "train_net", "test_net", "snapshot_prefix"}
+
+
+def architecture_table(deploy) -> str:
+    """Markdown table: layer, type, top shape(s) for one image batch, learnable params."""
+    rows = ["| layer | type | top shape | params |", "|---|---|---|---|"]
+    total = 0
+    for lp, shapes in layer_shapes(deploy):
+        params = sum(math.prod(s) for s in shapes.blobs)
+        total += params
+        tops = ", ".join("×".join(str(d) for d in t) for t in shapes.tops)
+        rows.append(f"| {lp.name} | {lp.type} | {tops} | {params:,} |")
+    rows.append(f"| **total** | | | **{total:,}** |")
+    return "\n".join(rows)
+
+
+def solver_table(solver) -> str:
+    """Markdown table of the settings the solver.prototxt sets (paths left out)."""
+    rows = ["| setting | value |", "|---|---|"]
+    for field, value in solver.ListFields():
+        if field.name in _SOLVER_PATHS or field.message_type is not None:
+            continue
+        if field.is_repeated:
+            shown = ", ".join(_scalar(field, v) for v in value)
+        else:
+            shown = _scalar(field, value)
+        rows.append(f"| {field.name} | {shown} |")
+    return "\n".join(rows)
+
+
+def _scalar(field, value) -> str:
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    if isinstance(value, float):
+        return f"{value:.6g}"  # float32 fields read back with float64 noise
+    return str(value)
+
+
+def last_test_outputs(log_text: str) -> tuple[int, dict[str, float]] | None:
+    """(iteration, {output: value}) of the last test of net #0 in a glog-style log."""
+    result = None
+    current = None
+    for line in log_text.splitlines():
+        start = TEST_START.search(line)
+        if start:
+            current = (int(start.group(1)), {}) if start.group(2) == "0" else None
+            continue
+        out = TEST_OUTPUT.search(line)
+        if out and current is not None:
+            try:
+                current[1][out.group(2)] = float(out.group(3))
+            except ValueError:
+                continue
+            result = current  # a test counts once it has reported an output
+    return result

@@ -1,0 +1,90 @@
+"""Model Zoo readme.md: YAML front matter (the model's identity card) plus a Markdown body.
+
+Caffe's zoo tools read `name`, `caffemodel`, `caffemodel_url`, `license`, `sha1`,
+`caffe_commit` and `gist_id` from the block between the two `---` lines. Every value is
+treated as data: a file name taken from it must be a plain name inside the folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import yaml
+
+FIELDS = ("name", "caffemodel", "caffemodel_url", "license", "sha1", "caffe_commit", "gist_id")
+REQUIRED = ("name", "caffemodel", "sha1")
+README = "readme.md"
+
+
+class ZooError(ValueError):
+    """A zoo folder or one of its files is not what the Model Zoo convention expects."""
+
+
+def read_readme(folder: str | os.PathLike) -> tuple[dict[str, str], str]:
+    """Front matter (values as strings) and Markdown body of `<folder>/readme.md`."""
+    path = Path(folder) / README
+    if not path.is_file():
+        raise ZooError(f"{path}: no readme.md, so this is not a Model Zoo folder")
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        raise ZooError(f"{path}:1: expected the front matter to open with a '---' line")
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        raise ZooError(f"{path}: front matter has no closing '---' line")
+    try:
+        data = yaml.safe_load("".join(lines[1:end]))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 2}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ZooError(f"{path}{where}: front matter is not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ZooError(f"{path}: front matter must be a mapping of fields, "
+                       f"got {type(data).__name__}")
+    # YAML turns an all-digit sha1 or commit into an int; the fields are strings.
+    front = {str(k): "" if v is None else str(v) for k, v in data.items()}
+    return front, "".join(lines[end + 1:])
+
+
+def render_readme(front: dict[str, str], body: str) -> str:
+    """readme.md text: the front matter in FIELDS order, then the body."""
+    ordered = {k: front[k] for k in FIELDS if k in front}
+    ordered.update({k: v for k, v in front.items() if k not in ordered})
+    head = yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False,
+                          allow_unicode=True)
+    return f"---\n{head}---\n\n{body}"
+
+
+def require_fields(front: dict[str, str], folder: str | os.PathLike) -> None:
+    """Fail naming the first required field that is missing or empty."""
+    for key in REQUIRED:
+        if not front.get(key):
+            raise ZooError(f"{Path(folder) / README}: front matter lacks '{key}'")
+
+
+def plain_file_name(value: str, field: str, folder: str | os.PathLike) -> str:
+    """`value` if it names a file directly inside the folder; refuse anything else."""
+    where = f"{Path(folder) / README}: front matter '{field}: {value}'"
+    if not value:
+        raise ZooError(f"{where}: empty file name")
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() \
+            or PureWindowsPath(value).drive:
+        raise ZooError(f"{where} is an absolute path; refusing it: "
+                       "it must be a file name inside the folder")
+    if "/" in value or "\\" in value or ".." in value:
+        raise ZooError(f"{where} leaves the folder or names a subfolder; refusing it: "
+                       "it must be a plain file name inside the folder")
+    return value
+
+
+def sha1_of_file(path: str | os.PathLike) -> str:
+    """Hex SHA-1 of the whole file, as Caffe's zoo tools check it."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
