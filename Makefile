@@ -30,3 +30,21 @@ net: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# Fashion-MNIST as Caffe data (train/test LMDBs, mean, labels), built once from Debian's
+# dataset-fashion-mnist; the mean is written last, so it stands for the whole set.
+FASHION_MNIST_SRC ?= /usr/share/datasets/fashion-mnist
+FASHION_OUT ?= data/fashion-mnist
+.PHONY: data
+
+data: $(FASHION_OUT)/mean.binaryproto
+
+$(FASHION_OUT)/mean.binaryproto: | $(STAMP)
+	@if [ ! -d $(FASHION_MNIST_SRC) ]; then \
+	  echo "Fashion-MNIST is missing ($(FASHION_MNIST_SRC)): apt-get install dataset-fashion-mnist" >&2; \
+	  [ "$$(id -u)" = 0 ] || exit 1; \
+	  apt-get install -y dataset-fashion-mnist || \
+	    { apt-get update && apt-get install -y dataset-fashion-mnist; } || exit 1; \
+	fi
+	$(PY) -m runner.tools.fashion_mnist --out $(FASHION_OUT) \
+		--source-dir $(FASHION_MNIST_SRC) --overwrite

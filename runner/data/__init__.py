@@ -1,0 +1,9 @@
+"""Caffe's data path: Datum records in LMDB, the DataTransformer, and the Data and ImageData
+layers as prefetching sources (importing this package registers them)."""
+from runner.data import image_data, source  # noqa: F401  (register the sources)
+from runner.data.datum import DataError
+from runner.data.image_data import ImageDataSource
+from runner.data.source import DataSource
+from runner.data.transformer import DataTransformer
+
+__all__ = ["DataError", "DataSource", "DataTransformer", "ImageDataSource"]

@@ -1,0 +1,157 @@
+"""LMDB databases of Datum records, as Caffe keeps them: a reader that walks records in key
+order and wraps around, and a writer that commits every 1000 records into a temporary
+directory and renames it into place, so a failed or interrupted write leaves nothing behind."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import lmdb
+from tqdm import tqdm
+
+from runner.data.datum import DataError
+
+COMMIT_EVERY = 1000          # records per transaction, as convert_imageset
+_INITIAL_MAP_SIZE = 1 << 30  # grows by doubling when full
+
+
+def open_env(path: str | os.PathLike, readonly: bool = True, **kwargs) -> lmdb.Environment:
+    """Open an LMDB directory; a missing or non-LMDB path is a DataError naming it."""
+    path = Path(path)
+    try:
+        return lmdb.open(str(path), readonly=readonly, lock=not readonly, **kwargs)
+    except lmdb.Error as exc:
+        raise DataError(f"'{path}' cannot be opened as an LMDB database: {exc}") from None
+
+
+_SHARED: dict[tuple[int, str, int], lmdb.Environment] = {}
+
+
+def shared_env(path: Path) -> lmdb.Environment:
+    """This process's read-only handle on the LMDB at `path` (py-lmdb allows one per process;
+    a database replaced on disk gets a new handle)."""
+    if not path.is_dir():
+        raise DataError(f"LMDB database '{path}' does not exist (cwd: {Path.cwd()})")
+    try:
+        inode = (path / "data.mdb").stat().st_ino
+    except OSError:
+        raise DataError(f"'{path}' is not an LMDB database (no data.mdb in it)") from None
+    for inherited in [k for k in _SHARED if k[0] != os.getpid()]:
+        _SHARED.pop(inherited).close()   # a forked child must not use its parent's handles
+    key = (os.getpid(), str(path.resolve()), inode)
+    if key not in _SHARED:
+        _SHARED[key] = open_env(path)
+    return _SHARED[key]
+
+
+class LmdbReader:
+    """Read-only view of an LMDB: `len`, iteration in key order, and `record(i)`, the i-th
+    record in key order, reached by stepping a cursor (cheap when i grows steadily)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._txn = shared_env(self.path).begin()
+        self._cursor = self._txn.cursor()
+        self._position = -1
+        self.length = self._txn.stat()["entries"]
+        if self.length == 0:
+            self.close()
+            raise DataError(f"LMDB database '{self.path}' holds no records")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        """(key, value) pairs in key order, on a cursor of their own."""
+        for key, value in self._txn.cursor():
+            yield key.decode("utf-8", "replace"), value
+
+    def record(self, index: int) -> tuple[str, bytes]:
+        """The index-th record in key order (0 <= index < len)."""
+        if index < self._position or self._position < 0:
+            self._cursor.first()
+            self._position = 0
+        while self._position < index:
+            self._cursor.next()
+            self._position += 1
+        return self._cursor.key().decode("utf-8", "replace"), self._cursor.value()
+
+    def close(self) -> None:
+        """End the read transaction (the process keeps the environment open)."""
+        self._txn.abort()
+
+    def __enter__(self) -> LmdbReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Writer:
+    """Puts records into an open LMDB in transactions of COMMIT_EVERY records."""
+
+    def __init__(self, env: lmdb.Environment):
+        self._env = env
+        self._pending: list[tuple[bytes, bytes]] = []
+        self.count = 0
+
+    def put(self, key: str, value: bytes) -> None:
+        self._pending.append((key.encode("utf-8"), value))
+        self.count += 1
+        if len(self._pending) >= COMMIT_EVERY:
+            self.commit()
+
+    def commit(self) -> None:
+        while self._pending:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+                self._pending = []
+            except lmdb.MapFullError:
+                self._env.set_mapsize(2 * self._env.info()["map_size"])
+
+
+def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
+               total: int | None = None, overwrite: bool = False, desc: str = "") -> int:
+    """Write (key, serialized Datum) records to a new LMDB at `path`; return how many.
+
+    Records go to a temporary directory beside `path`, committed every COMMIT_EVERY puts, and
+    the directory is renamed to `path` only when all are written. An existing `path` is an
+    error unless `overwrite` (Caffe refuses to open an existing database for writing).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE)
+        try:
+            writer = _Writer(env)
+            for key, value in tqdm(records, total=total, desc=desc or path.name, unit="rec"):
+                writer.put(key, value)
+            writer.commit()
+            env.sync(True)
+        finally:
+            env.close()
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return writer.count
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move directory `new` to `target`, replacing an existing `target`."""
+    new.chmod(0o755)   # mkdtemp made it private
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,156 @@
+"""Caffe's Data layer as a Source: batches of transformed Datums from an LMDB.
+
+Records are read in key order and the stream wraps around at the end, in TRAIN and TEST
+alike (Caffe's DataLayer). With world_size > 1, rank r takes the stream positions p with
+p % world_size == r (Caffe's DataLayer::Skip, counting positions across wrap-arounds), so
+the ranks' shares are disjoint and together cover every record once per pass; pass
+world_size=1 to read everything (as Caffe's rank-0 test net does). data_param.rand_skip
+skips Rand(rand_skip) records at the start (the pre-1.0 Caffe behaviour; Caffe 1.0 ignores
+it). Randomness comes from `seed`: one numpy Generator per (seed, rank, batch), so a batch is
+the same for any number of prefetch workers; the skip depends on the seed alone, so every
+rank must be given the same seed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from runner.data.datum import DataError, parse_datum
+from runner.data.lmdb_store import LmdbReader
+from runner.data.prefetch import PrefetchingSource, default_workers
+from runner.data.transformer import DataTransformer
+from runner.proto import caffe_pb2
+from runner.sources import register_source
+
+
+def stream_offsets(index: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Stream positions of batch `index` for `rank`: its k-th item is rank + world_size * k."""
+    first = index * batch_size
+    return range(rank + world_size * first, rank + world_size * (first + batch_size), world_size)
+
+
+def resolve_seed(seed: int | None, world_size: int, needs_agreement: bool, where: str) -> int:
+    """The seed to use: `seed`, or fresh entropy (refused when ranks must agree on it)."""
+    if seed is not None:
+        return int(seed)
+    if world_size > 1 and needs_agreement:
+        raise ValueError(f"{where}: with world_size > 1, pass the same seed on every rank "
+                         "(rand_skip and shuffle must agree across ranks)")
+    return int(np.random.SeedSequence().entropy)
+
+
+def check_tops(lp, max_tops: int = 2) -> list[str]:
+    """The layer's tops: data, then optionally label."""
+    if not 1 <= len(lp.top) <= max_tops:
+        raise DataError(f"layer '{lp.name}' ({lp.type}): expected 1 or 2 tops (data, label), "
+                        f"got {len(lp.top)}")
+    return list(lp.top)
+
+
+class StreamBatches:
+    """Batch number `index` of a data layer: the items at the rank's stream positions,
+    transformed in order with one Generator per (seed, rank, batch). Subclasses read items."""
+
+    transformer: DataTransformer
+    tops: list[str]
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+
+    def item(self, position: int) -> tuple[str, np.ndarray, int]:
+        """(where, CxHxW image, label) at stream position `position`."""
+        raise NotImplementedError
+
+    def make(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        data = arrays[self.tops[0]]
+        labels = arrays[self.tops[1]] if len(self.tops) > 1 else None
+        offsets = stream_offsets(index, self.batch_size, self.rank, self.world_size)
+        for item, position in enumerate(offsets):
+            where, image, label = self.item(position)
+            self.transformer.transform_into(image, data[item], rng, where)
+            if labels is not None:
+                labels[item] = label
+
+    def top_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Top shapes, from the rank's first item (as Caffe shapes tops from the first)."""
+        where, image, _ = self.item(self.rank)
+        shapes = {self.tops[0]: (self.batch_size,
+                                 *self.transformer.output_shape(image.shape, where))}
+        if len(self.tops) > 1:
+            shapes[self.tops[1]] = (self.batch_size,)
+        return shapes
+
+
+class LmdbBatches(StreamBatches):
+    """Items of a Data layer: records in key order (picklable; opens the LMDB per process)."""
+
+    def __init__(self, path: Path, transformer: DataTransformer, tops: list[str],
+                 batch_size: int, *, layer: str, skip: int, seed: int, rank: int,
+                 world_size: int):
+        self.path, self.transformer, self.tops = path, transformer, tops
+        self.batch_size, self.layer, self.skip = batch_size, layer, skip
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self._reader: LmdbReader | None = None
+        self._pid = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_reader": None, "_pid": None}
+
+    def reader(self) -> LmdbReader:
+        if self._pid != os.getpid():   # an LMDB transaction must not cross a fork
+            self._reader, self._pid = LmdbReader(self.path), os.getpid()
+        return self._reader
+
+    def close(self) -> None:
+        """End this process's read transaction (reopened on demand)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._pid = None
+
+    def item(self, position: int) -> tuple[str, np.ndarray, int]:
+        reader = self.reader()
+        key, value = reader.record((self.skip + position) % len(reader))
+        where = f"layer '{self.layer}': LMDB '{self.path}' key '{key}'"
+        datum = parse_datum(value, where)
+        return where, self.transformer.decode(datum, where), datum.label
+
+
+class DataSource(PrefetchingSource):
+    """Caffe's Data layer: data_param (source, batch_size, rand_skip, backend, prefetch) and
+    transform_param, yielding {data: N x C x H x W float32, label: N float32}."""
+
+    def __init__(self, lp, phase, *, rank: int = 0, world_size: int = 1,
+                 seed: int | None = None, workers: int | None = None):
+        param = lp.data_param
+        self.name = lp.name
+        where = f"layer '{lp.name}' (Data)"
+        if param.backend != caffe_pb2.DataParameter.LMDB:
+            raise DataError(f"{where}: data_param.backend is LEVELDB (Caffe's default), which "
+                            "is not supported; set `backend: LMDB` and convert the images with "
+                            "`python -m runner.tools.convert_imageset`")
+        if not param.source:
+            raise DataError(f"{where}: data_param.source names no database")
+        if param.batch_size <= 0:
+            raise DataError(f"{where}: data_param.batch_size must be positive")
+        tops = check_tops(lp)
+        seed = resolve_seed(seed, world_size, param.rand_skip > 0, where)
+        skip = int(np.random.default_rng([seed]).integers(param.rand_skip)) \
+            if param.rand_skip else 0
+        path = Path.cwd() / param.source
+        transformer = DataTransformer(lp.transform_param, phase, layer=lp.name)
+        self.maker = LmdbBatches(path, transformer, tops, param.batch_size, layer=lp.name,
+                                 skip=skip, seed=seed, rank=rank, world_size=world_size)
+        self.top_shapes = self.maker.top_shapes()
+        self.maker.close()
+        self.workers = default_workers() if workers is None else workers
+        self.depth = param.prefetch
+
+
+@register_source("Data")
+def data_source(lp, phase, *, rank=0, world_size=1, seed=None, workers=None) -> DataSource:
+    """Source factory for Caffe's Data layer (LMDB backend)."""
+    return DataSource(lp, phase, rank=rank, world_size=world_size, seed=seed, workers=workers)

@@ -1,0 +1,50 @@
+"""Compute the mean image of an LMDB of Datums, as Caffe's compute_image_mean.
+
+    python -m runner.tools.compute_image_mean DB [MEAN.binaryproto]
+
+Writes a BlobProto (num=1, channels, height, width) atomically and prints the mean of each
+channel, as Caffe does.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runner.atomic import atomic_write_bytes
+from runner.data.datum import DataError
+from runner.data.mean import channel_means, compute_image_mean
+
+
+def write_image_mean(db: str, output: str | None) -> list[float]:
+    """Compute the mean of `db`, write it to `output` (if given); return the channel means."""
+    blob = compute_image_mean(db)
+    if output:
+        atomic_write_bytes(output, blob.SerializeToString())
+    means = channel_means(blob)
+    print(f"Number of channels: {blob.channels}")
+    for channel, value in enumerate(means):
+        print(f"mean_value channel [{channel}]: {value:g}")
+    return means
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.tools.compute_image_mean",
+        description="Compute the mean image of an LMDB of Datums.")
+    parser.add_argument("db", metavar="INPUT_DB", help="LMDB directory")
+    parser.add_argument("output", metavar="OUTPUT_FILE", nargs="?",
+                        help="mean .binaryproto to write")
+    parser.add_argument("--backend", default="lmdb", help="only lmdb is supported")
+    args = parser.parse_args(argv)
+    if args.backend.lower() != "lmdb":
+        parser.error(f"--backend {args.backend} is not supported: use lmdb")
+    try:
+        write_image_mean(args.db, args.output)
+    except DataError as exc:
+        print(f"compute_image_mean: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
