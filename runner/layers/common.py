@@ -84,6 +84,6 @@ def layer_from_text(text: str, bottom_shapes, phase: int = 0):
     from runner.layers.base import build_layer
 
     lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    if not lp.top:
+    if not lp.top and lp.type != "Silence":
         lp.top.append(lp.name or "top")
     return build_layer(lp, [tuple(s) for s in bottom_shapes], phase)
