@@ -3,12 +3,14 @@ fashion-mnist-cnds8 with its run outputs, and a published folder made from it.""
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from runner import Net
 from runner.proto import array_to_blob, caffe_pb2, read_net, write_binary, write_text
@@ -82,6 +84,15 @@ def random_snapshot(model: Path, run: Path) -> Path:
     plus a solver log and training curve beside it, as a finished run leaves them."""
     run.mkdir(parents=True, exist_ok=True)
     net = Net(with_inputs_for_data(read_net(model / "train_val.prototxt")), phase="TRAIN")
+    # The model's small gaussian fillers make every image score alike; He-scaled weights
+    # keep the scores image-dependent, so comparisons of top-5 rankings mean something.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in net.layers.values():
+            if layer.type in ("Convolution", "InnerProduct"):
+                weight = layer.blobs[0]
+                weight.copy_(torch.randn(weight.shape, generator=generator)
+                             * math.sqrt(2.0 / weight[0].numel()))
     weights = run / "fashion_iter_200.caffemodel"
     net.save_caffemodel(str(weights))
     write_run_log(run / "fashion.log")
