@@ -13,6 +13,7 @@ DATASET ?= imagenet
 BRANCHES ?=
 ALPHA ?=
 WIDTH ?=
+INIT ?=
 
 .PHONY: setup net demo test
 
@@ -26,7 +27,11 @@ $(STAMP): pyproject.toml
 
 net: $(STAMP)
 	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=$(VARIANT) DATASET=$(DATASET) \
-		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH)
+		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH) INIT=$(INIT)
+
+# Until training lands: render every committed net and print its shape table.
+demo: $(STAMP)
+	$(PY) -m generator --all
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
@@ -48,3 +53,16 @@ $(FASHION_OUT)/mean.binaryproto: | $(STAMP)
 	fi
 	$(PY) -m runner.tools.fashion_mnist --out $(FASHION_OUT) \
 		--source-dir $(FASHION_MNIST_SRC) --overwrite
+
+# Model Zoo folder <ZOO>/<name>/ from a model folder and a trained train_val snapshot;
+# the deploy caffemodel drops the auxiliary branches. LICENSE defaults to CC-BY-4.0.
+MODEL ?=
+WEIGHTS ?=
+ZOO ?= zoo
+LICENSE ?=
+.PHONY: publish
+
+publish: $(STAMP)
+	@[ -n "$(MODEL)" ] && [ -n "$(WEIGHTS)" ] || \
+	  { echo "usage: make publish MODEL=models/<net> WEIGHTS=<snapshot>.caffemodel ZOO=<dir> [LICENSE=...]" >&2; exit 2; }
+	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)")
