@@ -129,7 +129,7 @@ def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE)
+        env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE, sync=False)
         try:
             writer = _Writer(env)
             for key, value in tqdm(records, total=total, desc=desc or path.name, unit="rec"):
