@@ -88,15 +88,17 @@ def probe_branches(config: NetConfig) -> tuple[int, ...]:
     if config.variant != "cnds":
         raise ConfigError("BRANCHES=auto: only VARIANT=cnds has supervision branches")
     try:
-        probe = importlib.import_module("generator.probe")
+        suggest = getattr(importlib.import_module("generator.probe"), "suggest_branches", None)
     except ModuleNotFoundError as exc:
         if exc.name != "generator.probe":
             raise
-        raise ConfigError("BRANCHES=auto needs the gradient probe (generator/probe.py), "
-                          "which is not available; give BRANCHES=k,... instead") from None
+        suggest = None
+    if suggest is None:
+        raise ConfigError("BRANCHES=auto needs the gradient probe (generator.probe.suggest_branches), "
+                          "which is not available; give BRANCHES=k,... instead")
     plain = build(replace(config, variant="cnn", branches=None))
     text = render(plain)["train_val.prototxt"]
-    taps = tuple(int(k) for k in probe.suggest_branches(parse("train_val.prototxt", text)))
+    taps = tuple(int(k) for k in suggest(parse("train_val.prototxt", text)))
     if not taps:
         raise ConfigError("BRANCHES=auto: the probe suggests no branch; use VARIANT=cnn")
     return taps
@@ -119,7 +121,7 @@ def report(net: Net, texts: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_intermixed_args(argv)
         if args.all and args.settings:
             raise ConfigError("--all renders the committed nets and takes no KEY=VALUE settings")
         if args.all:

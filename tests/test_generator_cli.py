@@ -117,8 +117,9 @@ def test_branches_auto_asks_the_probe_with_the_plain_net(tmp_path, capsys, monke
     assert layers["pool_ds1"].bottom == ["conv3_1"] and layers["pool_ds2"].bottom == ["conv4_2"]
 
 
-def test_branches_auto_without_probe_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "generator.probe", None)  # import fails as if absent
+@pytest.mark.parametrize("module", [None, types.SimpleNamespace()], ids=["absent", "no-suggest_branches"])
+def test_branches_auto_without_probe_is_a_clear_error(module, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "generator.probe", module)  # None: the import fails
     out = tmp_path / "models"
     assert main(["DEPTH=8", "BRANCHES=auto", "--out", str(out)]) == 2
     assert "BRANCHES=auto needs the gradient probe" in capsys.readouterr().err
