@@ -119,10 +119,6 @@ class Net:
     def name(self) -> str:
         return self.config.name
 
-    @property
-    def branches(self) -> tuple[Branch, ...]:
-        return tuple(b for b in self.blocks if b.kind == "branch")
-
 
 def stage_sizes(depth: int) -> list[int]:
     """3x3 convs per stage conv2..conv5: depth-1 convs, the remainder to the later stages."""
