@@ -2,6 +2,7 @@
 auxiliary branches, atomicity, and the CLI."""
 import hashlib
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,10 @@ def test_folder_holds_the_zoo_files_with_a_true_sha1(published):
     mean = blob_to_array(read_blobproto(folder / "mean.binaryproto"))
     assert mean.shape == (1, 1, 28, 28) and 0 < mean.mean() < 255
     assert cv2.imread(str(folder / "training_curve.png")) is not None
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert (folder / "readme.md").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["readme.md", "deploy.prototxt", "train_val.prototxt", "solver.prototxt",
          "fashion-mnist-cnds8.caffemodel", "mean.binaryproto", "labels.txt",

@@ -14,6 +14,7 @@ import torch
 
 from runner import Net
 from runner.proto import array_to_blob, caffe_pb2, read_net, write_binary, write_text
+from runner.solver.plot import plot_history, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -96,7 +97,7 @@ def random_snapshot(model: Path, run: Path) -> Path:
     weights = run / "fashion_iter_200.caffemodel"
     net.save_caffemodel(str(weights))
     write_run_log(run / "fashion.log")
-    write_curve(run / "fashion_curve.png")
+    write_curve(run / "fashion.log", run / "fashion_training.png")
     return weights
 
 
@@ -120,15 +121,9 @@ def write_run_log(path: Path) -> None:
     path.write_text(RUN_LOG)
 
 
-def write_curve(path: Path) -> None:
-    """A small real PNG plot of the test accuracy in RUN_LOG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    fig, ax = plt.subplots(figsize=(2, 1.5))
-    ax.plot([0, 100, 200], [0.1, 0.6532, 0.7871])
-    fig.savefig(path, format="png", dpi=50)
-    plt.close(fig)
+def write_curve(log: Path, path: Path) -> None:
+    """The solver's training-curve PNG drawn from `log`."""
+    plot_history(read_history(str(log)), str(path))
 
 
 def publish_fixture(root: Path) -> tuple[Path, Path, Path]:

@@ -50,8 +50,10 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--url", default="", help="caffemodel_url where the binary is hosted")
     pub.add_argument("--gist-id", default="", help="gist_id, if the model has a gist")
     pub.add_argument("--caffe-commit", help="code commit (default: this toolkit's git HEAD)")
-    pub.add_argument("--log", help="training log (default: <snapshot prefix>*.log beside it)")
-    pub.add_argument("--curve", help="training curve PNG (default: <prefix>*.png beside it)")
+    pub.add_argument("--log", help="training log (default: <prefix>.log beside a "
+                     "<prefix>_iter_N.caffemodel snapshot)")
+    pub.add_argument("--curve", help="training curve PNG (default: <prefix>_training.png "
+                     "beside the snapshot)")
     pub.add_argument("--force", action="store_true", help="replace an existing folder")
     pub.set_defaults(run=_publish)
     ver = sub.add_parser("verify", help="check sha1, prototxt and blobs of a zoo folder")

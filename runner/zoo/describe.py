@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import math
-import re
 
+from runner.solver.plot import read_history
 from runner.zoo.netinfo import layer_shapes
 
-TEST_START = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
-TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = (\S+)")
 # Fields that are paths on the publishing machine, not training settings.
 _SOLVER_PATHS = {"net", "train_net", "test_net", "snapshot_prefix"}
 
@@ -47,20 +45,11 @@ def _scalar(field, value) -> str:
     return str(value)
 
 
-def last_test_outputs(log_text: str) -> tuple[int, dict[str, float]] | None:
-    """(iteration, {output: value}) of the last test of net #0 in a glog-style log."""
-    result = None
-    current = None
-    for line in log_text.splitlines():
-        start = TEST_START.search(line)
-        if start:
-            current = (int(start.group(1)), {}) if start.group(2) == "0" else None
-            continue
-        out = TEST_OUTPUT.search(line)
-        if out and current is not None:
-            try:
-                current[1][out.group(2)] = float(out.group(3))
-            except ValueError:
-                continue
-            result = current  # a test counts once it has reported an output
-    return result
+def last_test_outputs(log_path) -> tuple[int, dict[str, float]] | None:
+    """(iteration, {output: value}) of the last test in a solver's glog-style log, read
+    with the solver's own parser (Caffe's parse_log.py patterns); None if it has none."""
+    tests = read_history(str(log_path)).test
+    if not tests:
+        return None
+    last = max(points[-1][0] for points in tests.values())
+    return last, {name: points[-1][1] for name, points in tests.items() if points[-1][0] == last}

@@ -19,7 +19,7 @@ from pathlib import Path
 from runner.atomic import atomic_write_bytes, atomic_write_text
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
 from runner.zoo.describe import architecture_table, last_test_outputs, solver_table
-from runner.zoo.frontmatter import ZooError, plain_file_name, render_readme, sha1_of_file
+from runner.zoo.frontmatter import ZooError, render_readme, sha1_of_file
 from runner.zoo.netinfo import AUX_LAYER, layer_shapes
 from runner.zoo.verify import verify
 
@@ -37,12 +37,13 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
             curve: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Write `<zoo>/<name>/` from `model_dir` (train_val/deploy/solver) and trained weights.
 
-    `log`/`curve` default to the solver's `<prefix>.log` / `<prefix>*.png` beside the
-    snapshot. Returns the folder. `force` replaces an existing folder of the same name.
+    `log`/`curve` default to the solver's `<prefix>.log` / `<prefix>_training.png`
+    beside the snapshot. Returns the folder. `force` replaces an existing folder of the same name.
     """
     model_dir, weights, zoo = Path(model_dir), Path(weights), Path(zoo)
     name = name or model_dir.name
-    plain_file_name(name, "name", zoo / name)
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ZooError(f"model name '{name}' must be a plain folder name")
     target = zoo / name
     if target.exists() and not force:
         raise ZooError(f"{target} already exists; pass --force to replace it")
@@ -76,9 +77,9 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
         front = {"name": name, "caffemodel": caffemodel, "caffemodel_url": url,
                  "license": license, "sha1": sha1_of_file(staging / caffemodel),
                  "caffe_commit": caffe_commit or project_commit(), "gist_id": gist_id}
-        body = readme_body(name, deploy, train_val, solver, cut, extras,
-                           log.read_text(errors="replace") if log else None, license)
+        body = readme_body(name, deploy, train_val, solver, cut, extras, log, license)
         atomic_write_text(staging / "readme.md", render_readme(front, body))
+        _share(staging)
         verify(staging)
         _move_into_place(staging, target)
     except BaseException:
@@ -92,12 +93,8 @@ def cut_aux_branches(deploy, path: Path) -> tuple[object, list[str]]:
     kept = caffe_pb2.NetParameter()
     kept.CopyFrom(deploy)
     del kept.layer[:]
-    cut = []
-    for lp in deploy.layer:
-        if AUX_LAYER.search(lp.name):
-            cut.append(lp.name)
-        else:
-            kept.layer.add().CopyFrom(lp)
+    kept.layer.extend(lp for lp in deploy.layer if not AUX_LAYER.search(lp.name))
+    cut = [lp.name for lp in deploy.layer if AUX_LAYER.search(lp.name)]
     try:
         layer_shapes(kept)
     except ValueError as exc:
@@ -109,15 +106,9 @@ def deploy_caffemodel(trained, deploy):
     """The trained NetParameter reduced to the layers the deploy net has."""
     names = {lp.name for lp in deploy.layer}
     kept = caffe_pb2.NetParameter()
-    kept.CopyFrom(trained)
+    kept.CopyFrom(trained)  # read_caffemodel has upgraded any V1 `layers` into `layer`
     del kept.layer[:]
-    del kept.layers[:]
-    for lp in trained.layer:
-        if lp.name in names:
-            kept.layer.add().CopyFrom(lp)
-    for lp in trained.layers:  # V1 caffemodels keep blobs in `layers`
-        if lp.name in names:
-            kept.layers.add().CopyFrom(lp)
+    kept.layer.extend(lp for lp in trained.layer if lp.name in names)
     return kept
 
 
@@ -132,40 +123,36 @@ def dataset_files(train_val, path: Path) -> tuple[Path | None, Path | None]:
     mean = labels = None
     for lp in _data_layers(train_val, "TEST") + _data_layers(train_val, "TRAIN"):
         if mean is None and lp.transform_param.mean_file:
-            mean = _resolve(lp.transform_param.mean_file, path, "transform_param.mean_file")
+            mean = _find(lp.transform_param.mean_file, path)
+            if mean is None:
+                raise ZooError(f"{path}: transform_param.mean_file "
+                               f"'{lp.transform_param.mean_file}' not found (looked from the "
+                               f"working directory, {REPO_ROOT} and {path.parent})")
         source = lp.data_param.source or lp.image_data_param.source
         if labels is None and source:
-            for root in (Path.cwd(), REPO_ROOT, path.parent):
-                candidate = (root / source).parent / LABELS_FILE
-                if candidate.is_file():
-                    labels = candidate
-                    break
+            labels = _find(str(Path(source).parent / LABELS_FILE), path)
     return mean, labels
 
 
-def _resolve(value: str, prototxt: Path, field: str) -> Path:
-    """A path from a prototxt: as Caffe reads it (from the working directory), else
-    from the repository root or the prototxt's folder."""
+def _find(value: str, prototxt: Path) -> Path | None:
+    """A file named in a prototxt: from the working directory, as Caffe reads it, else
+    from the repository root or the prototxt's folder; None if in none of them."""
     for root in (Path.cwd(), REPO_ROOT, prototxt.parent):
-        candidate = root / value
-        if candidate.is_file():
-            return candidate
-    raise ZooError(f"{prototxt}: {field} '{value}' not found (looked from the working "
-                   f"directory, {REPO_ROOT} and {prototxt.parent})")
+        if (root / value).is_file():
+            return root / value
+    return None
 
 
 def run_outputs(weights: Path, log, curve) -> tuple[Path | None, Path | None]:
-    """The training log and curve PNG: given, or the solver's files beside the snapshot."""
+    """The training log and curve PNG: as given, else the solver's `<prefix>.log` and
+    `<prefix>_training.png` beside a `<prefix>_iter_<N>.caffemodel` snapshot, if there."""
     prefix = re.sub(r"_iter_\d+$", "", weights.stem)
     found = []
-    for given, pattern in ((log, f"{prefix}*.log"), (curve, f"{prefix}*.png")):
-        if given is not None:
-            if not Path(given).is_file():
-                raise ZooError(f"{given}: no such file")
-            found.append(Path(given))
-        else:
-            matches = sorted(weights.parent.glob(pattern))
-            found.append(matches[-1] if len(matches) == 1 else None)
+    for given, default in ((log, f"{prefix}.log"), (curve, f"{prefix}_training.png")):
+        if given is not None and not Path(given).is_file():
+            raise ZooError(f"{given}: no such file")
+        path = Path(given) if given is not None else weights.parent / default
+        found.append(path if path.is_file() else None)
     return found[0], found[1]
 
 
@@ -179,7 +166,7 @@ def project_commit() -> str:
         return "unknown"
 
 
-def readme_body(name, deploy, train_val, solver, cut, extras, log_text, license) -> str:
+def readme_body(name, deploy, train_val, solver, cut, extras, log, license) -> str:
     """The Markdown description below the front matter."""
     parts = [f"# {name}\n",
              f"Net `{train_val.name}`, published with its deploy net and trained weights.",
@@ -188,7 +175,7 @@ def readme_body(name, deploy, train_val, solver, cut, extras, log_text, license)
               "as they are only used in training." if cut else
               "deploy.prototxt has no auxiliary branches; the caffemodel holds only the "
               "blobs it uses."),
-             "\n## Measured accuracy\n", _accuracy_text(log_text),
+             "\n## Measured accuracy\n", _accuracy_text(log),
              "\n## Architecture (deploy.prototxt)\n", architecture_table(deploy),
              "\n## Training settings (solver.prototxt)\n", solver_table(solver),
              _batch_sizes(train_val)]
@@ -199,14 +186,14 @@ def readme_body(name, deploy, train_val, solver, cut, extras, log_text, license)
     return "\n".join(parts)
 
 
-def _accuracy_text(log_text: str | None) -> str:
-    if log_text is None:
+def _accuracy_text(log: Path | None) -> str:
+    if log is None:
         return "Not measured: no training log was given."
-    last = last_test_outputs(log_text)
+    last = last_test_outputs(log)
     if last is None:
-        return "Not measured: the training log has no test results."
+        return f"Not measured: the training log {log.name} has no test results."
     iteration, outputs = last
-    lines = [f"Last test in the training log, iteration {iteration}:\n",
+    lines = [f"Last test in the training log ({log.name}), iteration {iteration}:\n",
              "| output | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in outputs.items()]
     return "\n".join(lines)
@@ -237,6 +224,15 @@ def _preprocessing_text(train_val, extras) -> str:
     if "labels" in extras:
         lines.append(f"- class names: {extras['labels']}, one per line in label order")
     return "\n".join(lines)
+
+
+def _share(folder: Path) -> None:
+    """Give the folder and its files the usual permissions (temp files start private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+    folder.chmod(0o777 & ~umask)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
