@@ -32,6 +32,20 @@ from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.updates import make_update
 
 
+def train_set_size(net) -> int:
+    """Records in the train net's data (0 if unknown): a source's `num_records`, else the
+    entry count of the LMDB behind its first Data layer."""
+    for source in net.sources:
+        if getattr(source, "num_records", 0):
+            return int(source.num_records)
+    for lp in net.net_param.layer:
+        if lp.type == "Data" and lp.data_param.source:
+            from runner.data.lmdb_store import LmdbReader
+            with LmdbReader(lp.data_param.source) as reader:
+                return len(reader)
+    return 0
+
+
 @dataclass
 class SolverOptions:
     """What the command line adds to the SolverParameter."""
@@ -127,7 +141,7 @@ class Solver:
         names = AuxWeightSchedule.find_aux(self.net.loss_weights, self.options.aux_loss)
         if not names:
             return None
-        train_size = sum(getattr(s, "num_records", 0) for s in self.net.sources)
+        train_size = train_set_size(self.net)
         batch = self.train_batches_per_pass()
         if not train_size:
             self.log.warning("solver.cpp:60", "auxiliary losses found but the train net's "

@@ -57,10 +57,11 @@ class AuxWeightSchedule:
 
     @staticmethod
     def find_aux(loss_weights: dict, names: list[str] | None = None) -> list[str]:
-        """Auxiliary loss tops: `names` if given, else tops matching r'_ds\\d+$'."""
+        """Auxiliary loss tops: `names` if given, else the loss tops (non-zero weight)
+        named like r'_ds\\d+$' (loss_ds1, ...)."""
         if names:
             return list(names)
-        return [n for n in loss_weights if AUX_LOSS_PATTERN.search(n)]
+        return [n for n, w in loss_weights.items() if w and AUX_LOSS_PATTERN.search(n)]
 
     def epoch_of(self, it: int) -> int:
         return it * self.samples_per_iter // self.train_size
