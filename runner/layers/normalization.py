@@ -71,26 +71,28 @@ class BatchNorm(Layer):
         use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
         x4 = x.reshape(-1, 1) if x.dim() == 1 else x
         mean_acc, var_acc, s = self.blobs
+        # statistics stay in float32 at least (half inputs under autocast)
+        stat_dtype = torch.promote_types(x.dtype, torch.float32)
         if use_global:
             factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
-            mean = (mean_acc * factor).to(x.dtype)
-            var = (var_acc * factor).to(x.dtype)
+            mean = (mean_acc * factor).to(stat_dtype)
+            var = (var_acc * factor).to(stat_dtype)
             y = F.batch_norm(x4, mean, var, training=False, momentum=0.0, eps=self.eps)
         else:
-            y = F.batch_norm(x4, None, None, training=True, momentum=0.0, eps=self.eps)
-            self._update_statistics(x4)
+            # momentum 1 makes torch leave the batch mean and unbiased (m/(m-1)) variance
+            # in these buffers: exactly the terms Caffe adds to its running sums
+            batch_mean = torch.zeros(x4.shape[1], dtype=stat_dtype, device=x.device)
+            batch_var = torch.ones_like(batch_mean)
+            y = F.batch_norm(x4, batch_mean, batch_var, training=True, momentum=1.0, eps=self.eps)
+            self._accumulate(batch_mean, batch_var)
         return (y.reshape(x.shape),)
 
     @torch.no_grad()
-    def _update_statistics(self, x):
+    def _accumulate(self, batch_mean, unbiased_var):
         mean_acc, var_acc, s = self.blobs
-        dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
-        m = x.numel() // x.shape[1]
-        correction = m / (m - 1) if m > 1 else 1.0
         s.mul_(self.fraction).add_(1)
-        mean_acc.mul_(self.fraction).add_(mean.to(mean_acc.dtype))
-        var_acc.mul_(self.fraction).add_((var * correction).to(var_acc.dtype))
+        mean_acc.mul_(self.fraction).add_(batch_mean.to(mean_acc.dtype))
+        var_acc.mul_(self.fraction).add_(unbiased_var.to(var_acc.dtype))
 
     def extra_repr(self):
         return f"name={self.name!r}, eps={self.eps:g}, moving_average_fraction={self.fraction:g}"
