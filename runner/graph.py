@@ -53,6 +53,9 @@ class Wiring:
     def add_tops(self, lp, shapes: list[Shape], weights: list[float]) -> None:
         """Record a layer's tops; a top rewritten in place keeps its name."""
         for name, shape, weight in zip(lp.top, shapes, weights):
+            if any(d <= 0 for d in shape):
+                raise NetBuildError(f"{layer_label(lp)}: top '{name}' would be empty, shape "
+                                    f"{list(shape)} (its bottoms are too small for it)")
             if name in self.loss_weighted:
                 raise NetBuildError(f"{layer_label(lp)}: rewrites '{name}' in place after "
                                     f"{self.loss_weighted[name]} gave it a loss weight; the objective "

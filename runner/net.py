@@ -15,7 +15,7 @@ from torch import nn
 
 import runner.input_sources  # noqa: F401  (registers the Input and DummyData sources)
 import runner.layers  # noqa: F401  (registers the compute layers)
-from runner.fillers import fill_
+from runner.fillers import FillerError, fill_
 from runner import weights as caffemodel_io
 from runner.graph import NetBuildError, Wiring, layer_label, loss_weights_for
 from runner.layers.base import UnsupportedLayerError, layer_class
@@ -131,8 +131,11 @@ class Net(nn.Module):
         weights = loss_weights_for(lp, cls.is_loss)
         wiring.add_tops(lp, layer.top_shapes, weights)
         self.loss_weights.update(zip(lp.top, weights))
-        for blob, filler in zip(layer.blobs, layer.blob_fillers()):
-            fill_(blob, filler)
+        for i, (blob, filler) in enumerate(zip(layer.blobs, layer.blob_fillers())):
+            try:
+                fill_(blob, filler)
+            except FillerError as err:
+                raise NetBuildError(f"{layer_label(lp)}: blob {i}: {err}") from None
         key = _module_key(lp.name, self.layers)
         self.layers[key] = layer
         table.add_layer(key, layer, lp)

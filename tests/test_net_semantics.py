@@ -7,6 +7,7 @@ from runner import Net
 from runner.graph import NetBuildError
 from runner.layers.base import UnsupportedLayerError
 from runner.proto import ProtoError, parse_net_text
+from runner.shapes import ShapeError
 
 INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }\n'
 
@@ -172,8 +173,15 @@ def test_bad_nets_fail_at_build_time_with_the_layer_named():
         net_of(INPUT + ip("fc", "nope", "fc"))
     with pytest.raises(ProtoError, match="top 'data' is already produced"):
         net_of(INPUT + ip("fc", "data", "data2") + ip("fc2", "data2", "data"))
-    with pytest.raises(Exception, match="layer 'pool'"):
+    with pytest.raises(ValueError, match="layer 'pool'"):
         net_of(INPUT + 'layer { name: "pool" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 3 } }\n')
+    image = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
+    with pytest.raises(ShapeError, match=r"layer 'c' \(Convolution\): output size \[0, 0\]"):
+        net_of(image + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+               'convolution_param { num_output: 2 kernel_size: 5 } }\n')
+    with pytest.raises(NetBuildError, match="layer 'c' \\(Convolution\\): blob 0: bilinear filler needs .* square"):
+        net_of(image + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param '
+               '{ num_output: 2 kernel_h: 3 kernel_w: 2 weight_filler { type: "bilinear" } } }\n')
 
 
 def test_forward_checks_input_names_and_shapes():
