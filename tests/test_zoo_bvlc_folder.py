@@ -10,6 +10,7 @@ import torch
 from runner import Net
 from runner.classify import main as classify
 from runner.zoo import load
+from runner.zoo.__main__ import main as zoo_cli
 from runner.zoo.verify import verify
 from zoo_helpers import fashion_images
 
@@ -134,3 +135,29 @@ def test_oversample_is_corners_centre_and_mirrors(bvlc, capsys):
         expected = opencv_forward(folder, crops).mean(0)
         np.testing.assert_allclose([ours[str(path)][f"class {i}"] for i in range(6)],
                                    expected, atol=2e-6)
+
+
+def test_show_prints_front_matter_and_the_defaults(bvlc, capsys):
+    folder, _ = bvlc
+    assert zoo_cli(["show", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "caffemodel: tiny.caffemodel" in out and "license: unrestricted" in out
+    assert "input: data 10x3x24x24" in out and "output: prob (6 classes)" in out
+    assert "mean per channel: None" in out
+    assert sum(line.startswith("note: ") for line in out) == 2
+
+
+def test_gpu_flag_matches_cpu_or_says_there_is_no_gpu(bvlc, capsys):
+    folder, pngs = bvlc
+    status = classify([str(folder), str(pngs[0]), "--gpu"])
+    out, err = capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert status == 1 and err.strip() == \
+            "error: --gpu given but no CUDA device is available"
+        return
+    assert status == 0
+    assert classify([str(folder), str(pngs[0])]) == 0
+    cpu = printed(capsys.readouterr().out)[str(pngs[0])]
+    gpu = printed(out)[str(pngs[0])]
+    assert list(gpu) == list(cpu)
+    np.testing.assert_allclose(list(gpu.values()), list(cpu.values()), atol=2e-5)
