@@ -28,19 +28,18 @@ class LRN(Layer):
             raise ValueError(f"layer '{lp.name}': LRN needs a 4-D bottom (N, C, H, W), "
                              f"got {list(bottom_shapes[0])}")
         self.within = p.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
 
     def forward(self, x):
-        p = self.lp.lrn_param
-        n = p.local_size
+        n = self.size
         if not self.within:
-            return (F.local_response_norm(x, n, alpha=p.alpha, beta=p.beta, k=p.k),)
+            return (F.local_response_norm(x, n, alpha=self.alpha, beta=self.beta, k=self.k),)
         pooled = F.avg_pool2d(x * x, n, stride=1, padding=(n - 1) // 2, count_include_pad=True)
-        return (x * torch.pow(1 + p.alpha * pooled, -p.beta),)
+        return (x * torch.pow(1 + self.alpha * pooled, -self.beta),)
 
     def extra_repr(self):
-        p = self.lp.lrn_param
         region = "WITHIN_CHANNEL" if self.within else "ACROSS_CHANNELS"
-        return f"name={self.name!r}, {region}, size={p.local_size}, alpha={p.alpha:g}, beta={p.beta:g}"
+        return f"name={self.name!r}, {region}, size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}"
 
 
 @register("BatchNorm")
