@@ -205,11 +205,32 @@ def _pool(lp, bottoms):
     return LayerShapes(tops)
 
 
+def spp_geometry(level: int, h: int, w: int) -> tuple[list[int], list[int], list[int]]:
+    """kernel, stride, pad (h, w) of SPP pyramid level `level` (2^level bins per axis),
+    as Caffe's SPPLayer::GetPoolingParam."""
+    bins = 2 ** level
+    kernel = [math.ceil(n / bins) for n in (h, w)]
+    pad = [(k * bins - n + 1) // 2 for k, n in zip(kernel, (h, w))]
+    if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        raise ValueError(f"pyramid level {level} of a {h}x{w} input needs pad {pad} >= kernel "
+                         f"{kernel}, which Caffe's pooling refuses")
+    return kernel, list(kernel), pad
+
+
 @rule("SPP")
 def _spp(lp, bottoms):
-    n, c = bottoms[0][:2]
+    n, c, h, w = bottoms[0]
     levels = lp.spp_param.pyramid_height
-    return LayerShapes([(n, c * sum(4 ** i for i in range(levels)))])
+    if levels < 1:
+        raise ValueError("spp_param.pyramid_height must be at least 1")
+    outs = []
+    for level in range(levels):
+        kernel, stride, pad = spp_geometry(level, h, w)
+        outs.append([pool_out(size, k, s, q, True, padded=any(pad))
+                     for size, k, s, q in zip((h, w), kernel, stride, pad)])
+    if levels == 1:  # Caffe's SPP is then a plain pooling layer
+        return LayerShapes([(n, c, *outs[0])])
+    return LayerShapes([(n, sum(c * oh * ow for oh, ow in outs))])
 
 
 @rule("InnerProduct")

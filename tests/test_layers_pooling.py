@@ -158,3 +158,24 @@ def test_stochastic_and_ave_mask_are_refused():
         pool_layer("pool: STOCHASTIC kernel_size: 2", (1, 1, 4, 4))
     with pytest.raises(ValueError, match="mask"):
         pool_layer("pool: AVE kernel_size: 2", (1, 1, 4, 4), tops=2)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("height,size", [(1, (5, 6)), (3, (13, 11)), (2, (8, 8))])
+def test_spp_levels_are_caffe_poolings_flattened_and_concatenated(method, height, size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    layer = layer_from_text(f'name: "spp" type: "SPP" spp_param {{ pyramid_height: {height} pool: {method} }}',
+                            [x.shape]).double()
+    (top,) = layer(x)
+    assert tuple(top.shape) == layer.top_shapes[0]
+    levels = []
+    for level in range(height):
+        bins = 2 ** level
+        kernel = [-(-n // bins) for n in size]
+        pad = [(k * bins - n + 1) // 2 for k, n in zip(kernel, size)]
+        pooled, _ = caffe_pool_reference(x.detach().numpy(), kernel, kernel, pad, method)
+        assert pooled.shape[2:] == (bins, bins)
+        levels.append(pooled)
+    expected = levels[0] if height == 1 else np.concatenate([p.reshape(2, -1) for p in levels], axis=1)
+    np.testing.assert_allclose(top.detach().numpy(), expected, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: layer(t)[0], (x,), fast_mode=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from runner.layers.base import Layer, register
 from runner.layers.common import FLT_MAX, filler_or
 from runner.proto import caffe_pb2
-from runner.shapes import canonical_axis, pool_out, pooling_geometry, spatial_params
+from runner.shapes import canonical_axis, pool_out, pooling_geometry, spatial_params, spp_geometry
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -71,9 +71,8 @@ class _PoolPlan:
     """How to pool one input size exactly as Caffe: torch's kernel directly, or explicit
     padding (so torch's window count equals Caffe's) plus Caffe's AVE divisor."""
 
-    def __init__(self, param, h: int, w: int):
-        self.kernel, self.stride, self.pad = pooling_geometry(param, h, w)
-        ceil_mode = param.round_mode == caffe_pb2.PoolingParameter.CEIL
+    def __init__(self, geometry, ceil_mode: bool, h: int, w: int):
+        self.kernel, self.stride, self.pad = geometry
         padded = any(self.pad)
         self.out = [pool_out(n, k, s, q, ceil_mode, padded)
                     for n, k, s, q in zip((h, w), self.kernel, self.stride, self.pad)]
@@ -111,6 +110,31 @@ class _PoolPlan:
         return self._divisors[key]
 
 
+def caffe_pool(x, plan: _PoolPlan, is_max: bool, with_mask: bool = False) -> tuple:
+    """Pool x (N, C, H, W) as Caffe; returns (top,) or, for MAX with a mask, (top, mask)."""
+    k, s = plan.kernel, plan.stride
+    if is_max:
+        if plan.native:
+            y = F.max_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil, return_indices=with_mask)
+            return (y[0], y[1].to(x.dtype)) if with_mask else (y,)
+        fill = -min(FLT_MAX, torch.finfo(x.dtype).max)
+        xp = F.pad(x, plan.padding(), value=fill)
+        y = F.max_pool2d(xp, k, s, return_indices=with_mask)
+        return (y[0], _mask_from_padded(y[1], plan, xp.shape[3], x)) if with_mask else (y,)
+    if plan.native:
+        return (F.avg_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil, count_include_pad=True),)
+    summed = F.avg_pool2d(F.pad(x, plan.padding()), k, s, divisor_override=1)
+    return (summed / plan.divisor(x),)
+
+
+def _mask_from_padded(idx, plan, padded_w, x):
+    """Caffe's mask (h * W + w in the bottom) from indices into the padded input."""
+    h = torch.div(idx, padded_w, rounding_mode="floor") - plan.pad[0]
+    w = idx % padded_w - plan.pad[1]
+    inside = (h >= 0) & (h < x.shape[2]) & (w >= 0) & (w < x.shape[3])
+    return torch.where(inside, h * x.shape[3] + w, -1).to(x.dtype)
+
+
 @register("Pooling")
 class Pooling(Layer):
     """Caffe's MAX/AVE pooling: ceil (or floor) output size with the last-window clip,
@@ -135,39 +159,42 @@ class Pooling(Layer):
     def _plan(self, h: int, w: int) -> _PoolPlan:
         plan = self._plans.get((h, w))
         if plan is None:
-            plan = self._plans[(h, w)] = _PoolPlan(self.lp.pooling_param, h, w)
+            p = self.lp.pooling_param
+            plan = self._plans[(h, w)] = _PoolPlan(pooling_geometry(p, h, w),
+                                                   p.round_mode == caffe_pb2.PoolingParameter.CEIL, h, w)
         return plan
 
     def forward(self, x):
-        plan = self._plan(x.shape[2], x.shape[3])
-        k, s = plan.kernel, plan.stride
-        if self.is_max:
-            if plan.native:
-                y = F.max_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil,
-                                 return_indices=self.with_mask)
-                return (y[0], y[1].to(x.dtype)) if self.with_mask else (y,)
-            fill = -min(FLT_MAX, torch.finfo(x.dtype).max)
-            xp = F.pad(x, plan.padding(), value=fill)
-            y = F.max_pool2d(xp, k, s, return_indices=self.with_mask)
-            if not self.with_mask:
-                return (y,)
-            return y[0], self._mask_from_padded(y[1], plan, xp.shape[3], x)
-        if plan.native:
-            return (F.avg_pool2d(x, k, s, plan.pad, ceil_mode=plan.torch_ceil,
-                                 count_include_pad=True),)
-        summed = F.avg_pool2d(F.pad(x, plan.padding()), k, s, divisor_override=1)
-        return (summed / plan.divisor(x),)
-
-    @staticmethod
-    def _mask_from_padded(idx, plan, padded_w, x):
-        """Caffe's mask (h * W + w in the bottom) from indices into the padded input."""
-        h = torch.div(idx, padded_w, rounding_mode="floor") - plan.pad[0]
-        w = idx % padded_w - plan.pad[1]
-        inside = (h >= 0) & (h < x.shape[2]) & (w >= 0) & (w < x.shape[3])
-        return torch.where(inside, h * x.shape[3] + w, -1).to(x.dtype)
+        return caffe_pool(x, self._plan(x.shape[2], x.shape[3]), self.is_max, self.with_mask)
 
     def extra_repr(self):
         p = self.lp.pooling_param
         return (f"name={self.name!r}, pool={caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool)}"
                 + (", global" if p.global_pooling else ""))
 
+
+@register("SPP")
+class SPP(Layer):
+    """Spatial pyramid pooling: level i pools into 2^i x 2^i bins (Caffe's kernel, stride
+    and pad per level), each flattened, all concatenated; one level is plain pooling."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        P = caffe_pb2.SPPParameter
+        if lp.spp_param.pool not in (P.MAX, P.AVE):
+            raise ValueError(f"layer '{lp.name}': SPP pooling method "
+                             f"{P.PoolMethod.Name(lp.spp_param.pool)} is not supported (MAX, AVE)")
+        self.is_max = lp.spp_param.pool == P.MAX
+        self._plans: dict[tuple[int, int], list[_PoolPlan]] = {}
+
+    def forward(self, x):
+        h, w = x.shape[2], x.shape[3]
+        plans = self._plans.get((h, w))
+        if plans is None:
+            plans = self._plans[(h, w)] = [
+                _PoolPlan(spp_geometry(level, h, w), True, h, w)
+                for level in range(self.lp.spp_param.pyramid_height)]
+        pooled = [caffe_pool(x, plan, self.is_max)[0] for plan in plans]
+        if len(pooled) == 1:
+            return (pooled[0],)
+        return (torch.cat([p.flatten(1) for p in pooled], dim=1),)
