@@ -19,25 +19,44 @@ Shape = tuple[int, ...]
 FIXED_STATISTICS = {"BatchNorm"}
 
 
+def blob_param(layer: nn.Module, index: int) -> nn.Parameter:
+    """The Parameter behind a layer's blob `index` (the shared original when the layer
+    sees it reshaped). Looked up on each use, so parameters replaced after building
+    (load_state_dict(assign=True), device moves that swap tensors) are still found."""
+    if parametrize.is_parametrized(layer.blobs, str(index)):
+        return layer.blobs.parametrizations[str(index)].original
+    return layer.blobs[index]
+
+
 @dataclass
 class LearnableParam:
     """One entry of Caffe's learnable_params_: an owned blob with its multipliers."""
 
     name: str
-    param: nn.Parameter
+    layer: nn.Module  # the owning layer
+    index: int        # blob index in the owning layer
     lr_mult: float
     decay_mult: float
     has_lr: bool
     has_decay: bool
-    owner: str  # layer name
+
+    @property
+    def param(self) -> nn.Parameter:
+        return blob_param(self.layer, self.index)
 
 
 @dataclass
 class BlobSlot:
-    """Layer blob i: the parameter holding its values and the shape the layer sees."""
+    """A layer's blob as .caffemodel files see it: the owner's parameter, in the shape
+    this layer gives it."""
 
-    param: nn.Parameter
+    owner: nn.Module
+    index: int
     shape: Shape
+
+    @property
+    def param(self) -> nn.Parameter:
+        return blob_param(self.owner, self.index)
 
 
 class _Reshaped(nn.Module):
@@ -79,15 +98,13 @@ class ParamTable:
             if spec.name and spec.name in self._named:
                 self._share(key, layer, lp, i, spec, lr, has_lr, wants_grad)
                 continue
-            param = layer.blobs[i]
             if spec.name:
                 self._named[spec.name] = (len(self.learnable), lp.name, i)
             self.learnable.append(LearnableParam(
-                name=f"{lp.name}/{spec.name or i}", param=param, lr_mult=lr,
-                decay_mult=spec.decay_mult, has_lr=has_lr,
-                has_decay=spec.HasField("decay_mult"), owner=lp.name))
+                name=f"{lp.name}/{spec.name or i}", layer=layer, index=i, lr_mult=lr,
+                decay_mult=spec.decay_mult, has_lr=has_lr, has_decay=spec.HasField("decay_mult")))
             self._needs_grad.append(wants_grad)
-            self.slots[key].append(BlobSlot(param, tuple(param.shape)))
+            self.slots[key].append(BlobSlot(layer, i, tuple(layer.blobs[i].shape)))
 
     def _share(self, key, layer, lp, i, spec, lr, has_lr, wants_grad) -> None:
         index, owner_layer, owner_blob = self._named[spec.name]
@@ -115,7 +132,7 @@ class ParamTable:
         layer.blobs[i] = entry.param
         if mine != theirs:
             parametrize.register_parametrization(layer.blobs, str(i), _Reshaped(mine), unsafe=True)
-        self.slots[key].append(BlobSlot(entry.param, mine))
+        self.slots[key].append(BlobSlot(entry.layer, entry.index, mine))
 
     def finish(self) -> None:
         """Blobs that no layer learns (lr_mult 0, statistics) get no gradient, as in Caffe."""

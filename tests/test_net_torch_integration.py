@@ -95,3 +95,13 @@ def test_torch_compile_traces_the_whole_forward_in_one_graph_once_shapes_are_see
     x = torch.randn(2, 1, 28, 28)
     net({"data": x})  # layers cache their per-shape plans on the first pass
     compiled_matches_eager(net, x, fullgraph=True)
+
+
+def test_replaced_parameters_are_what_learnable_params_and_caffemodel_io_see(tmp_path):
+    a, b = resnet(), Net(NETS / "resnet_block.prototxt")
+    b.load_state_dict(a.state_dict(), assign=True)  # new Parameter objects in b
+    ids = {id(p) for p in b.parameters()}
+    assert all(id(p) in ids for _, p, _, _ in b.learnable_params())
+    b.save_caffemodel(tmp_path / "b.caffemodel")
+    a.save_caffemodel(tmp_path / "a.caffemodel")
+    assert (tmp_path / "a.caffemodel").read_bytes() == (tmp_path / "b.caffemodel").read_bytes()
