@@ -60,6 +60,8 @@ def test_scale_blob_axis_num_axes_and_bias():
     assert torch.allclose(whole(x)[0], x * whole.blobs[0].detach())
     scalar = make('type: "Scale" scale_param { num_axes: 0 }', [x.shape])
     assert scalar.blobs[0].shape == () and torch.allclose(scalar(x)[0], x * scalar.blobs[0].detach())
+    small = make('type: "Scale" scale_param { axis: -1 bias_term: true }', [(2, 2, 3)])
+    assert gradcheck_with_blobs(small, [torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)])
 
 
 def test_scale_from_second_bottom_with_bias():

@@ -129,3 +129,17 @@ def test_reduction(op, formula):
 def test_silence_has_no_tops():
     layer = layer_from_text('name: "s" type: "Silence" bottom: "a"', [(2, 3)])
     assert layer(torch.zeros(2, 3)) == ()
+
+
+@pytest.mark.parametrize("text,shapes,tops", [
+    ('type: "Concat" concat_param { axis: 2 }', [(1, 2, 3), (1, 2, 1)], 1),
+    ('type: "Slice" slice_param { axis: 1 slice_point: 1 }', [(2, 3, 2)], 2),
+    ('type: "Tile" tile_param { axis: 1 tiles: 3 }', [(2, 2, 2)], 1),
+    ('type: "Flatten"', [(2, 2, 2)], 1),
+    ('type: "Reshape" reshape_param { shape { dim: -1 dim: 2 } }', [(2, 2, 2)], 1),
+    ('type: "Eltwise" eltwise_param { operation: MAX }', [(2, 3), (2, 3), (2, 3)], 1),
+])
+def test_plumbing_gradients_float64(text, shapes, tops):
+    layer = make(text, shapes, tops=tops)
+    xs = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(lambda *t: layer(*t), tuple(xs))
