@@ -27,6 +27,13 @@ def _per_sample(x: torch.Tensor) -> torch.Tensor:
 class EuclideanLoss(_Loss):
     """sum((a - b)^2) / (2 N)."""
 
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        a, b = (math.prod(s) for s in bottom_shapes)
+        if a != b:
+            raise ValueError(f"layer '{lp.name}': EuclideanLoss bottoms must have the same count, "
+                             f"got {list(bottom_shapes[0])} and {list(bottom_shapes[1])}")
+
     def forward(self, a, b):
         diff = a - b
         return ((diff * diff).sum() / (2 * a.shape[0]),)
