@@ -15,8 +15,8 @@ from torch import nn
 
 import runner.input_sources  # noqa: F401  (registers the Input and DummyData sources)
 import runner.layers  # noqa: F401  (registers the compute layers)
-from runner.fillers import FillerError, fill_
 from runner import weights as caffemodel_io
+from runner.fillers import FillerError, fill_
 from runner.graph import NetBuildError, Wiring, layer_label, loss_weights_for
 from runner.layers.base import UnsupportedLayerError, layer_class
 from runner.net_params import ParamTable
@@ -41,6 +41,12 @@ def _read_net(model) -> tuple[caffe_pb2.NetParameter, str]:
         return param, origin
     path = os.fspath(model)
     return read_net(path), path
+
+
+def _naming_layer(lp, err: Exception) -> NetBuildError:
+    """`err` as a NetBuildError whose message names the layer (once)."""
+    text = str(err)
+    return NetBuildError(text if f"'{lp.name}'" in text else f"{layer_label(lp)}: {text}")
 
 
 def _module_key(name: str, taken) -> str:
@@ -105,7 +111,10 @@ class Net(nn.Module):
     def _add_source(self, lp, wiring: Wiring, source_kwargs: dict) -> None:
         if lp.bottom:
             raise NetBuildError(f"{layer_label(lp)}: a data layer takes no bottoms")
-        source = source_factory(lp.type)(lp, self.phase, **source_kwargs)
+        try:
+            source = source_factory(lp.type)(lp, self.phase, **source_kwargs)
+        except (ValueError, OSError) as err:
+            raise _naming_layer(lp, err) from err
         shapes = [tuple(source.top_shapes[name]) for name in lp.top]
         weights = loss_weights_for(lp, is_loss=False)
         wiring.add_tops(lp, shapes, weights)
@@ -124,7 +133,7 @@ class Net(nn.Module):
         except (ShapeError, NetBuildError):
             raise
         except (ValueError, IndexError) as err:
-            raise NetBuildError(f"{layer_label(lp)}: {err}") from err
+            raise _naming_layer(lp, err) from err
         if len(layer.top_shapes) != len(lp.top):
             raise NetBuildError(f"{layer_label(lp)}: {len(lp.top)} tops given, the layer makes "
                                 f"{len(layer.top_shapes)}")
@@ -149,7 +158,7 @@ class Net(nn.Module):
 
     def _check_inputs(self, inputs: dict) -> dict:
         missing = [n for n in self.input_names if n not in inputs]
-        unknown = [n for n in inputs if n not in self.blob_shapes or n not in self.input_names]
+        unknown = [n for n in inputs if n not in self.input_names]
         if missing or unknown:
             raise ValueError(f"{self.origin}: forward needs exactly the input blobs "
                              f"{self.input_names}; missing {missing}, unknown {unknown}")

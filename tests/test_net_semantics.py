@@ -208,3 +208,11 @@ def test_dummy_data_source_feeds_forward():
     torch.testing.assert_close(blobs["s"], blobs["fc"] + 1)
     again = iter(net_of(body, source_kwargs={"seed": 5}).sources[0])
     assert torch.equal(next(again)["data"], first["data"])
+
+
+def test_source_errors_name_the_data_layer():
+    body = ('layer { name: "dummy" type: "DummyData" top: "a" top: "b" dummy_data_param { '
+            'shape { dim: 2 } data_filler { type: "constant" } data_filler { type: "constant" } '
+            'data_filler { type: "constant" } } }\n')
+    with pytest.raises(NetBuildError, match=r"layer 'dummy' \(DummyData\): 3 data_filler\(s\) for 2 tops"):
+        net_of(body)
