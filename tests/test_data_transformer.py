@@ -1,6 +1,7 @@
 """DataTransformer against an element-by-element transcription of Caffe's
 DataTransformer::Transform(const Datum&, Dtype*), drawing Rand(n) from the same seeded
-Generator, for crop/mirror/mean_file/mean_value/scale in TRAIN and TEST."""
+Generator, for crop/mirror/mean_file/mean_value/scale in TRAIN and TEST, on planar (raw
+Datum) and interleaved (decoded image) pixels."""
 import numpy as np
 import pytest
 
@@ -69,7 +70,8 @@ CASES = [
 @pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(sorted(c)) or "identity")
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_transform_equals_caffes_loop(case, phase, dtype, mean_file):
+@pytest.mark.parametrize("interleaved", [False, True], ids=["planar", "interleaved"])
+def test_transform_equals_caffes_loop(case, phase, dtype, interleaved, mean_file):
     case = dict(case)
     mean = None
     if case.pop("mean_file", False):
@@ -80,6 +82,8 @@ def test_transform_equals_caffes_loop(case, phase, dtype, mean_file):
     images = np.random.default_rng(3).integers(0, 256, (20, C, H, W)).astype(dtype)
     mirrored = set()
     for image in images:
+        if interleaved:      # channels interleaved in memory, as OpenCV decodes images
+            image = np.ascontiguousarray(image.transpose(1, 2, 0)).transpose(2, 0, 1)
         out = np.empty(transformer.output_shape(image.shape, "img"), np.float32)
         transformer.transform_into(image, out, ours, "img")
         expected, was_mirrored = caffe_reference(image, param, phase == "TRAIN", mean, theirs)
