@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import runner.layers  # noqa: F401
 from runner.layers.common import LOG_THRESHOLD, layer_from_text
 from runner.proto import caffe_pb2
 

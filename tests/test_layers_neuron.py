@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import runner.layers  # noqa: F401
 from runner.layers.common import layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -5,7 +5,6 @@ import pytest
 import torch
 from test_layers_pooling import caffe_pool_reference
 
-import runner.layers  # noqa: F401
 from runner.layers.common import layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

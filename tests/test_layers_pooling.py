@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import runner.layers  # noqa: F401  (fills the registry)
 from runner.layers.common import FLT_MAX, layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -2,7 +2,6 @@
 types we do not implement fail with the layer's name, its type and the supported list."""
 import pytest
 
-import runner.layers  # noqa: F401
 from runner.layers.base import UnsupportedLayerError, layer_class, supported_types
 from runner.layers.common import layer_from_text
 from runner.proto import caffe_pb2

@@ -1,7 +1,6 @@
 """Layers with learned linear maps: InnerProduct, Scale, Bias, Embed."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
