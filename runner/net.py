@@ -196,7 +196,10 @@ class Net(nn.Module):
             terms.append(blobs[name].sum() * weight)
         if not terms:
             return torch.zeros(())
-        return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+        total = terms[0]
+        for term in terms[1:]:  # `+` promotes mixed dtypes (autocast) where stack would not
+            total = total + term
+        return total
 
     def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
         """Caffe's learnable_params: (name, parameter, lr_mult, decay_mult), shared blobs once."""

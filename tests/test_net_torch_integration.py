@@ -58,10 +58,14 @@ def test_autocast_runs_in_low_precision_close_to_float32():
     net = resnet()
     x = torch.randn(2, 3, 16, 16)
     ref = net({"data": x})["fc10"]
+    net.loss_weights.update({"fc10": 1.0, "data": 0.5})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net({"data": x})["fc10"]
+        blobs = net({"data": x})
+        loss = net.objective(blobs)  # a bfloat16 top and a float32 one
+    out = blobs["fc10"]
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+    torch.testing.assert_close(loss.float(), ref.sum() + 0.5 * x.sum(), rtol=0.02, atol=0.1)
 
 
 def test_state_dict_moves_weights_between_nets():
