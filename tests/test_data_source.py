@@ -9,7 +9,7 @@ import torch
 from google.protobuf import text_format
 
 import runner.data  # noqa: F401  (registers the sources)
-from runner.data.datum import DataError, image_to_datum
+from runner.data.datum import DataError, encoded_datum, image_to_datum
 from runner.data.lmdb_store import write_lmdb
 from runner.proto import caffe_pb2
 from runner.sources import source_factory
@@ -162,6 +162,31 @@ def test_bad_configuration_is_refused_with_the_reason(constant_db, tmp_path):
                                         r"file '.*m.binaryproto' is 3 x 4 x 5"):
         make(data_layer(constant_db, transform=f'mean_file: "{tmp_path}/m.binaryproto"'),
              "TRAIN")
+
+
+def test_encoded_records_decode_natively_or_as_forced(tmp_path):
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (6, 7), dtype=np.uint8)
+    color = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    png = [cv2.imencode(".png", image)[1].tobytes() for image in (gray, color)]
+    write_lmdb(tmp_path / "enc", [(f"{i:08d}", encoded_datum(data, i).SerializeToString())
+                                  for i, data in enumerate(png)])
+    make = source_factory("Data")
+    native = make(data_layer(tmp_path / "enc", batch_size=2), "TEST", workers=0)
+    assert native.top_shapes["data"] == (2, 1, 6, 7)
+    with pytest.raises(DataError, match="key '00000001': image is 3 x 6 x 7, which does not "
+                                        "give the batch's 1 x 6 x 7"):
+        next(native)
+    forced = next(make(data_layer(tmp_path / "enc", 2, "force_color: true"), "TEST",
+                       workers=0))["data"]
+    as_bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    assert torch.equal(forced[0], torch.from_numpy(as_bgr.transpose(2, 0, 1)).float())
+    assert torch.equal(forced[1], torch.from_numpy(color.transpose(2, 0, 1)).float())
+    forced = next(make(data_layer(tmp_path / "enc", 2, "force_gray: true"), "TEST",
+                       workers=0))["data"]
+    as_gray = cv2.imdecode(np.frombuffer(png[1], np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert torch.equal(forced[0, 0], torch.from_numpy(gray).float())
+    assert torch.equal(forced[1, 0], torch.from_numpy(as_gray).float())
 
 
 def write_images(folder, count):

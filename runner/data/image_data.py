@@ -16,12 +16,10 @@ import numpy as np
 from runner.data.datum import DataError, hwc_to_chw
 from runner.data.imageset import check_resize, read_image, read_image_list
 from runner.data.prefetch import PrefetchingSource, default_workers
-from runner.data.source import StreamBatches, check_tops, resolve_seed
+from runner.data.source import (SHUFFLE_STREAM, SKIP_STREAM, StreamBatches, check_tops,
+                                generator, resolve_seed)
 from runner.data.transformer import DataTransformer
 from runner.sources import register_source
-
-_SHUFFLE_STREAM = 1   # separates the shuffle's random stream from the per-batch ones
-
 
 class ImageListBatches(StreamBatches):
     """Items of an ImageData layer: the listed images, in list or shuffled order."""
@@ -41,7 +39,7 @@ class ImageListBatches(StreamBatches):
         if not self.shuffle:
             return range(len(self.lines))
         if self._order is None or self._order[0] != epoch:
-            rng = np.random.default_rng([self.seed, _SHUFFLE_STREAM, epoch])
+            rng = generator(self.seed, SHUFFLE_STREAM, epoch)
             self._order = (epoch, rng.permutation(len(self.lines)))
         return self._order[1]
 
@@ -73,7 +71,7 @@ class ImageDataSource(PrefetchingSource):
         seed = resolve_seed(seed, world_size, param.rand_skip > 0 or param.shuffle, where)
         skip = 0
         if param.rand_skip:
-            skip = int(np.random.default_rng([seed]).integers(param.rand_skip))
+            skip = int(generator(seed, SKIP_STREAM).integers(param.rand_skip))
             if skip >= len(lines):
                 raise DataError(f"{where}: rand_skip {skip} is not below the "
                                 f"{len(lines)} images listed")

@@ -33,7 +33,7 @@ _SHARED: dict[tuple[int, str, int], lmdb.Environment] = {}
 def shared_env(path: Path) -> lmdb.Environment:
     """This process's read-only handle on the LMDB at `path` (py-lmdb allows one per process;
     a database replaced on disk gets a new handle)."""
-    if not path.is_dir():
+    if not path.exists():
         raise DataError(f"LMDB database '{path}' does not exist (cwd: {Path.cwd()})")
     try:
         inode = (path / "data.mdb").stat().st_ino

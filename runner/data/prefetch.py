@@ -50,7 +50,7 @@ class Prefetcher:
     def __init__(self, maker: BatchMaker, shapes: dict[str, Shape], *, workers: int,
                  depth: int, name: str, start: int = 0):
         self.maker, self.shapes, self.name = maker, shapes, name
-        self.depth = max(1, depth)
+        self.depth = max(1, depth, workers)   # at least one batch in flight per worker
         self.pin = torch.cuda.is_available()
         self.next_batch = self.next_task = start
         self.ready: dict[int, tuple[int, str | None]] = {}
@@ -115,8 +115,13 @@ class Prefetcher:
         return tensor.pin_memory() if self.pin else tensor
 
     def _add_buffer(self) -> None:
-        self.buffers.append({name: torch.empty(shape).share_memory_()
-                             for name, shape in self.shapes.items()})
+        try:
+            self.buffers.append({name: torch.empty(shape).share_memory_()
+                                 for name, shape in self.shapes.items()})
+        except RuntimeError as exc:
+            raise DataError(f"layer '{self.name}': no shared memory for another batch buffer "
+                            f"({exc}); enlarge /dev/shm, lower data_param.prefetch, or set "
+                            f"{WORKERS_ENV}=0 to make batches in the main process") from None
         self.free.append(len(self.buffers) - 1)
 
     def _reclaim(self) -> None:

@@ -25,6 +25,15 @@ from runner.proto import caffe_pb2
 from runner.sources import register_source
 
 
+# What a random stream is for: part of its seed, so the streams never coincide.
+BATCH_STREAM, SKIP_STREAM, SHUFFLE_STREAM = 0, 1, 2
+
+
+def generator(seed: int, stream: int, *ids: int) -> np.random.Generator:
+    """The numpy Generator of one purpose (BATCH/SKIP/SHUFFLE_STREAM) and ids under `seed`."""
+    return np.random.default_rng([seed, stream, *ids])
+
+
 def stream_offsets(index: int, batch_size: int, rank: int, world_size: int) -> range:
     """Stream positions of batch `index` for `rank`: its k-th item is rank + world_size * k."""
     first = index * batch_size
@@ -65,7 +74,7 @@ class StreamBatches:
         raise NotImplementedError
 
     def make(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        rng = np.random.default_rng([self.seed, self.rank, index])
+        rng = generator(self.seed, BATCH_STREAM, self.rank, index)
         data = arrays[self.tops[0]]
         labels = arrays[self.tops[1]] if len(self.tops) > 1 else None
         offsets = stream_offsets(index, self.batch_size, self.rank, self.world_size)
@@ -138,7 +147,7 @@ class DataSource(PrefetchingSource):
             raise DataError(f"{where}: data_param.batch_size must be positive")
         tops = check_tops(lp)
         seed = resolve_seed(seed, world_size, param.rand_skip > 0, where)
-        skip = int(np.random.default_rng([seed]).integers(param.rand_skip)) \
+        skip = int(generator(seed, SKIP_STREAM).integers(param.rand_skip)) \
             if param.rand_skip else 0
         path = Path.cwd() / param.source
         transformer = DataTransformer(lp.transform_param, phase, layer=lp.name)
