@@ -89,7 +89,8 @@ def run_train(args) -> None:
         compile=args.compile, sigint_effect=args.sigint_effect,
         sighup_effect=args.sighup_effect, append_log=bool(args.snapshot))
     if len(gpus) > 1 and not distributed.launched_by_torchrun():
-        distributed.spawn(train_process, len(gpus), param, options, gpus, args.snapshot)
+        distributed.spawn(train_rank, len(gpus), param.SerializeToString(), options, gpus,
+                          args.snapshot)
     else:
         train_process(param, options, gpus, args.snapshot)
 
@@ -104,6 +105,13 @@ def train_process(param, options, gpus, resume) -> None:
         Solver(param, options, ctx).solve(resume)
     finally:
         distributed.shutdown()
+
+
+def train_rank(serialized_param: bytes, options, gpus, resume) -> None:
+    """train_process for a spawned rank (a SolverParameter travels as its bytes)."""
+    from runner.proto import caffe_pb2
+
+    train_process(caffe_pb2.SolverParameter.FromString(serialized_param), options, gpus, resume)
 
 
 def run_model_command(command: str, args) -> None:

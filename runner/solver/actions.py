@@ -11,7 +11,7 @@ EFFECTS = {"none": NONE, "snapshot": SNAPSHOT, "stop": STOP}
 
 
 class SignalRequests:
-    """Installs handlers for SIGINT and SIGHUP; `pop()` returns and clears the request."""
+    """Handlers for SIGINT and SIGHUP while installed; `pop()` returns and clears the request."""
 
     def __init__(self, sigint_effect: str = "stop", sighup_effect: str = "snapshot"):
         for flag, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
@@ -22,6 +22,9 @@ class SignalRequests:
             self.effects[signal.SIGHUP] = EFFECTS[sighup_effect]
         self.pending = NONE
         self.previous = {}
+
+    def install(self) -> None:
+        """Catch the signals (main thread only; elsewhere Python cannot)."""
         if threading.current_thread() is threading.main_thread():
             for sig in self.effects:
                 self.previous[sig] = signal.signal(sig, self._handle)

@@ -170,10 +170,11 @@ class Solver:
         self.log.info("solver.cpp:272", f"Solving {self.net.name}")
         self.log.info("solver.cpp:273", f"Learning Rate Policy: {self.param.lr_policy}")
         self.requested_early_exit = False
-        if resume_file:
-            self.log.info("solver.cpp:274", f"Restoring previous solver status from {resume_file}")
-            self.restore(resume_file)
+        self.requests.install()
         try:
+            if resume_file:
+                self.log.info("solver.cpp:274", f"Restoring previous solver status from {resume_file}")
+                self.restore(resume_file)
             start_iter = self.iter
             self.step(self.param.max_iter - self.iter)
             p = self.param

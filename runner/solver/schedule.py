@@ -72,11 +72,13 @@ class AuxWeightSchedule:
 
     def update(self, it: int) -> dict[str, float] | None:
         """Apply the weights for iteration `it`; return them on the first call and
-        whenever the epoch changed (the caller logs them)."""
+        whenever a new epoch changed them (the caller logs them)."""
         epoch = self.epoch_of(it)
         if epoch == self.epoch:
             return None
+        first = self.epoch is None
         self.epoch = epoch
         weights = self.weights_at(epoch)
+        changed = first or any(self.loss_weights[n] != w for n, w in weights.items())
         self.loss_weights.update(weights)
-        return weights
+        return weights if changed else None

@@ -1,0 +1,129 @@
+"""The command line as Caffe users know it: train from a solver file, resume, fine-tune
+from weights, test and time; signals; a diverging run stops and keeps its last good
+snapshot."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.proto import blob_to_array, read_caffemodel
+from runner.solve import main
+from runner.solver import SolverDiverged, SolverOptions
+
+from solver_helpers import classifier_net, make_lmdb, make_solver
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    train_db = make_lmdb(root / "train_lmdb", 24)
+    test_db = make_lmdb(root / "test_lmdb", 8, seed=1)
+    (root / "net.prototxt").write_text(classifier_net(train_db, batch=4, test_source=test_db))
+    (root / "solver.prototxt").write_text(f'''net: "{root}/net.prototxt"
+test_iter: 2
+test_interval: 5
+base_lr: 0.05
+lr_policy: "fixed"
+momentum: 0.9
+display: 5
+max_iter: 10
+snapshot: 5
+snapshot_prefix: "{root}/snap/small"
+random_seed: 3
+solver_mode: CPU
+''')
+    return root
+
+
+def test_script_trains_and_resumes_from_the_repo_root(files):
+    """`python runner/solve.py` as a script (runner/ must not shadow stdlib modules)."""
+    run = subprocess.run([sys.executable, "runner/solve.py", str(files / "solver.prototxt"),
+                          "--iterations", "5"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Optimization Done." in run.stderr
+    assert (files / "snap" / "small_iter_5.caffemodel").exists()
+    assert main([str(files / "solver.prototxt"), "--snapshot",
+                 str(files / "snap" / "small_iter_5.solverstate")]) == 0
+    log = (files / "snap" / "small.log").read_text()
+    assert "Iteration 0, Testing net (#0)" in log                  # the first run's lines kept
+    assert "Restoring previous solver status from" in log
+    assert (files / "snap" / "small_iter_10.solverstate").exists()
+
+
+def test_weights_and_snapshot_together_are_refused(files, capsys):
+    assert main(["train", "--solver", str(files / "solver.prototxt"), "--weights", "a.caffemodel",
+                 "--snapshot", "b.solverstate"]) == 1
+    assert "Give a snapshot to resume training or weights to finetune but not both" in capsys.readouterr().err
+
+
+def test_finetune_starts_from_the_given_weights(files, tmp_path):
+    source = read_caffemodel(files / "snap" / "small_iter_10.caffemodel")
+    solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "ft",
+                         SolverOptions(progress=False, weights=[str(files / "snap" / "small_iter_10.caffemodel")]),
+                         max_iter=0)
+    got = [w.detach().numpy() for _, w, _, _ in solver.net.learnable_params()]
+    want = [blob_to_array(b) for layer in source.layer for b in layer.blobs]
+    assert all(np.array_equal(g.reshape(-1), w.reshape(-1)) for g, w in zip(got, want))
+
+
+def test_test_command_scores_the_weights(files, capsys):
+    assert main(["test", "--model", str(files / "net.prototxt"), "--weights",
+                 str(files / "snap" / "small_iter_10.caffemodel"), "--iterations", "2"]) == 0
+    err = capsys.readouterr().err
+    batches = [float(v) for v in re.findall(r"Batch \d, accuracy = ([\d.e+-]+)", err)]
+    assert len(batches) == 2
+    mean = float(re.search(r"\] accuracy = ([\d.e+-]+)", err).group(1))
+    assert mean == pytest.approx(sum(batches) / 2, rel=1e-5)
+    assert re.search(r"\] loss = [\d.e+-]+ \(\* 1 = [\d.e+-]+ loss\)", err)
+
+
+def test_time_command_reports_every_layer(files, capsys):
+    assert main(["time", "--model", str(files / "net.prototxt"), "--iterations", "2"]) == 0
+    err = capsys.readouterr().err
+    for layer in ("data", "conv1", "relu1", "pool1", "ip", "loss"):
+        assert re.search(rf"\s{layer}\tforward: [\d.e+-]+ ms\.", err), layer
+        assert re.search(rf"\s{layer}\tbackward: [\d.e+-]+ ms\.", err), layer
+    assert "Average Forward-Backward:" in err and "*** Benchmark ends ***" in err
+
+
+def test_sighup_snapshots_and_sigint_stops(files, tmp_path):
+    solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
+                         max_iter=100000, snapshot=0)
+    pid = os.getpid()
+    timers = [threading.Timer(1.0, os.kill, (pid, signal.SIGHUP)),
+              threading.Timer(2.0, os.kill, (pid, signal.SIGINT))]
+    for t in timers:
+        t.start()
+    solver.solve()
+    for t in timers:
+        t.join()
+    snaps = sorted(int(p.name.split("_")[-1].split(".")[0]) for p in tmp_path.glob("s_iter_*.caffemodel"))
+    assert len(snaps) == 2 and snaps[0] < snaps[1] == solver.iter < 100000
+    log = (tmp_path / "s.log").read_text()
+    assert "Optimization stopped early." in log and "Optimization Done." not in log
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
+    solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
+                         base_lr=1e6, lr_policy='"step"', stepsize=4, gamma=1000, max_iter=50,
+                         snapshot=2, momentum=0.0)
+    with pytest.raises(SolverDiverged, match=r"Iteration \d+: the (loss is|weights contain) .*nan"
+                       r"|Iteration \d+: the (loss is|weights contain)") as err:
+        solver.solve()
+    last = sorted(tmp_path.glob("s_iter_*.caffemodel"))
+    assert last, "a snapshot before the divergence"
+    for path in last:
+        for layer in read_caffemodel(path).layer:
+            for blob in layer.blobs:
+                assert np.isfinite(blob_to_array(blob)).all()
+    assert str(last[-1]).replace(".caffemodel", ".solverstate") in str(err.value)
