@@ -21,7 +21,7 @@ from runner.zoo.classifier import Classifier, read_image, top_k  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Model Zoo folder, or a deploy.prototxt (with --weights)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (OpenCV reads them)")

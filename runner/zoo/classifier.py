@@ -82,10 +82,10 @@ class Classifier:
         """N x classes probabilities (the net's output), averaged over 10 crops if asked."""
         if any(im.shape[2] != self.info.channels for im in images):
             raise ZooError(f"images must have {self.info.channels} channels")
-        resized = np.stack([resize(im, self.info.image_dims) for im in images])
         if min(r - c for r, c in zip(self.info.image_dims, self.info.crop_dims)) < 0:
             raise ZooError(f"images resized to {self.info.image_dims} are smaller than "
                            f"the net input {self.info.crop_dims}")
+        resized = np.stack([resize(im, self.info.image_dims) for im in images])
         crops = (oversample if oversampled else centre_crop)(resized, self.info.crop_dims)
         out = self.forward_all(self.preprocess(crops))
         return out.reshape(len(images), 10, -1).mean(1) if oversampled else out

@@ -67,7 +67,7 @@ def verify(folder: str | os.PathLike) -> Verified:
     except ProtoError as exc:
         raise ZooError(_first_line(exc)) from None
     deploy_names = {lp.name for lp in read_net(folder / DEPLOY).layer}
-    with_blobs = [lp.name for lp in [*trained.layer, *trained.layers] if lp.blobs]
+    with_blobs = [lp.name for lp in trained.layer if lp.blobs]  # V1 `layers` upgraded on read
     _load_into_deploy(folder / DEPLOY, weights)
     return Verified(front["name"], weights.name, actual, prototxts, len(with_blobs),
                     [n for n in with_blobs if n not in deploy_names])
