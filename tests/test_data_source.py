@@ -54,6 +54,7 @@ def take(source, n):
 def test_reads_in_key_order_and_wraps_around(constant_db, phase):
     source = source_factory("Data")(data_layer(constant_db), phase, workers=0)
     assert source.top_shapes == {"data": (4, 1, 4, 5), "label": (4,)}
+    assert source.num_records == N
     batches = take(source, 4)
     labels = torch.cat([b["label"] for b in batches])
     assert labels.tolist() == [i % N for i in range(16)]
@@ -212,6 +213,7 @@ def test_image_data_reads_the_list_resizes_and_shuffles_each_pass(tmp_path):
     lp = image_layer(tmp_path, extra="new_height: 5 new_width: 6")
     source = source_factory("ImageData")(lp, "TEST", workers=0)
     assert source.top_shapes == {"data": (3, 3, 5, 6), "label": (3,)}
+    assert source.num_records == 4
     first, second = take(source, 2)
     assert torch.cat([first["label"], second["label"]]).tolist() == [0, 1, 2, 3, 0, 1]
     image = cv2.resize(cv2.imread(str(tmp_path / "img" / "im 1.png")), (6, 5))

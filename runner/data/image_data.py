@@ -56,7 +56,8 @@ class ImageListBatches(StreamBatches):
 
 class ImageDataSource(PrefetchingSource):
     """Caffe's ImageData layer: image_data_param (source, root_folder, new_height/new_width,
-    is_color, shuffle, rand_skip, batch_size) and transform_param."""
+    is_color, shuffle, rand_skip, batch_size) and transform_param. `num_records` is the
+    number of listed images."""
 
     def __init__(self, lp, phase, *, rank: int = 0, world_size: int = 1,
                  seed: int | None = None, workers: int | None = None):
@@ -79,6 +80,7 @@ class ImageDataSource(PrefetchingSource):
         self.maker = ImageListBatches(param, lines, transformer, tops, layer=lp.name,
                                       skip=skip, seed=seed, rank=rank, world_size=world_size)
         self.top_shapes = self.maker.top_shapes()
+        self.num_records = len(lines)
         self.workers = default_workers() if workers is None else workers
         self.depth = lp.data_param.prefetch
 

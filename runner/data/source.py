@@ -130,7 +130,8 @@ class LmdbBatches(StreamBatches):
 
 class DataSource(PrefetchingSource):
     """Caffe's Data layer: data_param (source, batch_size, rand_skip, backend, prefetch) and
-    transform_param, yielding {data: N x C x H x W float32, label: N float32}."""
+    transform_param, yielding {data: N x C x H x W float32, label: N float32}.
+    `num_records` is the database's record count."""
 
     def __init__(self, lp, phase, *, rank: int = 0, world_size: int = 1,
                  seed: int | None = None, workers: int | None = None):
@@ -154,6 +155,7 @@ class DataSource(PrefetchingSource):
         self.maker = LmdbBatches(path, transformer, tops, param.batch_size, layer=lp.name,
                                  skip=skip, seed=seed, rank=rank, world_size=world_size)
         self.top_shapes = self.maker.top_shapes()
+        self.num_records = len(self.maker.reader())   # in the whole database, all ranks
         self.maker.close()
         self.workers = default_workers() if workers is None else workers
         self.depth = param.prefetch
