@@ -1,0 +1,94 @@
+"""Train a net for a few iterations with Caffe's solver rules and record, per iteration and
+per learnable layer, the mean absolute gradient of its weight blob.
+
+The statistic for layer l at iteration t is mean_i |dE/dW_i| over the elements of l's
+weight blob (blob 0), where E is Caffe's objective (sum over tops of loss_weight * top,
+auxiliary losses included when present), taken after backward and before the update,
+that is before weight decay is added to the diff.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from runner.net import Net
+from runner.proto import caffe_pb2
+from runner.solver.batches import BatchStream
+from runner.solver.errors import SolverDiverged
+from runner.solver.lr_policy import LearningRatePolicy
+from runner.solver.updates import make_update
+
+
+@dataclass
+class GradientRecord:
+    """Mean absolute weight gradients: `values[t, l]` for iteration t and layer `layers[l]`."""
+    layers: list[str]
+    values: np.ndarray
+    losses: list[float]
+    seconds: float
+
+    def mean_over_iterations(self) -> dict[str, float]:
+        """Each layer's statistic averaged over the recorded iterations."""
+        return dict(zip(self.layers, self.values.mean(axis=0).tolist()))
+
+
+def weight_blobs(net: Net) -> list[tuple[str, torch.nn.Parameter]]:
+    """(layer name, weight blob) for each layer whose first blob is learned (lr_mult > 0),
+    in net order; a blob shared with an earlier layer counts for its owner only."""
+    seen, out = set(), []
+    for layer in net.layers.values():
+        if not len(layer.blobs):
+            continue
+        blob = layer.blobs[0]
+        if isinstance(blob, torch.nn.Parameter) and blob.requires_grad and id(blob) not in seen:
+            seen.add(id(blob))
+            out.append((layer.name, blob))
+    return out
+
+
+def mean_abs_gradient(blob: torch.Tensor) -> float:
+    """mean_i |grad_i| of one blob in float64; a blob no loss reaches has Caffe's zero diff."""
+    if blob.grad is None:
+        return 0.0
+    return blob.grad.detach().double().abs().mean().item()
+
+
+def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter,
+                     iters: int, *, inputs: Callable[[Net], Iterator[dict]] | None = None, seed: int = 0,
+                     desc: str = "probe") -> GradientRecord:
+    """Build the TRAIN net `train` (fillers drawn after torch.manual_seed(seed)) and run
+    `iters` solver steps: forward, backward, record, update (the solver's `type`, lr
+    policy, momentum and weight decay). `inputs(net)` yields the batches of a net whose
+    data layer is an Input layer; without it the net's own data layers are read."""
+    torch.manual_seed(seed)
+    net = Net(train, phase="TRAIN", source_kwargs={"seed": seed})
+    blobs = weight_blobs(net)
+    if not blobs:
+        raise ValueError(f"net '{net.name}': no layer with a learned weight blob to probe")
+    batches = BatchStream(net.sources, torch.device("cpu")) if inputs is None else inputs(net)
+    update = make_update(solver.type, net.learnable_params(), solver)
+    policy = LearningRatePolicy(solver)
+    values = np.zeros((iters, len(blobs)))
+    losses = []
+    start = time.perf_counter()
+    for it in tqdm(range(iters), desc=desc, unit="iter", leave=False):
+        for w in update.weights:
+            w.grad = None
+        loss = 0.0
+        for _ in range(solver.iter_size):   # Caffe's Step: diffs accumulate over iter_size
+            objective = net.objective(net(next(batches)))
+            objective.backward()
+            loss += objective.item() / solver.iter_size
+        if not math.isfinite(loss):
+            raise SolverDiverged(f"net '{net.name}': the loss is {loss} at probe iteration {it}")
+        losses.append(loss)
+        values[it] = [mean_abs_gradient(w) / solver.iter_size for _, w in blobs]
+        update.apply(policy.rate(it), it)
+    return GradientRecord([name for name, _ in blobs], values, losses,
+                          time.perf_counter() - start)

@@ -1,0 +1,91 @@
+"""Which net each probe round trains: the given net's plain CNN, and, for nets the
+generator renders, the same net with supervision branches after chosen conv layers.
+
+A net counts as generated when its name is `<dataset>-<cnn|cnds><depth>` and the
+generator, asked for that net (width read off conv1), renders the same compute layers;
+its data layers are kept as given, so a changed source or batch size carries over.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from generator.architectures import ConfigError, NetConfig, build
+from generator.datasets import DATASETS
+from generator.probe.prepare import ProbeError, plain_init, plain_variant
+from generator.render import parse, render
+from runner.proto import caffe_pb2
+from runner.sources import is_source_type
+
+GENERATED_NAME = re.compile(r"^(?P<dataset>.+)-(?P<variant>cnn|cnds)(?P<depth>\d+)$")
+
+
+def _split(net: caffe_pb2.NetParameter) -> tuple[list, list]:
+    sources = [lp for lp in net.layer if is_source_type(lp.type)]
+    compute = [lp for lp in net.layer if not is_source_type(lp.type)]
+    return sources, compute
+
+
+def _with_sources(net: caffe_pb2.NetParameter, sources: list) -> caffe_pb2.NetParameter:
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    out.ClearField("layer")
+    out.layer.extend(sources)
+    out.layer.extend(_split(net)[1])
+    return out
+
+
+def render_train_val(config: NetConfig) -> caffe_pb2.NetParameter:
+    """The generator's train_val NetParameter for `config` (with the plain INIT=vanilla)."""
+    net = build(replace(config, init="vanilla"))
+    return parse("train_val.prototxt", render(net)["train_val.prototxt"], net.name)
+
+
+def generated_config(net: caffe_pb2.NetParameter) -> NetConfig | None:
+    """The generator settings whose plain CNN has `net`'s compute layers, or None."""
+    m = GENERATED_NAME.match(net.name)
+    if not m or m["dataset"] not in DATASETS:
+        return None
+    convs = [lp for lp in plain_variant(net).layer if lp.type == "Convolution"]
+    if not convs:
+        return None
+    depth = int(m["depth"])
+    width = convs[0].convolution_param.num_output / (96 if depth == 5 else 64)
+    config = NetConfig(dataset=m["dataset"], variant="cnn", depth=depth, width=width)
+    try:
+        rendered = render_train_val(config)
+    except ConfigError:
+        return None
+    mine = _split(plain_init(plain_variant(net)))[1]
+    theirs = _split(plain_init(rendered))[1]
+    return config if mine == theirs else None
+
+
+class ProbeTarget:
+    """Makes the NetParameter of each round: the plain net, or the generator's CNDS net
+    with branches after the given conv layers (only when `config` is known)."""
+
+    def __init__(self, net: caffe_pb2.NetParameter, config: NetConfig | None = None):
+        self.net = net
+        self.config = generated_config(net) if config is None else replace(
+            config, variant="cnn", branches=None)
+        self.sources = _split(net)[0]
+
+    @property
+    def can_branch(self) -> bool:
+        return self.config is not None
+
+    @property
+    def depth(self) -> int:
+        """Number of trunk conv layers (the last one cannot be tapped)."""
+        return sum(lp.type == "Convolution" for lp in plain_variant(self.net).layer)
+
+    def net_with(self, taps: tuple[int, ...]) -> caffe_pb2.NetParameter:
+        """The net to probe with branches after conv layers `taps` (none: the plain CNN)."""
+        if not taps:
+            return plain_variant(self.net)
+        if self.config is None:
+            raise ProbeError(f"net '{self.net.name}' was not rendered by the generator, so "
+                             "branches cannot be added to it; probe the plain net only")
+        config = replace(self.config, variant="cnds", branches=tuple(sorted(taps)))
+        return _with_sources(render_train_val(config), self.sources)
