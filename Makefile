@@ -66,3 +66,19 @@ publish: $(STAMP)
 	@[ -n "$(MODEL)" ] && [ -n "$(WEIGHTS)" ] || \
 	  { echo "usage: make publish MODEL=models/<net> WEIGHTS=<snapshot>.caffemodel ZOO=<dir> [LICENSE=...]" >&2; exit 2; }
 	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)")
+
+# The paper's claims on real data (reproduce/config.yaml holds the protocol; docs/reproduce.md).
+# DATASET defaults to fashion-mnist here (its LMDBs are built first); PRESET picks a preset of
+# the dataset (fashion-mnist: full, quick); GPU=<id> trains on that GPU.
+PRESET ?=
+GPU ?=
+REPRODUCE_DATASET := $(if $(filter file,$(origin DATASET)),fashion-mnist,$(DATASET))
+.PHONY: reproduce bench
+
+reproduce: $(STAMP) $(if $(filter fashion-mnist,$(REPRODUCE_DATASET)),$(FASHION_OUT)/mean.binaryproto)
+	$(PY) -m reproduce.run --dataset $(REPRODUCE_DATASET) $(if $(PRESET),--preset $(PRESET)) \
+		$(if $(GPU),--gpu $(GPU))
+
+# Every benchmark in bench/, one table in reports/bench.md.
+bench: $(STAMP)
+	$(PY) bench/run_all.py --out reports/bench.md

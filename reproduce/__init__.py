@@ -1,0 +1,1 @@
+"""The paper's claims reproduced with the project's own tools: `make reproduce`."""

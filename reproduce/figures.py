@@ -1,0 +1,95 @@
+"""The report's pictures: test error against iterations per depth (read back from the
+solver logs), and the gradient probe's plots and numbers (from its folder)."""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from generator.probe.prepare import conv_layers  # noqa: E402
+from generator.probe.report import read_csv  # noqa: E402
+from reproduce.claims import ProbeSummary  # noqa: E402
+from runner.atomic import atomic_write_bytes  # noqa: E402
+from runner.proto import read_net  # noqa: E402
+from runner.solver.plot import read_history  # noqa: E402
+
+PROBE_PLOTS = ("probe.png", "probe_before_after.png")
+STYLES = ("-", "--", ":", "-.")
+
+
+def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    """Top-1 test error (1 - accuracy, in %) and smoothed train loss against iterations;
+    one colour per row, one line style per seed."""
+    fig, (err_ax, loss_ax) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    colours = dict(zip(labels, plt.cm.tab10.colors))
+    seeds = sorted({r["seed"] for r in results})
+    for r in results:
+        history = read_history(r["log"])
+        style = STYLES[seeds.index(r["seed"]) % len(STYLES)]
+        name = r["label"] + (f" seed {r['seed']}" if len(seeds) > 1 else "")
+        points = history.test.get("accuracy", [])
+        if points:
+            xs, ys = zip(*points)
+            err_ax.plot(xs, [100.0 * (1.0 - y) for y in ys], style, marker="o", ms=3,
+                        color=colours[r["label"]], label=name)
+        if history.train_loss:
+            xs, ys = zip(*history.train_loss)
+            loss_ax.plot(xs, ys, style, color=colours[r["label"]], label=name, lw=1)
+    err_ax.set_ylabel("top-1 test error (%)")
+    loss_ax.set_ylabel("train loss (smoothed, all losses)")
+    loss_ax.set_xlabel("iteration")
+    for ax in (err_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def curve_groups(results: list[dict]) -> dict[int, list[dict]]:
+    """Runs to compare in one figure: the rows of each depth (pretraining rows left out)."""
+    groups: dict[int, list[dict]] = {}
+    for r in results:
+        if not r["pretrain_only"]:
+            groups.setdefault(r["depth"], []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def copy_probe_plots(probe_dir: Path, reports: Path, prefix: str) -> list[str]:
+    """Copy the probe's PNGs next to the report as <prefix>_<name>; the names copied."""
+    names = []
+    for name in PROBE_PLOTS:
+        source = probe_dir / name
+        if source.exists():
+            target = reports / f"{prefix}_{name}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
+            names.append(target.name)
+    return names
+
+
+def summarize_probe(probe_dir: Path, train_val: Path, net: str, iters: int,
+                    threshold: float) -> ProbeSummary:
+    """Vanishing trunk conv layers of the first (plain) and the last probe round, with
+    Caffe layer names, each layer's statistic averaged over the iterations."""
+    rounds = read_csv(probe_dir / "probe.csv")
+    convs = conv_layers(read_net(str(train_val)))
+
+    def vanishing(layers: dict[str, list[float]]) -> list[str]:
+        return [name for name in convs
+                if name in layers and sum(layers[name]) / len(layers[name]) < threshold]
+
+    names = list(rounds)
+    return ProbeSummary(net, iters, threshold, vanishing(rounds[names[0]]), len(names),
+                        names[-1], vanishing(rounds[names[-1]]))

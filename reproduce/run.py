@@ -1,0 +1,183 @@
+"""`python -m reproduce.run --dataset fashion-mnist --preset quick`: run the protocol of
+reproduce/config.yaml and write reports/<dataset>.md (what `make reproduce` does).
+
+Runs that are complete are skipped, a run that was stopped resumes from its newest
+snapshot, and the report is rebuilt from every finished run. One progress bar counts
+the training iterations of all runs; the total time is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from generator.summary import shape_table
+from reproduce import execute
+from reproduce.config import CONFIG, Protocol, ProtocolError, load_protocol
+from reproduce.plan import Run, Schedule, plan_runs, probe_folder, source_of, write_run_files
+from reproduce.report import format_seconds, write_report
+from runner.atomic import atomic_write_text
+from runner.proto import read_net
+
+
+def deploy_cost(run: Run) -> tuple[int, int]:
+    """(learnable parameters, multiply-adds per image) of the run's deploy net."""
+    rows = shape_table(read_net(str(run.deploy)), "TEST")
+    return sum(r.params for r in rows), sum(r.macs for r in rows)
+
+
+def finished(run: Run, sched: Schedule, test_iter: int) -> dict | None:
+    """The stored result of a run done with this schedule, else None."""
+    if not run.result.exists():
+        return None
+    result = json.loads(run.result.read_text())
+    same = result.get("max_iter") == sched.max_iter and result.get("test_iterations") == test_iter
+    return result if same else None
+
+
+def run_one(run: Run, protocol: Protocol, sched: Schedule, runs: list[Run], gpu: str | None,
+            on_poll) -> dict:
+    """Train (or resume) and test one run; returns and stores its result."""
+    source = source_of(runs, run)
+    weights = source.snapshot(sched.max_iter) if source is not None else None
+    if weights is not None and not weights.exists():
+        raise execute.StepFailed(f"{run.label} starts from {weights}, which does not exist")
+    outcome = execute.trained(run, sched)
+    if outcome is None:
+        outcome = execute.train(run, sched, weights, gpu, on_poll)
+    test_iter = protocol.final_test_iter or sched.full_test_iter
+    outputs, test_seconds = execute.final_test(run, test_iter, sched.max_iter, gpu)
+    params, macs = deploy_cost(run)
+    result = {
+        "label": run.row.label, "variant": run.row.variant, "depth": run.row.depth,
+        "seed": run.seed, "init": protocol.init, "init_from": run.row.init_from,
+        "weights": str(weights) if weights else None, "pretrain_only": run.row.pretrain_only,
+        "max_iter": sched.max_iter, "stepsize": sched.stepsize, "train_batch": sched.train_batch,
+        "epochs": sched.epochs, "train_seconds": outcome.seconds, "attempts": outcome.attempts,
+        "test_iterations": test_iter,
+        "test_images": min(test_iter * sched.test_batch, sched.test_images),
+        "test_seconds": test_seconds, "outputs": outputs,
+        "top1_error": 100.0 * (1.0 - outputs["accuracy"]),
+        "top5_error": (100.0 * (1.0 - outputs["accuracy_top5"])
+                       if "accuracy_top5" in outputs else None),
+        "params": params, "macs": macs,
+        "train_images": sched.train_images, "test_set": sched.test_images, "gpu": gpu,
+        "log": str(run.log), "test_log": str(run.test_log), "solver": str(run.solver),
+        "deploy": str(run.deploy),
+    }
+    atomic_write_text(run.result, json.dumps(result, indent=1))
+    return result
+
+
+class Progress:
+    """One bar over the training iterations of all runs, fed from the solver logs."""
+
+    def __init__(self, total: int):
+        self.bar = tqdm(total=total, unit="iter", desc="reproduce", dynamic_ncols=True,
+                        mininterval=1 if sys.stderr.isatty() else 30)
+        self.base = 0
+
+    def start(self, run: Run, max_iter: int):
+        self.bar.set_description(run.label, refresh=False)
+
+        def poll():
+            done = self.base + min(execute.iterations_logged(run.log), max_iter)
+            if done > self.bar.n:
+                self.bar.update(done - self.bar.n)
+        return poll
+
+    def done(self, max_iter: int):
+        self.base += max_iter
+        self.bar.update(self.base - self.bar.n)
+
+    def note(self, text: str):
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self):
+        self.bar.close()
+
+
+def run_probe(protocol: Protocol, runs: list[Run], runs_root: Path, progress: Progress) -> Path | None:
+    """The gradient probe on the configured row's net (first seed), once."""
+    if protocol.probe is None:
+        return None
+    out = probe_folder(protocol, runs_root)
+    if (out / "probe.json").exists():
+        return out
+    run = next(r for r in runs if r.row.label == protocol.probe.net)
+    p = protocol.probe
+    progress.note(f"gradient probe on {run.train_val} ({p.iters} iterations per round)")
+    start = time.perf_counter()
+    execute.probe(run.train_val, out, p.iters, p.batch, p.threshold, protocol.seeds[0])
+    atomic_write_text(out / "probe.json", json.dumps({
+        "net": p.net, "train_val": str(run.train_val), "iters": p.iters, "batch": p.batch,
+        "threshold": p.threshold, "seed": protocol.seeds[0],
+        "seconds": time.perf_counter() - start}, indent=1))
+    return out
+
+
+def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None = None,
+              iterations: int | None = None) -> list[dict]:
+    """Every run of `protocol` (skipping finished ones), then the report; returns results."""
+    runs = plan_runs(protocol, runs_root)
+    schedules = {}
+    for run in runs:
+        execute.generate(run, protocol.init)
+        schedules[run] = write_run_files(run, protocol, gpu, iterations)
+    progress = Progress(sum(s.max_iter for s in schedules.values()))
+    results = []
+    try:
+        probe_dir = run_probe(protocol, runs, runs_root, progress)
+        for run in runs:
+            sched = schedules[run]
+            test_iter = protocol.final_test_iter or sched.full_test_iter
+            result = finished(run, sched, test_iter)
+            if result is None:
+                result = run_one(run, protocol, sched, runs, gpu, progress.start(run, sched.max_iter))
+                progress.note(f"{run.label}: top-1 error {result['top1_error']:.2f}% after "
+                              f"{sched.max_iter} iterations ({format_seconds(result['train_seconds'])})")
+            else:
+                progress.note(f"{run.label}: done before, skipped")
+            progress.done(sched.max_iter)
+            results.append(result)
+    finally:
+        progress.close()
+    write_report(protocol, results, probe_dir, report)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.run", description=(
+        "Train and test the paper's nets per reproduce/config.yaml and write the report."))
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--preset", default="", help="preset of the dataset (default: its default_preset)")
+    p.add_argument("--config", default=str(CONFIG), help="protocol file (default reproduce/config.yaml)")
+    p.add_argument("--runs", default="runs", help="folder for run files (default runs)")
+    p.add_argument("--report", help="report path (default reports/<dataset>.md)")
+    p.add_argument("--gpu", default=None, help="GPU id for training and testing (default: CPU)")
+    p.add_argument("--iterations", type=int, help="cap every run at this many iterations (smoke test)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        protocol = load_protocol(args.dataset, args.preset or None, args.config)
+        if args.iterations is not None and args.iterations < 1:
+            raise ProtocolError(f"--iterations {args.iterations}: expected 1 or more")
+        report = Path(args.report or f"reports/{protocol.dataset}.md")
+        results = reproduce(protocol, Path(args.runs), report, args.gpu or None, args.iterations)
+    except (ProtocolError, execute.StepFailed) as exc:
+        print(f"reproduce: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("reproduce: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"reproduce: {len(results)} runs of {protocol.dataset}/{protocol.preset}; report {report}; "
+          f"total time {format_seconds(time.perf_counter() - start)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
