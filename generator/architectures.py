@@ -15,7 +15,7 @@ from runner.shapes import conv_out, pool_out
 
 DEPTHS = range(5, 20)             # 5 is the CNN-5 family, 6..19 the stage family
 VARIANTS = ("cnds", "cnn")
-INITS = ("released", "vanilla")
+INITS = ("released", "vanilla", "msra")
 STAGE_WIDTHS = (128, 256, 512, 512)   # 3x3 stages conv2..conv5 after the 7x7 conv1
 BRANCH_CONV, BRANCH_FC = 64, 1024
 STD = 0.01
@@ -34,7 +34,7 @@ class NetConfig:
     branches: tuple[int, ...] | None = None
     alpha: float = 0.3
     width: float | None = None
-    init: str = "released"
+    init: str | None = None   # None: the dataset's default
 
     @property
     def name(self) -> str:
@@ -51,7 +51,7 @@ class Conv:
     stride: int
     pad: int
     group: int
-    std: float
+    std: float | str   # gaussian std, or "msra"
     bias: float
     relu: str
     kind: str = "conv"
@@ -83,7 +83,7 @@ class FC:
     name: str
     bottom: str
     num_output: int
-    std: float
+    std: float | str   # gaussian std, or "msra"
     bias: float
     relu: str | None
     dropout: str | None
@@ -101,7 +101,7 @@ class Branch:
     fc_output: int
     num_classes: int
     alpha: float
-    std: float
+    std: float | str   # gaussian std, or "msra"
     conv_bias: float
     fc_bias: float
     kind: str = "branch"
@@ -147,8 +147,9 @@ def resolve(config: NetConfig) -> NetConfig:
         raise ConfigError(f"VARIANT={config.variant}: unknown variant (expected cnds or cnn)")
     if config.depth not in DEPTHS:
         raise ConfigError(f"DEPTH={config.depth}: depth must be 5 (CNN-5) or 6..19")
-    if config.init not in INITS:
-        raise ConfigError(f"INIT={config.init}: unknown initialisation (expected released or vanilla)")
+    init = DATASETS[config.dataset].default_init if config.init is None else config.init
+    if init not in INITS:
+        raise ConfigError(f"INIT={init}: unknown initialisation (expected released, vanilla or msra)")
     if not 0 < config.alpha < math.inf:
         raise ConfigError(f"ALPHA={config.alpha}: the auxiliary loss weight must be positive")
     width = DATASETS[config.dataset].default_width if config.width is None else config.width
@@ -171,7 +172,7 @@ def resolve(config: NetConfig) -> NetConfig:
                 raise ConfigError(f"BRANCHES: {k} is not a conv layer below the last one "
                                   f"(depth {config.depth} taps conv 1..{config.depth - 1})")
         branches = tuple(sorted(branches))
-    return replace(config, width=width, branches=branches)
+    return replace(config, width=width, branches=branches, init=init)
 
 
 class _Builder:
@@ -182,10 +183,11 @@ class _Builder:
         self.blocks: list = []
         self.blob, self.size, self.convs = "data", dataset.crop, 0
         self.released = config.init == "released"
+        self.std = "msra" if config.init == "msra" else STD  # weight filler: msra or gaussian std
 
     def conv(self, name, num_output, kernel, stride=1, pad=0, group=1, bias=0.0):
         out = scaled(num_output, self.config.width)
-        self.blocks.append(Conv(name, self.blob, out, kernel, stride, pad, group, STD,
+        self.blocks.append(Conv(name, self.blob, out, kernel, stride, pad, group, self.std,
                                 bias if self.released else 0.0, "relu" + name[4:]))
         self.blob, self.size = name, conv_out(self.size, kernel, stride, pad, 1)
         self.convs += 1
@@ -200,7 +202,7 @@ class _Builder:
             pool_kernel=kernel, pool_stride=2,
             conv_output=scaled(BRANCH_CONV, self.config.width),
             fc_output=scaled(BRANCH_FC, self.config.width),
-            num_classes=self.dataset.num_classes, alpha=self.config.alpha, std=STD,
+            num_classes=self.dataset.num_classes, alpha=self.config.alpha, std=self.std,
             conv_bias=0.1 if self.released else 0.0, fc_bias=1.0 if self.released else 0.0))
 
     def lrn(self, name):
@@ -213,6 +215,7 @@ class _Builder:
 
     def fc(self, name, num_output, std=STD, bias=0.0, last=False):
         out = num_output if last else scaled(num_output, self.config.width)
+        std = "msra" if self.std == "msra" else std
         n = name[2:]
         self.blocks.append(FC(name, self.blob, out, std, bias if self.released else 0.0,
                               None if last else f"relu{n}", None if last else f"drop{n}"))

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "<out>/<dataset>-<variant><depth>/ and print each deploy net's shape table."))
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help="DEPTH=5..19 VARIANT=cnds|cnn DATASET=imagenet|places205|fashion-mnist "
-                        "BRANCHES=4,7,10|none|auto ALPHA=0.3 WIDTH=<multiplier> INIT=released|vanilla "
+                        "BRANCHES=4,7,10|none|auto ALPHA=0.3 WIDTH=<multiplier> INIT=released|vanilla|msra "
                         "(empty values mean the defaults)")
     p.add_argument("--all", action="store_true", help="render every net committed under models/")
     p.add_argument("--out", default="models", help="models folder, as the solver's working directory sees it")

@@ -26,6 +26,7 @@ class Dataset:
     scale: float | None  # transform_param.scale after mean subtraction, None for Caffe's 1
     small: bool          # 28x28-class input: nets are adapted (see architectures.py)
     default_width: float
+    default_init: str    # INIT when none is given (see architectures.INITS)
     solver_mode: str
 
     @property
@@ -44,19 +45,20 @@ DATASETS: dict[str, Dataset] = {
         test_source="data/imagenet/ilsvrc12_val_lmdb",
         mean_file="data/imagenet/imagenet_mean.binaryproto",
         train_batch=128, test_batch=50, train_images=1_281_167, test_images=50_000,
-        mirror=True, scale=None, small=False, default_width=1.0, solver_mode="GPU"),
+        mirror=True, scale=None, small=False, default_width=1.0, default_init="released", solver_mode="GPU"),
     "places205": Dataset(
         name="places205", num_classes=205, channels=3, crop=227,
         train_source="data/places205/places205_train_lmdb",
         test_source="data/places205/places205_val_lmdb",
         mean_file="data/places205/places205_mean.binaryproto",
         train_batch=256, test_batch=100, train_images=2_448_873, test_images=20_500,
-        mirror=True, scale=None, small=False, default_width=1.0, solver_mode="GPU"),
+        mirror=True, scale=None, small=False, default_width=1.0, default_init="released", solver_mode="GPU"),
     "fashion-mnist": Dataset(
         name="fashion-mnist", num_classes=10, channels=1, crop=28,
         train_source="data/fashion-mnist/train_lmdb",
         test_source="data/fashion-mnist/test_lmdb",
         mean_file="data/fashion-mnist/mean.binaryproto",
         train_batch=64, test_batch=100, train_images=60_000, test_images=10_000,
-        mirror=False, scale=0.00390625, small=True, default_width=0.25, solver_mode="CPU"),
+        mirror=False, scale=0.00390625, small=True, default_width=0.25, default_init="msra",
+        solver_mode="CPU"),
 }

@@ -119,6 +119,26 @@ def test_released_and_vanilla_initialisation():
             assert [(s.lr_mult, s.decay_mult) for s in lp.param] == [(1, 1), (2, 0)]
 
 
+def _fillers(net):
+    for lp in net.layer:
+        if lp.type in ("Convolution", "InnerProduct"):
+            p = lp.convolution_param if lp.type == "Convolution" else lp.inner_product_param
+            yield lp.name, p.weight_filler, p.bias_filler
+
+
+def test_fashion_mnist_defaults_to_msra_and_keeps_the_paper_init_as_an_option():
+    msra, _, _ = _nets(NetConfig(dataset="fashion-mnist", depth=8))
+    fillers = list(_fillers(msra))
+    assert any(name.endswith("_ds1") for name, _, _ in fillers)
+    for name, weight, bias in fillers:
+        assert (weight.type, bias.value) == ("msra", 0), name
+    paper, _, _ = _nets(NetConfig(dataset="fashion-mnist", depth=8, init="released"))
+    for name, weight, _ in _fillers(paper):
+        assert weight.type == "gaussian" and weight.std == pytest.approx(0.01), name
+    imagenet, _, _ = _nets(NetConfig(depth=8))
+    assert {w.type for _, w, _ in _fillers(imagenet)} == {"gaussian"}
+
+
 @pytest.mark.parametrize("dataset,variant,depth,max_iter", [
     ("imagenet", "cnn", 8, 800_730),     # 80 epochs * 1,281,167 / 128, rounded up
     ("imagenet", "cnds", 8, 650_593),    # 65 epochs

@@ -5,7 +5,9 @@ absolute weight gradient, averaged over the probe iterations, is below the thres
 A branch goes after the deepest vanishing conv (at most the last-but-one conv, the
 deepest one a branch can tap). The probe is then repeated with that branch added, until
 no conv vanishes, the branch limit is reached, or the deepest vanishing conv is tapped
-already (a branch there did not lift it, so another would not either).
+already (a branch there did not lift it, so another would not either). A branch that
+lifts no conv above the threshold is not evidence for itself: it is dropped from the
+suggestion and the search stops.
 """
 from __future__ import annotations
 
@@ -66,11 +68,19 @@ def place_branches(probe: Callable[[tuple[int, ...]], ProbeRound], n_convs: int,
     hears about each round. Without `can_branch` only the plain net is probed.
     """
     taps: tuple[int, ...] = ()
-    rounds = []
+    rounds: list[ProbeRound] = []
+    added = None
     while True:
         current = probe(taps)
         rounds.append(current)
-        k, why = next_tap(current.vanishing(threshold), taps, n_convs)
+        vanishing = current.vanishing(threshold)
+        if added is not None and set(vanishing) >= set(rounds[-2].vanishing(threshold)):
+            taps = tuple(t for t in taps if t != added)
+            why = f"the branch after conv {added} lifts no conv layer above the threshold"
+            if report is not None:
+                report(current, f"{why}: drop it")
+            return Placement(rounds, taps, why)
+        k, why = next_tap(vanishing, taps, n_convs)
         if k is not None and len(taps) >= max_branches:
             k, why = None, f"{why}, but the limit of {max_branches} branches is reached"
         if report is not None:
@@ -80,4 +90,4 @@ def place_branches(probe: Callable[[tuple[int, ...]], ProbeRound], n_convs: int,
         if not can_branch:
             return Placement(rounds, (k,), "the net was not rendered by the generator, so "
                              "the probe was not repeated with the branch added")
-        taps = tuple(sorted((*taps, k)))
+        taps, added = tuple(sorted((*taps, k))), k

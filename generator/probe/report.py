@@ -77,19 +77,19 @@ def plot_layers(path, r: ProbeRound, threshold: float, title: str) -> None:
     _save(fig, path)
 
 
-def panel_convs(taps: tuple[int, ...], n_convs: int) -> list[int]:
+def panel_convs(taps: tuple[int, ...]) -> list[int]:
     """The lower conv layers shown before/after: up to MAX_PANELS evenly spread over
     conv 1 .. the deepest tap (conv 1 and the deepest tap included)."""
-    top = max(taps) if taps else min(MAX_PANELS, n_convs)
+    top = max(taps)
     picks = np.linspace(1, top, min(MAX_PANELS, top)).round().astype(int)
     return sorted(set(picks.tolist()))
 
 
 def plot_before_after(path, placement: Placement, threshold: float, title: str) -> None:
-    """Fig. 2(b-d): chosen lower convs, plain net against the net with every suggested
-    branch (the last round), each on a log axis with the threshold dashed."""
+    """Fig. 2(b-d): chosen lower convs, plain net against the last round's net (every
+    suggested branch, or a dropped one too), each on a log axis with the threshold dashed."""
     before, after = placement.rounds[0], placement.rounds[-1]
-    convs = panel_convs(placement.taps, len(before.convs))
+    convs = panel_convs(after.taps)
     fig, axes = plt.subplots(1, len(convs), figsize=(3.2 * len(convs), 3.4), sharey=True,
                              squeeze=False)
     for ax, k in zip(axes[0], convs):
