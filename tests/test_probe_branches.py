@@ -2,16 +2,21 @@
 generator, its CLI writes probe.csv and the plots, and its BRANCHES value (and
 BRANCHES=auto) feed `make net`'s generator CLI."""
 import csv
+import functools
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import generator.probe
 from generator.architectures import NetConfig
 from generator.cli import main as generator_main
 from generator.probe.__main__ import main as probe_main
+from generator.probe.gradients import GradientRecord
+from generator.probe.placement import ProbeRound, place_branches
 from generator.probe.prepare import conv_layers, is_aux
+from generator.probe.report import panel_convs
 from generator.probe.target import ProbeTarget, generated_config, render_train_val
 from runner.proto import read_net
 
@@ -66,8 +71,9 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
                        "--max-branches", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     value = re.search(r"^BRANCHES=(\S+)$", printed, re.M).group(1)
-    taps = tuple(int(k) for k in value.split(","))
-    assert taps and all(1 <= k < 6 for k in taps)
+    # std 0.01 kills this narrow net everywhere: every conv vanishes and a branch lifts none
+    assert "conv  1 conv1" in printed and "vanishes" in printed
+    assert value == "none" and "lifts no conv layer" in printed
 
     with open(out / "probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -82,26 +88,48 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
     if len(rounds) > 1:
         assert (out / "probe_before_after.png").read_bytes().startswith(PNG)
 
-    rendered = read_net(_render(tmp_path / "cnds", "VARIANT=cnds", f"BRANCHES={value}"))
+    rendered = read_net(_render(tmp_path / "cnn", "VARIANT=cnn", f"BRANCHES={value}"))
+    assert not any(is_aux(lp.name) for lp in rendered.layer)
+
+
+def test_a_suggested_branches_value_renders_those_branches_in_make_net(tmp_path):
+    lifted_by = {(): range(1, 5), (4,): range(1, 3), (2, 4): ()}   # convs that vanish
+    rows = {taps: [1e-9 if k in v else 1e-5 for k in range(1, 7)] for taps, v in lifted_by.items()}
+    fake = lambda taps: ProbeRound(taps, GradientRecord(  # noqa: E731
+        [f"c{k}" for k in range(1, 7)], np.array([rows[taps]]), [0.0], 0.0),
+        [f"c{k}" for k in range(1, 7)])
+    placement = place_branches(fake, 6, 1e-7, max_branches=3)
+    assert placement.branches_value == "2,4"
+    rendered = read_net(_render(tmp_path, "VARIANT=cnds", f"BRANCHES={placement.branches_value}"))
     convs = conv_layers(rendered)
-    assert _tapped_convs(rendered) == [convs[k - 1] for k in taps]
+    assert _tapped_convs(rendered) == [convs[1], convs[3]]
 
 
-def test_make_net_branches_auto_runs_the_probe(tmp_path, monkeypatch, capsys):
+def test_make_net_branches_auto_runs_the_probe_and_uses_its_taps(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def quick(net, config=None, **options):
-        calls.append(config)
-        return suggest(net, config, iters=1, synthetic=True, batch=2, max_branches=1)
+    def probe_then_fixed(net, config=None, **options):
+        """The real probe (one quick round), then taps standing in for its suggestion."""
+        calls.append(generator.probe.search(
+            ProbeTarget(net, config), generator.probe.ProbeOptions(
+                iters=1, synthetic=True, batch=2, max_branches=0), log=lambda _: None))
+        return (3,)
 
-    suggest = generator.probe.suggest_branches
-    monkeypatch.setattr(generator.probe, "suggest_branches", quick)
+    monkeypatch.setattr(generator.probe, "suggest_branches", probe_then_fixed)
     rendered = read_net(_render(tmp_path, "VARIANT=cnds", "BRANCHES=auto"))
-    assert len(calls) == 1
-    printed = capsys.readouterr().out
-    assert "probe (" not in printed            # progress goes to stderr, not into the report
-    taps = _tapped_convs(rendered)
-    assert len(taps) == 1 and taps[0] in conv_layers(rendered)[:-1]
+    (placement,) = calls
+    assert placement.rounds[0].convs == conv_layers(rendered)
+    assert "probe (" not in capsys.readouterr().out   # progress goes to stderr
+    assert _tapped_convs(rendered) == [conv_layers(rendered)[2]]
+
+
+def test_make_net_branches_auto_with_no_suggestion_fails_cleanly(tmp_path, capsys):
+    quick = functools.partial(generator.probe.suggest_branches, iters=1, synthetic=True, batch=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generator.probe, "suggest_branches", quick)
+        assert generator_main([*SMALL, "VARIANT=cnds", "BRANCHES=auto", "--out", str(tmp_path)]) == 2
+    assert "suggests no branch" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -114,3 +142,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     net = read_net(train_val)
     with pytest.raises(ValueError, match="nowhere_lmdb not found"):
         generator.probe.suggest_branches(net, synthetic=False, iters=1)
+
+
+@pytest.mark.parametrize("taps,convs", [((4, 7, 10), [1, 4, 7, 10]), ((2,), [1, 2]),
+                                        ((12,), [1, 5, 8, 12]), ((1,), [1])])
+def test_before_after_panels_spread_from_conv1_to_the_deepest_tap(taps, convs):
+    assert panel_convs(taps) == convs

@@ -108,3 +108,12 @@ def test_rounds_stop_at_the_branch_limit():
     assert placement.taps == (6, 10)
     assert "limit of 2 branches" in placement.reason
     assert placement.rounds[-1].vanishing(1e-7) == [1, 2]
+
+
+def test_a_branch_that_lifts_nothing_is_dropped():
+    dead = lambda taps: _round([[1e-12] * 13], taps)  # noqa: E731  (every conv vanishes, always)
+    placement = place_branches(dead, 13, 1e-7, max_branches=3)
+    assert [r.taps for r in placement.rounds] == [(), (12,)]
+    assert placement.taps == ()
+    assert placement.branches_value == "none"
+    assert "after conv 12 lifts no conv layer" in placement.reason
