@@ -82,3 +82,18 @@ reproduce: $(STAMP) $(if $(filter fashion-mnist,$(REPRODUCE_DATASET)),$(FASHION_
 # Every benchmark in bench/, one table in reports/bench.md.
 bench: $(STAMP)
 	$(PY) bench/run_all.py --out reports/bench.md
+
+# The gradient probe (docs/probe.md): train the plain CNN of DATASET/DEPTH for ITERS
+# iterations with the plain init (gaussian 0.01, zero biases), plot each layer's mean
+# gradient into its model folder and print the BRANCHES to use. DATASET defaults to
+# fashion-mnist here (its LMDBs are built first); a dataset whose LMDB is missing is probed
+# with synthetic input. BATCH defaults to the data layer's (4 when synthetic).
+ITERS ?= 50
+THRESHOLD ?= 1e-7
+BATCH ?=
+PROBE_DATASET := $(if $(filter file,$(origin DATASET)),fashion-mnist,$(DATASET))
+.PHONY: probe
+probe: $(STAMP) $(if $(filter fashion-mnist,$(PROBE_DATASET)),$(FASHION_OUT)/mean.binaryproto)
+	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=cnn DATASET=$(PROBE_DATASET) WIDTH=$(WIDTH) > /dev/null
+	$(PY) -m generator.probe models/$(PROBE_DATASET)-cnn$(DEPTH)/train_val.prototxt \
+		--iters $(ITERS) --threshold $(THRESHOLD) $(if $(BATCH),--batch $(BATCH))
