@@ -51,7 +51,8 @@ class CaffeLog:
     """The solver's log: `log.info("solver.cpp:218", "Iteration ...")`."""
 
     def __init__(self, path: str | os.PathLike | None = None, enabled: bool = True,
-                 stderr: bool = True):
+                 stderr: bool = True, append: bool = False):
+        """`append` continues an existing log file (a resumed run); else it starts afresh."""
         self.path = path
         self.logger = logging.getLogger(f"runner.caffe.{id(self)}")
         self.logger.propagate = False
@@ -66,7 +67,7 @@ class CaffeLog:
             self.logger.addHandler(handler)
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+            handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
             handler.setFormatter(fmt)
             self.logger.addHandler(handler)
 

@@ -77,9 +77,8 @@ class Solver:
         prefix = param.snapshot_prefix
         self.log_path = options.log_path or f"{prefix}.log"
         self.plot_path = options.plot_path or f"{prefix}_training.png"
-        if ctx.is_root and not options.append_log and os.path.exists(self.log_path):
-            os.remove(self.log_path)
-        self.log = CaffeLog(self.log_path if ctx.is_root else None, enabled=ctx.is_root)
+        self.log = CaffeLog(self.log_path if ctx.is_root else None, enabled=ctx.is_root,
+                            append=options.append_log)
         prepare_solver_param(param)
         self.seed = param.random_seed if param.random_seed >= 0 else random.randrange(2**31)
         torch.manual_seed(self.seed + ctx.rank)  # Caffe: random_seed + solver_rank

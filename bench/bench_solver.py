@@ -1,0 +1,117 @@
+"""Solver overhead: our Caffe solver's iteration against a bare torch loop.
+
+Both run the same net (a Net built from the prototxt) on the same in-memory batches,
+in one process, interleaved in rounds so that machine noise hits both alike:
+  solver: Solver.step (zero grads, per-iteration RNG seed, forward, objective,
+          backward, loss check, Caffe's lr policy and SGD update over lr/decay groups)
+  bare:   forward, objective, backward, torch.optim.SGD (foreach) with the same groups
+Prints per-iteration medians and their ratio (target <= 1.05).
+
+    python bench/bench_solver.py [--model models/fashion-mnist-cnds8/train_val.prototxt]
+        [--iters 10] [--rounds 5] [--batch N] [--gpu 0]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from runner.proto import caffe_pb2, read_net  # noqa: E402
+from runner.solver import Solver, SolverOptions  # noqa: E402
+from runner.solver.distributed import DistContext  # noqa: E402
+
+
+def solver_param(net, prefix: str) -> caffe_pb2.SolverParameter:
+    param = caffe_pb2.SolverParameter(
+        base_lr=0.01, lr_policy="step", gamma=0.1, stepsize=100000, momentum=0.9,
+        weight_decay=0.0005, max_iter=10**9, display=0, snapshot_after_train=False,
+        random_seed=1, snapshot_prefix=prefix)
+    param.net_param.CopyFrom(net)
+    return param
+
+
+def set_batch(net, batch: int | None) -> None:
+    if batch:
+        for lp in net.layer:
+            if lp.type == "Data":
+                lp.data_param.batch_size = batch
+
+
+def bare_optimizer(net, base_lr, momentum, weight_decay):
+    """torch.optim.SGD with one group per (lr_mult, decay_mult), as the bare baseline."""
+    groups = {}
+    for _, p, lr_mult, decay_mult in net.learnable_params():
+        groups.setdefault((lr_mult, decay_mult), []).append(p)
+    return torch.optim.SGD(
+        [{"params": ps, "lr": base_lr * lr, "weight_decay": weight_decay * d}
+         for (lr, d), ps in groups.items()], lr=base_lr, momentum=momentum, foreach=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="models/fashion-mnist-cnds8/train_val.prototxt")
+    ap.add_argument("--iters", type=int, default=10, help="iterations per round and side")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, help="override data_param.batch_size")
+    ap.add_argument("--gpu", help="CUDA device id (default: the CPU)")
+    args = ap.parse_args(argv)
+    device = torch.device("cpu" if args.gpu is None else f"cuda:{args.gpu}")
+
+    net_param = read_net(args.model)
+    set_batch(net_param, args.batch)
+    solver = Solver(solver_param(net_param, "/tmp/bench_solver/s"),
+                    SolverOptions(progress=False, log_path="/tmp/bench_solver/s.log"),
+                    DistContext(device=device))
+    net = solver.net
+    batches = [next(solver.train_batches) for _ in range(args.iters)]
+    for source in net.sources:
+        if hasattr(source, "close"):
+            source.close()
+    solver.train_batches = itertools.cycle(batches)
+    opt = bare_optimizer(net, 0.01, 0.9, 0.0005)
+    params = [p for _, p, _, _ in net.learnable_params()]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def run_solver():
+        solver.step(args.iters)
+
+    def run_bare():
+        for batch in batches:
+            for p in params:
+                p.grad = None
+            blobs = net(batch)
+            net.objective(blobs).backward()
+            opt.step()
+
+    times = {"solver": [], "bare": []}
+    for fn in (run_solver, run_bare):  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in (("solver", run_solver), ("bare", run_bare)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / args.iters)
+    solver_ms = statistics.median(times["solver"]) * 1e3
+    bare_ms = statistics.median(times["bare"]) * 1e3
+    batch = next(iter(batches[0].values())).shape[0]
+    print(f"net {net.name}, batch {batch}, {device}, {args.rounds} rounds x {args.iters} iterations")
+    print(f"solver iteration: {solver_ms:.2f} ms (median)")
+    print(f"bare torch loop:  {bare_ms:.2f} ms (median)")
+    print(f"ratio solver/bare: {solver_ms / bare_ms:.3f} (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
