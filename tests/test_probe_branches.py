@@ -51,12 +51,23 @@ def test_committed_cnds_net_is_recognised_and_rendered_with_branches():
     assert _tapped_convs(branched) == [convs[3], convs[6], convs[9]]
 
 
+@pytest.mark.parametrize("width", [0.3, 0.7, 1.0])
+def test_generated_nets_are_recognised_at_any_width(width):
+    config = NetConfig(dataset="fashion-mnist", variant="cnn", depth=8, width=width)
+    found = generated_config(render_train_val(config))
+    assert found is not None
+    assert render_train_val(found) == render_train_val(config)
+
+
 def test_a_net_the_generator_did_not_render_is_not_recognised():
     net = render_train_val(NetConfig(dataset="fashion-mnist", variant="cnn", depth=8))
     assert generated_config(net) is not None
     edited = type(net)()
     edited.CopyFrom(net)
     next(lp for lp in edited.layer if lp.name == "conv3_1").convolution_param.num_output += 8
+    assert generated_config(edited) is None
+    edited.CopyFrom(net)
+    next(lp for lp in edited.layer if lp.name == "conv3_1").convolution_param.kernel_size[0] = 5
     assert generated_config(edited) is None
     edited.CopyFrom(net)
     edited.name = "my-net"

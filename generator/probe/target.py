@@ -2,7 +2,8 @@
 generator renders, the same net with supervision branches after chosen conv layers.
 
 A net counts as generated when its name is `<dataset>-<cnn|cnds><depth>` and the
-generator, asked for that net (width read off conv1), renders the same compute layers;
+generator, asked for that net (WIDTH read off the channel counts), renders the same
+compute layers;
 its data layers are kept as given, so a changed source or batch size carries over.
 """
 from __future__ import annotations
@@ -41,24 +42,42 @@ def render_train_val(config: NetConfig) -> caffe_pb2.NetParameter:
     return parse("train_val.prototxt", render(net)["train_val.prototxt"], net.name)
 
 
+def _channels(net: caffe_pb2.NetParameter) -> list[int]:
+    """num_output of each trunk Convolution and InnerProduct layer, in order."""
+    return [lp.convolution_param.num_output if lp.type == "Convolution"
+            else lp.inner_product_param.num_output
+            for lp in plain_variant(net).layer if lp.type in ("Convolution", "InnerProduct")]
+
+
+def _widths(net: caffe_pb2.NetParameter, config: NetConfig) -> list[float]:
+    """WIDTH values that may have rendered `net`: each layer's channels over its channels
+    at WIDTH=1, the widest layers (finest steps) first."""
+    try:
+        full = _channels(render_train_val(replace(config, width=1.0)))
+    except ConfigError:
+        return []
+    mine = _channels(net)
+    if len(mine) != len(full):
+        return []
+    pairs = sorted(zip(full, mine), reverse=True)
+    return list(dict.fromkeys(c / b for b, c in pairs))
+
+
 def generated_config(net: caffe_pb2.NetParameter) -> NetConfig | None:
     """The generator settings whose plain CNN has `net`'s compute layers, or None."""
     m = GENERATED_NAME.match(net.name)
     if not m or m["dataset"] not in DATASETS:
         return None
-    convs = [lp for lp in plain_variant(net).layer if lp.type == "Convolution"]
-    if not convs:
-        return None
-    depth = int(m["depth"])
-    width = convs[0].convolution_param.num_output / (96 if depth == 5 else 64)
-    config = NetConfig(dataset=m["dataset"], variant="cnn", depth=depth, width=width)
-    try:
-        rendered = render_train_val(config)
-    except ConfigError:
-        return None
+    config = NetConfig(dataset=m["dataset"], variant="cnn", depth=int(m["depth"]))
     mine = _split(plain_init(plain_variant(net)))[1]
-    theirs = _split(plain_init(rendered))[1]
-    return config if mine == theirs else None
+    for width in _widths(net, config):
+        try:
+            rendered = render_train_val(replace(config, width=width))
+        except ConfigError:
+            continue
+        if _split(plain_init(rendered))[1] == mine:
+            return replace(config, width=width)
+    return None
 
 
 class ProbeTarget:
