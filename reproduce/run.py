@@ -8,7 +8,10 @@ the training iterations of all runs; the total time is printed at the end.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,11 +42,33 @@ def finished(run: Run, sched: Schedule, test_iter: int) -> dict | None:
     return result if same else None
 
 
-def run_one(run: Run, protocol: Protocol, sched: Schedule, runs: list[Run], gpu: str | None,
-            on_poll) -> dict:
-    """Train (or resume) and test one run; returns and stores its result."""
-    source = source_of(runs, run)
-    weights = source.snapshot(sched.max_iter) if source is not None else None
+def fingerprint(run: Run, weights: Path | None) -> str:
+    """What a run's outcome depends on: its solver (but not the device it runs on), its
+    net and where its weights come from."""
+    solver = re.sub(r"(?m)^solver_mode:.*$", "", run.solver.read_text())
+    text = solver + run.train_val.read_text() + str(weights)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def forget_if_changed(run: Run, weights: Path | None) -> None:
+    """A run whose files changed since its fingerprint was stored starts afresh: its
+    snapshots, log and results are removed (they belong to another schedule). The
+    first fingerprint is stored as found."""
+    stamp = run.root / "fingerprint"
+    current = fingerprint(run, weights)
+    if not stamp.exists() or stamp.read_text() == current:
+        atomic_write_text(stamp, current)
+        return
+    shutil.rmtree(run.prefix.parent, ignore_errors=True)
+    for name in ("result.json", "train.json", "train_seconds.txt", "test.log", "train.out"):
+        (run.root / name).unlink(missing_ok=True)
+    atomic_write_text(stamp, current)
+
+
+def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
+            gpu: str | None, on_poll) -> dict:
+    """Train (or resume) and test one run, starting from `weights` if given; returns and
+    stores its result."""
     if weights is not None and not weights.exists():
         raise execute.StepFailed(f"{run.label} starts from {weights}, which does not exist")
     outcome = execute.trained(run, sched)
@@ -124,10 +149,13 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
               iterations: int | None = None) -> list[dict]:
     """Every run of `protocol` (skipping finished ones), then the report; returns results."""
     runs = plan_runs(protocol, runs_root)
-    schedules = {}
+    schedules, weights = {}, {}
     for run in runs:
         execute.generate(run, protocol.init)
         schedules[run] = write_run_files(run, protocol, gpu, iterations)
+        source = source_of(runs, run)
+        weights[run] = source.snapshot(schedules[source].max_iter) if source else None
+        forget_if_changed(run, weights[run])
     progress = Progress(sum(s.max_iter for s in schedules.values()))
     results = []
     try:
@@ -137,7 +165,8 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
             test_iter = protocol.final_test_iter or sched.full_test_iter
             result = finished(run, sched, test_iter)
             if result is None:
-                result = run_one(run, protocol, sched, runs, gpu, progress.start(run, sched.max_iter))
+                result = run_one(run, protocol, sched, weights[run], gpu,
+                                 progress.start(run, sched.max_iter))
                 progress.note(f"{run.label}: top-1 error {result['top1_error']:.2f}% after "
                               f"{sched.max_iter} iterations ({format_seconds(result['train_seconds'])})")
             else:
