@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from runner.proto import blob_to_array, read_caffemodel
@@ -127,3 +128,17 @@ def test_diverging_run_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
             for blob in layer.blobs:
                 assert np.isfinite(blob_to_array(blob)).all()
     assert str(last[-1]).replace(".caffemodel", ".solverstate") in str(err.value)
+
+
+def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path):
+    """--amp (bf16 autocast) and --channels-last: same loop, float32 weights, finite loss."""
+    solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
+                         SolverOptions(progress=False, amp=True, channels_last=True),
+                         max_iter=3, display=1)
+    start = [w.detach().clone() for _, w, _, _ in solver.net.learnable_params()]
+    solver.solve()
+    conv = solver.net.layers["conv1"].blobs[0]
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(not torch.equal(a, w) for a, (_, w, _, _) in zip(start, solver.net.learnable_params()))
+    losses = [float(v) for v in re.findall(r"iters\), loss = ([\d.e+-]+)", (tmp_path / "s.log").read_text())]
+    assert len(losses) == 3 and all(np.isfinite(losses))

@@ -33,16 +33,11 @@ from runner.solver.updates import make_update
 
 
 def train_set_size(net) -> int:
-    """Records in the train net's data (0 if unknown): a source's `num_records`, else the
-    entry count of the LMDB behind its first Data layer."""
+    """Records in the train net's data (0 if no source knows): the first source's
+    `num_records` (the whole database, whatever this rank's share)."""
     for source in net.sources:
         if getattr(source, "num_records", 0):
             return int(source.num_records)
-    for lp in net.net_param.layer:
-        if lp.type == "Data" and lp.data_param.source:
-            from runner.data.lmdb_store import LmdbReader
-            with LmdbReader(lp.data_param.source) as reader:
-                return len(reader)
     return 0
 
 
