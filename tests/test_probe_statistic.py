@@ -1,11 +1,13 @@
 """The probe's statistic: mean |dE/dW| of each weight blob on the summed objective, before
 the update, equals the same number computed by hand with torch.autograd.grad; and the
 second iteration sees the weights after one Caffe SGD step (weight decay in the update,
-not in the statistic)."""
+not in the statistic); and rounds with a branch start from the plain net's trunk weights."""
+import pytest
 import torch
 import torch.nn.functional as F
 
-from generator.probe.gradients import record_gradients
+from generator.probe.gradients import initial_blobs, record_gradients
+from generator.probe.prepare import plain_variant
 from runner import Net
 from runner.proto import caffe_pb2, parse_net_text
 
@@ -71,3 +73,27 @@ def test_statistic_equals_autograd_by_hand_over_two_sgd_iterations():
     torch.testing.assert_close(torch.tensor(record.values), torch.tensor(expected, dtype=torch.float64),
                                rtol=1e-5, atol=0)
     assert (record.values[1] != record.values[0]).all()   # the update happened in between
+
+
+def test_rounds_share_the_trunk_start_so_layers_above_a_branch_match_the_plain_net():
+    # the generator's layout: the branch follows conv1 in prototxt order, so its fillers
+    # are drawn before conv2's and would shift every trunk layer above it
+    layers = TINY.strip().split("\nlayer")
+    branch = [lp for lp in layers if "_ds1" in lp]
+    trunk = [lp for lp in layers if "_ds1" not in lp]
+    text = "\nlayer".join(trunk[:3] + branch + trunk[3:])
+    branched = parse_net_text(text, "tiny-branched")
+    plain = plain_variant(branched)
+    gen = torch.Generator().manual_seed(5)
+    batch = {"data": torch.randn(3, 2, 6, 6, generator=gen), "label": torch.tensor([1.0, 2.0, 0.0])}
+    solver = caffe_pb2.SolverParameter(type="SGD", base_lr=LR, lr_policy="fixed")
+    run = lambda net, start: record_gradients(  # noqa: E731
+        net, solver, 1, inputs=lambda _: iter([batch]), seed=SEED, start=start)
+    before = run(plain, None)
+    after = run(branched, initial_blobs(plain, SEED))
+    unshared = run(branched, None)
+    stat = lambda rec, name: rec.values[0][rec.layers.index(name)]  # noqa: E731
+    for name in ("conv2", "fc"):          # above the branch: the aux loss does not reach them
+        assert stat(after, name) == pytest.approx(stat(before, name), rel=1e-6)
+        assert stat(unshared, name) != pytest.approx(stat(before, name), rel=1e-3)
+    assert stat(after, "conv1") != pytest.approx(stat(before, "conv1"), rel=1e-3)

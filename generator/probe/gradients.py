@@ -59,15 +59,38 @@ def mean_abs_gradient(blob: torch.Tensor) -> float:
     return blob.grad.detach().double().abs().mean().item()
 
 
-def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter,
-                     iters: int, *, inputs: Callable[[Net], Iterator[dict]] | None = None, seed: int = 0,
-                     desc: str = "probe") -> GradientRecord:
-    """Build the TRAIN net `train` (fillers drawn after torch.manual_seed(seed)) and run
-    `iters` solver steps: forward, backward, record, update (the solver's `type`, lr
-    policy, momentum and weight decay). `inputs(net)` yields the batches of a net whose
-    data layer is an Input layer; without it the net's own data layers are read."""
+def initial_blobs(train: caffe_pb2.NetParameter, seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    """Each layer's blobs as its fillers draw them after torch.manual_seed(seed)."""
     torch.manual_seed(seed)
     net = Net(train, phase="TRAIN", source_kwargs={"seed": seed})
+    return {layer.name: [b.detach().clone() for b in layer.blobs]
+            for layer in net.layers.values() if len(layer.blobs)}
+
+
+def _start_from(net: Net, blobs: dict[str, list[torch.Tensor]]) -> None:
+    """Copy `blobs` into the layers of `net` with the same names."""
+    with torch.no_grad():
+        for layer in net.layers.values():
+            for mine, given in zip(layer.blobs, blobs.get(layer.name, ())):
+                if mine.shape != given.shape:
+                    raise ValueError(f"layer '{layer.name}': start blob of shape "
+                                     f"{list(given.shape)}, the layer has {list(mine.shape)}")
+                mine.copy_(given)
+
+
+def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter,
+                     iters: int, *, inputs: Callable[[Net], Iterator[dict]] | None = None,
+                     seed: int = 0, start: dict[str, list[torch.Tensor]] | None = None,
+                     desc: str = "probe") -> GradientRecord:
+    """Build the TRAIN net `train` (fillers drawn after torch.manual_seed(seed), then the
+    layers named in `start` set to those blobs) and run `iters` solver steps: forward,
+    backward, record, update (the solver's `type`, lr policy, momentum and weight decay).
+    `inputs(net)` yields the batches of a net whose data layer is an Input layer; without
+    it the net's own data layers are read."""
+    torch.manual_seed(seed)
+    net = Net(train, phase="TRAIN", source_kwargs={"seed": seed})
+    if start is not None:
+        _start_from(net, start)
     blobs = weight_blobs(net)
     if not blobs:
         raise ValueError(f"net '{net.name}': no layer with a learned weight blob to probe")
@@ -76,7 +99,7 @@ def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverPara
     policy = LearningRatePolicy(solver)
     values = np.zeros((iters, len(blobs)))
     losses = []
-    start = time.perf_counter()
+    began = time.perf_counter()
     for it in tqdm(range(iters), desc=desc, unit="iter", leave=False):
         for w in update.weights:
             w.grad = None
@@ -91,4 +114,4 @@ def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverPara
         values[it] = [mean_abs_gradient(w) / solver.iter_size for _, w in blobs]
         update.apply(policy.rate(it), it)
     return GradientRecord([name for name, _ in blobs], values, losses,
-                          time.perf_counter() - start)
+                          time.perf_counter() - began)

