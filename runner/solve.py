@@ -30,7 +30,11 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Train a net with Caffe's solver semantics (caffe train). "
         + PATHS_NOTE + " The log goes to stderr and to <snapshot_prefix>.log; the curves "
-        "to <snapshot_prefix>_training.png.")
+        "to <snapshot_prefix>_training.png.",
+        epilog="Other commands: `test --model M --weights W --iterations N` (caffe test) and "
+               "`time --model M --iterations N` (caffe time); see `<command> --help`. "
+               "Data parallel: torchrun --nproc_per_node=K runner/solve.py solver.prototxt "
+               "(gloo on the CPU, nccl with --gpu), or --gpu 0,1 to start one process per GPU.")
     p.add_argument("solver", nargs="?", help="solver prototxt")
     p.add_argument("--solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
     p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from, in order")
@@ -69,8 +73,9 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> None:
-    from runner.solver import Solver, SolverOptions, load_solver_param
+    from runner.solver import SolverOptions, load_solver_param
     from runner.solver import distributed
+    from runner.solver.caffe_log import CaffeLog
 
     path = args.solver or args.solver_flag
     if not path:
@@ -82,7 +87,7 @@ def run_train(args) -> None:
         param.max_iter = args.iterations
     gpus, warning = distributed.parse_gpus(args.gpu, param)
     if warning:
-        print(f"W {warning}", file=sys.stderr)
+        CaffeLog().warning("caffe.cpp:203", warning)
     options = SolverOptions(
         weights=args.weights.split(",") if args.weights else [], aux_decay=args.aux_decay,
         aux_loss=args.aux_loss, amp=args.amp, channels_last=args.channels_last,
@@ -122,13 +127,13 @@ def run_model_command(command: str, args) -> None:
     from runner.solver.timing import time_net
 
     gpus, warning = distributed.parse_gpus(args.gpu)
+    log = CaffeLog()
     if warning:
-        print(f"W {warning}", file=sys.stderr)
+        log.warning("caffe.cpp:203", warning)
     device = distributed.pick_device(gpus, 0)
     stages = [s for s in args.stage.split(",") if s]
     weights = args.weights.split(",") if args.weights else None
     net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights)
-    log = CaffeLog()
     log.info("caffe.cpp:249", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
     if command == "test":
         score_net(net, args.iterations, device, log)

@@ -94,10 +94,14 @@ class Solver:
             for i, tspec in enumerate(test_net_specs(param)):
                 self.log.info("solver.cpp:172", f"Creating test net (#{i}) specified by {tspec.origin}")
                 test_net = Net(tspec.param, phase=tspec.phase, stages=tspec.stages,
-                               level=tspec.level, source_kwargs={"seed": self.seed})
+                               level=tspec.level, weights=weights or None, allow_missing=True,
+                               source_kwargs={"seed": self.seed})
                 share_trained_layers(test_net, self.net)
                 self.test_nets.append(test_net)
         self.log.info("solver.cpp:56", "Solver scaffolding done.")
+        where = "Use CPU." if self.device.type == "cpu" else f"Using GPU {self.device.index}"
+        self.log.info("caffe.cpp:219", where + (f" (rank 0 of {ctx.world_size}, torch.distributed)"
+                                                if ctx.distributed else ""))
 
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
