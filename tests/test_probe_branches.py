@@ -96,11 +96,17 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
     plain_layers = {r["layer"] for r in rows if r["branches"] == "none"}
     assert {"conv1", "fc6", "fc8"} <= plain_layers and not any(is_aux(n) for n in plain_layers)
     assert (out / "probe.png").read_bytes().startswith(PNG)
-    if len(rounds) > 1:
-        assert (out / "probe_before_after.png").read_bytes().startswith(PNG)
+    assert rounds == ["5", "none"]
+    assert (out / "probe_before_after.png").read_bytes().startswith(PNG)
 
     rendered = read_net(_render(tmp_path / "cnn", "VARIANT=cnn", f"BRANCHES={value}"))
     assert not any(is_aux(lp.name) for lp in rendered.layer)
+
+    # a one-round probe into the same folder leaves no stale before/after plot behind
+    assert probe_main([str(train_val), "--iters", "1", "--synthetic", "--batch", "2",
+                       "--max-branches", "0", "--out", str(out)]) == 0
+    assert "limit of 0 branches" in capsys.readouterr().out
+    assert not (out / "probe_before_after.png").exists()
 
 
 def test_a_suggested_branches_value_renders_those_branches_in_make_net(tmp_path):

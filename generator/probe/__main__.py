@@ -96,10 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         plot_layers(out / "probe.png", placement.rounds[0], threshold,
                     f"{name}, plain net: mean gradient per layer")
         written = ["probe.csv", "probe.png"]
+        before_after = out / "probe_before_after.png"
         if len(placement.rounds) > 1:
-            plot_before_after(out / "probe_before_after.png", placement, threshold,
+            plot_before_after(before_after, placement, threshold,
                               f"{name}: lower layers without and with branches")
-            written.append("probe_before_after.png")
+            written.append(before_after.name)
+        else:
+            before_after.unlink(missing_ok=True)   # not one left from an earlier probe
     except USER_ERRORS as exc:
         print(f"probe: error: {exc}", file=sys.stderr)
         return 2

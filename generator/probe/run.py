@@ -65,16 +65,16 @@ class Prober:
     """Runs probe rounds for one target net with fixed options."""
 
     def __init__(self, target: ProbeTarget, options: ProbeOptions, log: Callable[[str], None] = print):
-        self.target, self.options, self.log = target, options, log
+        self.target, self.options = target, options
         plain = train_net(target.net_with(()), None)
         unreadable = unreadable_data(plain)
-        self.synthetic = bool(unreadable) if options.synthetic is None else options.synthetic
-        if unreadable and not self.synthetic:
+        synthetic = bool(unreadable) if options.synthetic is None else options.synthetic
+        if unreadable and not synthetic:
             raise ProbeError(f"net '{plain.name}': {'; '.join(unreadable)}; build the data "
                              "(e.g. `make data`) or probe with synthetic input (--synthetic)")
         self.input = None
         self.start = None   # the plain net's initial blobs, shared by every round's trunk
-        if self.synthetic:
+        if synthetic:
             shape = self._input_shape(plain)
             self.input = SyntheticInput(options.batch or SYNTHETIC_BATCH, shape, options.seed)
             why = "; ".join(unreadable) or "as asked"
