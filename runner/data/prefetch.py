@@ -16,7 +16,9 @@ import os
 import queue
 import signal
 import sys
+import time
 import traceback
+from multiprocessing.connection import wait as wait_for_exit
 from typing import Protocol
 
 import cv2
@@ -30,6 +32,7 @@ from runner.shapes import Shape
 WORKERS_ENV = "RUNNER_DATA_WORKERS"
 _SPARE_BUFFERS = 2     # buffers beyond `depth`, for the batches the caller still holds
 _POLL_SECONDS = 1.0    # how often a waiting consumer checks that its workers are alive
+STALL_SECONDS = 300.0  # no batch for this long from live workers is an error, not a hang
 
 
 class BatchMaker(Protocol):
@@ -80,8 +83,13 @@ class Prefetcher:
             return self._make_here()
         self._reclaim()
         self._dispatch()
+        waiting_since = time.monotonic()
         while self.next_batch not in self.ready:
             self._collect()
+            if time.monotonic() - waiting_since > STALL_SECONDS:
+                raise DataError(f"layer '{self.name}': no batch from the data workers for "
+                                f"{STALL_SECONDS:.0f} s; set {WORKERS_ENV}=0 to make batches "
+                                f"in the main process")
         slot, error = self.ready.pop(self.next_batch)
         self.next_batch += 1
         if error is not None:
@@ -145,8 +153,11 @@ class Prefetcher:
         try:
             index, slot, error = self.results.get(timeout=_POLL_SECONDS)
         except queue.Empty:
+            # A process's sentinel is ready once it has exited, even if its exit status was
+            # collected elsewhere (where is_alive() would keep saying True).
+            exited = set(wait_for_exit([proc.sentinel for proc in self.procs], timeout=0))
             for proc in self.procs:
-                if not proc.is_alive():
+                if proc.sentinel in exited:
                     raise DataError(f"layer '{self.name}': data worker {proc.name} stopped "
                                     f"(exit code {proc.exitcode})") from None
             return

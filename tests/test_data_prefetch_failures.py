@@ -1,0 +1,52 @@
+"""Prefetcher: a dead or stalled data worker is an error in the main process, never a hang."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from runner.data import prefetch
+from runner.data.datum import DataError
+from runner.data.prefetch import Prefetcher
+
+
+class SlowMaker:
+    """Fills batch i with the value i after `delay` seconds."""
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def make(self, index, arrays):
+        time.sleep(self.delay)
+        arrays["x"][...] = index
+
+
+def test_batches_come_in_order_from_workers():
+    stream = Prefetcher(SlowMaker(0.0), {"x": (2,)}, workers=2, depth=2, name="data")
+    try:
+        assert [float(next(stream)["x"][0]) for _ in range(5)] == [0, 1, 2, 3, 4]
+    finally:
+        stream.close()
+
+
+def test_killed_worker_is_reported():
+    stream = Prefetcher(SlowMaker(60.0), {"x": (2,)}, workers=1, depth=1, name="data")
+    try:
+        os.kill(stream.procs[0].pid, signal.SIGKILL)
+        with pytest.raises(DataError, match=r"layer 'data': data worker .* stopped"):
+            next(stream)
+    finally:
+        stream.close()
+
+
+def test_stalled_workers_raise_instead_of_hanging(monkeypatch):
+    monkeypatch.setattr(prefetch, "STALL_SECONDS", 1.5)
+    stream = Prefetcher(SlowMaker(30.0), {"x": (2,)}, workers=1, depth=1, name="data")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DataError, match="no batch from the data workers"):
+            next(stream)
+        assert time.monotonic() - started < 10
+    finally:
+        stream.close()
