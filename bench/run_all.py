@@ -139,7 +139,8 @@ def line_rows(lines: list[str], skip: set[int]) -> list[tuple[str, float, str, T
             # words between `ratio` and the number (`ratio solver/bare: 1.02`)
             prefix = line[:m.start()].strip()
             case = re.split(r"\s{2,}", prefix)[0] if prefix else m.group(1).strip(" :")
-            out.append((case, float(m.group(2)), line.strip(), parse_target(line)))
+            figure = " ".join(line.strip()[len(case) if prefix else 0:].split())
+            out.append((case, float(m.group(2)), figure, parse_target(line)))
     return out
 
 

@@ -3,7 +3,9 @@
 Rows are aggregated over seeds (mean and half-range of top-1 error). `a` is *lower than*
 `b` when mean(b) - mean(a) exceeds both the margin and the sum of the two half-ranges.
 A net *trains poorly* when its top-1 error is within `poor_within` points of chance
-(100 * (1 - 1/classes)). docs/reproduce.md states each claim's rule in words.
+(100 * (1 - 1/classes)). A comparison (claims b and c) between rows that all train poorly
+is *inconclusive*: no net left the starting plateau, so neither trains better.
+docs/reproduce.md states each claim's rule in words.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from reproduce.config import Claims
 
 HELD, NOT_HELD, UNTESTED = "held", "did not hold", "not tested"
+INCONCLUSIVE = "inconclusive"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class Judge:
     def poor(self, r: RowStats) -> bool:
         return r.top1 >= self.chance - self.claims.poor_within
 
+    def status(self, ok: bool, *rows: RowStats) -> str:
+        """A comparison's status: inconclusive when every row compared trains poorly."""
+        if all(self.poor(r) for r in rows):
+            return INCONCLUSIVE
+        return HELD if ok else NOT_HELD
+
     @staticmethod
     def cell(r: RowStats) -> str:
         return f"{r.label} {r.top1:.2f}%" + (f" ± {r.top1_spread:.2f}" if r.seeds > 1 else "")
@@ -115,7 +124,7 @@ class Judge:
         if cnds is None:
             return Verdict(claim, UNTESTED, f"no CNDS-{d} row")
         ok = self.lower(cnds, cnn) and not self.poor(cnds)
-        return Verdict(claim, HELD if ok else NOT_HELD,
+        return Verdict(claim, self.status(ok, cnds, cnn),
                        f"{self.cell(cnds)} vs {self.cell(cnn)} (same init, epochs and lr schedule); "
                        f"needs CNDS-{d} lower by > max({self.claims.margin:g}, spreads) points and "
                        f"not within {self.claims.poor_within:g} points of chance")
@@ -141,9 +150,10 @@ class Judge:
         same_cost = (cnds.params, cnds.macs) == (baseline.params, baseline.macs)
         gap = baseline.top1 - cnds.top1
         ok = self.lower(cnds, baseline) and same_cost
+        status = NOT_HELD if not same_cost else self.status(ok, cnds, baseline)
         cost = ("the same deploy net" if same_cost else
                 f"deploy costs differ ({cnds.params:,} vs {baseline.params:,} params)")
-        return Verdict(claim, HELD if ok else NOT_HELD,
+        return Verdict(claim, status,
                        f"{self.cell(cnds)} vs {self.cell(baseline)}: gap {gap:+.2f} points "
                        f"(paper: about {self.claims.paper_gap_8:g}); {cost}")
 
@@ -152,7 +162,7 @@ class Judge:
         deep, shallow = self.find("cnds", 13), self.find("cnds", 8)
         if deep is None or shallow is None:
             return Verdict(claim, UNTESTED, "needs CNDS-13 and CNDS-8 rows")
-        return Verdict(claim, HELD if self.lower(deep, shallow) else NOT_HELD,
+        return Verdict(claim, self.status(self.lower(deep, shallow), deep, shallow),
                        f"{self.cell(deep)} vs {self.cell(shallow)}")
 
 

@@ -13,7 +13,7 @@ from generator.architectures import DEPTHS, INITS, VARIANTS
 from generator.datasets import DATASETS
 
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
-KEYS = {"nets", "init", "seeds", "epochs", "lr_drop_at", "test_interval", "test_iter",
+KEYS = {"nets", "init", "width", "seeds", "epochs", "lr_drop_at", "test_interval", "test_iter",
         "final_test_iter", "display", "batch", "probe", "claims"}
 CLAIM_KEYS = {"margin", "poor_within", "paper_gap_8"}
 PROBE_KEYS = {"net", "iters", "batch", "threshold"}
@@ -62,6 +62,7 @@ class Protocol:
     preset: str
     nets: tuple[NetRow, ...]
     init: str
+    width: float | None           # None: the dataset's default WIDTH
     seeds: tuple[int, ...]
     epochs: float | None          # None: the generated (paper) schedule
     lr_drop_at: float
@@ -147,6 +148,7 @@ def protocol_from(settings: dict, dataset: str, preset: str, where: str) -> Prot
     nets = _nets(f"{where}.nets", settings["nets"])
     if settings["init"] not in INITS:
         _fail(f"{where}.init", f"expected one of {', '.join(INITS)}")
+    width = _number(f"{where}.width", settings["width"], float, 0.0) or None
     seeds = settings["seeds"]
     if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds):
         _fail(f"{where}.seeds", "expected a list of distinct seeds")
@@ -165,7 +167,7 @@ def protocol_from(settings: dict, dataset: str, preset: str, where: str) -> Prot
     claims = Claims(**{k: _number(f"{where}.claims.{k}", v) for k, v in claims.items()})
     ints = {k: _number(f"{where}.{k}", settings[k], int, 0)
             for k in ("test_interval", "test_iter", "final_test_iter", "display", "batch")}
-    return Protocol(dataset, preset, nets, settings["init"], seeds, epochs, drop,
+    return Protocol(dataset, preset, nets, settings["init"], width, seeds, epochs, drop,
                     probe=_probe(f"{where}.probe", settings["probe"], nets), claims=claims, **ints)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -72,13 +73,18 @@ def run_command(argv: list[str], output: Path, what: str, append: bool = False,
     return time.perf_counter() - start
 
 
-def generate(run: Run, init: str) -> None:
-    """Render the run's net folder with the generator (skipped when it exists)."""
-    if run.train_val.exists() and run.solver.exists() and run.deploy.exists():
+def generate(run: Run, init: str, width: float | None) -> None:
+    """Render the run's net folder with the generator (skipped when it exists and was
+    rendered with the same settings, which generate.args records)."""
+    settings = [f"DEPTH={run.row.depth}", f"VARIANT={run.row.variant}", f"DATASET={run.dataset}",
+                f"INIT={init}", f"WIDTH={width or ''}"]
+    stamp = run.root / "generate.args"
+    files = (run.train_val, run.solver, run.deploy)
+    if all(f.exists() for f in files) and stamp.exists() and stamp.read_text() == " ".join(settings):
         return
-    run_command([sys.executable, "-m", "generator", f"DEPTH={run.row.depth}",
-                 f"VARIANT={run.row.variant}", f"DATASET={run.dataset}", f"INIT={init}",
-                 "--out", str(run.root)], run.root / "generate.out", f"generator for {run.label}")
+    run_command([sys.executable, "-m", "generator", *settings, "--out", str(run.root)],
+                run.root / "generate.out", f"generator for {run.label}")
+    atomic_write_text(stamp, " ".join(settings))
 
 
 def iterations_logged(log: Path) -> int:
@@ -103,7 +109,8 @@ def latest_state(run: Run, max_iter: int) -> tuple[int, Path] | None:
 
 @dataclass
 class TrainOutcome:
-    seconds: float        # wall-clock seconds over every attempt
+    seconds: float              # wall-clock seconds over every attempt
+    cpu_seconds: float | None   # user + system CPU seconds of the solver processes
     attempts: int
 
 
@@ -115,7 +122,7 @@ def trained(run: Run, sched: Schedule) -> TrainOutcome | None:
     info = json.loads(done.read_text())
     if info.get("max_iter") != sched.max_iter:
         return None
-    return TrainOutcome(info["seconds"], info["attempts"])
+    return TrainOutcome(info["seconds"], info.get("cpu_seconds"), info["attempts"])
 
 
 def train(run: Run, sched: Schedule, weights: Path | None, gpu: str | None,
@@ -131,19 +138,28 @@ def train(run: Run, sched: Schedule, weights: Path | None, gpu: str | None,
         argv += ["--gpu", gpu]
     if resume is None:
         run.attempts.unlink(missing_ok=True)   # a fresh start: earlier attempts are void
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     try:
         run_command(argv, run.root / "train.out", f"training {run.label}",
                     append=resume is not None, on_poll=on_poll)
     finally:  # an interrupted attempt's time counts too: the resumed run builds on it
         with open(run.attempts, "a", encoding="utf-8") as f:
-            f.write(f"{time.perf_counter() - start:.1f}\n")
-    attempts = [float(line) for line in run.attempts.read_text().split()]
-    outcome = TrainOutcome(sum(attempts), len(attempts))
+            f.write(f"{time.perf_counter() - start:.1f} {_children_cpu() - cpu:.1f}\n")
+    attempts = [[float(x) for x in line.split()] for line in run.attempts.read_text().splitlines()
+                if line.strip()]
+    cpu_seconds = (sum(a[1] for a in attempts) if all(len(a) == 2 for a in attempts) else None)
+    outcome = TrainOutcome(sum(a[0] for a in attempts), cpu_seconds, len(attempts))
     atomic_write_text(run.root / "train.json", json.dumps(
-        {"max_iter": sched.max_iter, "seconds": outcome.seconds, "attempts": outcome.attempts}))
+        {"max_iter": sched.max_iter, "seconds": outcome.seconds,
+         "cpu_seconds": outcome.cpu_seconds, "attempts": outcome.attempts}))
     _drop_intermediate_snapshots(run, sched.max_iter)
     return outcome
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _drop_intermediate_snapshots(run: Run, max_iter: int) -> None:

@@ -22,9 +22,9 @@ PROBE_PLOTS = ("probe.png", "probe_before_after.png")
 STYLES = ("-", "--", ":", "-.")
 
 
-def plot_curves(results: list[dict], path: Path, title: str) -> None:
+def plot_curves(results: list[dict], path: Path, title: str, chance: float) -> None:
     """Top-1 test error (1 - accuracy, in %) and smoothed train loss against iterations;
-    one colour per row, one line style per seed."""
+    one colour per row, one line style per seed; chance error dashed."""
     fig, (err_ax, loss_ax) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
     labels = list(dict.fromkeys(r["label"] for r in results))
     colours = dict(zip(labels, plt.cm.tab10.colors))
@@ -41,6 +41,7 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
         if history.train_loss:
             xs, ys = zip(*history.train_loss)
             loss_ax.plot(xs, ys, style, color=colours[r["label"]], label=name, lw=1)
+    err_ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.0f}%)")
     err_ax.set_ylabel("top-1 test error (%)")
     loss_ax.set_ylabel("train loss (smoothed, all losses)")
     loss_ax.set_xlabel("iteration")

@@ -15,7 +15,7 @@ import torch
 
 from generator.datasets import DATASETS
 from generator.summary import shape_table
-from reproduce.claims import HELD, NOT_HELD, Judge, RowStats, row_stats, spread
+from reproduce.claims import HELD, INCONCLUSIVE, NOT_HELD, Judge, RowStats, row_stats, spread
 from reproduce.config import Protocol
 from reproduce.figures import copy_probe_plots, curve_groups, plot_curves, summarize_probe
 from runner.atomic import atomic_write_text
@@ -47,21 +47,27 @@ def copied_layers(source_deploy: str, target_deploy: str) -> list[str]:
     return [name for name in dst if src.get(name) == dst[name]]
 
 
+def time_cell(values: list[float | None]) -> str:
+    """Mean ± half-range of per-run seconds, or '-' when some run did not record them."""
+    if not values or any(v is None for v in values):
+        return "-"
+    cell = format_seconds(statistics.fmean(values))
+    return cell + (f" ± {format_seconds(spread(values))}" if len(values) > 1 else "")
+
+
 def table(rows: list[RowStats], results: list[dict]) -> list[str]:
     lines = ["| Net | Init | Seeds | Top-1 error (%) | Top-5 error (%) | Epochs | Iterations "
-             "| Training time per run | Params (deploy) | MACs per image |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Training time per run | CPU time per run | Params (deploy) | MACs per image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         runs = [x for x in results if x["label"] == r.label]
-        times = [x["train_seconds"] for x in runs]
         init = f"from {r.init_from}" if r.init_from else runs[0]["init"]
         top5 = pm(r.top5, r.top5_spread, r.seeds) if r.top5 is not None else "-"
-        time_cell = format_seconds(statistics.fmean(times))
-        if len(times) > 1:
-            time_cell += f" ± {format_seconds(spread(times))}"
+        wall = time_cell([x["train_seconds"] for x in runs])
+        cpu = time_cell([x.get("train_cpu_seconds") for x in runs])
         lines.append(f"| {r.label}{' (pretraining)' if r.pretrain_only else ''} | {init} | {r.seeds} "
                      f"| {pm(r.top1, r.top1_spread, r.seeds)} | {top5} | {runs[0]['epochs']:.2f} "
-                     f"| {runs[0]['max_iter']:,} | {time_cell} | {r.params:,} | {r.macs:,} |")
+                     f"| {runs[0]['max_iter']:,} | {wall} | {cpu} | {r.params:,} | {r.macs:,} |")
     return lines
 
 
@@ -94,21 +100,27 @@ def protocol_section(protocol: Protocol, results: list[dict]) -> list[str]:
     device = f"GPU {first['gpu']}" if first.get("gpu") is not None else (
         f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     lines.append(f"- Machine: {device}, {platform.processor() or platform.machine()}; "
-                 f"{ds.num_classes} classes (chance top-1 error {100 * (1 - 1 / ds.num_classes):.2f}%).")
+                 f"{ds.num_classes} classes (chance top-1 error {100 * (1 - 1 / ds.num_classes):.2f}%). "
+                 "Training time is wall-clock and includes the tests during training; CPU time "
+                 "(user + system of the solver process) is less disturbed by other load.")
     return lines
 
 
-def claims_section(verdicts) -> list[str]:
+def claims_section(verdicts, poor_within: float) -> list[str]:
     lines = ["## Claims, as measured",
              "Rules (reproduce/claims.py, numbers from reproduce/config.yaml): a row is lower than "
              "another when its mean top-1 error is lower by more than the margin and the two "
-             "half-ranges over seeds; a net trains poorly when its top-1 error is near chance.", ""]
+             f"half-ranges over seeds; a net trains poorly when its top-1 error is within "
+             f"{poor_within:g} points of chance; a comparison between rows that all train poorly "
+             "is inconclusive.", ""]
     lines += [f"- **{v.status}** - {v.claim}: {v.evidence}." for v in verdicts]
-    held = [v.claim for v in verdicts if v.status == HELD]
-    failed = [v.claim for v in verdicts if v.status == NOT_HELD]
-    lines += ["", f"In this reproduction {len(held)} of {len(held) + len(failed)} tested claims held"
-              + (f" ({'; '.join(held)})" if held else "")
-              + (f", and {len(failed)} did not ({'; '.join(failed)})" if failed else "") + "."]
+    counts = []
+    for status, word in ((HELD, "held"), (NOT_HELD, "did not hold"), (INCONCLUSIVE, "were inconclusive")):
+        claims = [v.claim for v in verdicts if v.status == status]
+        if claims:
+            counts.append(f"{len(claims)} {word} ({'; '.join(claims)})")
+    tested = sum(v.status in (HELD, NOT_HELD, INCONCLUSIVE) for v in verdicts)
+    lines += ["", f"Of the {tested} claims tested here, " + ", ".join(counts) + "."]
     return lines
 
 
@@ -123,8 +135,10 @@ def runs_table(results: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None, path: Path) -> None:
-    """Write the report and its PNGs (named <dataset>_*.png beside it)."""
+def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None, path: Path,
+                 pending: list[str] = ()) -> None:
+    """Write the report and its PNGs (named <dataset>_*.png beside it); `pending` names
+    the runs still to come (the report is then marked partial)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = protocol.dataset
@@ -145,17 +159,21 @@ def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None
     curves = []
     for depth, group in curve_groups(results).items():
         name = f"{prefix}_curves_depth{depth}.png"
-        plot_curves(group, path.parent / name, f"{protocol.dataset}: depth {depth}, preset {protocol.preset}")
+        plot_curves(group, path.parent / name, f"{protocol.dataset}: depth {depth}, preset "
+                    f"{protocol.preset}", judge.chance)
         curves.append(f"![depth {depth}]({name})")
     total = sum(r["train_seconds"] for r in results)
     command = f"make reproduce DATASET={protocol.dataset} PRESET={protocol.preset}"
     lines = [f"# Deep supervision on {protocol.dataset}: reproduction (preset `{protocol.preset}`)", "",
              f"Written by `{command}` on {time.strftime('%Y-%m-%d')} from {len(results)} runs; every "
              f"number is read from the runs' logs. Training time in all: {format_seconds(total)}.", ""]
+    if pending:
+        lines += [f"**Partial report**: {len(results)} of {len(results) + len(pending)} runs "
+                  f"finished; still to run: {', '.join(pending)}.", ""]
     lines += protocol_section(protocol, results) + [""]
     lines += ["## Table 1 (top-1/top-5 error on the test images scored; mean ± half-range over seeds)", ""]
     lines += table(rows, results) + [""]
-    lines += claims_section(judge.verdicts()) + [""]
+    lines += claims_section(judge.verdicts(), protocol.claims.poor_within) + [""]
     lines += ["## Test error during training", ""] + curves + [""]
     if probe_lines:
         lines += probe_lines + [""]

@@ -82,7 +82,8 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
         "seed": run.seed, "init": protocol.init, "init_from": run.row.init_from,
         "weights": str(weights) if weights else None, "pretrain_only": run.row.pretrain_only,
         "max_iter": sched.max_iter, "stepsize": sched.stepsize, "train_batch": sched.train_batch,
-        "epochs": sched.epochs, "train_seconds": outcome.seconds, "attempts": outcome.attempts,
+        "epochs": sched.epochs, "train_seconds": outcome.seconds,
+        "train_cpu_seconds": outcome.cpu_seconds, "attempts": outcome.attempts,
         "test_iterations": test_iter,
         "test_images": min(test_iter * sched.test_batch, sched.test_images),
         "test_seconds": test_seconds, "outputs": outputs,
@@ -151,7 +152,7 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
     runs = plan_runs(protocol, runs_root)
     schedules, weights = {}, {}
     for run in runs:
-        execute.generate(run, protocol.init)
+        execute.generate(run, protocol.init, protocol.width)
         schedules[run] = write_run_files(run, protocol, gpu, iterations)
         source = source_of(runs, run)
         weights[run] = source.snapshot(schedules[source].max_iter) if source else None
@@ -173,6 +174,9 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
                 progress.note(f"{run.label}: done before, skipped")
             progress.done(sched.max_iter)
             results.append(result)
+            pending = [r.label for r in runs[len(results):]]
+            if pending:   # a report after every run, so a long reproduction shows its progress
+                write_report(protocol, results, probe_dir, report, pending)
     finally:
         progress.close()
     write_report(protocol, results, probe_dir, report)

@@ -54,7 +54,7 @@ def write_config(path: Path, dataset: str, preset: dict, nets: list[dict] | None
     defaults = {
         "nets": nets or [{"label": "CNN-8", "variant": "cnn", "depth": 8},
                          {"label": "CNDS-8", "variant": "cnds", "depth": 8}],
-        "init": "released", "seeds": [1], "epochs": "paper", "lr_drop_at": 0.5,
+        "init": "released", "width": 0, "seeds": [1], "epochs": "paper", "lr_drop_at": 0.5,
         "test_interval": 0, "test_iter": 1, "final_test_iter": 1, "display": 1, "batch": 2,
         "probe": None, "claims": CLAIMS}
     path.write_text(yaml.safe_dump({"defaults": defaults, "datasets": {

@@ -4,7 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from reproduce.claims import HELD, NOT_HELD, UNTESTED, Judge, ProbeSummary, row_stats
+from reproduce.claims import (HELD, INCONCLUSIVE, NOT_HELD, UNTESTED, Judge, ProbeSummary,
+                              row_stats)
 from reproduce.config import Claims
 
 CLAIMS = Claims(margin=0.5, poor_within=10.0, paper_gap_8=1.0)
@@ -60,9 +61,15 @@ def test_a_gap_inside_the_spread_does_not_count():
     assert verdict(v, "(c) deeper").status == UNTESTED
 
 
-def test_supervised_net_near_chance_does_not_fix_anything():
-    v = Judge(table(cnn8=[90.0], cnds8=[85.0]), CLAIMS, 10).verdicts()
-    assert verdict(v, "(b)").status == NOT_HELD            # lower, but still within 10 of 90
+def test_comparisons_between_nets_near_chance_are_inconclusive():
+    v = Judge(table(cnn8=[90.0], cnds8=[85.0], cnds13=[89.0]), CLAIMS, 10).verdicts()
+    assert verdict(v, "(b)").status == INCONCLUSIVE        # both within 10 points of 90
+    assert verdict(v, "(c) CNDS-8 beats").status == INCONCLUSIVE
+    assert verdict(v, "(c) deeper").status == INCONCLUSIVE
+    v = Judge(table(cnn8=[90.0], cnds8=[79.0]), CLAIMS, 10).verdicts()
+    assert verdict(v, "(b)").status == HELD                # lower, and off the plateau
+    v = Judge(table(cnn8=[50.0], cnds8=[49.8]), CLAIMS, 10).verdicts()
+    assert verdict(v, "(b)").status == NOT_HELD            # trained, but not lower by the margin
 
 
 def test_different_deploy_cost_fails_the_same_cost_claim():

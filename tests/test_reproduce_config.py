@@ -25,7 +25,8 @@ def test_committed_presets_load():
     quick = load_protocol("fashion-mnist", "quick")
     assert quick.seeds == (1,) and quick.epochs == 0.25 and quick.batch == 32
     full = load_protocol("fashion-mnist")          # the dataset's default preset
-    assert full.preset == "full" and len(full.seeds) >= 2
+    assert full.preset == "full" and len(full.seeds) >= 2 and full.width is None
+    assert load_protocol("fashion-mnist", "wide").width == 1.0
 
 
 @pytest.mark.parametrize("change, words", [

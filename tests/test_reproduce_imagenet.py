@@ -5,12 +5,16 @@ import contextlib
 import json
 from pathlib import Path
 
+import pytest
+
 from reproduce.config import load_protocol
 from reproduce.plan import plan_runs, schedule_for
 from reproduce.run import main
 from reproduce_helpers import imagenet_data, table_rows, write_config
 from generator.datasets import DATASETS
 from runner.proto import read_solver
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,8 @@ import pytest
 from reproduce.run import main
 from reproduce_helpers import fashion_data, logged_accuracies, table_rows, write_config
 
+pytestmark = pytest.mark.slow
+
 TINY = {"epochs": 0.08, "batch": 4, "test_interval": 2, "test_iter": 1, "final_test_iter": 2,
         "probe": {"net": "CNN-8", "iters": 1, "batch": 2, "threshold": 1.0e-7}}
 
@@ -65,8 +67,11 @@ def test_verdicts_follow_the_rules_from_the_table(reproduced):
     cnn, cnds = float(rows["CNN-8"][3]), float(rows["CNDS-8"][3])
     poor = cnn >= 90.0 - 10.0
     assert f"**{'held' if poor else 'did not hold'}** - (a) CNN-8 from the standard" in report
-    fixes = cnn - cnds > 0.5 and cnds < 80.0
-    assert f"**{'held' if fixes else 'did not hold'}** - (b) deep supervision fixes CNN-8" in report
+    if cnn >= 80.0 and cnds >= 80.0:
+        status = "inconclusive"                                    # both near chance
+    else:
+        status = "held" if cnn - cnds > 0.5 and cnds < 80.0 else "did not hold"
+    assert f"**{status}** - (b) deep supervision fixes CNN-8" in report
     assert "**not tested** - (c) deeper is better" in report       # no CNDS-13 row here
 
 
