@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -123,8 +124,10 @@ def converter_ratio(timeout: float = 240) -> tuple[float | None, str]:
     return ratio, proc.stdout + proc.stderr[-2000:]
 
 
-def data_throughput(device: torch.device, batch: int, seconds: float, images: int = 512) -> dict:
-    """Data source images/s into `device` on a JPEG LMDB (pinned buffers when CUDA is up)."""
+def data_throughput(device: torch.device, batch: int, seconds: float, images: int = 512,
+                    workers: int | None = None) -> dict:
+    """Data source images/s into `device` on a JPEG LMDB (pinned buffers when CUDA is up),
+    with `workers` prefetch processes (None: the source's default)."""
     from google.protobuf import text_format
 
     from bench_data import make_images
@@ -140,7 +143,7 @@ def data_throughput(device: torch.device, batch: int, seconds: float, images: in
             f'name: "data" type: "Data" top: "data" top: "label" '
             f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }} '
             f'transform_param {{ crop_size: {SIDE} mirror: true }}', caffe_pb2.LayerParameter())
-        with DataSource(lp, "TRAIN", seed=0) as source:
+        with DataSource(lp, "TRAIN", seed=0, workers=workers) as source:
             first = next(source)
             pinned = all(t.is_pinned() for t in first.values()) if device.type == "cuda" else False
             count, start = 0, time.perf_counter()
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("converter / hand-written fwd+bwd (CUDA)",
                  f"{ratio:.3f}" if ratio is not None else "failed", "target <= 1.05; bench_converter.py"))
     print(rows[-1], flush=True)
-    d = data_throughput(device, args.batch, args.seconds / 2)
+    d = data_throughput(device, args.batch, args.seconds / 2,
+                        workers=max(1, min(8, (os.cpu_count() or 2) - 2)))
     rows.append(("Data source, JPEG 256 -> crop 227", f"{d['images_per_s']:.0f} images/s",
                  f"{d['workers']} workers, pinned {d['pinned']}, batches moved to the GPU"))
     print(rows[-1], flush=True)
