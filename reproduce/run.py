@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from generator.datasets import DATASETS
 from generator.summary import shape_table
 from reproduce import execute
 from reproduce.config import CONFIG, Protocol, ProtocolError, load_protocol
@@ -146,9 +147,21 @@ def run_probe(protocol: Protocol, runs: list[Run], runs_root: Path, progress: Pr
     return out
 
 
+def check_data(dataset: str) -> None:
+    """The LMDBs and mean file the generated nets read, relative to the working directory."""
+    ds = DATASETS[dataset]
+    missing = [p for p in (ds.train_source, ds.test_source, ds.mean_file) if not Path(p).exists()]
+    if missing:
+        hint = ("`make data` builds them" if dataset == "fashion-mnist" else
+                "build them with python -m runner.tools.convert_imageset and "
+                "python -m runner.tools.compute_image_mean (docs/reproduce.md)")
+        raise ProtocolError(f"{dataset}: {', '.join(missing)} not found under {Path.cwd()}; {hint}")
+
+
 def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None = None,
               iterations: int | None = None) -> list[dict]:
     """Every run of `protocol` (skipping finished ones), then the report; returns results."""
+    check_data(protocol.dataset)
     runs = plan_runs(protocol, runs_root)
     schedules, weights = {}, {}
     for run in runs:

@@ -40,6 +40,14 @@ def test_first_iterations_of_the_imagenet_protocol(tmp_path):
     assert rows["CNDS-8"][3] == f"{result['top1_error']:.2f}"
 
 
+def test_missing_lmdbs_are_named_before_anything_runs(tmp_path, capsys):
+    with contextlib.chdir(tmp_path):
+        assert main(["--dataset", "places205"]) == 1
+    err = capsys.readouterr().err
+    assert "data/places205/places205_train_lmdb" in err and "convert_imageset" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_committed_protocols_of_the_large_datasets_keep_the_paper_schedules(tmp_path):
     """Without LMDBs the plan still resolves: paper lengths from the generated solvers."""
     for dataset in ("imagenet", "places205"):
