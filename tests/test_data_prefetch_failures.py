@@ -1,4 +1,4 @@
-"""Prefetcher: a dead or stalled data worker is an error in the main process, never a hang."""
+"""Prefetcher: batches in order from workers; a dead data worker is an error in the main process."""
 import os
 import signal
 import time
@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 
-from runner.data import prefetch
 from runner.data.datum import DataError
 from runner.data.prefetch import Prefetcher
 
@@ -45,17 +44,5 @@ def test_killed_worker_is_reported():
         with pytest.raises(DataError, match=r"layer 'data': data worker failed"):
             for _ in range(3):
                 next(stream)
-    finally:
-        stream.close()
-
-
-def test_stalled_workers_raise_instead_of_hanging(monkeypatch):
-    monkeypatch.setattr(prefetch, "STALL_SECONDS", 1.5)
-    stream = Prefetcher(SlowMaker(30.0), {"x": (2,)}, workers=1, depth=1, name="data")
-    try:
-        started = time.monotonic()
-        with pytest.raises(DataError, match=r"layer .data.: data worker failed: .*timed out"):
-            next(stream)
-        assert time.monotonic() - started < 10
     finally:
         stream.close()

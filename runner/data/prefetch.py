@@ -4,13 +4,15 @@ A batch maker is a picklable object whose `make(index, arrays)` fills float32 nu
 with batch number `index`. A batch depends on its index alone, so the stream is the same for
 any number of workers (0 makes batches in this process). The DataLoader keeps `depth`
 batches in flight (Caffe's data_param.prefetch), returns them in order, pins them when CUDA
-is present, and watches its workers; a worker's DataError (naming the LMDB key or file of the
-bad record) and a dead or stalled worker surface here as a DataError naming the layer.
+is present, and checks every few seconds that its workers live; a worker's DataError (naming the LMDB key or file of the
+bad record) and a dead worker surface here as a DataError naming the layer.
+Workers start through a fork server, so the batch maker must be picklable.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing as mp
 import os
 from typing import Protocol
 
@@ -23,7 +25,9 @@ from runner.data.datum import DataError
 from runner.shapes import Shape
 
 WORKERS_ENV = "RUNNER_DATA_WORKERS"
-STALL_SECONDS = 300.0  # no batch for this long from live workers is an error, not a hang
+# Workers start from a clean server process, not by forking this one: a fork inherits
+# OpenCV's and OpenMP's thread pools mid-state, and the child can deadlock on first use.
+WORKER_START = "forkserver"
 
 
 class BatchMaker(Protocol):
@@ -60,6 +64,13 @@ class _CountFrom(Sampler):
         return itertools.count(self.start)
 
 
+def _worker_context():
+    """The fork-server context, its server preloaded with what every worker imports."""
+    context = mp.get_context(WORKER_START)
+    context.set_forkserver_preload(["torch", "cv2", "numpy", "lmdb", "runner.data"])
+    return context
+
+
 def _init_worker(_: int) -> None:
     cv2.setNumThreads(1)
 
@@ -76,7 +87,7 @@ class Prefetcher:
             num_workers=workers, pin_memory=torch.cuda.is_available(),
             prefetch_factor=max(1, math.ceil(depth / workers)) if parallel else None,
             worker_init_fn=_init_worker if parallel else None,
-            timeout=STALL_SECONDS if parallel else 0)
+            multiprocessing_context=_worker_context() if parallel else None)
         self._batches = iter(loader)
 
     def __iter__(self) -> Prefetcher:
@@ -87,7 +98,7 @@ class Prefetcher:
             batch = next(self._batches)
         except DataError:
             raise
-        except RuntimeError as exc:   # a worker died, stalled or failed unexpectedly
+        except RuntimeError as exc:   # a worker died or failed unexpectedly
             raise DataError(f"layer '{self.name}': data worker failed: {exc}") from None
         self.next_batch += 1
         return batch
