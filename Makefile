@@ -42,7 +42,7 @@ demo: data
 		--weights $(DEMO_SNAPSHOT) --iterations 100 2>&1 | grep -E '\] (accuracy|loss)' | sed 's/.*\] //'
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Fashion-MNIST as Caffe data (train/test LMDBs, mean, labels), built once from Debian's
 # dataset-fashion-mnist; the mean is written last, so it stands for the whole set.
