@@ -2,7 +2,6 @@
 solver logs), and the gradient probe's plots and numbers (from its folder)."""
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from generator.probe.prepare import conv_layers  # noqa: E402
 from generator.probe.report import read_csv  # noqa: E402
 from reproduce.claims import ProbeSummary  # noqa: E402
 from runner.atomic import atomic_write_bytes  # noqa: E402
+from runner.figure_png import figure_png  # noqa: E402
 from runner.proto import read_net  # noqa: E402
 from runner.solver.plot import read_history  # noqa: E402
 
@@ -51,10 +51,7 @@ def plot_curves(results: list[dict], path: Path, title: str, chance: float) -> N
             ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_png(fig, dpi=90))
 
 
 def curve_groups(results: list[dict]) -> dict[int, list[dict]]:

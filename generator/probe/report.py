@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 from generator.probe.placement import Placement, ProbeRound  # noqa: E402
 from generator.probe.prepare import is_aux  # noqa: E402
 from runner.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from runner.figure_png import figure_png  # noqa: E402
 
 CSV_COLUMNS = ("branches", "iteration", "layer", "mean_abs_grad")
 MAX_PANELS = 4
@@ -49,10 +50,7 @@ def read_csv(path) -> dict[str, dict[str, list[float]]]:
 
 def _save(fig, path) -> None:
     """Write the figure as a PNG with a 64-colour palette (a quarter of the bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    image = Image.open(buf).convert("RGB").quantize(colors=PALETTE, method=Image.Quantize.MEDIANCUT)
+    image = Image.open(io.BytesIO(figure_png(fig, dpi=80))).convert("RGB").quantize(colors=PALETTE, method=Image.Quantize.MEDIANCUT)
     small = io.BytesIO()
     image.save(small, format="PNG", optimize=True)
     atomic_write_bytes(path, small.getvalue())

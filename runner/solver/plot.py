@@ -6,7 +6,6 @@ is drawn whole.
 """
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from runner.atomic import atomic_write_bytes  # noqa: E402
+from runner.figure_png import figure_png  # noqa: E402
 
 
 _ITERATION = re.compile(r"Iteration (\d+)")
@@ -88,7 +88,4 @@ def plot_history(history: TrainingHistory, path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_png(fig, dpi=100))
