@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runner import Net  # noqa: E402
+from runner.precision import use_caffe_precision  # noqa: E402
 from runner.proto import caffe_pb2, read_net  # noqa: E402
 
 # (name, train_val, batch, channels, side, conv1 (out, kernel, stride, pad), pool1 kernel,
@@ -136,6 +137,8 @@ def bench(case, iters: int, warmup: int, device: str) -> float:
     name, train_val, batch, channels, side, *arch = case
     classes = arch[-1]
     torch.manual_seed(0)
+    if device == "cuda":
+        use_caffe_precision()   # both sides in fp32, as Caffe computes
     net = converted_net(train_val, batch, channels, side).to(device)
     hand = HandWrittenCNDS8(channels, side, *arch).to(device).train()
     copy_weights(net, hand)

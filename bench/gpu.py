@@ -36,6 +36,7 @@ from bench_converter import converted_net  # noqa: E402
 from generator.summary import shape_table  # noqa: E402
 from run_all import parse_output  # noqa: E402
 from runner.atomic import atomic_write_text  # noqa: E402
+from runner.precision import use_caffe_precision  # noqa: E402
 from runner.proto import caffe_pb2, read_net  # noqa: E402
 from runner.solver.updates import make_update  # noqa: E402
 
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(f"cuda:{args.gpu}")
     torch.cuda.set_device(device)
+    use_caffe_precision()   # "fp32" below is IEEE fp32 (TF32 off), as Caffe computes
     start = time.perf_counter()
     name = torch.cuda.get_device_name(device)
     print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -44,20 +43,28 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass
+class CommandTime:
+    wall: float   # seconds from start to exit
+    cpu: float    # user + system CPU seconds of the command's process
+
+
 def run_command(argv: list[str], output: Path, what: str, append: bool = False,
-                on_poll: Callable[[], None] | None = None) -> float:
-    """Run `argv` with stdout and stderr into `output`; return its wall-clock seconds.
+                on_poll: Callable[[], None] | None = None) -> CommandTime:
+    """Run `argv` with stdout and stderr into `output`; return its wall-clock and CPU time
+    (its own, so commands run at once from several threads are timed apart).
     `on_poll` is called about once a second while it runs (progress)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(output, "ab" if append else "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env())
         try:
-            while proc.poll() is None:
-                try:
-                    proc.wait(timeout=1.0)
-                except subprocess.TimeoutExpired:
-                    pass
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.2 if on_poll is None else 1.0)
                 if on_poll is not None:
                     on_poll()
         except BaseException:
@@ -70,7 +77,7 @@ def run_command(argv: list[str], output: Path, what: str, append: bool = False,
     if proc.returncode != 0:
         raise StepFailed(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n"
                          f"--- last lines of {output} ---\n{_tail(output)}")
-    return time.perf_counter() - start
+    return CommandTime(time.perf_counter() - start, usage.ru_utime + usage.ru_stime)
 
 
 def generate(run: Run, init: str, width: float | None) -> None:
@@ -138,13 +145,14 @@ def train(run: Run, sched: Schedule, weights: Path | None, gpu: str | None,
         argv += ["--gpu", gpu]
     if resume is None:
         run.attempts.unlink(missing_ok=True)   # a fresh start: earlier attempts are void
-    start, cpu = time.perf_counter(), _children_cpu()
+    start, spent = time.perf_counter(), None
     try:
-        run_command(argv, run.root / "train.out", f"training {run.label}",
-                    append=resume is not None, on_poll=on_poll)
+        spent = run_command(argv, run.root / "train.out", f"training {run.label}",
+                            append=resume is not None, on_poll=on_poll)
     finally:  # an interrupted attempt's time counts too: the resumed run builds on it
         with open(run.attempts, "a", encoding="utf-8") as f:
-            f.write(f"{time.perf_counter() - start:.1f} {_children_cpu() - cpu:.1f}\n")
+            # the CPU time of an attempt that did not end normally is unknown
+            f.write(f"{time.perf_counter() - start:.1f}" + (f" {spent.cpu:.1f}\n" if spent else "\n"))
     attempts = [[float(x) for x in line.split()] for line in run.attempts.read_text().splitlines()
                 if line.strip()]
     cpu_seconds = (sum(a[1] for a in attempts) if all(len(a) == 2 for a in attempts) else None)
@@ -154,12 +162,6 @@ def train(run: Run, sched: Schedule, weights: Path | None, gpu: str | None,
          "cpu_seconds": outcome.cpu_seconds, "attempts": outcome.attempts}))
     _drop_intermediate_snapshots(run, sched.max_iter)
     return outcome
-
-
-def _children_cpu() -> float:
-    """User + system CPU seconds of this process's finished children."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _drop_intermediate_snapshots(run: Run, max_iter: int) -> None:
@@ -188,7 +190,7 @@ def final_test(run: Run, iterations: int, max_iter: int, gpu: str | None) -> tup
             "--weights", str(run.snapshot(max_iter)), "--iterations", str(iterations)]
     if gpu is not None:
         argv += ["--gpu", gpu]
-    seconds = run_command(argv, run.test_log, f"testing {run.label}")
+    seconds = run_command(argv, run.test_log, f"testing {run.label}").wall
     outputs = parse_test_output(run.test_log.read_text(encoding="utf-8", errors="replace"))
     if "accuracy" not in outputs:
         raise StepFailed(f"testing {run.label}: no 'accuracy' output in {run.test_log}")

@@ -97,9 +97,11 @@ def protocol_section(protocol: Protocol, results: list[dict]) -> list[str]:
                          f"seed (`--weights`, Caffe's copy by layer name), which sets "
                          f"{', '.join(layers)}; its other layers keep their filler init - the "
                          f"Simonyan-Zisserman recipe of the paper's CNN-8 baseline.")
-    device = f"GPU {first['gpu']}" if first.get("gpu") is not None else (
-        f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
-    lines.append(f"- Machine: {device}, {platform.processor() or platform.machine()}; "
+    device = first.get("device") or (f"GPU {first['gpu']}" if first.get("gpu") is not None else
+                                      f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    jobs = max(r.get("jobs", 1) for r in results)
+    at_once = f"; up to {jobs} runs trained at once, sharing it" if jobs > 1 else ""
+    lines.append(f"- Machine: {device}, {platform.processor() or platform.machine()}{at_once}; "
                  f"{ds.num_classes} classes (chance top-1 error {100 * (1 - 1 / ds.num_classes):.2f}%). "
                  "Training time is wall-clock and includes the tests during training; CPU time "
                  "(user + system of the solver process) is less disturbed by other load.")

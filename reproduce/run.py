@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from generator.datasets import DATASETS
@@ -32,6 +36,15 @@ def deploy_cost(run: Run) -> tuple[int, int]:
     """(learnable parameters, multiply-adds per image) of the run's deploy net."""
     rows = shape_table(read_net(str(run.deploy)), "TEST")
     return sum(r.params for r in rows), sum(r.macs for r in rows)
+
+
+def device_name(gpu: str | None) -> str:
+    """The machine the runs train on, in words (recorded with each result)."""
+    if gpu is not None and torch.cuda.is_available():
+        return f"GPU {gpu} ({torch.cuda.get_device_name(int(gpu))}), {os.cpu_count()} CPU cores"
+    if gpu is not None:
+        return f"GPU {gpu}"
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def finished(run: Run, sched: Schedule, test_iter: int) -> dict | None:
@@ -67,7 +80,7 @@ def forget_if_changed(run: Run, weights: Path | None) -> None:
 
 
 def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
-            gpu: str | None, on_poll) -> dict:
+            gpu: str | None, on_poll, jobs: int = 1) -> dict:
     """Train (or resume) and test one run, starting from `weights` if given; returns and
     stores its result."""
     if weights is not None and not weights.exists():
@@ -92,7 +105,8 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
         "top5_error": (100.0 * (1.0 - outputs["accuracy_top5"])
                        if "accuracy_top5" in outputs else None),
         "params": params, "macs": macs,
-        "train_images": sched.train_images, "test_set": sched.test_images, "gpu": gpu,
+        "train_images": sched.train_images, "test_set": sched.test_images, "gpu": gpu, "jobs": jobs,
+        "device": device_name(gpu),
         "log": str(run.log), "test_log": str(run.test_log), "solver": str(run.solver),
         "deploy": str(run.deploy),
     }
@@ -101,28 +115,35 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
 
 
 class Progress:
-    """One bar over the training iterations of all runs, fed from the solver logs."""
+    """One bar over the training iterations of all runs, fed from the solver logs of the
+    runs in flight (several at once with --jobs)."""
 
     def __init__(self, total: int):
         self.bar = tqdm(total=total, unit="iter", desc="reproduce", dynamic_ncols=True,
                         mininterval=1 if sys.stderr.isatty() else 30)
-        self.base = 0
+        self.done_iters: dict[Run, int] = {}
+        self.lock = threading.Lock()
+
+    def _set(self, run: Run, iterations: int) -> None:
+        with self.lock:
+            self.done_iters[run] = iterations
+            total = sum(self.done_iters.values())
+            if total > self.bar.n:
+                self.bar.update(total - self.bar.n)
 
     def start(self, run: Run, max_iter: int):
         self.bar.set_description(run.label, refresh=False)
 
         def poll():
-            done = self.base + min(execute.iterations_logged(run.log), max_iter)
-            if done > self.bar.n:
-                self.bar.update(done - self.bar.n)
+            self._set(run, min(execute.iterations_logged(run.log), max_iter))
         return poll
 
-    def done(self, max_iter: int):
-        self.base += max_iter
-        self.bar.update(self.base - self.bar.n)
+    def done(self, run: Run, max_iter: int):
+        self._set(run, max_iter)
 
     def note(self, text: str):
-        self.bar.write(text, file=sys.stderr)
+        with self.lock:
+            self.bar.write(text, file=sys.stderr)
 
     def close(self):
         self.bar.close()
@@ -159,8 +180,9 @@ def check_data(dataset: str) -> None:
 
 
 def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None = None,
-              iterations: int | None = None) -> list[dict]:
-    """Every run of `protocol` (skipping finished ones), then the report; returns results."""
+              iterations: int | None = None, jobs: int = 1) -> list[dict]:
+    """Every run of `protocol` (skipping finished ones, training up to `jobs` runs at
+    once), then the report; returns the results in the protocol's order."""
     check_data(protocol.dataset)
     runs = plan_runs(protocol, runs_root)
     schedules, weights = {}, {}
@@ -171,29 +193,60 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
         weights[run] = source.snapshot(schedules[source].max_iter) if source else None
         forget_if_changed(run, weights[run])
     progress = Progress(sum(s.max_iter for s in schedules.values()))
-    results = []
-    try:
-        probe_dir = run_probe(protocol, runs, runs_root, progress)
-        for run in runs:
+    results: dict[Run, dict] = {}
+    lock = threading.Lock()
+
+    def run_chain(chain: list[Run]) -> None:
+        for run in chain:
             sched = schedules[run]
             test_iter = protocol.final_test_iter or sched.full_test_iter
             result = finished(run, sched, test_iter)
             if result is None:
                 result = run_one(run, protocol, sched, weights[run], gpu,
-                                 progress.start(run, sched.max_iter))
+                                 progress.start(run, sched.max_iter), jobs)
                 progress.note(f"{run.label}: top-1 error {result['top1_error']:.2f}% after "
                               f"{sched.max_iter} iterations ({format_seconds(result['train_seconds'])})")
             else:
                 progress.note(f"{run.label}: done before, skipped")
-            progress.done(sched.max_iter)
-            results.append(result)
-            pending = [r.label for r in runs[len(results):]]
-            if pending:   # a report after every run, so a long reproduction shows its progress
-                write_report(protocol, results, probe_dir, report, pending)
+            progress.done(run, sched.max_iter)
+            with lock:
+                results[run] = result
+                pending = [r.label for r in runs if r not in results]
+                if pending:   # a report after every run, so a long reproduction shows its progress
+                    write_report(protocol, in_order(runs, results), probe_dir, report, pending)
+
+    try:
+        probe_dir = run_probe(protocol, runs, runs_root, progress)
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            for future in [pool.submit(run_chain, chain) for chain in chains(runs)]:
+                future.result()
+        finally:   # a failed or interrupted run starts no further runs
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         progress.close()
-    write_report(protocol, results, probe_dir, report)
-    return results
+    ordered = in_order(runs, results)
+    write_report(protocol, ordered, probe_dir, report)
+    return ordered
+
+
+def chains(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped so that a run starting from another run's weights comes after it in
+    the same group; groups are independent of each other (and may train at once)."""
+    groups: dict[Run, list[Run]] = {}
+    for run in runs:
+        source = source_of(runs, run)
+        head = next((h for h, group in groups.items() if source in group), None)
+        if head is None:
+            groups[run] = [run]
+        else:
+            groups[head].append(run)
+    return list(groups.values())
+
+
+def in_order(runs: list[Run], results: dict[Run, dict]) -> list[dict]:
+    """The finished runs' results in the protocol's order."""
+    return [results[r] for r in runs if r in results]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,14 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", help="report path (default reports/<dataset>.md)")
     p.add_argument("--gpu", default=None, help="GPU id for training and testing (default: CPU)")
     p.add_argument("--iterations", type=int, help="cap every run at this many iterations (smoke test)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once (default 1; on a large GPU several share it)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     try:
         protocol = load_protocol(args.dataset, args.preset or None, args.config)
         if args.iterations is not None and args.iterations < 1:
             raise ProtocolError(f"--iterations {args.iterations}: expected 1 or more")
+        if args.jobs < 1:
+            raise ProtocolError(f"--jobs {args.jobs}: expected 1 or more")
         report = Path(args.report or f"reports/{protocol.dataset}.md")
-        results = reproduce(protocol, Path(args.runs), report, args.gpu or None, args.iterations)
+        results = reproduce(protocol, Path(args.runs), report, args.gpu or None,
+                            args.iterations, args.jobs)
     except (ProtocolError, execute.StepFailed) as exc:
         print(f"reproduce: error: {exc}", file=sys.stderr)
         return 1

@@ -96,3 +96,32 @@ def test_a_second_call_skips_finished_runs(reproduced, capsys):
     again = table_rows((root / "reports" / "again.md").read_text())
     assert {k: v[3:5] for k, v in first.items()} == {k: v[3:5] for k, v in again.items()}
 
+
+
+def test_runs_trained_at_once_give_the_same_numbers(reproduced):
+    root, _ = reproduced
+    with contextlib.chdir(root):
+        assert main(["--config", "tiny.yaml", "--runs", "runs_at_once", "--jobs", "2",
+                     "--report", "reports/at_once.md"]) == 0
+    report = (root / "reports" / "at_once.md").read_text()
+    sequential = table_rows((root / "reports" / "fm.md").read_text())
+    at_once = table_rows(report)
+    assert {k: v[3:5] for k, v in sequential.items()} == {k: v[3:5] for k, v in at_once.items()}
+    assert "up to 2 runs trained at once" in report
+    result = json.loads((root / "runs_at_once" / "fashion-mnist" / "tiny" / "cnds-8" / "seed1"
+                         / "result.json").read_text())
+    assert result["jobs"] == 2 and result["train_cpu_seconds"] > 0
+
+
+def test_a_run_from_another_runs_weights_waits_for_it():
+    from reproduce.config import load_protocol
+    from reproduce.plan import plan_runs
+    from reproduce.run import chains
+
+    runs = plan_runs(load_protocol("fashion-mnist", "full"), Path("runs"))
+    groups = chains(runs)
+    assert sorted(len(g) for g in groups) == [1] * 8 + [2, 2]
+    for group in groups:
+        if len(group) == 2:
+            assert group[0].row.label == "CNN-6" and group[1].row.init_from == "CNN-6"
+            assert group[0].seed == group[1].seed

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from runner.precision import use_caffe_precision
+
 
 @dataclass
 class DistContext:
@@ -41,6 +43,7 @@ def pick_device(gpus: list[int], local_rank: int) -> torch.device:
     """cuda:<gpus[local_rank]> when GPUs were asked for, else the CPU."""
     if not gpus:
         return torch.device("cpu")
+    use_caffe_precision()
     return torch.device("cuda", gpus[local_rank % len(gpus)])
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from runner.precision import use_caffe_precision
 from runner.zoo.frontmatter import ZooError
 from runner.zoo.load import ZooModel
 
@@ -65,6 +66,8 @@ class Classifier:
     """Predict class probabilities for images with a loaded zoo model."""
 
     def __init__(self, net, info: ZooModel, device: str = "cpu"):
+        if torch.device(device).type == "cuda":
+            use_caffe_precision()
         self.net = net.to(device).eval()
         self.info = info
         self.device = device
