@@ -82,25 +82,35 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
                        "--max-branches", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     value = re.search(r"^BRANCHES=(\S+)$", printed, re.M).group(1)
-    # std 0.01 kills this narrow net everywhere: every conv vanishes and a branch lifts none
-    assert "conv  1 conv1" in printed and "vanishes" in printed
-    assert value == "none" and "lifts no conv layer" in printed
+    # std 0.01 kills this narrow net everywhere: every conv vanishes in the plain net
+    assert "conv  1 conv1" in printed and "-> convs 1,2,3,4,5,6 vanish" in printed
 
     with open(out / "probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["branches", "iteration", "layer", "mean_abs_grad"]
-    rounds = sorted({r["branches"] for r in rows})
-    assert "none" in rounds
+    probed = list(dict.fromkeys(r["branches"] for r in rows))
+    assert probed[:2] == ["none", "5"]          # the plain net, then the paper's tap
     assert {r["iteration"] for r in rows} == {str(i) for i in range(iters)}
     assert all(float(r["mean_abs_grad"]) >= 0 for r in rows)
     plain_layers = {r["layer"] for r in rows if r["branches"] == "none"}
     assert {"conv1", "fc6", "fc8"} <= plain_layers and not any(is_aux(n) for n in plain_layers)
     assert (out / "probe.png").read_bytes().startswith(PNG)
-    assert rounds == ["5", "none"]
     assert (out / "probe_before_after.png").read_bytes().startswith(PNG)
+    # the suggestion is evidence: its own probe has every conv up to its deepest tap above
+    # the threshold, which the plain net had below it
+    convs = conv_layers(read_net(train_val))
+    means = {(r["branches"], r["layer"]): [] for r in rows}
+    for r in rows:
+        means[r["branches"], r["layer"]].append(float(r["mean_abs_grad"]))
+    if value != "none":
+        assert value in probed
+        for name in convs[:max(map(int, value.split(",")))]:
+            assert np.mean(means[value, name]) >= 1e-7 > np.mean(means["none", name])
 
-    rendered = read_net(_render(tmp_path / "cnn", "VARIANT=cnn", f"BRANCHES={value}"))
-    assert not any(is_aux(lp.name) for lp in rendered.layer)
+    variant = "cnn" if value == "none" else "cnds"
+    rendered = read_net(_render(tmp_path / variant, f"VARIANT={variant}", f"BRANCHES={value}"))
+    taps = [] if value == "none" else [int(k) for k in value.split(",")]
+    assert _tapped_convs(rendered) == [conv_layers(rendered)[k - 1] for k in taps]
 
     # a one-round probe into the same folder leaves no stale before/after plot behind
     assert probe_main([str(train_val), "--iters", "1", "--synthetic", "--batch", "2",
@@ -110,11 +120,14 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
 
 
 def test_a_suggested_branches_value_renders_those_branches_in_make_net(tmp_path):
-    lifted_by = {(): range(1, 5), (4,): range(1, 3), (2, 4): ()}   # convs that vanish
-    rows = {taps: [1e-9 if k in v else 1e-5 for k in range(1, 7)] for taps, v in lifted_by.items()}
-    fake = lambda taps: ProbeRound(taps, GradientRecord(  # noqa: E731
-        [f"c{k}" for k in range(1, 7)], np.array([rows[taps]]), [0.0], 0.0),
-        [f"c{k}" for k in range(1, 7)])
+    names = [f"c{k}" for k in range(1, 7)]
+
+    def fake(taps):
+        """Convs 1..4 of 6 vanish; a branch after conv t lifts convs t-1 and t."""
+        row = [1e-9 if k <= 4 and not any(t - 1 <= k <= t for t in taps) else 1e-5
+               for k in range(1, 7)]
+        return ProbeRound(taps, GradientRecord(names, np.array([row]), [0.0], 0.0), names)
+
     placement = place_branches(fake, 6, 1e-7, max_branches=3)
     assert placement.branches_value == "2,4"
     rendered = read_net(_render(tmp_path, "VARIANT=cnds", f"BRANCHES={placement.branches_value}"))
@@ -141,11 +154,14 @@ def test_make_net_branches_auto_runs_the_probe_and_uses_its_taps(tmp_path, monke
 
 
 def test_make_net_branches_auto_with_no_suggestion_fails_cleanly(tmp_path, capsys):
-    quick = functools.partial(generator.probe.suggest_branches, iters=1, synthetic=True, batch=2)
+    quick = functools.partial(generator.probe.suggest_branches, iters=1, synthetic=True, batch=2,
+                              max_branches=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(generator.probe, "suggest_branches", quick)
         assert generator_main([*SMALL, "VARIANT=cnds", "BRANCHES=auto", "--out", str(tmp_path)]) == 2
-    assert "suggests no branch" in capsys.readouterr().err
+    error = capsys.readouterr().err.splitlines()[-1]     # after the probe's progress bar
+    assert error.startswith("generator: error: BRANCHES=auto: the probe suggests no branch: ")
+    assert "the limit of 0 branches is reached" in error
     assert not any(tmp_path.iterdir())
 
 

@@ -1,11 +1,12 @@
 """Vanishing detection and the placement rule: a deep toy stack with the plain init
 (gaussian std 0.01, zero biases) vanishes, the same stack with xavier/msra does not;
-the rule averages over iterations, taps the deepest vanishing conv and stops as documented."""
+the rule averages over iterations and chooses each tap as the deepest one whose probe lifts
+the convs below it (unit tests on fake probes)."""
 import numpy as np
 import pytest
 
 from generator.probe.gradients import GradientRecord, record_gradients
-from generator.probe.placement import ProbeRound, next_tap, place_branches
+from generator.probe.placement import ProbeRound, place_branches
 from generator.probe.prepare import SyntheticInput, conv_layers, train_net
 from generator.probe.run import ProbeOptions, search
 from generator.probe.target import ProbeTarget
@@ -73,47 +74,80 @@ def test_vanishing_uses_the_mean_over_iterations_not_the_last_iteration():
     assert r.vanishing(4e-7) == [1, 2]
 
 
-@pytest.mark.parametrize("vanishing,taps,tap,why", [
-    ([], (), None, "no conv layer vanishes"),
-    ([1, 2, 5], (), 5, "conv 5 is the deepest"),
-    ([1, 2, 13], (), 12, "conv 13 is the deepest"),      # the last conv cannot be tapped
-    ([1, 7], (7, 10), None, "conv 7 is tapped already"),
-])
-def test_next_tap_is_the_deepest_vanishing_conv(vanishing, taps, tap, why):
-    k, reason = next_tap(vanishing, taps, n_convs=13)
-    assert k == tap
-    assert why in reason
+def _fake(lifts, vanish=range(1, 14), n=13):
+    """A probe of an n-conv net whose convs `vanish` when plain; a branch after t lifts
+    the convs j for which lifts(t, j) holds."""
+    def probe(taps):
+        lifted = {j for t in taps for j in range(1, n + 1) if lifts(t, j)}
+        row = [1e-9 if k in vanish and k not in lifted else 1e-5 for k in range(1, n + 1)]
+        return _round([row, row], taps)
+    return probe
 
 
-def _fake_probe(taps):
-    """Convs 1..10 of 13 vanish; a branch after conv t lifts convs t-3..t."""
-    lifted = {j for t in taps for j in range(t - 3, t + 1)}
-    row = [1e-9 if k <= 10 and k not in lifted else 1e-5 for k in range(1, 14)]
-    return _round([row, row], taps)
+def test_nothing_vanishing_gets_no_branch_from_one_probe():
+    placement = place_branches(_fake(lambda t, j: True, vanish=()), 13, 1e-7, max_branches=3)
+    assert [r.taps for r in placement.rounds] == [()]
+    assert placement.branches_value == "none"
+    assert placement.reason == "no conv layer vanishes"
+    assert placement.after is None
+
+
+def test_paper_style_bottom_group_is_tapped_at_its_deepest_conv_with_one_probe():
+    # convs 1..4 vanish and a branch after conv t lifts every conv up to t: the paper's case
+    seen = []
+    placement = place_branches(_fake(lambda t, j: j <= t, vanish=range(1, 5)), 13, 1e-7,
+                               max_branches=3, report=lambda r, why: seen.append(why))
+    assert [r.taps for r in placement.rounds] == [(), (4,)]
+    assert placement.taps == (4,)
+    assert placement.reason == "no conv layer above conv 4 vanishes"
+    assert placement.after.taps == (4,)
+    assert "a branch after conv 4 lifts every conv in 1..4" in seen
+
+
+def test_all_vanishing_stack_gets_the_deepest_tap_that_lifts_the_convs_below_it():
+    # every conv vanishes; only a branch after conv 1..3 reaches back, and only 2 convs down
+    placement = place_branches(_fake(lambda t, j: t <= 3 and t - 2 <= j <= t), 13, 1e-7,
+                               max_branches=3)
+    probed = [r.taps for r in placement.rounds]
+    assert probed[:2] == [(), (12,)]                    # the paper's tap is tried first
+    assert (3,) in probed and (4,) in probed            # 3 lifts 1..3, 4 does not
+    assert placement.taps == (3,)
+    assert "no branch after any conv in 4..12 lifts" in placement.reason
+    assert len(probed) <= 1 + 2 * 5                     # a binary search, not a scan
+
+
+def test_all_vanishing_stack_where_no_branch_lifts_gets_none_and_says_why():
+    placement = place_branches(_fake(lambda t, j: False), 13, 1e-7, max_branches=3)
+    assert placement.taps == ()
+    assert "no branch after any conv in 1..12 lifts" in placement.reason
+    assert "after conv 1 leaves it at 1.0e-09" in placement.reason
+    assert (1,) in [r.taps for r in placement.rounds]
+    assert placement.after.taps == (12,)                # the paper's tap, for the plot
+
+
+def _reaches_three_down(t, j):
+    """A branch after conv t lifts convs t-3..t."""
+    return t - 3 <= j <= t
 
 
 def test_rounds_add_one_branch_each_until_nothing_vanishes():
-    seen = []
-    placement = place_branches(_fake_probe, 13, 1e-7, max_branches=5,
-                               report=lambda r, why: seen.append((r.taps, why)))
-    assert [r.taps for r in placement.rounds] == [(), (10,), (6, 10), (2, 6, 10)]
-    assert placement.taps == (2, 6, 10)
-    assert placement.branches_value == "2,6,10"
-    assert placement.reason == "no conv layer vanishes"
-    assert seen[0][1].endswith("add a branch after conv 10")
+    placement = place_branches(_fake(_reaches_three_down, vanish=range(1, 11)), 13, 1e-7,
+                               max_branches=5)
+    assert placement.taps == (4, 8, 10)
+    assert placement.branches_value == "4,8,10"
+    assert placement.reason == "no conv layer above conv 10 vanishes"
+    assert placement.rounds[-1].taps == (4, 8, 10)
 
 
 def test_rounds_stop_at_the_branch_limit():
-    placement = place_branches(_fake_probe, 13, 1e-7, max_branches=2)
-    assert placement.taps == (6, 10)
-    assert "limit of 2 branches" in placement.reason
-    assert placement.rounds[-1].vanishing(1e-7) == [1, 2]
+    placement = place_branches(_fake(_reaches_three_down, vanish=range(1, 11)), 13, 1e-7,
+                               max_branches=2)
+    assert placement.taps == (4, 8)
+    assert "convs 9,10 still vanish, but the limit of 2 branches" in placement.reason
+    assert placement.after.taps == (4, 8)
 
 
-def test_a_branch_that_lifts_nothing_is_dropped():
-    dead = lambda taps: _round([[1e-12] * 13], taps)  # noqa: E731  (every conv vanishes, always)
-    placement = place_branches(dead, 13, 1e-7, max_branches=3)
-    assert [r.taps for r in placement.rounds] == [(), (12,)]
-    assert placement.taps == ()
-    assert placement.branches_value == "none"
-    assert "after conv 12 lifts no conv layer" in placement.reason
+def test_only_the_last_conv_vanishing_cannot_be_tapped():
+    placement = place_branches(_fake(lambda t, j: True, vanish=(13,)), 13, 1e-7, max_branches=3)
+    assert placement.taps == () and len(placement.rounds) == 1
+    assert "the last conv cannot be tapped" in placement.reason

@@ -1,10 +1,11 @@
 """The paper's rule of thumb for placing supervision branches: train the plain net a few
 iterations with the plain initialisation, watch each layer's mean absolute weight
-gradient, and add a branch after the deepest conv layer whose gradient vanishes.
+gradient, and add a supervision branch after the deepest conv layer where a probe with
+that branch shows it lifts the vanishing conv layers below it.
 
 `python -m generator.probe TRAIN_VAL.prototxt` runs it; `make net BRANCHES=auto` calls
 `suggest_branches`. docs/probe.md gives the exact statistic and rule.
 """
-from generator.probe.run import ProbeOptions, search, suggest_branches
+from generator.probe.run import NoBranchSuggested, ProbeOptions, search, suggest_branches
 
-__all__ = ["ProbeOptions", "search", "suggest_branches"]
+__all__ = ["NoBranchSuggested", "ProbeOptions", "search", "suggest_branches"]

@@ -10,7 +10,8 @@ from pathlib import Path
 from generator.architectures import ConfigError
 from generator.probe.placement import ProbeRound
 from generator.probe.prepare import ProbeError
-from generator.probe.report import plot_before_after, plot_layers, round_table, write_csv
+from generator.probe.report import (plot_before_after, plot_layers, probe_line, round_table,
+                                    write_csv)
 from generator.probe.run import ProbeOptions, search
 from generator.probe.target import ProbeTarget
 from runner.data import DataError
@@ -76,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     threshold = args.threshold
 
-    def report(r: ProbeRound, verdict: str) -> None:
-        print(round_table(r, threshold))
-        print(f"  -> {verdict}", flush=True)
+    def report(r: ProbeRound | None, verdict: str) -> None:
+        if r is None:
+            print(f"=> {verdict}", flush=True)
+        elif not r.taps:
+            print(round_table(r, threshold))
+            print(f"  -> {verdict}", flush=True)
+        else:
+            print(f"{probe_line(r, threshold)}\n  -> {verdict}", flush=True)
 
     try:
         if args.max_branches < 0:
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}, plain net: mean gradient per layer")
         written = ["probe.csv", "probe.png"]
         before_after = out / "probe_before_after.png"
-        if len(placement.rounds) > 1:
+        if placement.after is not None:
             plot_before_after(before_after, placement, threshold,
                               f"{name}: lower layers without and with branches")
             written.append(before_after.name)
@@ -110,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {', '.join(str(out / f) for f in written)}")
-    print(f"stopped: {placement.reason}; {len(placement.rounds)} round(s), "
-          f"{time.perf_counter() - start:.0f} s in all")
+    print(f"{len(placement.rounds)} probe(s), {time.perf_counter() - start:.0f} s in all")
     print(f"BRANCHES={placement.branches_value}")
     return 0
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from generator.probe.placement import Placement, ProbeRound  # noqa: E402
+from generator.probe.placement import Placement, ProbeRound, taps_label  # noqa: E402
 from generator.probe.prepare import is_aux  # noqa: E402
 from runner.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from runner.figure_png import figure_png  # noqa: E402
@@ -20,10 +20,6 @@ from runner.figure_png import figure_png  # noqa: E402
 CSV_COLUMNS = ("branches", "iteration", "layer", "mean_abs_grad")
 MAX_PANELS = 4
 PALETTE = 64
-
-
-def taps_label(taps: tuple[int, ...]) -> str:
-    return ",".join(map(str, taps)) if taps else "none"
 
 
 def write_csv(path, rounds: list[ProbeRound]) -> None:
@@ -90,9 +86,10 @@ def panel_convs(taps: tuple[int, ...]) -> list[int]:
 
 
 def plot_before_after(path, placement: Placement, threshold: float, title: str) -> None:
-    """Fig. 2(b-d): chosen lower convs, plain net against the last round's net (every
-    suggested branch, or a dropped one too), each on a log axis with the threshold dashed."""
-    before, after = placement.rounds[0], placement.rounds[-1]
+    """Fig. 2(b-d): chosen lower convs, plain net against `placement.after` (the net with
+    the suggested taps, or the first branch tried when none is suggested), each on a log
+    axis with the threshold dashed."""
+    before, after = placement.rounds[0], placement.after
     convs = panel_convs(after.taps)
     fig, axes = plt.subplots(1, len(convs), figsize=(3.2 * len(convs), 3.4), sharey=True,
                              squeeze=False)
@@ -112,6 +109,14 @@ def plot_before_after(path, placement: Placement, threshold: float, title: str) 
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     _save(fig, path)
+
+
+def probe_line(r: ProbeRound, threshold: float) -> str:
+    """One line per probe: its taps, time, loss and the conv means (vanishing ones with *)."""
+    means = " ".join(f"{m:.1e}{'*' if m < threshold else ''}" for m in r.conv_means())
+    return (f"probe with branches {taps_label(r.taps)} ({len(r.record.values)} iterations, "
+            f"{r.record.seconds:.1f} s, loss {r.record.losses[0]:.4f} -> "
+            f"{r.record.losses[-1]:.4f}); conv means: {means}")
 
 
 def round_table(r: ProbeRound, threshold: float) -> str:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from generator.architectures import NetConfig
+from generator.architectures import ConfigError, NetConfig
 from generator.datasets import DATASETS
 from generator.probe.gradients import initial_blobs, record_gradients
-from generator.probe.placement import Placement, ProbeRound, place_branches
+from generator.probe.placement import Placement, ProbeRound, place_branches, taps_label
 from generator.probe.prepare import (ProbeError, SyntheticInput, conv_layers, data_layer_shape,
                                      is_aux, plain_init, train_net)
 from generator.probe.target import ProbeTarget
@@ -93,19 +93,23 @@ class Prober:
                              "pass --input-shape C,H,W")
         return shape
 
-    def __call__(self, taps: tuple[int, ...]) -> ProbeRound:
-        """Train the net with branches after `taps` for options.iters iterations."""
+    def _train(self, taps: tuple[int, ...]):
+        """The round's plain-initialised net, its TRAIN net, and its input batches (None:
+        the net's own data layers)."""
         net = plain_init(self.target.net_with(taps))
-        make_inputs = None
         if self.input is None:
-            train = train_net(net, self.options.batch)
-        else:
-            train, scale = self.input.replace_sources(train_net(net, None))
-            data, label = [lp for lp in train.layer if lp.type == "Input"][0].top
-            make_inputs = lambda built: self.input.batches(data, label, scale, num_classes(built))  # noqa: E731
-        name = f"branches {','.join(map(str, taps))}" if taps else "plain net"
+            return net, train_net(net, self.options.batch), None
+        train, scale = self.input.replace_sources(train_net(net, None))
+        data, label = [lp for lp in train.layer if lp.type == "Input"][0].top
+        return net, train, lambda built: self.input.batches(data, label, scale, num_classes(built))
+
+    def __call__(self, taps: tuple[int, ...]) -> ProbeRound:
+        """Train the net with branches after `taps` for options.iters iterations, its
+        trunk starting from the plain net's initial weights."""
         if self.start is None:
-            self.start = initial_blobs(train, self.options.seed)
+            self.start = initial_blobs(self._train(())[1], self.options.seed)
+        net, train, make_inputs = self._train(taps)
+        name = f"branches {taps_label(taps)}" if taps else "plain net"
         record = record_gradients(train, self.options.solver, self.options.iters,
                                   inputs=make_inputs, seed=self.options.seed,
                                   start=self.start, desc=f"probe ({name})")
@@ -121,15 +125,22 @@ def search(target: ProbeTarget, options: ProbeOptions,
                           can_branch=target.can_branch, report=report)
 
 
+class NoBranchSuggested(ProbeError, ConfigError):
+    """The probe found no branch it can support with evidence (the message says why)."""
+
+
 def suggest_branches(net: caffe_pb2.NetParameter, config: NetConfig | None = None,
                      **options) -> tuple[int, ...]:
     """The conv layers (1-based, ascending) after which to add supervision branches,
     found by probing `net` (a train_val NetParameter); `options` are ProbeOptions fields.
-    Prints one line per round."""
-    def report(r: ProbeRound, verdict: str) -> None:
-        taps = ",".join(map(str, r.taps)) or "none"
-        vanishing = ",".join(map(str, r.vanishing(probe_options.threshold))) or "none"
-        print(f"probe: branches {taps}: vanishing conv layers {vanishing} -> {verdict}", flush=True)
+    Prints one line per probe; raises NoBranchSuggested, with the reason, when the
+    search ends without a tap."""
+    def report(r: ProbeRound | None, verdict: str) -> None:
+        head = f"branches {taps_label(r.taps)}: " if r is not None else ""
+        print(f"probe: {head}{verdict}", flush=True)
 
-    probe_options = ProbeOptions(**options)
-    return search(ProbeTarget(net, config), probe_options, report).taps
+    placement = search(ProbeTarget(net, config), ProbeOptions(**options), report)
+    if not placement.taps:
+        raise NoBranchSuggested(f"BRANCHES=auto: the probe suggests no branch: "
+                                f"{placement.reason}; use VARIANT=cnn or give BRANCHES=k,...")
+    return placement.taps
