@@ -97,16 +97,17 @@ class DataTransformer:
 def _pixels_into(window: np.ndarray, mirror: bool, out: np.ndarray) -> None:
     """out = the CxHxW window as float32, flipped left-right if `mirror`.
 
-    A window of an image OpenCV decoded (channels interleaved in memory) goes through
-    OpenCV: flip, convert, and split into the planes of `out`, several times faster than
-    numpy's strided copy; planar (raw Datum) windows are copied by numpy.
+    OpenCV does the flips and, for a window of a decoded image (channels interleaved in
+    memory), the split into the planes of `out`; numpy converts to float32 contiguous data
+    only: several times faster than numpy's strided copies.
     """
     if window.shape[0] > 1 and window.strides[0] == window.itemsize:
         hwc = window.transpose(1, 2, 0)
-        hwc = cv2.flip(hwc, 1) if mirror else np.ascontiguousarray(hwc)
+        hwc = cv2.flip(hwc, 1) if mirror else hwc
         planes = list(out)
         for plane, split in zip(planes, cv2.split(hwc.astype(np.float32), planes)):
             if split is not plane:       # OpenCV allocated instead of writing in place
                 np.copyto(plane, split)
         return
-    np.copyto(out, window[:, :, ::-1] if mirror else window, casting="unsafe")
+    for plane, pixels in zip(out, window):
+        np.copyto(plane, cv2.flip(pixels, 1) if mirror else pixels, casting="unsafe")

@@ -1,0 +1,108 @@
+"""Prefetching through the shared-memory ring: worker batches equal the in-process ones, a
+stream can seek, closing leaves no shared memory or process behind, and batches come pinned
+(and move to the GPU) when CUDA is present."""
+import gc
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+from runner.data.datum import encoded_datum
+from runner.data.lmdb_store import write_lmdb
+from runner.data.source import DataSource
+from runner.proto import caffe_pb2
+
+from test_data_prefetch_failures import time_limit  # noqa: F401  (autouse: no test hangs)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def jpeg_db(tmp_path_factory):
+    """12 encoded colour JPEGs of 10 x 11 (the interleaved decode path)."""
+    rng = np.random.default_rng(4)
+    records = []
+    for i in range(12):
+        image = rng.integers(0, 256, (10, 11, 3), dtype=np.uint8)
+        data = cv2.imencode(".jpg", image)[1].tobytes()
+        records.append((f"{i:08d}", encoded_datum(data, i).SerializeToString()))
+    path = tmp_path_factory.mktemp("ring") / "jpeg"
+    write_lmdb(path, records)
+    return path
+
+
+def source(db, workers, seed=5, batch=3, transform="crop_size: 7 mirror: true scale: 0.5 "
+                                                     "mean_value: 100 mean_value: 110 "
+                                                     "mean_value: 120"):
+    lp = text_format.Parse(
+        f'name: "data" type: "Data" top: "data" top: "label" '
+        f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB prefetch: 3 }} '
+        f'transform_param {{ {transform} }}', caffe_pb2.LayerParameter())
+    return DataSource(lp, "TRAIN", seed=seed, workers=workers)
+
+
+def take(stream, n):
+    return [{k: t.clone() for k, t in next(stream).items()} for _ in range(n)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_batches_equal_in_process_batches(jpeg_db, workers):
+    expected = take(source(jpeg_db, 0), 9)
+    with source(jpeg_db, workers) as stream:
+        got = take(stream, 9)
+    assert len({float(b["data"].sum()) for b in got}) == 9   # distinct batches, not one repeated
+    for i, (a, b) in enumerate(zip(expected, got)):
+        assert torch.equal(a["data"], b["data"]), f"batch {i}"
+        assert torch.equal(a["label"], b["label"]), f"batch {i}"
+
+
+def test_skip_batches_seeks_to_the_same_batch(jpeg_db):
+    expected = take(source(jpeg_db, 0), 7)[5:]
+    with source(jpeg_db, 1) as stream:
+        next(stream)
+        stream.skip_batches(4)               # batch 1 was next; now batch 5 is
+        got = take(stream, 2)
+    for a, b in zip(expected, got):
+        assert torch.equal(a["data"], b["data"]) and torch.equal(a["label"], b["label"])
+
+
+def shared_memory_in_use():
+    """(mappings of /dev/shm, open descriptors, names in /dev/shm) of this process."""
+    with open("/proc/self/maps") as maps:
+        mapped = sum("/dev/shm/" in line for line in maps)
+    return mapped, len(os.listdir("/proc/self/fd")), sorted(os.listdir("/dev/shm"))
+
+
+def test_closing_leaves_no_shared_memory_or_process(jpeg_db):
+    gc.collect()
+    before = shared_memory_in_use()
+    stream = source(jpeg_db, 2)
+    held = next(stream)                      # a batch on a ring slot, held across close
+    next(stream)
+    pids = [w.proc.pid for w in stream._prefetcher.workers]
+    assert shared_memory_in_use() != before
+    stream.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert held["label"].tolist() == [0, 1, 2]   # still readable after the workers stopped
+    del held, stream
+    gc.collect()
+    assert shared_memory_in_use() == before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_reach_the_device_pinned_when_cuda_is_present(jpeg_db, device):
+    expected = take(source(jpeg_db, 0), 3)
+    with source(jpeg_db, 1) as stream:
+        for want in expected:
+            batch = next(stream)
+            assert all(t.is_pinned() == torch.cuda.is_available() for t in batch.values())
+            moved = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
+            del batch
+            for k, t in moved.items():
+                assert t.device.type == device
+                assert torch.equal(t.cpu(), want[k])
