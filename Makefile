@@ -77,15 +77,17 @@ publish: $(STAMP)
 
 # The paper's claims on real data (reproduce/config.yaml holds the protocol; docs/reproduce.md).
 # DATASET defaults to fashion-mnist here (its LMDBs are built first); PRESET picks a preset of
-# the dataset (fashion-mnist: full, quick); GPU=<id> trains on that GPU.
+# the dataset (fashion-mnist: full, quick, wide); GPU=<id> trains on that GPU; JOBS=<k> trains
+# k runs at once.
 PRESET ?=
 GPU ?=
+JOBS ?=
 REPRODUCE_DATASET := $(if $(filter file,$(origin DATASET)),fashion-mnist,$(DATASET))
 .PHONY: reproduce bench
 
 reproduce: $(STAMP) $(if $(filter fashion-mnist,$(REPRODUCE_DATASET)),$(FASHION_OUT)/mean.binaryproto)
 	$(PY) -m reproduce.run --dataset $(REPRODUCE_DATASET) $(if $(PRESET),--preset $(PRESET)) \
-		$(if $(GPU),--gpu $(GPU))
+		$(if $(GPU),--gpu $(GPU)) $(if $(JOBS),--jobs $(JOBS))
 
 # Every benchmark in bench/, one table in reports/bench.md.
 bench: $(STAMP)
