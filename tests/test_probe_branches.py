@@ -177,7 +177,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         generator.probe.suggest_branches(net, synthetic=False, iters=1)
 
 
-@pytest.mark.parametrize("taps,convs", [((4, 7, 10), [1, 4, 7, 10]), ((2,), [1, 2]),
-                                        ((12,), [1, 5, 8, 12]), ((1,), [1])])
-def test_before_after_panels_spread_from_conv1_to_the_deepest_tap(taps, convs):
-    assert panel_convs(taps) == convs
+@pytest.mark.parametrize("taps,convs", [((4, 7, 10), [1, 4, 7, 10]), ((2,), [1, 2, 3, 4]),
+                                        ((12,), [1, 5, 8, 12]), ((1,), [1, 2, 3, 4]),
+                                        ((1, 3), [1, 2, 3, 4]), ((5,), [1, 2, 4, 5])])
+def test_before_after_panels_spread_from_conv1_to_the_deepest_tap_then_above_it(taps, convs):
+    assert panel_convs(taps, 13) == convs
+    assert panel_convs((1,), 2) == [1, 2]

@@ -77,12 +77,14 @@ def plot_layers(path, r: ProbeRound, threshold: float, title: str) -> None:
     _save(fig, path)
 
 
-def panel_convs(taps: tuple[int, ...]) -> list[int]:
+def panel_convs(taps: tuple[int, ...], n_convs: int) -> list[int]:
     """The lower conv layers shown before/after: up to MAX_PANELS evenly spread over
-    conv 1 .. the deepest tap (conv 1 and the deepest tap included)."""
+    conv 1 .. the deepest tap (both included); fewer taps than panels leave room for the
+    convs just above the deepest tap, which show what the branches do not reach."""
     top = max(taps)
-    picks = np.linspace(1, top, min(MAX_PANELS, top)).round().astype(int)
-    return sorted(set(picks.tolist()))
+    picks = np.linspace(1, top, min(MAX_PANELS, top)).round().astype(int).tolist()
+    above = range(top + 1, min(n_convs, top + MAX_PANELS - len(set(picks))) + 1)
+    return sorted(set(picks) | set(above))
 
 
 def plot_before_after(path, placement: Placement, threshold: float, title: str) -> None:
@@ -90,7 +92,7 @@ def plot_before_after(path, placement: Placement, threshold: float, title: str) 
     the suggested taps, or the first branch tried when none is suggested), each on a log
     axis with the threshold dashed."""
     before, after = placement.rounds[0], placement.after
-    convs = panel_convs(after.taps)
+    convs = panel_convs(after.taps, len(before.convs))
     fig, axes = plt.subplots(1, len(convs), figsize=(3.2 * len(convs), 3.4), sharey=True,
                              squeeze=False)
     for ax, k in zip(axes[0], convs):
