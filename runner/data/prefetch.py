@@ -7,10 +7,11 @@ any number of workers (0 makes batches in this process) and a stream can start a
 The ring is allocated once, in shared memory, and given to each worker when it starts: a
 worker is told (batch index, slot), makes the batch straight into the slot and answers
 (batch index, slot, error); only those small messages cross processes. At most `depth`
-batches are in flight (Caffe's data_param.prefetch) and they come back in order. Without
-CUDA the caller gets tensors on the slot itself, and the slot returns to the ring once
-nothing references them (a caller that keeps many batches gets copies beyond a few); with
-CUDA each batch is copied into pinned memory and its slot is free at once.
+(Caffe's data_param.prefetch) batches plus one per worker are in flight, and they come
+back in order. Without CUDA the caller gets tensors on the slot itself, and the slot
+returns to the ring once nothing references them (a caller that keeps many batches gets
+copies beyond a few); with CUDA each batch is copied into pinned memory and its slot is
+free at once.
 
 Workers start from a fork server (never by forking this process, whose OpenCV and OpenMP
 thread pools a child could inherit mid-state and deadlock in). A worker's DataError (naming
@@ -91,12 +92,14 @@ class _Worker:
         self.results.close()
 
     def death(self) -> str:
+        """How the worker's process ended, for messages."""
         code = self.proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return f"process {self.proc.name} (pid {self.proc.pid}) stopped ({how})"
 
 
 def _stop_all(workers: list[_Worker]) -> None:
+    """Stop every worker (at close, when the Prefetcher is collected, or at exit)."""
     for worker in workers:
         worker.stop()
     workers.clear()
@@ -114,7 +117,9 @@ class Prefetcher:
         self._stop = weakref.finalize(self, _stop_all, self.workers)
         if workers <= 0:
             return
-        self.depth = max(1, depth, workers)   # at least one batch in flight per worker
+        # `depth` batches made ahead (Caffe's data_param.prefetch) plus one being made by
+        # each worker, so that no worker idles while the next batch in order is late
+        self.depth = max(1, depth) + workers
         self.ring = self._allocate(self.depth + (0 if self.pin else SPARE_SLOTS))
         self.free = list(range(len(next(iter(self.ring.values())))))
         self.ready: dict[int, tuple[int, str | None]] = {}
