@@ -34,7 +34,7 @@ def encoded_datum(data: bytes, label: int) -> caffe_pb2.Datum:
     return caffe_pb2.Datum(data=bytes(data), label=int(label), encoded=True)
 
 
-def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
+def parse_datum(value: bytes | memoryview, where: str) -> caffe_pb2.Datum:
     """Parse one database value as a Datum and check it can hold an image."""
     datum = caffe_pb2.Datum()
     try:
@@ -80,6 +80,7 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str, flag: int = cv2.IMREAD_AN
             raise DataError(f"{where}: encoded image cannot be decoded by OpenCV")
         return hwc_to_chw(image)
     shape = (datum.channels, datum.height, datum.width)
-    if datum.data:
-        return np.frombuffer(datum.data, np.uint8).reshape(shape)
+    data = datum.data            # each read of a bytes field copies it
+    if data:
+        return np.frombuffer(data, np.uint8).reshape(shape)
     return np.asarray(datum.float_data, np.float32).reshape(shape)

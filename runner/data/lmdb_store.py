@@ -53,7 +53,7 @@ class LmdbReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._txn = shared_env(self.path).begin()
+        self._txn = shared_env(self.path).begin(buffers=True)   # values as views of the map
         self._cursor = self._txn.cursor()
         self._position = -1
         self.length = self._txn.stat()["entries"]
@@ -67,17 +67,23 @@ class LmdbReader:
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         """(key, value) pairs in key order, on a cursor of their own."""
         for key, value in self._txn.cursor():
-            yield key.decode("utf-8", "replace"), value
+            yield bytes(key).decode("utf-8", "replace"), bytes(value)
 
     def record(self, index: int) -> tuple[str, bytes]:
         """The index-th record in key order (0 <= index < len)."""
+        key, value = self.record_view(index)
+        return key, bytes(value)
+
+    def record_view(self, index: int) -> tuple[str, memoryview]:
+        """Like `record`, with the value a view of the database's memory map (no copy), valid
+        until `close()`."""
         if index < self._position or self._position < 0:
             self._cursor.first()
             self._position = 0
         while self._position < index:
             self._cursor.next()
             self._position += 1
-        return self._cursor.key().decode("utf-8", "replace"), self._cursor.value()
+        return bytes(self._cursor.key()).decode("utf-8", "replace"), self._cursor.value()
 
     def close(self) -> None:
         """End the read transaction (the process keeps the environment open)."""

@@ -122,7 +122,7 @@ class LmdbBatches(StreamBatches):
 
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         reader = self.reader()
-        key, value = reader.record((self.skip + position) % len(reader))
+        key, value = reader.record_view((self.skip + position) % len(reader))
         where = f"layer '{self.layer}': LMDB '{self.path}' key '{key}'"
         datum = parse_datum(value, where)
         return where, self.transformer.decode(datum, where), datum.label
