@@ -77,6 +77,9 @@ def shared_memory_in_use():
 
 
 def test_closing_leaves_no_shared_memory_or_process(jpeg_db):
+    with source(jpeg_db, 1) as first:        # starts the fork server, opens the database
+        next(first)
+    del first
     gc.collect()
     before = shared_memory_in_use()
     stream = source(jpeg_db, 2)
