@@ -158,6 +158,14 @@ def main(argv=None) -> int:
     except (ValueError, OSError, SolverDiverged) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        # --compile met a torch.compile failure (seen: an InductorError in torch 2.11)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"{prog}: error: torch.compile failed ({type(err).__name__}: {first}); "
+              "run without --compile", file=sys.stderr)
+        return 1
     return 0
 
 

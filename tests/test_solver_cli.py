@@ -142,3 +142,19 @@ def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path):
     assert all(not torch.equal(a, w) for a, (_, w, _, _) in zip(start, solver.net.learnable_params()))
     losses = [float(v) for v in re.findall(r"iters\), loss = ([\d.e+-]+)", (tmp_path / "s.log").read_text())]
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_a_torch_compile_failure_is_one_clear_error(files, monkeypatch, capsys):
+    class InductorError(RuntimeError):
+        """Stands for torch._inductor.exc.InductorError (seen with torch 2.11 on a GPU)."""
+    InductorError.__module__ = "torch._inductor.exc"
+
+    def broken_compile(model, *args, **kwargs):
+        def run(*a, **k):
+            raise InductorError("AssertionError: \n\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert main([str(files / "solver.prototxt"), "--iterations", "1", "--compile"]) == 1
+    err = capsys.readouterr().err
+    assert "error: torch.compile failed (InductorError: AssertionError:" in err
+    assert "run without --compile" in err and "Traceback" not in err
