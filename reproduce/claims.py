@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from reproduce.config import Claims
 
 HELD, NOT_HELD, UNTESTED = "held", "did not hold", "not tested"
+# The paper's "standard initialisation" (gaussian std 0.01): claims (a) and (b) are about it.
+STANDARD_INITS = ("released", "vanilla")
 INCONCLUSIVE = "inconclusive"
 
 
@@ -69,8 +71,9 @@ class Judge:
     """Applies the rules of `claims` to the rows of one reproduction."""
 
     def __init__(self, rows: list[RowStats], claims: Claims, classes: int,
-                 probe: "ProbeSummary | None" = None):
+                 probe: "ProbeSummary | None" = None, standard_init: bool = True):
         self.rows, self.claims, self.probe = rows, claims, probe
+        self.standard_init = standard_init
         self.chance = 100.0 * (1.0 - 1.0 / classes)
 
     def find(self, variant: str, depth: int, recipe: bool = False) -> RowStats | None:
@@ -111,8 +114,14 @@ class Judge:
         out += [self.cnds8_beats_cnn8(), self.deeper_beats_8()]
         return out
 
+    def other_init(self, claim: str) -> Verdict:
+        return Verdict(claim, UNTESTED, "the rows train from another initialisation than the "
+                       "paper's gaussian std 0.01, which this claim is about")
+
     def plain_trains_poorly(self, d: int) -> Verdict:
         claim = f"(a) CNN-{d} from the standard initialisation trains poorly"
+        if not self.standard_init:
+            return self.other_init(claim)
         cnn = self.find("cnn", d)
         status = HELD if self.poor(cnn) else NOT_HELD
         return Verdict(claim, status, f"{self.cell(cnn)} top-1 error; chance is "
@@ -120,6 +129,8 @@ class Judge:
 
     def supervision_fixes(self, d: int) -> Verdict:
         claim = f"(b) deep supervision fixes CNN-{d}'s training"
+        if not self.standard_init:
+            return self.other_init(claim)
         cnn, cnds = self.find("cnn", d), self.find("cnds", d)
         if cnds is None:
             return Verdict(claim, UNTESTED, f"no CNDS-{d} row")

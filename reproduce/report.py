@@ -1,4 +1,4 @@
-"""reports/<dataset>.md from the stored results of a reproduction: protocol, a Table 1
+"""reports/<dataset>-<preset>.md from the stored results of a reproduction: protocol, a Table 1
 with mean ± half-range over seeds, the verdict on each claim by the rules of
 reproduce/claims.py, the curves and the gradient probe. Nothing in it is typed by hand:
 every number comes from the runs' result.json files, which come from their logs."""
@@ -15,7 +15,8 @@ import torch
 
 from generator.datasets import DATASETS
 from generator.summary import shape_table
-from reproduce.claims import HELD, INCONCLUSIVE, NOT_HELD, Judge, RowStats, row_stats, spread
+from reproduce.claims import (HELD, INCONCLUSIVE, NOT_HELD, STANDARD_INITS, Judge, RowStats,
+                             row_stats, spread)
 from reproduce.config import Protocol
 from reproduce.figures import copy_probe_plots, curve_groups, plot_curves, summarize_probe
 from runner.atomic import atomic_write_text
@@ -25,6 +26,8 @@ INIT_WORDS = {
     "released": "gaussian std 0.01 weights, released biases (conv1 0.5, convs 0.1, fc6/fc7 1, "
                 "branch 1x1 conv 0.1 and fc 1, classifiers 0)",
     "vanilla": "gaussian std 0.01 weights, zero biases",
+    "msra": "Caffe's msra filler (He et al.: gaussian with variance 2/fan_in), zero biases - "
+            "not the paper's initialisation",
 }
 
 
@@ -139,11 +142,11 @@ def runs_table(results: list[dict]) -> list[str]:
 
 def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None, path: Path,
                  pending: list[str] = ()) -> None:
-    """Write the report and its PNGs (named <dataset>_*.png beside it); `pending` names
+    """Write the report and its PNGs (named <report name>_*.png beside it); `pending` names
     the runs still to come (the report is then marked partial)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = protocol.dataset
+    prefix = path.stem
     probe = None
     probe_lines: list[str] = []
     if probe_dir is not None and (probe_dir / "probe.json").exists():
@@ -157,7 +160,8 @@ def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None
                        f"{format_seconds(info['seconds'])}. Mean |dE/dW| per layer:", ""]
         probe_lines += [f"![{name}]({name})" for name in copy_probe_plots(probe_dir, path.parent, prefix)]
     rows = row_stats(results)
-    judge = Judge(rows, protocol.claims, DATASETS[protocol.dataset].num_classes, probe)
+    judge = Judge(rows, protocol.claims, DATASETS[protocol.dataset].num_classes, probe,
+                  standard_init=protocol.init in STANDARD_INITS)
     curves = []
     for depth, group in curve_groups(results).items():
         name = f"{prefix}_curves_depth{depth}.png"

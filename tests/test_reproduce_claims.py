@@ -87,3 +87,13 @@ def test_probe_verdict_lists_vanishing_layers():
     quiet = ProbeSummary("CNN-8", 20, 1e-7, [], 1, "none", [])
     assert verdict(Judge(table(cnn8=[90.0]), CLAIMS, 10, quiet).verdicts(),
                    "(a) gradients").status == NOT_HELD
+
+
+def test_another_init_leaves_the_claims_about_the_standard_init_untested():
+    rows = table(cnn8=[12.0, 12.4], cnds8=[10.0, 10.2], cnn13=[11.0], cnds13=[9.0, 9.1])
+    v = Judge(rows, CLAIMS, 10, standard_init=False).verdicts()
+    for claim in ("(a) CNN-8", "(b) deep supervision fixes CNN-8", "(a) CNN-13", "(b) deep supervision fixes CNN-13"):
+        assert verdict(v, claim).status == UNTESTED
+        assert "another initialisation" in verdict(v, claim).evidence
+    assert verdict(v, "(c) CNDS-8 beats").status == HELD     # 2.1 points, spreads 0.2 + 0.1
+    assert verdict(v, "(c) deeper").status == HELD

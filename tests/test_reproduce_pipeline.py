@@ -78,7 +78,7 @@ def test_verdicts_follow_the_rules_from_the_table(reproduced):
 def test_curves_and_probe_plots_are_written(reproduced):
     root, _ = reproduced
     report = (root / "reports" / "fm.md").read_text()
-    for name in ("fashion-mnist_curves_depth8.png", "fashion-mnist_probe.png"):
+    for name in ("fm_curves_depth8.png", "fm_probe.png"):
         assert f"]({name})" in report
         assert (root / "reports" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gradients vanish in the lower layers of the plain CNN-8" in report
