@@ -1,6 +1,6 @@
 """Throughput of the Data source against the bound of its cores.
 
-    python bench/bench_data.py [--images 300] [--batch 32] [--seconds 4] [--rounds 3]
+    python bench/bench_data.py [--images 300] [--batch 32] [--seconds 3] [--rounds 5]
 
 Builds a 256 x 256 JPEG LMDB (encoded Datums holding the files) and a raw one with our
 convert_imageset from generated images, then reads each through the Data source (TRAIN,
@@ -109,8 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5,
                         help="alternating runs of source and bound; the best of each counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
