@@ -146,9 +146,11 @@ class Judge:
         low = ", ".join(p.vanishing) if p.vanishing else "none"
         status = HELD if p.vanishing else NOT_HELD
         after = ""
-        if p.rounds > 1:
-            after = (f"; with branches after conv {p.branches} the vanishing conv layers were "
-                     f"{', '.join(p.vanishing_after) or 'none'}")
+        if p.rounds > 1 and p.branches == "none":
+            after = f"; none of the {p.rounds - 1} branch placements probed lifted them"
+        elif p.rounds > 1:
+            after = (f"; with the suggested branches after conv {p.branches} the vanishing "
+                     f"conv layers were {', '.join(p.vanishing_after) or 'none'}")
         return Verdict(claim, status, f"gradient probe, {p.iters} iterations, plain init: conv "
                        f"layers with mean |dE/dW| below {p.threshold:g}: {low}{after}")
 
@@ -185,5 +187,5 @@ class ProbeSummary:
     threshold: float
     vanishing: list[str]          # trunk conv layers below threshold, plain net
     rounds: int
-    branches: str                 # taps of the last round
-    vanishing_after: list[str]    # trunk conv layers below threshold, last round
+    branches: str                 # taps the probe suggested ("none": no tap)
+    vanishing_after: list[str]    # trunk conv layers below threshold with those taps

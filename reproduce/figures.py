@@ -77,10 +77,22 @@ def copy_probe_plots(probe_dir: Path, reports: Path, prefix: str) -> list[str]:
     return names
 
 
+def suggested_round(probe_dir: Path, names: list[str]) -> str:
+    """The probe round with the taps the probe suggested (its last `BRANCHES=` line in
+    probe.out), else the last round run."""
+    try:
+        lines = (probe_dir / "probe.out").read_text(errors="replace").splitlines()
+    except OSError:
+        return names[-1]
+    answers = [line.split("=", 1)[1].strip() for line in lines if line.startswith("BRANCHES=")]
+    return answers[-1] if answers and answers[-1] in names else names[-1]
+
+
 def summarize_probe(probe_dir: Path, train_val: Path, net: str, iters: int,
                     threshold: float) -> ProbeSummary:
-    """Vanishing trunk conv layers of the first (plain) and the last probe round, with
-    Caffe layer names, each layer's statistic averaged over the iterations."""
+    """Vanishing trunk conv layers of the plain net's probe and of the probe with the
+    suggested branches, with Caffe layer names, each layer's statistic averaged over the
+    iterations."""
     rounds = read_csv(probe_dir / "probe.csv")
     convs = conv_layers(read_net(str(train_val)))
 
@@ -89,5 +101,6 @@ def summarize_probe(probe_dir: Path, train_val: Path, net: str, iters: int,
                 if name in layers and sum(layers[name]) / len(layers[name]) < threshold]
 
     names = list(rounds)
+    after = suggested_round(probe_dir, names)
     return ProbeSummary(net, iters, threshold, vanishing(rounds[names[0]]), len(names),
-                        names[-1], vanishing(rounds[names[-1]]))
+                        after, vanishing(rounds[after]))

@@ -97,3 +97,19 @@ def test_another_init_leaves_the_claims_about_the_standard_init_untested():
         assert "another initialisation" in verdict(v, claim).evidence
     assert verdict(v, "(c) CNDS-8 beats").status == HELD     # 2.1 points, spreads 0.2 + 0.1
     assert verdict(v, "(c) deeper").status == HELD
+
+
+def test_probe_verdict_when_no_probed_branch_lifted_anything():
+    probe = ProbeSummary("CNN-8", 20, 1e-7, ["conv1", "conv2"], 4, "none", ["conv1", "conv2"])
+    g = verdict(Judge(table(cnn8=[90.0]), CLAIMS, 10, probe).verdicts(), "(a) gradients vanish")
+    assert g.status == HELD and "none of the 3 branch placements probed lifted them" in g.evidence
+
+
+def test_the_probe_summary_compares_with_the_suggested_round(tmp_path):
+    from reproduce.figures import suggested_round
+    (tmp_path / "probe.out").write_text("=> tap conv 2: BRANCHES=2\nBRANCHES=2\n")
+    assert suggested_round(tmp_path, ["none", "7", "4", "2", "2,3"]) == "2"
+    (tmp_path / "probe.out").write_text("stop\nBRANCHES=none\n")
+    assert suggested_round(tmp_path, ["none", "7"]) == "none"
+    (tmp_path / "probe.out").unlink()
+    assert suggested_round(tmp_path, ["none", "7"]) == "7"
