@@ -1,32 +1,42 @@
 """Throughput of the Data source against the bound of its cores.
 
-    python bench/bench_data.py [--images 300] [--batch 32] [--seconds 3] [--rounds 5]
+    python bench/bench_data.py [--images 300] [--batch 32] [--seconds 2] [--rounds 7]
 
 Builds a 256 x 256 JPEG LMDB (encoded Datums holding the files) and a raw one with our
 convert_imageset from generated images, then reads each through the Data source (TRAIN,
-crop_size 227, mirror) with 1 and 2 worker processes. The bound is the same number of
-processes doing only the per-image work in a tight loop: decode + crop + mirror for JPEG,
-Datum parse + crop + mirror for raw. Source and bound alternate for a few rounds and the
-best of each counts (other load on the machine only lowers rates). Prints images/s, their
-ratio (target >= 0.9 for JPEG), and the ratio of images per CPU second (source: main process
-plus workers), which other load disturbs less.
+crop_size 227, mirror) with 1 and 2 worker processes, in both of its modes:
+  - `cpu`: float32 batches for a CPU consumer (the workers write the floats);
+  - `gpu`: the CPU's share of feeding a GPU: workers write cropped bytes, this process
+    takes each batch out of the ring (as it would into pinned memory); the float32, mean
+    and scale arithmetic is the GPU's and is left out. This machine needs no GPU for it.
+The bound is the same number of processes doing only the per-image work in a tight loop:
+decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. Source and bound run
+in pairs, one right after the other, for several rounds; each round gives a ratio, and the
+median over rounds counts (other load on a shared machine shifts both runs of a pair
+alike, and a median is not pulled by one disturbed round). Prints the median images/s,
+the median ratio (target >= 0.9 for JPEG), and the median ratio of images per CPU second
+(source: main process plus workers).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import cv2
 import numpy as np
+import torch
 from google.protobuf import text_format
+from tqdm import tqdm
 
 from runner.data.datum import datum_to_array, parse_datum
 from runner.data.lmdb_store import LmdbReader
-from runner.data.source import DataSource
+from runner.data.source import DataSource, LmdbBatches
 from runner.proto import caffe_pb2
 from runner.tools.convert_imageset import convert_imageset
 
@@ -54,14 +64,26 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def source_rate(db: Path, batch: int, workers: int, seconds: float) -> tuple[float, float]:
+class BytesForDevice(LmdbBatches):
+    """The Data layer's batches for a device, minus the device's work: `finish` returns
+    the raw arrays as the source copied them out of the ring."""
+
+    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return arrays
+
+
+def source_rate(db: Path, batch: int, workers: int, seconds: float,
+                mode: str) -> tuple[float, float]:
     """(images per second, images per CPU second of this process and its workers) of the
-    Data source, once its workers have started."""
+    Data source in `mode` (cpu or gpu, see above), once its workers have started."""
     lp = text_format.Parse(
         f'name: "data" type: "Data" top: "data" top: "label" '
         f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }} '
         f'transform_param {{ crop_size: {CROP} mirror: true }}', caffe_pb2.LayerParameter())
     with DataSource(lp, "TRAIN", seed=0, workers=workers) as source:
+        if mode == "gpu":
+            source.maker.__class__ = BytesForDevice
+            source.device_finish = True
         for _ in range(2):
             next(source)
         pids = [os.getpid()] + [p.pid for p in multiprocessing.active_children()]
@@ -94,14 +116,18 @@ def _tight_loop(args) -> tuple[float, float]:
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
-def bound_rate(db: Path, encoded: bool, processes: int, seconds: float) -> tuple[float, float]:
-    """(summed images/s, images per CPU second) of `processes` tight loops running at once."""
+def bound_values(db: Path, encoded: bool) -> list[bytes]:
+    """What the tight loops work on: the JPEG bytes, or the serialized raw Datums."""
     with LmdbReader(db) as reader:
         values = [value for _, value in reader]
-    if encoded:
-        values = [parse_datum(v, "").data for v in values]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        rates = pool.map(_tight_loop, [(values, encoded, seconds)] * processes)
+    return [parse_datum(v, "").data for v in values] if encoded else values
+
+
+def bound_rate(pool, processes: int, values: list[bytes], encoded: bool,
+               seconds: float) -> tuple[float, float]:
+    """(summed images/s, images per CPU second) of `processes` tight loops running at once
+    in `pool` (of that many processes)."""
+    rates = pool.map(_tight_loop, [(values, encoded, seconds)] * processes, chunksize=1)
     return sum(r[0] for r in rates), float(np.mean([r[1] for r in rates]))
 
 
@@ -109,9 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="alternating runs of source and bound; the best of each counts")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="pairs of source and bound runs; the median ratio counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -120,19 +146,27 @@ def main() -> None:
         convert_imageset(f"{tmp}/", str(list_file), str(dbs["jpeg"]), encoded=True)
         convert_imageset(f"{tmp}/", str(list_file), str(dbs["raw"]))
         print(f"{args.images} images {SIZE}x{SIZE}, crop {CROP} + mirror, batch {args.batch}, "
-              f"{multiprocessing.cpu_count()} cores, best of {args.rounds} x {args.seconds:g} s")
-        print(f"{'datums':7}{'workers':>8}{'source img/s':>14}{'bound img/s':>13}{'ratio':>7}"
-              f"{'ratio per CPU s':>17}")
+              f"{multiprocessing.cpu_count()} cores, median of {args.rounds} pairs of "
+              f"{args.seconds:g} s runs")
+        print(f"{'datums':7}{'for':>5}{'workers':>9}{'source img/s':>14}{'bound img/s':>13}"
+              f"{'ratio':>7}{'ratio per CPU s':>17}")
         for kind, db in dbs.items():
-            for workers in (1, 2):
-                runs = [(source_rate(db, args.batch, workers, args.seconds),
-                         bound_rate(db, kind == "jpeg", workers, args.seconds))
-                        for _ in range(args.rounds)]
-                got = max(src[0] for src, _ in runs)
-                bound = max(b[0] for _, b in runs)
-                per_cpu = max(src[1] for src, _ in runs) / max(b[1] for _, b in runs)
-                print(f"{kind:7}{workers:>8}{got:>14.0f}{bound:>13.0f}{got / bound:>7.2f}"
+            values = bound_values(db, kind == "jpeg")
+            for mode, workers in itertools.product(("cpu", "gpu"), (1, 2)):
+                pairs = []
+                with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                    for _ in tqdm(range(args.rounds), leave=False,
+                                  desc=f"{kind} for {mode}, {workers} workers"):
+                        pairs.append((source_rate(db, args.batch, workers, args.seconds, mode),
+                                      bound_rate(pool, workers, values, kind == "jpeg",
+                                                 args.seconds)))
+                got = median(src[0] for src, _ in pairs)
+                bound = median(b[0] for _, b in pairs)
+                ratio = median(src[0] / b[0] for src, b in pairs)
+                per_cpu = median(src[1] / b[1] for src, b in pairs)
+                print(f"{kind:7}{mode:>5}{workers:>9}{got:>14.0f}{bound:>13.0f}{ratio:>7.2f}"
                       f"{per_cpu:>17.2f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -42,6 +42,8 @@ def test_training_throughput_measures_real_steps():
     assert r["iters"] >= 1 and r["images_per_s"] > 0
 
 
-def test_data_throughput_reads_the_jpeg_lmdb():
-    r = gpu.data_throughput(torch.device("cpu"), 4, 0.2, images=12, workers=1)
-    assert r["images_per_s"] > 0 and r["pinned"] is False and r["workers"] == 1
+@pytest.mark.parametrize("bytes_to_device", [True, False])
+def test_data_throughput_reads_the_jpeg_lmdb(bytes_to_device):
+    r = gpu.data_throughput(torch.device("cpu"), 4, 0.2, images=12, workers=1,
+                            bytes_to_device=bytes_to_device)
+    assert r["images_per_s"] > 0 and r["workers"] == 1

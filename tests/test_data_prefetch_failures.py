@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from runner.data.datum import DataError
@@ -29,7 +30,14 @@ def time_limit():
     signal.signal(signal.SIGALRM, previous)
 
 
-class SlowMaker:
+class TwoFloats:
+    """A maker's layout: one array x of two floats per batch."""
+
+    def layout(self):
+        return {"x": ((2,), np.dtype(np.float32))}
+
+
+class SlowMaker(TwoFloats):
     """Fills batch i with the value i after `delay` seconds."""
 
     def __init__(self, delay):
@@ -41,14 +49,14 @@ class SlowMaker:
 
 
 def test_batches_come_in_order_from_workers():
-    stream = Prefetcher(SlowMaker(0.0), {"x": (2,)}, workers=2, depth=2, name="data")
+    stream = Prefetcher(SlowMaker(0.0), workers=2, depth=2, name="data")
     try:
         assert [float(next(stream)["x"][0]) for _ in range(5)] == [0, 1, 2, 3, 4]
     finally:
         stream.close()
 
 
-class DyingMaker:
+class DyingMaker(TwoFloats):
     """Kills its own worker process on batch 1."""
 
     def make(self, index, arrays):
@@ -58,7 +66,7 @@ class DyingMaker:
 
 
 def test_killed_worker_is_reported():
-    stream = Prefetcher(DyingMaker(), {"x": (2,)}, workers=1, depth=1, name="data")
+    stream = Prefetcher(DyingMaker(), workers=1, depth=1, name="data")
     try:
         with pytest.raises(DataError, match=r"layer 'data': data worker failed: process "
                                             r"data-data-0 .* stopped \(killed by signal 9\)"):
@@ -70,7 +78,7 @@ def test_killed_worker_is_reported():
         stream.close()
 
 
-class FailingMaker:
+class FailingMaker(TwoFloats):
     """Raises an unexpected error on batch 2."""
 
     def make(self, index, arrays):
@@ -80,7 +88,7 @@ class FailingMaker:
 
 
 def test_unexpected_worker_error_names_the_batch_and_the_stream_goes_on():
-    stream = Prefetcher(FailingMaker(), {"x": (2,)}, workers=2, depth=2, name="data")
+    stream = Prefetcher(FailingMaker(), workers=2, depth=2, name="data")
     try:
         assert [float(next(stream)["x"][0]) for _ in range(2)] == [0, 1]
         with pytest.raises(DataError, match=r"failed on batch 2:(.|\n)*ZeroDivisionError"):
@@ -91,7 +99,7 @@ def test_unexpected_worker_error_names_the_batch_and_the_stream_goes_on():
 
 
 def test_interrupt_while_waiting_leaves_a_stream_that_closes():
-    stream = Prefetcher(SlowMaker(30.0), {"x": (2,)}, workers=1, depth=1, name="data")
+    stream = Prefetcher(SlowMaker(30.0), workers=1, depth=1, name="data")
     pid = stream.workers[0].proc.pid
 
     def interrupt(*_):
@@ -117,7 +125,7 @@ def test_interpreter_exits_with_an_unclosed_source():
         sys.path.insert(0, "tests")
         from runner.data.prefetch import Prefetcher
         from test_data_prefetch_failures import SlowMaker
-        stream = Prefetcher(SlowMaker(0.0), {"x": (2,)}, workers=2, depth=2, name="data")
+        stream = Prefetcher(SlowMaker(0.0), workers=2, depth=2, name="data")
         next(stream)
         print(" ".join(str(w.proc.pid) for w in stream.workers))
     """)

@@ -1,6 +1,6 @@
 """Prefetching through the shared-memory ring: worker batches equal the in-process ones, a
-stream can seek, closing leaves no shared memory or process behind, and batches come pinned
-(and move to the GPU) when CUDA is present."""
+stream can seek, closing leaves no shared memory or process behind, and batches are finished
+(float, mean, scale) on the device that uses them."""
 import gc
 import os
 
@@ -98,14 +98,20 @@ def test_closing_leaves_no_shared_memory_or_process(jpeg_db):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_batches_reach_the_device_pinned_when_cuda_is_present(jpeg_db, device):
-    expected = take(source(jpeg_db, 0), 3)
-    with source(jpeg_db, 1) as stream:
-        for want in expected:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_finished_on_the_device_from_bytes_equal_cpu_batches(jpeg_db, device,
+                                                                     workers):
+    """The two-stage path (bytes through the ring, float32/mean/scale where the batch is
+    used; through pinned memory to a GPU) gives the one-stage CPU batches."""
+    expected = take(source(jpeg_db, 0), 4)
+    with source(jpeg_db, workers) as stream:
+        stream.to(device).device_finish = True
+        for i, want in enumerate(expected):
             batch = next(stream)
-            assert all(t.is_pinned() == torch.cuda.is_available() for t in batch.values())
-            moved = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
-            del batch
-            for k, t in moved.items():
-                assert t.device.type == device
-                assert torch.equal(t.cpu(), want[k])
+            if i == 0 and workers:
+                pixels = stream._prefetcher.ring["pixels"]
+                assert pixels.dtype == torch.uint8 and pixels.is_shared()
+                assert pixels.shape[-4:] == (3, 7, 7, 3)   # N x h x w x C, as decoded
+            for k, t in batch.items():
+                assert t.device.type == device and t.dtype == torch.float32
+                assert torch.equal(t.cpu(), want[k]), f"batch {i} {k}"

@@ -235,3 +235,63 @@ def test_image_data_names_an_unreadable_image(tmp_path):
                                         "OpenCV cannot read it"):
         next(source)
     source.close()
+
+
+def write_mean(path, mean):
+    blob = caffe_pb2.BlobProto(num=1, channels=mean.shape[0], height=mean.shape[1],
+                               width=mean.shape[2], data=mean.ravel())
+    path.write_bytes(blob.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("device_finish", [False, True], ids=["one-stage", "two-stage"])
+def test_batches_equal_caffes_transform_of_each_record(noise_db, tmp_path, workers,
+                                                       device_finish):
+    """Transformed in the worker, or cropped and mirrored there and finished (mean_file at
+    the crop offset, scale) in this process: Caffe's loop on each record, with the batch's
+    Rand draws."""
+    from test_data_transformer import caffe_reference
+    from runner.data.source import BATCH_STREAM, generator
+    mean = np.random.default_rng(2).uniform(0, 255, (3, 12, 13)).astype(np.float32)
+    mean_file = write_mean(tmp_path / "mean.binaryproto", mean)
+    transform = f'crop_size: 7 mirror: true scale: 0.0078125 mean_file: "{mean_file}"'
+    lp = data_layer(noise_db, batch_size=3, transform=transform)
+    images = [np.frombuffer(caffe_pb2.Datum.FromString(v).data, np.uint8).reshape(3, 12, 13)
+              for _, v in lmdb.open(str(noise_db), readonly=True).begin().cursor()]
+    with source_factory("Data")(lp, "TRAIN", seed=9, workers=workers) as source:
+        source.device_finish = device_finish
+        for index in range(5):                       # wraps around the 10 records
+            batch, rng = next(source), generator(9, BATCH_STREAM, 0, index)
+            for k in range(3):
+                want, _ = caffe_reference(images[(index * 3 + k) % N],
+                                          lp.transform_param, True, mean, rng)
+                np.testing.assert_array_equal(batch["data"][k].numpy(), want)
+            assert batch["label"].tolist() == [(index * 3 + k) % N for k in range(3)]
+
+
+def float_datum(values, label):
+    c, h, w = values.shape
+    return caffe_pb2.Datum(channels=c, height=h, width=w, float_data=values.ravel(),
+                           label=label).SerializeToString()
+
+
+def test_float_datums_stay_float_and_a_mixed_database_is_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 1, (4, 2, 5, 6)).astype(np.float32)
+    write_lmdb(tmp_path / "float", [(f"{i:08d}", float_datum(v, i)) for i, v in enumerate(values)])
+    lp = data_layer(tmp_path / "float", batch_size=4, transform="scale: 0.5 mean_value: 1")
+    for device_finish in (False, True):
+        source = source_factory("Data")(lp, "TEST", workers=0)
+        source.device_finish = device_finish
+        np.testing.assert_array_equal(next(source)["data"].numpy(),
+                                      (values - np.float32(1)) * np.float32(0.5))
+    records = [(f"{i:08d}", image_to_datum(np.zeros((5, 6, 2), np.uint8), i).SerializeToString())
+               for i in range(3)] + [("00000003", float_datum(values[3], 3))]
+    write_lmdb(tmp_path / "mixed", records)
+    mixed = source_factory("Data")(data_layer(tmp_path / "mixed", batch_size=4), "TEST",
+                                   workers=0)
+    mixed.device_finish = True
+    with pytest.raises(DataError, match="key '00000003': pixels are float32, the batch's are "
+                                        "uint8"):
+        next(mixed)

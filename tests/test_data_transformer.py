@@ -1,9 +1,11 @@
 """DataTransformer against an element-by-element transcription of Caffe's
 DataTransformer::Transform(const Datum&, Dtype*), drawing Rand(n) from the same seeded
 Generator, for crop/mirror/mean_file/mean_value/scale in TRAIN and TEST, on planar (raw
-Datum) and interleaved (decoded image) pixels."""
+Datum) and interleaved (decoded image) pixels; in one stage (`transform_into` per image) and
+in two (`crop_into` per image, then `finish` on the whole batch)."""
 import numpy as np
 import pytest
+import torch
 
 from runner.data.datum import DataError
 from runner.data.transformer import DataTransformer
@@ -71,7 +73,8 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(sorted(c)) or "identity")
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["planar", "interleaved"])
-def test_transform_equals_caffes_loop(case, phase, dtype, interleaved, mean_file):
+@pytest.mark.parametrize("stages", [1, 2])
+def test_transform_equals_caffes_loop(case, phase, dtype, interleaved, stages, mean_file):
     case = dict(case)
     mean = None
     if case.pop("mean_file", False):
@@ -80,14 +83,25 @@ def test_transform_equals_caffes_loop(case, phase, dtype, interleaved, mean_file
     transformer = DataTransformer(param, phase)
     ours, theirs = np.random.default_rng(7), np.random.default_rng(7)
     images = np.random.default_rng(3).integers(0, 256, (20, C, H, W)).astype(dtype)
+    if interleaved:      # channels interleaved in memory, as OpenCV decodes images
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    shape = (20, *transformer.output_shape(images[0].shape, "img"))
+    if stages == 1:
+        batch = torch.empty(shape)
+        for image, out in zip(images, batch.numpy()):
+            transformer.transform_into(image, out, ours, "img")
+    else:
+        pixels = np.empty(shape, dtype)
+        if interleaved:    # kept interleaved, as a Data layer keeps decoded images
+            pixels = np.empty((20, *shape[2:], C), dtype).transpose(0, 3, 1, 2)
+        crops = np.array([transformer.crop_into(image, out, ours, "img")
+                          for image, out in zip(images, pixels)], np.int32)
+        batch = transformer.finish(torch.from_numpy(pixels), torch.from_numpy(crops))
+    assert batch.dtype == torch.float32
     mirrored = set()
-    for image in images:
-        if interleaved:      # channels interleaved in memory, as OpenCV decodes images
-            image = np.ascontiguousarray(image.transpose(1, 2, 0)).transpose(2, 0, 1)
-        out = np.empty(transformer.output_shape(image.shape, "img"), np.float32)
-        transformer.transform_into(image, out, ours, "img")
+    for image, got in zip(images, batch):
         expected, was_mirrored = caffe_reference(image, param, phase == "TRAIN", mean, theirs)
-        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(got.numpy(), expected)
         mirrored.add(was_mirrored)
     assert mirrored == ({False, True} if param.mirror else {False})  # in TEST too
 
@@ -95,9 +109,12 @@ def test_transform_equals_caffes_loop(case, phase, dtype, interleaved, mean_file
 def test_one_channel_mean_value_and_center_crop():
     param = caffe_pb2.TransformationParameter(crop_size=2, mean_value=[10])
     image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
-    out = np.empty((1, 2, 2), np.float32)
-    DataTransformer(param, caffe_pb2.TEST).transform_into(image, out, None, "img")
-    np.testing.assert_array_equal(out, [[[-5, -4], [-1, 0]]])
+    transformer = DataTransformer(param, caffe_pb2.TEST)
+    out = np.empty((1, 1, 2, 2), np.uint8)
+    crops = [transformer.crop_into(image, out[0], None, "img")]
+    batch = transformer.finish(torch.from_numpy(out), torch.tensor(crops, dtype=torch.int32))
+    assert crops == [(1, 1, 0)]
+    np.testing.assert_array_equal(batch.numpy(), [[[[-5, -4], [-1, 0]]]])
 
 
 def test_bad_parameters_and_images_name_the_problem(mean_file):
@@ -123,4 +140,7 @@ def test_bad_parameters_and_images_name_the_problem(mean_file):
         two.output_shape(image.shape, "key 'k3'")
     with pytest.raises(DataError, match="key 'k4': image is 3 x 9 x 11, which does not give"):
         two_free = DataTransformer(caffe_pb2.TransformationParameter(), "TRAIN")
-        two_free.transform_into(image, np.empty((C, 8, 8), np.float32), None, "key 'k4'")
+        two_free.crop_into(image, np.empty((C, 8, 8), np.uint8), None, "key 'k4'")
+    with pytest.raises(DataError, match="key 'k5': pixels are float32, the batch's are uint8"):
+        two_free.crop_into(image.astype(np.float32), np.empty((C, H, W), np.uint8), None,
+                           "key 'k5'")

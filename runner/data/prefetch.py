@@ -1,17 +1,22 @@
 """Batches made ahead in worker processes, handed over through a ring of shared-memory slots.
 
-A batch maker is a picklable object whose `make(index, arrays)` fills float32 numpy arrays
-with batch number `index`. A batch depends on its index alone, so the stream is the same for
-any number of workers (0 makes batches in this process) and a stream can start anywhere.
+A batch maker is a picklable object whose `make(index, arrays)` fills numpy arrays (its
+`layout()`: name -> (shape, dtype)) with batch number `index`, in a worker. A batch depends
+on its index alone, so the stream is the same for any number of workers (0 makes batches in
+this process) and a stream can start anywhere.
 
 The ring is allocated once, in shared memory, and given to each worker when it starts: a
 worker is told (batch index, slot), makes the batch straight into the slot and answers
 (batch index, slot, error); only those small messages cross processes. At most `depth`
 (Caffe's data_param.prefetch) batches plus one per worker are in flight, and they come
-back in order. Without CUDA the caller gets tensors on the slot itself, and the slot
-returns to the ring once nothing references them (a caller that keeps many batches gets
-copies beyond a few); with CUDA each batch is copied into pinned memory and its slot is
-free at once.
+back in order.
+
+For the CPU the arrays are the batch: the caller gets tensors on the slot itself, and the
+slot returns to the ring once nothing references them (a caller that keeps many batches
+gets copies beyond a few). For another device the maker makes the batch in two stages
+(`device_finish`): the arrays are raw (bytes where the data are bytes), copied into pinned
+memory and sent to the device, where the maker's `finish(arrays)` completes the batch; the
+slot is free at once.
 
 Workers start from a fork server (never by forking this process, whose OpenCV and OpenMP
 thread pools a child could inherit mid-state and deadlock in). A worker's DataError (naming
@@ -26,6 +31,7 @@ import signal
 import sys
 import traceback
 import weakref
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from typing import NoReturn, Protocol
 
@@ -38,13 +44,23 @@ from runner.shapes import Shape
 
 WORKERS_ENV = "RUNNER_DATA_WORKERS"
 WORKER_START = "forkserver"
-SPARE_SLOTS = 2        # slots beyond `depth` for the batches the caller still holds
+SPARE_SLOTS = 2        # slots beyond `depth` for the batches a CPU caller still holds
 STALL_SECONDS = 300.0  # no batch for this long from live workers is an error, not a hang
 _JOIN_SECONDS = 5.0    # how long close() waits for a worker to exit before killing it
 
 
+# name -> (shape, numpy dtype) of the arrays a maker fills per batch
+Layout = Mapping[str, tuple[Shape, np.dtype]]
+
+
 class BatchMaker(Protocol):
+    device_finish: bool   # make raw arrays, completed by `finish` on the device
+
+    def layout(self) -> Layout: ...
+
     def make(self, index: int, arrays: dict[str, np.ndarray]) -> None: ...
+
+    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
 
 def default_workers() -> int:
@@ -106,12 +122,15 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 class Prefetcher:
-    """Iterator over batches start, start+1, ... of `maker`, as dicts of float32 tensors."""
+    """Iterator over batches start, start+1, ... of `maker`, finished on `device`."""
 
-    def __init__(self, maker: BatchMaker, shapes: dict[str, Shape], *, workers: int,
-                 depth: int, name: str, start: int = 0):
-        self.maker, self.shapes, self.name = maker, shapes, name
-        self.pin = torch.cuda.is_available()
+    def __init__(self, maker: BatchMaker, *, workers: int, depth: int, name: str,
+                 start: int = 0, device: torch.device | str = "cpu",
+                 device_finish: bool | None = None):
+        self.device = torch.device(device)
+        self.on_device = self.device.type != "cpu" if device_finish is None else device_finish
+        maker.device_finish = self.on_device
+        self.maker, self.layout, self.name = maker, maker.layout(), name
         self.next_batch = self.next_task = start
         self.workers: list[_Worker] = []
         self._stop = weakref.finalize(self, _stop_all, self.workers)
@@ -120,7 +139,7 @@ class Prefetcher:
         # `depth` batches made ahead (Caffe's data_param.prefetch) plus one being made by
         # each worker, so that no worker idles while the next batch in order is late
         self.depth = max(1, depth) + workers
-        self.ring = self._allocate(self.depth + (0 if self.pin else SPARE_SLOTS))
+        self.ring = self._allocate(self.depth + (0 if self.on_device else SPARE_SLOTS))
         self.free = list(range(len(next(iter(self.ring.values())))))
         self.ready: dict[int, tuple[int, str | None]] = {}
         self.lent: dict[int, list[np.ndarray]] = {}
@@ -131,8 +150,8 @@ class Prefetcher:
 
     def _allocate(self, slots: int) -> dict[str, torch.Tensor]:
         try:
-            return {top: torch.empty((slots, *shape)).share_memory_()
-                    for top, shape in self.shapes.items()}
+            return {key: torch.from_numpy(np.empty((slots, *shape), dtype)).share_memory_()
+                    for key, (shape, dtype) in self.layout.items()}
         except RuntimeError as exc:
             raise DataError(f"layer '{self.name}': no shared memory for {slots} batches "
                             f"({exc}); enlarge /dev/shm, lower data_param.prefetch, or set "
@@ -163,11 +182,31 @@ class Prefetcher:
         self._stop()
 
     def _make_here(self) -> dict[str, torch.Tensor]:
-        arrays = {top: np.empty(shape, np.float32) for top, shape in self.shapes.items()}
+        arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.layout.items()}
         self.maker.make(self.next_batch, arrays)
         self.next_batch += 1
-        tensors = {top: torch.from_numpy(a) for top, a in arrays.items()}
-        return {top: t.pin_memory() for top, t in tensors.items()} if self.pin else tensors
+        tensors = {key: torch.from_numpy(a) for key, a in arrays.items()}
+        return self._finish(tensors) if self.on_device else tensors
+
+    def _finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The maker's batch from raw `arrays`, completed on the device from a copy (in
+        pinned memory for a GPU, sent asynchronously)."""
+        pin = self.device.type == "cuda"
+        staged = {key: _copy(t, pin) for key, t in arrays.items()}
+        return self.maker.finish({key: t.to(self.device, non_blocking=True)
+                                  for key, t in staged.items()})
+
+    def _hand_out(self, slot: int) -> dict[str, torch.Tensor]:
+        tensors = {key: ring[slot] for key, ring in self.ring.items()}
+        if self.on_device or len(self.lent) >= SPARE_SLOTS:   # the slot is free at once
+            try:
+                return self._finish(tensors) if self.on_device else \
+                    {key: _copy(t, pin=False) for key, t in tensors.items()}
+            finally:
+                self.free.append(slot)
+        views = [t.numpy()[...] for t in tensors.values()]
+        self.lent[slot] = views
+        return {key: torch.from_numpy(v) for key, v in zip(tensors, views)}
 
     def _reclaim(self) -> None:
         """Return to the ring every lent slot whose tensors are no longer referenced."""
@@ -214,15 +253,13 @@ class Prefetcher:
                         "to make batches in the main process")
         raise DataError(self.failure)
 
-    def _hand_out(self, slot: int) -> dict[str, torch.Tensor]:
-        tensors = {top: ring[slot] for top, ring in self.ring.items()}
-        if self.pin or len(self.lent) >= SPARE_SLOTS:   # copy; the slot is free at once
-            self.free.append(slot)
-            return {top: t.pin_memory() if self.pin else t.clone()
-                    for top, t in tensors.items()}
-        views = [t.numpy()[...] for t in tensors.values()]
-        self.lent[slot] = views
-        return {top: torch.from_numpy(v) for top, v in zip(tensors, views)}
+
+def _copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A copy of a CPU tensor (pinned if `pin`), made by numpy in this thread: torch's copy
+    would wake its OpenMP pool, whose threads then spin on the cores the workers need."""
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
+    np.copyto(out.numpy(), tensor.numpy())
+    return out
 
 
 def _in_use(views: list[np.ndarray]) -> bool:
@@ -263,8 +300,10 @@ def _work(maker: BatchMaker, ring: dict[str, torch.Tensor], tasks: Connection,
 class PrefetchingSource:
     """A data layer as a Source: its own iterator, yielding {top: tensor} batches forever.
 
-    Subclasses set `name`, `top_shapes`, `maker`, `workers` and `depth`. Workers start on the
-    first batch; `close()` stops them and a later `next()` carries on where the stream was;
+    Subclasses set `name`, `top_shapes`, `maker`, `workers` and `depth`; batches are
+    made for `device` (the CPU unless `to(device)` says otherwise), in two stages there
+    unless `device_finish` says otherwise (None: for any device but the CPU). Workers start
+    on the first batch; `close()` stops them and a later `next()` carries on where the stream was;
     `skip_batches(n)` moves the stream on without making the batches.
     """
 
@@ -273,6 +312,8 @@ class PrefetchingSource:
     maker: BatchMaker
     workers: int
     depth: int
+    device: torch.device = torch.device("cpu")
+    device_finish: bool | None = None
     _prefetcher: Prefetcher | None = None
     _next_batch: int = 0
 
@@ -281,10 +322,19 @@ class PrefetchingSource:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self.maker, self.top_shapes, workers=self.workers,
-                                          depth=self.depth, name=self.name,
-                                          start=self._next_batch)
+            self._prefetcher = Prefetcher(self.maker, workers=self.workers, depth=self.depth,
+                                          name=self.name, start=self._next_batch,
+                                          device=self.device,
+                                          device_finish=self.device_finish)
         return next(self._prefetcher)
+
+    def to(self, device: torch.device | str) -> PrefetchingSource:
+        """Make batches for `device` from the next one on (the stream goes on where it was)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.close()
+            self.device = device
+        return self
 
     def skip_batches(self, n: int) -> None:
         """Position the stream n batches further on (exact: a batch depends on its index)."""

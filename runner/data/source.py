@@ -16,11 +16,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from runner.data.datum import DataError, parse_datum
 from runner.data.lmdb_store import LmdbReader
-from runner.data.prefetch import PrefetchingSource, default_workers
-from runner.data.transformer import DataTransformer
+from runner.data.prefetch import Layout, PrefetchingSource, default_workers
+from runner.data.transformer import CROP_FIELDS, DataTransformer
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -60,7 +61,12 @@ def check_tops(lp, max_tops: int = 2) -> list[str]:
 
 class StreamBatches:
     """Batch number `index` of a data layer: the items at the rank's stream positions,
-    transformed in order with one Generator per (seed, rank, batch). Subclasses read items."""
+    transformed in order with one Generator per (seed, rank, batch). Subclasses read items.
+
+    With `device_finish` the batch is made in two stages (runner.data.prefetch): `make`
+    crops and mirrors the raw pixels, `finish` completes them on the device. Pixels
+    decoded with their channels interleaved stay so (N x h x w x C) until the device
+    transposes them."""
 
     transformer: DataTransformer
     tops: list[str]
@@ -68,6 +74,8 @@ class StreamBatches:
     seed: int
     rank: int
     world_size: int
+    device_finish: bool = False
+    interleaved: bool = False   # device_finish pixels are N x h x w x C
 
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         """(where, CxHxW image, label) at stream position `position`."""
@@ -75,14 +83,48 @@ class StreamBatches:
 
     def make(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         rng = generator(self.seed, BATCH_STREAM, self.rank, index)
-        data = arrays[self.tops[0]]
-        labels = arrays[self.tops[1]] if len(self.tops) > 1 else None
+        if self.device_finish:
+            data, crops, labels = arrays["pixels"], arrays["crops"], arrays.get("labels")
+            if self.interleaved:
+                data = data.transpose(0, 3, 1, 2)
+        else:
+            data = arrays[self.tops[0]]
+            labels = arrays[self.tops[1]] if len(self.tops) > 1 else None
         offsets = stream_offsets(index, self.batch_size, self.rank, self.world_size)
         for item, position in enumerate(offsets):
             where, image, label = self.item(position)
-            self.transformer.transform_into(image, data[item], rng, where)
+            if self.device_finish:
+                crops[item] = self.transformer.crop_into(image, data[item], rng, where)
+            else:
+                self.transformer.transform_into(image, data[item], rng, where)
             if labels is not None:
                 labels[item] = label
+
+    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tops from `make`'s raw arrays (`device_finish`: a copy of them, on their
+        device)."""
+        pixels = arrays["pixels"]
+        if self.interleaved:
+            pixels = pixels.permute(0, 3, 1, 2)
+        tops = {self.tops[0]: self.transformer.finish(pixels, arrays["crops"])}
+        if len(self.tops) > 1:
+            tops[self.tops[1]] = arrays["labels"]
+        return tops
+
+    def layout(self) -> Layout:
+        """The arrays `make` fills: the tops, or with `device_finish` the raw pixels (in the
+        first item's dtype and channel order), their crops and the labels."""
+        shapes = self.top_shapes()
+        if not self.device_finish:
+            return {top: (shape, np.dtype(np.float32)) for top, shape in shapes.items()}
+        image = self.item(self.rank)[1]
+        self.interleaved = image.shape[0] > 1 and image.strides[0] == image.itemsize
+        n, c, h, w = shapes[self.tops[0]]
+        layout = {"pixels": ((n, h, w, c) if self.interleaved else (n, c, h, w), image.dtype),
+                  "crops": ((self.batch_size, CROP_FIELDS), np.dtype(np.int32))}
+        if len(self.tops) > 1:
+            layout["labels"] = ((self.batch_size,), np.dtype(np.float32))
+        return layout
 
     def top_shapes(self) -> dict[str, tuple[int, ...]]:
         """Top shapes, from the rank's first item (as Caffe shapes tops from the first)."""

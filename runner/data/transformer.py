@@ -1,19 +1,31 @@
-"""Caffe's DataTransformer (src/caffe/data_transformer.cpp), vectorised per image.
+"""Caffe's DataTransformer (src/caffe/data_transformer.cpp), in two stages.
 
 For each image, in Caffe's order: mirror = `mirror` and Rand(2); crop offsets Rand(H - crop
 + 1), Rand(W - crop + 1) in TRAIN or the centre in TEST; out = (x - mean) * scale, where the
 mean is the mean_file blob at the source pixel (so at the crop offset) or one mean_value per
 channel; the crop is then flipped left-right when mirrored. Rand(n) is `rng.integers(n)`
 on the numpy Generator the caller passes, so results follow from its seed.
+
+`transform_into` does it all per image in numpy, where the image is decoded (for a CPU
+consumer, in a data worker, while the pixels are in cache). For another device it comes in
+two stages: `crop_into` does the geometry (crop, mirror) per image, keeping the pixels'
+dtype (bytes cross to the device, a quarter of the floats), and `finish` does the
+arithmetic (float32, mean, scale) on the whole batch there. Every path gives Caffe's
+numbers bit for bit: uint8 -> float32 is exact, and the subtraction and the product are
+float32 operations, as Caffe's.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from runner.data.datum import DataError, dims, datum_to_array, decode_flag
 from runner.data.mean import load_mean
 from runner.proto import caffe_pb2
+
+# What `crop_into` returns per image and `finish` reads back: (h_off, w_off, mirrored).
+CROP_FIELDS = 3
 
 
 def phase_value(phase) -> int:
@@ -39,12 +51,16 @@ class DataTransformer:
         self.train = phase_value(phase) == caffe_pb2.TRAIN
         self.crop = int(param.crop_size)
         self.mirror = bool(param.mirror)
-        self.scale = np.float32(param.scale)
+        self.scale = float(np.float32(param.scale))
         self.flag = decode_flag(param.force_color, param.force_gray)
         self.mean_file = param.mean_file if param.HasField("mean_file") else None
         self.mean = load_mean(self.mean_file) if self.mean_file else None
         self.mean_values = (np.asarray(param.mean_value, np.float32)
                             if len(param.mean_value) else None)
+        self._means_on: dict[torch.device, torch.Tensor] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_means_on": {}}   # device copies stay in their process
 
     def decode(self, datum: caffe_pb2.Datum, where: str) -> np.ndarray:
         """A parsed Datum as a CxHxW array, decoded with force_color/force_gray if encoded."""
@@ -66,14 +82,20 @@ class DataTransformer:
             return channels, self.crop, self.crop
         return channels, height, width
 
-    def transform_into(self, image: np.ndarray, out: np.ndarray,
-                       rng: np.random.Generator, where: str) -> None:
-        """Transform one CxHxW image into `out` (float32, shape `output_shape`)."""
-        _, height, width = out.shape
+    def crop_into(self, image: np.ndarray, out: np.ndarray, rng: np.random.Generator | None,
+                  where: str) -> tuple[int, int, int]:
+        """Crop and mirror one CxHxW image into `out` (same dtype, shape `output_shape`);
+        returns (h_off, w_off, mirrored) for `finish`. `rng` may be None in TEST without
+        mirror (nothing is drawn)."""
         if self.output_shape(image.shape, where) != out.shape:
             raise DataError(f"{where}: image is {dims(image.shape)}, which does not give "
                             f"the batch's {dims(out.shape)} ({self.where}); use crop_size "
                             "or convert_imageset --resize_height/--resize_width")
+        if image.dtype != out.dtype:
+            raise DataError(f"{where}: pixels are {image.dtype}, the batch's are {out.dtype} "
+                            "(as in the first record); a database must not mix byte and "
+                            "float Datums")
+        _, height, width = out.shape
         mirror = self.mirror and rng.integers(2) == 1
         h_off = w_off = 0
         if self.crop:
@@ -83,41 +105,87 @@ class DataTransformer:
             else:
                 h_off = (image.shape[1] - self.crop) // 2
                 w_off = (image.shape[2] - self.crop) // 2
-        window = (slice(None), slice(h_off, h_off + height), slice(w_off, w_off + width))
-        flip = (slice(None), slice(None), slice(None, None, -1)) if mirror else ...
-        _pixels_into(image[window], mirror, out)
+        _window_into(image[:, h_off:h_off + height, w_off:w_off + width], mirror, out)
+        return h_off, w_off, int(mirror)
+
+    def transform_into(self, image: np.ndarray, out: np.ndarray,
+                       rng: np.random.Generator | None, where: str) -> None:
+        """Transform one CxHxW image into `out` (float32, shape `output_shape`)."""
+        pixels = _scratch(out.shape, image.dtype)
+        h_off, w_off, mirror = self.crop_into(image, pixels, rng, where)
+        np.copyto(out, pixels, casting="unsafe")
         if self.mean is not None:
-            np.subtract(out, self.mean[window][flip], out=out)
+            _, height, width = out.shape
+            window = self.mean[:, h_off:h_off + height, w_off:w_off + width]
+            np.subtract(out, window[:, :, ::-1] if mirror else window, out=out)
         elif self.mean_values is not None:
             np.subtract(out, self.mean_values.reshape(-1, 1, 1), out=out)
         if self.scale != 1:
-            np.multiply(out, self.scale, out=out)
+            np.multiply(out, np.float32(self.scale), out=out)
+
+    def finish(self, pixels: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """(pixels - mean) * scale as a new contiguous float32 tensor, for an N x C x h x w
+        batch of `crop_into` outputs (any strides: a permuted N x h x w x C batch is
+        transposed here) and their N x CROP_FIELDS `crops`, on the pixels' device."""
+        out = pixels.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        if self.mean is not None:
+            out.sub_(self._mean_windows(pixels.device, crops.to(pixels.device), out.shape))
+        elif self.mean_values is not None:
+            out.sub_(self._device_means(pixels.device).view(1, -1, 1, 1))
+        if self.scale != 1:
+            out.mul_(self.scale)
+        return out
+
+    def _device_means(self, device: torch.device) -> torch.Tensor:
+        """The mean blob or mean values as a float32 tensor on `device` (kept)."""
+        if device not in self._means_on:
+            means = self.mean if self.mean is not None else self.mean_values
+            self._means_on[device] = torch.from_numpy(means).to(device)
+        return self._means_on[device]
+
+    def _mean_windows(self, device: torch.device, crops: torch.Tensor,
+                      shape: torch.Size) -> torch.Tensor:
+        """N x C x h x w: each image's window of the mean blob, flipped where it was."""
+        _, _, height, width = shape
+        mean = self._device_means(device)
+        crops = crops.long()
+        rows = crops[:, 0:1] + torch.arange(height, device=device)          # N x h
+        steps = torch.arange(width, device=device)
+        cols = crops[:, 1:2] + torch.where(crops[:, 2:3] == 1, width - 1 - steps, steps)
+        return mean[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)  # N x C x h x w
 
 
-def _pixels_into(window: np.ndarray, mirror: bool, out: np.ndarray) -> None:
-    """out = the CxHxW window as float32, flipped left-right if `mirror`.
+def _window_into(window: np.ndarray, mirror: bool, out: np.ndarray) -> None:
+    """out = the CxHxW window, flipped left-right if `mirror`.
 
     OpenCV flips, and splits a window of a decoded image (channels interleaved in memory)
-    into planes; numpy then converts contiguous planes to float32 in one pass: several
-    times faster than numpy's strided copies.
+    into planes: several times faster than numpy's strided copies. An `out` that is itself
+    interleaved (a view of an HxWxC array) takes the flipped window as it is.
     """
     if window.shape[0] > 1 and window.strides[0] == window.itemsize:
         hwc = window.transpose(1, 2, 0)
+        if out.strides[0] == out.itemsize:
+            if mirror:
+                cv2.flip(hwc, 1, dst=out.transpose(1, 2, 0))
+            else:
+                np.copyto(out.transpose(1, 2, 0), hwc)
+            return
         # cv2.split is slow on a window of a larger image, fast on a contiguous copy
         hwc = cv2.flip(hwc, 1) if mirror else np.ascontiguousarray(hwc)
-        planes = _scratch(out.shape, window.dtype)
-        cv2.split(hwc, list(planes))
-        np.copyto(out, planes, casting="unsafe")
+        cv2.split(hwc, list(out))
         return
     for plane, pixels in zip(out, window):
-        np.copyto(plane, cv2.flip(pixels, 1) if mirror else pixels, casting="unsafe")
+        if mirror:
+            cv2.flip(pixels, 1, dst=plane)
+        else:
+            np.copyto(plane, pixels)
 
 
 _SCRATCH: dict[tuple, np.ndarray] = {}
 
 
 def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A reusable array of this shape and dtype (one per process; only _pixels_into uses it)."""
+    """A reusable array of this shape and dtype (one per process; transform_into's)."""
     key = (tuple(shape), np.dtype(dtype))
     if key not in _SCRATCH:
         _SCRATCH[key] = np.empty(shape, dtype)

@@ -9,12 +9,14 @@ from runner.solver.errors import SolverConfigError
 class BatchStream:
     """One Caffe Forward's inputs per `next()`: every source of a net, merged, on device.
 
+    Sources that can (`to(device)`) make their batches there themselves: a Data layer
+    sends its pixels as bytes and finishes them (float, mean, scale) on the device.
     `skip(n)` positions the stream after n batches (a resumed run continues where the
     interrupted one stopped); sources that can seek (`skip_batches`) do so directly.
     """
 
     def __init__(self, sources, device: torch.device, channels_last: bool = False):
-        self.sources = list(sources)
+        self.sources = [s.to(device) if hasattr(s, "to") else s for s in sources]
         self.iterators = [iter(s) for s in self.sources]
         self.device = device
         self.channels_last = channels_last
