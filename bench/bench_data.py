@@ -10,7 +10,10 @@ crop_size 227, mirror) with 1 and 2 worker processes, in both of its modes:
     takes each batch out of the ring (as it would into pinned memory); the float32, mean
     and scale arithmetic is the GPU's and is left out. This machine needs no GPU for it.
 The bound is the same number of processes doing only the per-image work in a tight loop:
-decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. Source and bound run
+decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. For the `cpu` rows a
+second bound also writes each crop as float32 planes into a batch-sized array (`float
+ratio`: the source against it), which tells the cost of that conversion from the
+pipeline's. Source and bound run
 in pairs, one right after the other, for several rounds; each round gives a ratio, and the
 median over rounds counts (other load on a shared machine shifts both runs of a pair
 alike, and a median is not pulled by one disturbed round). Prints the median images/s,
@@ -98,20 +101,29 @@ def source_rate(db: Path, batch: int, workers: int, seconds: float,
 
 
 def _tight_loop(args) -> tuple[float, float]:
-    """One process doing only the per-image work on `values`: (images/s, images/CPU s)."""
-    values, encoded, seconds = args
+    """One process doing only the per-image work on `values`: (images/s, images/CPU s).
+    With `to_float` it also writes each crop as float32 planes into a batch-sized array
+    (the work a CPU batch adds: the `float ratio` column)."""
+    values, encoded, seconds, to_float = args
     cv2.setNumThreads(1)
     rng = np.random.default_rng(1)
+    planes = np.empty((3, CROP, CROP), np.uint8)
+    floats = np.zeros((32, 3, CROP, CROP), np.float32)
     count, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for value in values:
             h, w = rng.integers(SIZE - CROP + 1, size=2)
             if encoded:
                 image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_ANYCOLOR)
-                cv2.flip(image[h:h + CROP, w:w + CROP], 1)
+                crop = cv2.flip(image[h:h + CROP, w:w + CROP], 1)
+                if to_float:
+                    cv2.split(crop, list(planes))
+                    np.copyto(floats[count % 32], planes, casting="unsafe")
             else:
                 image = datum_to_array(parse_datum(value, ""), "")
-                np.ascontiguousarray(image[:, h:h + CROP, w:w + CROP][:, :, ::-1])
+                crop = np.ascontiguousarray(image[:, h:h + CROP, w:w + CROP][:, :, ::-1])
+                if to_float:
+                    np.copyto(floats[count % 32], crop, casting="unsafe")
             count += 1
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
@@ -123,11 +135,12 @@ def bound_values(db: Path, encoded: bool) -> list[bytes]:
     return [parse_datum(v, "").data for v in values] if encoded else values
 
 
-def bound_rate(pool, processes: int, values: list[bytes], encoded: bool,
-               seconds: float) -> tuple[float, float]:
+def bound_rate(pool, processes: int, values: list[bytes], encoded: bool, seconds: float,
+               to_float: bool = False) -> tuple[float, float]:
     """(summed images/s, images per CPU second) of `processes` tight loops running at once
     in `pool` (of that many processes)."""
-    rates = pool.map(_tight_loop, [(values, encoded, seconds)] * processes, chunksize=1)
+    rates = pool.map(_tight_loop, [(values, encoded, seconds, to_float)] * processes,
+                     chunksize=1)
     return sum(r[0] for r in rates), float(np.mean([r[1] for r in rates]))
 
 
@@ -149,7 +162,7 @@ def main() -> None:
               f"{multiprocessing.cpu_count()} cores, median of {args.rounds} pairs of "
               f"{args.seconds:g} s runs")
         print(f"{'datums':7}{'for':>5}{'workers':>9}{'source img/s':>14}{'bound img/s':>13}"
-              f"{'ratio':>7}{'ratio per CPU s':>17}")
+              f"{'ratio':>7}{'ratio per CPU s':>17}{'float ratio':>13}")
         for kind, db in dbs.items():
             values = bound_values(db, kind == "jpeg")
             for mode, workers in itertools.product(("cpu", "gpu"), (1, 2)):
@@ -157,15 +170,20 @@ def main() -> None:
                 with multiprocessing.get_context("spawn").Pool(workers) as pool:
                     for _ in tqdm(range(args.rounds), leave=False,
                                   desc=f"{kind} for {mode}, {workers} workers"):
-                        pairs.append((source_rate(db, args.batch, workers, args.seconds, mode),
-                                      bound_rate(pool, workers, values, kind == "jpeg",
-                                                 args.seconds)))
-                got = median(src[0] for src, _ in pairs)
-                bound = median(b[0] for _, b in pairs)
-                ratio = median(src[0] / b[0] for src, b in pairs)
-                per_cpu = median(src[1] / b[1] for src, b in pairs)
+                        src = source_rate(db, args.batch, workers, args.seconds, mode)
+                        bound = bound_rate(pool, workers, values, kind == "jpeg", args.seconds)
+                        floats = bound_rate(pool, workers, values, kind == "jpeg",
+                                            args.seconds, to_float=True) \
+                            if mode == "cpu" else None
+                        pairs.append((src, bound, floats))
+                got = median(src[0] for src, _, _ in pairs)
+                bound = median(b[0] for _, b, _ in pairs)
+                ratio = median(src[0] / b[0] for src, b, _ in pairs)
+                per_cpu = median(src[1] / b[1] for src, b, _ in pairs)
+                floats = f"{median(s[0] / f[0] for s, _, f in pairs):.2f}" \
+                    if mode == "cpu" else "-"
                 print(f"{kind:7}{mode:>5}{workers:>9}{got:>14.0f}{bound:>13.0f}{ratio:>7.2f}"
-                      f"{per_cpu:>17.2f}", flush=True)
+                      f"{per_cpu:>17.2f}{floats:>13}", flush=True)
 
 
 if __name__ == "__main__":

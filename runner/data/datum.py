@@ -35,21 +35,16 @@ def encoded_datum(data: bytes, label: int) -> caffe_pb2.Datum:
 
 
 def parse_datum(value: bytes | memoryview, where: str) -> caffe_pb2.Datum:
-    """Parse one database value as a Datum and check it can hold an image."""
+    """Parse one database value as a Datum and check its header can describe an image
+    (`datum_to_array` checks the pixels: each read of a bytes field copies it)."""
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(value)
     except DecodeError as exc:
         raise DataError(f"{where}: record is not a Datum ({exc})") from None
-    if datum.encoded:
-        if not datum.data:
-            raise DataError(f"{where}: encoded Datum without image bytes")
-        return datum
-    c, h, w = datum.channels, datum.height, datum.width
-    size = len(datum.data) or len(datum.float_data)
-    if c <= 0 or h <= 0 or w <= 0 or size != c * h * w:
-        raise DataError(f"{where}: record is not an image Datum (channels={c} height={h} "
-                        f"width={w}, {size} values)")
+    if not datum.encoded and min(datum.channels, datum.height, datum.width) <= 0:
+        raise DataError(f"{where}: record is not an image Datum (channels={datum.channels} "
+                        f"height={datum.height} width={datum.width})")
     return datum
 
 
@@ -74,13 +69,17 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str, flag: int = cv2.IMREAD_AN
     Encoded Datums are decoded with `flag` (see `decode_flag`); raw Datums are not touched by
     force_color/force_gray, as in Caffe.
     """
+    data = datum.data            # read once: each read of a bytes field copies it
     if datum.encoded:
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
+        if not data:
+            raise DataError(f"{where}: encoded Datum without image bytes")
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
         if image is None:
             raise DataError(f"{where}: encoded image cannot be decoded by OpenCV")
         return hwc_to_chw(image)
     shape = (datum.channels, datum.height, datum.width)
-    data = datum.data            # each read of a bytes field copies it
-    if data:
-        return np.frombuffer(data, np.uint8).reshape(shape)
-    return np.asarray(datum.float_data, np.float32).reshape(shape)
+    pixels = np.frombuffer(data, np.uint8) if data else np.asarray(datum.float_data, np.float32)
+    if pixels.size != np.prod(shape):
+        raise DataError(f"{where}: record is not an image Datum (channels={shape[0]} "
+                        f"height={shape[1]} width={shape[2]}, {pixels.size} values)")
+    return pixels.reshape(shape)

@@ -122,7 +122,8 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 class Prefetcher:
-    """Iterator over batches start, start+1, ... of `maker`, finished on `device`."""
+    """Iterator over batches start, start+1, ... of `maker`, made for `device`: in two
+    stages with `device_finish` (None: for any device but the CPU)."""
 
     def __init__(self, maker: BatchMaker, *, workers: int, depth: int, name: str,
                  start: int = 0, device: torch.device | str = "cpu",
