@@ -167,6 +167,16 @@ def data_throughput(device: torch.device, batch: int, seconds: float, images: in
     return {"images_per_s": count * batch / elapsed, "workers": workers}
 
 
+def measured_row(case: str, measure, describe) -> tuple[str, str, str]:
+    """(case, figure, detail) from `describe(measure())`; a measurement that raises (a
+    torch.compile bug, say) gives (case, "failed", the error) and the run goes on."""
+    try:
+        result = measure()
+    except Exception as exc:
+        return case, "failed", failure(exc)
+    return (case, *describe(result))
+
+
 def failure(exc: Exception) -> str:
     """The first line of an exception, for a table cell."""
     first = (str(exc).strip().splitlines() or [""])[0]
@@ -212,16 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                             ("amp + channels_last", {"amp": True, "channels_last": True}, bf16),
                             ("amp + channels_last + compile",
                              {"amp": True, "channels_last": True, "compile": True}, bf16)):
-        case = f"ImageNet CNDS-8 train, batch {args.batch}, {label}"
-        try:
-            r = train_throughput(device, args.batch, args.seconds, **kw)
-        except Exception as exc:   # one failing configuration (a torch.compile bug) is a row
-            rows.append((case, "failed", failure(exc)))
-        else:
+        def describe(r, peak=peak):
             achieved = r["images_per_s"] * flops / 1e12
-            rows.append((case, f"{r['images_per_s']:.0f} images/s",
-                         f"{flops / 1e9:.1f} GFLOP/image, {achieved:.1f} TFLOP/s = "
-                         f"{achieved / peak:.0%} of matmul; warm-up {r['warmup_s']:.0f} s"))
+            return (f"{r['images_per_s']:.0f} images/s",
+                    f"{flops / 1e9:.1f} GFLOP/image, {achieved:.1f} TFLOP/s = "
+                    f"{achieved / peak:.0%} of matmul; warm-up {r['warmup_s']:.0f} s")
+        rows.append(measured_row(f"ImageNet CNDS-8 train, batch {args.batch}, {label}",
+                                 lambda kw=kw: train_throughput(device, args.batch,
+                                                                args.seconds, **kw),
+                                 describe))
         print(rows[-1], flush=True)
     ratio, output = converter_ratio()
     rows.append(("converter / hand-written fwd+bwd (CUDA)",
@@ -230,15 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = max(1, min(8, (os.cpu_count() or 2) - 2))
     for bytes_to_device, how in ((True, "bytes through pinned memory, float32 made on the GPU"),
                                  (False, "float32 made by the workers, moved by the caller")):
-        case = "Data source, JPEG 256 -> crop 227" + ("" if bytes_to_device else ", floats")
-        try:
-            d = data_throughput(device, args.batch, args.seconds / 4, workers=workers,
-                                bytes_to_device=bytes_to_device)
-        except Exception as exc:
-            rows.append((case, "failed", failure(exc)))
-        else:
-            rows.append((case, f"{d['images_per_s']:.0f} images/s",
-                         f"{d['workers']} workers; {how}"))
+        rows.append(measured_row(
+            "Data source, JPEG 256 -> crop 227" + ("" if bytes_to_device else ", floats"),
+            lambda b=bytes_to_device: data_throughput(device, args.batch, args.seconds / 4,
+                                                      workers=workers, bytes_to_device=b),
+            lambda d, how=how: (f"{d['images_per_s']:.0f} images/s",
+                                f"{d['workers']} workers; {how}")))
         print(rows[-1], flush=True)
     text = (f"# GPU benchmarks\n\n`python bench/gpu.py` on {name} (torch {torch.__version__}), "
             f"{time.perf_counter() - start:.0f} s.\n\n{table(rows)}\n"

@@ -47,3 +47,12 @@ def test_data_throughput_reads_the_jpeg_lmdb(bytes_to_device):
     r = gpu.data_throughput(torch.device("cpu"), 4, 0.2, images=12, workers=1,
                             bytes_to_device=bytes_to_device)
     assert r["images_per_s"] > 0 and r["workers"] == 1
+
+
+def test_a_failing_measurement_becomes_a_row():
+    def compile_bug():
+        raise AssertionError("tiling_utils: unexpected stride\nsecond line")
+    assert gpu.measured_row("compile", compile_bug, lambda r: ("x", "y")) == \
+        ("compile", "failed", "AssertionError: tiling_utils: unexpected stride")
+    assert gpu.measured_row("ok", lambda: 3, lambda r: (f"{r} images/s", "d")) == \
+        ("ok", "3 images/s", "d")
