@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -73,9 +73,15 @@ class Protocol:
     batch: int
     probe: Probe | None
     claims: Claims
+    default_preset: bool = False  # the dataset's default_preset
 
     def row(self, label: str) -> NetRow:
         return next(r for r in self.nets if r.label == label)
+
+    def report_name(self) -> str:
+        """The report's file stem: the dataset's name for its default preset (what `make
+        reproduce` writes), `<dataset>-<preset>` for another."""
+        return self.dataset if self.default_preset else f"{self.dataset}-{self.preset}"
 
 
 def _fail(where: str, msg: str):
@@ -196,4 +202,6 @@ def load_protocol(dataset: str, preset: str | None = None, path: str | Path = CO
     settings = dict(_mapping(f"{path}: defaults", data.get("defaults", {}), KEYS))
     settings.update({k: v for k, v in entry.items() if k in KEYS})
     settings.update(_mapping(f"{path}: datasets.{dataset}.presets.{preset}", presets[preset] or {}, KEYS))
-    return protocol_from(settings, dataset, preset, f"{path}: datasets.{dataset}.presets.{preset}")
+    protocol = protocol_from(settings, dataset, preset,
+                             f"{path}: datasets.{dataset}.presets.{preset}")
+    return replace(protocol, default_preset=preset == entry.get("default_preset"))

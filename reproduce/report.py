@@ -1,4 +1,4 @@
-"""reports/<dataset>-<preset>.md from the stored results of a reproduction: protocol, a Table 1
+"""reports/<dataset>[-<preset>].md from the stored results of a reproduction: protocol, a Table 1
 with mean ± half-range over seeds, the verdict on each claim by the rules of
 reproduce/claims.py, the curves and the gradient probe. Nothing in it is typed by hand:
 every number comes from the runs' result.json files, which come from their logs."""

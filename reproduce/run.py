@@ -1,5 +1,6 @@
 """`python -m reproduce.run --dataset fashion-mnist --preset quick`: run the protocol of
-reproduce/config.yaml and write reports/<dataset>-<preset>.md (what `make reproduce` does).
+reproduce/config.yaml and write reports/<dataset>.md (what `make reproduce` does; another
+preset than the dataset's default writes reports/<dataset>-<preset>.md).
 
 Runs that are complete are skipped, a run that was stopped resumes from its newest
 snapshot, and the report is rebuilt from every finished run. One progress bar counts
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="", help="preset of the dataset (default: its default_preset)")
     p.add_argument("--config", default=str(CONFIG), help="protocol file (default reproduce/config.yaml)")
     p.add_argument("--runs", default="runs", help="folder for run files (default runs)")
-    p.add_argument("--report", help="report path (default reports/<dataset>-<preset>.md)")
+    p.add_argument("--report", help="report path (default reports/<dataset>.md for the "
+                                    "default preset, reports/<dataset>-<preset>.md for another)")
     p.add_argument("--gpu", default=None, help="GPU id for training and testing (default: CPU)")
     p.add_argument("--iterations", type=int, help="cap every run at this many iterations (smoke test)")
     p.add_argument("--jobs", type=int, default=1,
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ProtocolError(f"--iterations {args.iterations}: expected 1 or more")
         if args.jobs < 1:
             raise ProtocolError(f"--jobs {args.jobs}: expected 1 or more")
-        report = Path(args.report or f"reports/{protocol.dataset}-{protocol.preset}.md")
+        report = Path(args.report or f"reports/{protocol.report_name()}.md")
         results = reproduce(protocol, Path(args.runs), report, args.gpu or None,
                             args.iterations, args.jobs)
     except (ProtocolError, execute.StepFailed) as exc:

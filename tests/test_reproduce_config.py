@@ -26,7 +26,11 @@ def test_committed_presets_load():
     assert quick.seeds == (1,) and quick.epochs == 0.25 and quick.batch == 32
     full = load_protocol("fashion-mnist")          # the dataset's default preset
     assert full.preset == "full" and len(full.seeds) >= 2 and full.width is None
-    assert load_protocol("fashion-mnist", "wide").width == 1.0
+    wide = load_protocol("fashion-mnist", "wide")
+    assert wide.width == 1.0
+    assert full.report_name() == load_protocol("fashion-mnist", "full").report_name() \
+        == "fashion-mnist"                         # make reproduce: reports/fashion-mnist.md
+    assert wide.report_name() == "fashion-mnist-wide"
 
 
 @pytest.mark.parametrize("change, words", [
