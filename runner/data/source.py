@@ -114,10 +114,10 @@ class StreamBatches:
     def layout(self) -> Layout:
         """The arrays `make` fills: the tops, or with `device_finish` the raw pixels (in the
         first item's dtype and channel order), their crops and the labels."""
-        shapes = self.top_shapes()
+        where, image, _ = self.item(self.rank)
+        shapes = self._shapes(image, where)
         if not self.device_finish:
             return {top: (shape, np.dtype(np.float32)) for top, shape in shapes.items()}
-        image = self.item(self.rank)[1]
         self.interleaved = image.shape[0] > 1 and image.strides[0] == image.itemsize
         n, c, h, w = shapes[self.tops[0]]
         layout = {"pixels": ((n, h, w, c) if self.interleaved else (n, c, h, w), image.dtype),
@@ -129,6 +129,9 @@ class StreamBatches:
     def top_shapes(self) -> dict[str, tuple[int, ...]]:
         """Top shapes, from the rank's first item (as Caffe shapes tops from the first)."""
         where, image, _ = self.item(self.rank)
+        return self._shapes(image, where)
+
+    def _shapes(self, image: np.ndarray, where: str) -> dict[str, tuple[int, ...]]:
         shapes = {self.tops[0]: (self.batch_size,
                                  *self.transformer.output_shape(image.shape, where))}
         if len(self.tops) > 1:
