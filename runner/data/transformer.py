@@ -111,7 +111,7 @@ class DataTransformer:
     def transform_into(self, image: np.ndarray, out: np.ndarray,
                        rng: np.random.Generator | None, where: str) -> None:
         """Transform one CxHxW image into `out` (float32, shape `output_shape`)."""
-        pixels = _scratch(out.shape, image.dtype)
+        pixels = _scratch("planes", out.shape, image.dtype)
         h_off, w_off, mirror = self.crop_into(image, pixels, rng, where)
         np.copyto(out, pixels, casting="unsafe")
         if self.mean is not None:
@@ -170,9 +170,14 @@ def _window_into(window: np.ndarray, mirror: bool, out: np.ndarray) -> None:
             else:
                 np.copyto(out.transpose(1, 2, 0), hwc)
             return
-        # cv2.split is slow on a window of a larger image, fast on a contiguous copy
-        hwc = cv2.flip(hwc, 1) if mirror else np.ascontiguousarray(hwc)
-        cv2.split(hwc, list(out))
+        # cv2.split is slow on a window of a larger image, fast on a contiguous copy (made
+        # in a kept array: a fresh one per image costs more in page faults than the copy)
+        contiguous = _scratch("window", hwc.shape, hwc.dtype)
+        if mirror:
+            cv2.flip(hwc, 1, dst=contiguous)
+        else:
+            np.copyto(contiguous, hwc)
+        cv2.split(contiguous, list(out))
         return
     for plane, pixels in zip(out, window):
         if mirror:
@@ -184,9 +189,10 @@ def _window_into(window: np.ndarray, mirror: bool, out: np.ndarray) -> None:
 _SCRATCH: dict[tuple, np.ndarray] = {}
 
 
-def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A reusable array of this shape and dtype (one per process; transform_into's)."""
-    key = (tuple(shape), np.dtype(dtype))
+def _scratch(purpose: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable array of this shape and dtype, one per purpose and process (the arrays
+    of different purposes are live at once)."""
+    key = (purpose, tuple(shape), np.dtype(dtype))
     if key not in _SCRATCH:
         _SCRATCH[key] = np.empty(shape, dtype)
     return _SCRATCH[key]
