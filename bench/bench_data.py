@@ -6,9 +6,10 @@ Builds a 256 x 256 JPEG LMDB (encoded Datums holding the files) and a raw one wi
 convert_imageset from generated images, then reads each through the Data source (TRAIN,
 crop_size 227, mirror) with 1 and 2 worker processes, in both of its modes:
   - `cpu`: float32 batches for a CPU consumer (the workers write the floats);
-  - `gpu`: the CPU's share of feeding a GPU: workers write cropped bytes, this process
-    takes each batch out of the ring (as it would into pinned memory); the float32, mean
-    and scale arithmetic is the GPU's and is left out. This machine needs no GPU for it.
+  - `gpu`: the CPU's share of feeding a GPU: workers write cropped bytes into the ring,
+    which a GPU reads by DMA (the ring is page-locked), so this process only hands each
+    slot over; the copy and the float32, mean and scale arithmetic are the GPU's and are
+    left out. This machine needs no GPU for it.
 The bound is the same number of processes doing only the per-image work in a tight loop:
 decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. For the `cpu` rows a
 second bound also writes each crop as float32 planes into a batch-sized array (`float
@@ -72,7 +73,7 @@ def _cpu_seconds(pid: int) -> float:
 
 class BytesForDevice(LmdbBatches):
     """The Data layer's batches for a device, minus the device's work: `finish` returns
-    the raw arrays as the source copied them out of the ring."""
+    the raw arrays, the ring slot itself (where a GPU's DMA would read)."""
 
     def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return arrays

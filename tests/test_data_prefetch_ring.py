@@ -103,15 +103,20 @@ def test_batches_finished_on_the_device_from_bytes_equal_cpu_batches(jpeg_db, de
                                                                      workers):
     """The two-stage path (bytes through the ring, float32/mean/scale where the batch is
     used; through pinned memory to a GPU) gives the one-stage CPU batches."""
-    expected = take(source(jpeg_db, 0), 4)
+    expected = take(source(jpeg_db, 0), 12)   # three times round the ring
     with source(jpeg_db, workers) as stream:
         stream.to(device).device_finish = True
-        for i, want in enumerate(expected):
-            batch = next(stream)
-            if i == 0 and workers:
-                pixels = stream._prefetcher.ring["pixels"]
-                assert pixels.dtype == torch.uint8 and pixels.is_shared()
-                assert pixels.shape[-4:] == (3, 7, 7, 3)   # N x h x w x C, as decoded
-            for k, t in batch.items():
-                assert t.device.type == device and t.dtype == torch.float32
-                assert torch.equal(t.cpu(), want[k]), f"batch {i} {k}"
+        got = [next(stream) for _ in expected]     # kept: none may be a view of a slot
+        if workers:
+            pixels = stream._prefetcher.ring["pixels"]
+            assert pixels.dtype == torch.uint8 and pixels.is_shared()
+            assert pixels.shape[-4:] == (3, 7, 7, 3)   # N x h x w x C, as decoded
+            assert pixels.is_pinned() == (device == "cuda")   # a GPU reads it by DMA
+            ring = {t.untyped_storage().data_ptr() for t in stream._prefetcher.ring.values()}
+            assert not ring & {t.untyped_storage().data_ptr() for b in got for t in b.values()}
+    if workers:
+        assert not pixels.is_pinned()                  # unlocked at close
+    for i, (batch, want) in enumerate(zip(got, expected)):
+        for k, t in batch.items():
+            assert t.device.type == device and t.dtype == torch.float32
+            assert torch.equal(t.cpu(), want[k]), f"batch {i} {k}"

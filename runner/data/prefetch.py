@@ -14,9 +14,13 @@ back in order.
 For the CPU the arrays are the batch: the caller gets tensors on the slot itself, and the
 slot returns to the ring once nothing references them (a caller that keeps many batches
 gets copies beyond a few). For another device the maker makes the batch in two stages
-(`device_finish`): the arrays are raw (bytes where the data are bytes), copied into pinned
-memory and sent to the device, where the maker's `finish(arrays)` completes the batch; the
-slot is free at once.
+(`device_finish`): the arrays are raw (bytes where the data are bytes) and the maker's
+`finish(arrays)` completes the batch on the device, into new tensors. For a GPU the ring
+is page-locked (registered with CUDA), so a batch is sent by DMA straight from its slot,
+without a CPU copy, and the slot returns to the ring when that copy is done; where CUDA
+refuses the registration, and for other devices, the slot is copied (into pinned memory
+for a GPU) and is free at once. On the CPU (`device_finish` there is for tests and
+benchmarks) `finish` reads the slot itself.
 
 Workers start from a fork server (never by forking this process, whose OpenCV and OpenMP
 thread pools a child could inherit mid-state and deadlock in). A worker's DataError (naming
@@ -60,7 +64,8 @@ class BatchMaker(Protocol):
 
     def make(self, index: int, arrays: dict[str, np.ndarray]) -> None: ...
 
-    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch from raw `arrays` (`device_finish`), in new tensors on their device."""
 
 
 def default_workers() -> int:
@@ -135,16 +140,21 @@ class Prefetcher:
         self.next_batch = self.next_task = start
         self.workers: list[_Worker] = []
         self._stop = weakref.finalize(self, _stop_all, self.workers)
+        self.locked: list[int] = []   # addresses of the ring's arrays registered with CUDA
         if workers <= 0:
             return
         # `depth` batches made ahead (Caffe's data_param.prefetch) plus one being made by
         # each worker, so that no worker idles while the next batch in order is late
         self.depth = max(1, depth) + workers
-        self.ring = self._allocate(self.depth + (0 if self.on_device else SPARE_SLOTS))
+        self.ring = self._allocate(self.depth + SPARE_SLOTS)
         self.free = list(range(len(next(iter(self.ring.values())))))
         self.ready: dict[int, tuple[int, str | None]] = {}
-        self.lent: dict[int, list[np.ndarray]] = {}
+        self.lent: dict[int, list[np.ndarray]] = {}         # CPU: slots the caller holds
+        self.sending: dict[int, torch.cuda.Event] = {}     # GPU: slots being copied there
         self.failure: str | None = None
+        if self.on_device and self.device.type == "cuda":
+            self.locked = _page_lock(self.ring)
+            self._unlock = weakref.finalize(self, _unlock, self.ring, self.locked, self.sending)
         context = _worker_context()
         for w in range(workers):
             self.workers.append(_Worker(context, maker, self.ring, f"data-{name}-{w}"))
@@ -178,9 +188,11 @@ class Prefetcher:
         return self._hand_out(slot)
 
     def close(self) -> None:
-        """Stop the workers; the next batch to come is `next_batch`. Batches already handed
-        out stay valid."""
+        """Stop the workers and unlock the ring; the next batch to come is `next_batch`.
+        Batches already handed out stay valid."""
         self._stop()
+        if self.locked:
+            self._unlock()
 
     def _make_here(self) -> dict[str, torch.Tensor]:
         arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.layout.items()}
@@ -190,15 +202,18 @@ class Prefetcher:
         return self._finish(tensors) if self.on_device else tensors
 
     def _finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The maker's batch from raw `arrays`, completed on the device from a copy (in
-        pinned memory for a GPU, sent asynchronously)."""
-        pin = self.device.type == "cuda"
-        staged = {key: _copy(t, pin) for key, t in arrays.items()}
-        return self.maker.finish({key: t.to(self.device, non_blocking=True)
-                                  for key, t in staged.items()})
+        """The maker's batch from raw `arrays`, completed on the device: from a copy sent
+        asynchronously (in pinned memory for a GPU), or on the CPU from the arrays."""
+        if self.device.type != "cpu":
+            pin = self.device.type == "cuda"
+            arrays = {key: _copy(t, pin).to(self.device, non_blocking=True)
+                      for key, t in arrays.items()}
+        return self.maker.finish(arrays)
 
     def _hand_out(self, slot: int) -> dict[str, torch.Tensor]:
         tensors = {key: ring[slot] for key, ring in self.ring.items()}
+        if self.locked:
+            return self._send(slot, tensors)
         if self.on_device or len(self.lent) >= SPARE_SLOTS:   # the slot is free at once
             try:
                 return self._finish(tensors) if self.on_device else \
@@ -209,10 +224,28 @@ class Prefetcher:
         self.lent[slot] = views
         return {key: torch.from_numpy(v) for key, v in zip(tensors, views)}
 
+    def _send(self, slot: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch in `slot` of the page-locked ring, copied to the GPU by DMA and finished
+        there; the slot is `sending` until the copy is done."""
+        sent = {key: t.to(self.device, non_blocking=True) for key, t in tensors.items()}
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        self.sending[slot] = done
+        return self.maker.finish(sent)
+
     def _reclaim(self) -> None:
-        """Return to the ring every lent slot whose tensors are no longer referenced."""
+        """Return to the ring every lent slot whose tensors are no longer referenced and
+        every slot whose copy to the GPU is done (waiting for the oldest such copy when
+        SPARE_SLOTS are still being sent)."""
         for slot in [s for s, views in self.lent.items() if not _in_use(views)]:
             del self.lent[slot]
+            self.free.append(slot)
+        for slot in [s for s, done in self.sending.items() if done.query()]:
+            del self.sending[slot]
+            self.free.append(slot)
+        if len(self.sending) >= SPARE_SLOTS:
+            slot = next(iter(self.sending))
+            self.sending.pop(slot).synchronize()
             self.free.append(slot)
 
     def _dispatch(self) -> None:
@@ -261,6 +294,31 @@ def _copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
     out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
     np.copyto(out.numpy(), tensor.numpy())
     return out
+
+
+def _page_lock(ring: dict[str, torch.Tensor]) -> list[int]:
+    """Register the ring's shared memory with CUDA (page-locked, so a GPU reads a slot by
+    DMA); the registered addresses, or none where CUDA refuses one of them."""
+    cudart = torch.cuda.cudart()
+    locked = []
+    for tensor in ring.values():
+        if int(cudart.cudaHostRegister(tensor.data_ptr(),
+                                       tensor.numel() * tensor.element_size(), 0)) != 0:
+            _unlock(ring, locked, {})
+            return locked
+        locked.append(tensor.data_ptr())
+    return locked
+
+
+def _unlock(ring: dict[str, torch.Tensor], locked: list[int],
+            sending: dict[int, torch.cuda.Event]) -> None:
+    """Wait for the copies still reading the ring, then unregister it from CUDA (the ring is
+    an argument so that its memory outlives the registration)."""
+    for done in sending.values():
+        done.synchronize()
+    sending.clear()
+    while locked:
+        torch.cuda.cudart().cudaHostUnregister(locked.pop())
 
 
 def _in_use(views: list[np.ndarray]) -> bool:

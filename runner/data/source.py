@@ -101,14 +101,14 @@ class StreamBatches:
                 labels[item] = label
 
     def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tops from `make`'s raw arrays (`device_finish`: a copy of them, on their
-        device)."""
+        """The tops from `make`'s raw arrays (`device_finish`), on the arrays' device, in
+        new tensors: the arrays may be a ring slot that is written again."""
         pixels = arrays["pixels"]
         if self.interleaved:
             pixels = pixels.permute(0, 3, 1, 2)
         tops = {self.tops[0]: self.transformer.finish(pixels, arrays["crops"])}
         if len(self.tops) > 1:
-            tops[self.tops[1]] = arrays["labels"]
+            tops[self.tops[1]] = arrays["labels"].clone()
         return tops
 
     def layout(self) -> Layout:
