@@ -11,7 +11,8 @@
 3. the converter's forward+backward ratio against hand-written torch on CUDA
    (bench/bench_converter.py --device cuda);
 4. the Data source's images/s into the GPU on a 256x256 JPEG LMDB (crop 227, mirror), as
-   it feeds a GPU (cropped bytes through pinned memory, float32 made on the GPU) and, for
+   it feeds a GPU (cropped bytes sent by DMA from the page-locked ring, float32 made on
+   the GPU) and, for
    comparison, with float32 batches made by the workers and moved by the caller.
 A measurement that raises (a torch.compile failure, say) becomes a "failed" row naming
 the error, and the others still run. Without CUDA it says so and exits with status 2.
@@ -134,8 +135,8 @@ def converter_ratio(timeout: float = 240) -> tuple[float | None, str]:
 def data_throughput(device: torch.device, batch: int, seconds: float, images: int = 512,
                     workers: int | None = None, bytes_to_device: bool = True) -> dict:
     """Data source images/s into `device` on a JPEG LMDB, with `workers` prefetch processes
-    (None: the source's default): the source made for the device (bytes through pinned
-    memory, float32 made there), or with `bytes_to_device` False float32 batches made by
+    (None: the source's default): the source made for the device (bytes by DMA from the
+    page-locked ring, float32 made there), or with `bytes_to_device` False float32 batches made by
     the workers and moved by the caller."""
     from google.protobuf import text_format
 
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{ratio:.3f}" if ratio is not None else "failed", "target <= 1.05; bench_converter.py"))
     print(rows[-1], flush=True)
     workers = max(1, min(8, (os.cpu_count() or 2) - 2))
-    for bytes_to_device, how in ((True, "bytes through pinned memory, float32 made on the GPU"),
+    for bytes_to_device, how in ((True, "bytes by DMA from the page-locked ring, float32 on the GPU"),
                                  (False, "float32 made by the workers, moved by the caller")):
         rows.append(measured_row(
             "Data source, JPEG 256 -> crop 227" + ("" if bytes_to_device else ", floats"),

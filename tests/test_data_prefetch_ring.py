@@ -120,3 +120,50 @@ def test_batches_finished_on_the_device_from_bytes_equal_cpu_batches(jpeg_db, de
         for k, t in batch.items():
             assert t.device.type == device and t.dtype == torch.float32
             assert torch.equal(t.cpu(), want[k]), f"batch {i} {k}"
+
+
+class FakeCudart:
+    """cudaHostRegister/Unregister that refuse the `refuse`-th registration (1-based)."""
+
+    def __init__(self, refuse=None):
+        self.refuse, self.registered, self.unregistered = refuse, [], []
+
+    def cudaHostRegister(self, address, size, flags):
+        if len(self.registered) + 1 == self.refuse:
+            return 1                                   # cudaErrorInvalidValue
+        self.registered.append(address)
+        return 0
+
+    def cudaHostUnregister(self, address):
+        self.unregistered.append(address)
+        return 0
+
+
+class FakeEvent:
+    def __init__(self):
+        self.waited = False
+
+    def synchronize(self):
+        self.waited = True
+
+
+@pytest.mark.parametrize("refuse", [None, 2])
+def test_page_locking_the_ring_all_or_nothing(monkeypatch, refuse):
+    """The ring is registered with CUDA whole, or not at all (a refusal unregisters what was
+    registered and resets CUDA's error); unlocking waits for the copies still reading it."""
+    from runner.data import prefetch
+    cudart, absorbed = FakeCudart(refuse), []
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    monkeypatch.setattr(prefetch, "_absorb_cuda_error", lambda: absorbed.append(True))
+    ring = {key: torch.zeros(4, 5).share_memory_() for key in ("pixels", "crops", "labels")}
+    locked = prefetch._page_lock(ring)
+    addresses = [t.data_ptr() for t in ring.values()]
+    if refuse:
+        assert locked == [] and cudart.unregistered == addresses[:1] and absorbed
+        return
+    assert locked == addresses and not absorbed
+    sending = {0: FakeEvent(), 3: FakeEvent()}
+    events = list(sending.values())
+    prefetch._unlock(ring, locked, sending)
+    assert all(e.waited for e in events) and not sending and not locked
+    assert sorted(cudart.unregistered) == sorted(addresses)

@@ -305,9 +305,19 @@ def _page_lock(ring: dict[str, torch.Tensor]) -> list[int]:
         if int(cudart.cudaHostRegister(tensor.data_ptr(),
                                        tensor.numel() * tensor.element_size(), 0)) != 0:
             _unlock(ring, locked, {})
+            _absorb_cuda_error()
             return locked
         locked.append(tensor.data_ptr())
     return locked
+
+
+def _absorb_cuda_error() -> None:
+    """Reset the CUDA runtime's last error, left by a refused registration: torch checks it
+    after each kernel launch and would report it there. A launch here reports and resets it."""
+    try:
+        torch.ones(1, device="cuda")
+    except RuntimeError:
+        pass
 
 
 def _unlock(ring: dict[str, torch.Tensor], locked: list[int],
