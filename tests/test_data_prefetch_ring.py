@@ -102,7 +102,8 @@ def test_closing_leaves_no_shared_memory_or_process(jpeg_db):
 def test_batches_finished_on_the_device_from_bytes_equal_cpu_batches(jpeg_db, device,
                                                                      workers):
     """The two-stage path (bytes through the ring, float32/mean/scale where the batch is
-    used; through pinned memory to a GPU) gives the one-stage CPU batches."""
+    used; to a GPU by DMA from the page-locked ring) gives the one-stage CPU batches, and
+    no batch is a view of the ring."""
     expected = take(source(jpeg_db, 0), 12)   # three times round the ring
     with source(jpeg_db, workers) as stream:
         stream.to(device).device_finish = True
