@@ -51,6 +51,7 @@ WORKER_START = "forkserver"
 SPARE_SLOTS = 2        # slots beyond `depth` for the batches a CPU caller still holds
 STALL_SECONDS = 300.0  # no batch for this long from live workers is an error, not a hang
 _JOIN_SECONDS = 5.0    # how long close() waits for a worker to exit before killing it
+CUDA_HOST_REGISTER_PORTABLE = 1   # cudaHostRegisterPortable: page-locked for every device
 
 
 # name -> (shape, numpy dtype) of the arrays a maker fills per batch
@@ -302,8 +303,8 @@ def _page_lock(ring: dict[str, torch.Tensor]) -> list[int]:
     cudart = torch.cuda.cudart()
     locked = []
     for tensor in ring.values():
-        if int(cudart.cudaHostRegister(tensor.data_ptr(),
-                                       tensor.numel() * tensor.element_size(), 0)) != 0:
+        if int(cudart.cudaHostRegister(tensor.data_ptr(), tensor.numel() * tensor.element_size(),
+                                       CUDA_HOST_REGISTER_PORTABLE)) != 0:
             _unlock(ring, locked, {})
             _absorb_cuda_error()
             return locked
