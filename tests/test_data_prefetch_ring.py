@@ -141,8 +141,16 @@ class FakeCudart:
 
 
 class FakeEvent:
+    """A CUDA event whose copy is never done until it is waited for."""
+
     def __init__(self):
         self.waited = False
+
+    def record(self, stream=None):
+        pass
+
+    def query(self):
+        return self.waited
 
     def synchronize(self):
         self.waited = True
@@ -168,3 +176,30 @@ def test_page_locking_the_ring_all_or_nothing(monkeypatch, refuse):
     prefetch._unlock(ring, locked, sending)
     assert all(e.waited for e in events) and not sending and not locked
     assert sorted(cudart.unregistered) == sorted(addresses)
+
+
+def test_a_slot_being_sent_to_the_gpu_is_not_rewritten(jpeg_db, monkeypatch):
+    """The page-locked path's slot cycle, on the CPU with fake CUDA events that complete
+    only when waited for: a slot whose copy is pending is never given to a worker, the
+    oldest pending copy is waited for once SPARE_SLOTS are pending, and every batch equals
+    the one-stage CPU batch."""
+    from runner.data import prefetch
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    expected = take(source(jpeg_db, 0), 12)
+    with source(jpeg_db, 1) as stream:
+        stream.device_finish = True
+        got = [next(stream)]
+        ring = stream._prefetcher
+        ring.locked = [0]            # take the page-locked path (the CPU "sends" the slot)
+        try:
+            for _ in expected[1:]:
+                got.append(next(stream))
+                pending = [s for s, e in ring.sending.items() if not e.waited]
+                assert 0 < len(pending) <= prefetch.SPARE_SLOTS
+                assert not set(ring.sending) & set(ring.free)
+        finally:
+            ring.locked.clear()      # nothing was registered: nothing to unregister
+    for i, (batch, want) in enumerate(zip(got, expected)):
+        for k, t in batch.items():
+            assert torch.equal(t, want[k]), f"batch {i} {k}"

@@ -155,7 +155,7 @@ class Prefetcher:
         self.failure: str | None = None
         if self.on_device and self.device.type == "cuda":
             self.locked = _page_lock(self.ring)
-            self._unlock = weakref.finalize(self, _unlock, self.ring, self.locked, self.sending)
+        self._unlock = weakref.finalize(self, _unlock, self.ring, self.locked, self.sending)
         context = _worker_context()
         for w in range(workers):
             self.workers.append(_Worker(context, maker, self.ring, f"data-{name}-{w}"))
