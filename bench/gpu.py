@@ -136,8 +136,9 @@ def data_throughput(device: torch.device, batch: int, seconds: float, images: in
                     workers: int | None = None, bytes_to_device: bool = True) -> dict:
     """Data source images/s into `device` on a JPEG LMDB, with `workers` prefetch processes
     (None: the source's default): the source made for the device (bytes by DMA from the
-    page-locked ring, float32 made there), or with `bytes_to_device` False float32 batches made by
-    the workers and moved by the caller."""
+    page-locked ring, float32 made there), or with `bytes_to_device` False float32 batches
+    made by the workers and moved by the caller; and the main process's CPU time per image
+    (what feeding the GPU costs the training process)."""
     from google.protobuf import text_format
 
     from bench_data import make_images
@@ -157,15 +158,17 @@ def data_throughput(device: torch.device, batch: int, seconds: float, images: in
             if bytes_to_device:
                 source.to(device)
             next(source)
-            count, start = 0, time.perf_counter()
+            count, start, cpu = 0, time.perf_counter(), time.process_time()
             while count < 2 or time.perf_counter() - start < seconds:
                 for t in next(source).values():
                     t.to(device, non_blocking=True)
                 count += 1
             _sync(device)
             elapsed = time.perf_counter() - start
+            main_cpu = time.process_time() - cpu
             workers = source.workers
-    return {"images_per_s": count * batch / elapsed, "workers": workers}
+    return {"images_per_s": count * batch / elapsed, "workers": workers,
+            "main_cpu_us": main_cpu / (count * batch) * 1e6}
 
 
 def measured_row(case: str, measure, describe) -> tuple[str, str, str]:
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda b=bytes_to_device: data_throughput(device, args.batch, args.seconds / 4,
                                                       workers=workers, bytes_to_device=b),
             lambda d, how=how: (f"{d['images_per_s']:.0f} images/s",
-                                f"{d['workers']} workers; {how}")))
+                                f"{d['workers']} workers; {how}; main process "
+                                f"{d['main_cpu_us']:.0f} us CPU per image")))
         print(rows[-1], flush=True)
     text = (f"# GPU benchmarks\n\n`python bench/gpu.py` on {name} (torch {torch.__version__}), "
             f"{time.perf_counter() - start:.0f} s.\n\n{table(rows)}\n"
