@@ -48,7 +48,7 @@ from runner.shapes import Shape
 
 WORKERS_ENV = "RUNNER_DATA_WORKERS"
 WORKER_START = "forkserver"
-SPARE_SLOTS = 2        # slots beyond `depth` for the batches a CPU caller still holds
+SPARE_SLOTS = 2        # slots beyond `depth`: batches a CPU caller holds or a GPU still copies
 STALL_SECONDS = 300.0  # no batch for this long from live workers is an error, not a hang
 _JOIN_SECONDS = 5.0    # how long close() waits for a worker to exit before killing it
 CUDA_HOST_REGISTER_PORTABLE = 1   # cudaHostRegisterPortable: page-locked for every device
