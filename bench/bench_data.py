@@ -14,10 +14,10 @@ The bound is the same number of processes doing only the per-image work in a tig
 decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. For the `cpu` rows a
 second bound also writes each crop as float32 planes into a batch-sized array (`float
 ratio`: the source against it), which tells the cost of that conversion from the
-pipeline's. Source and bound run
-in pairs, one right after the other, for several rounds; each round gives a ratio, and the
-median over rounds counts (other load on a shared machine shifts both runs of a pair
-alike, and a median is not pulled by one disturbed round). Prints the median images/s,
+pipeline's. Source and bound run in pairs, one right after the other, for several rounds;
+each round gives a ratio, and the median over rounds counts (other load on a shared
+machine shifts both runs of a pair alike, and a median is not pulled by one disturbed
+round). Prints the median images/s,
 the median ratio (target >= 0.9 for JPEG), and the median ratio of images per CPU second
 (source: main process plus workers).
 """
