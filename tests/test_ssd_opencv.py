@@ -161,16 +161,40 @@ def test_ssd300_detections_match_opencv_end_to_end(ssd_run):
     np.testing.assert_allclose(got[:, 2:], expected[:, 2:], rtol=0, atol=1e-4)
 
 
-def _single_layer_vs_opencv(tmp_path, layer_name, layer_text, x):
+def _single_layer_vs_opencv(tmp_path, layer_name, layer_text, x, blobs=None):
+    """Top 'y' of a one-layer net from us and from OpenCV; `blobs` (if given) become the
+    layer's blobs, passed to OpenCV through a .caffemodel we write."""
     shape = " ".join(f"dim: {d}" for d in x.shape)
     prototxt = tmp_path / "net.prototxt"
     prototxt.write_text(f'layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ {shape} }} }} }}\n'
                         + layer_text)
-    ours = Net(prototxt)({"x": x})["y"].numpy()
-    oracle = cv2.dnn.readNetFromCaffe(str(prototxt))
+    net = Net(prototxt)
+    weights = ""
+    if blobs is not None:
+        with torch.no_grad():
+            for blob, value in zip(net.layers[layer_name].blobs, blobs):
+                blob.copy_(value)
+        weights = str(tmp_path / "net.caffemodel")
+        net.save_caffemodel(weights)
+    with torch.no_grad():
+        ours = net({"x": x})["y"].numpy()
+    oracle = cv2.dnn.readNetFromCaffe(str(prototxt), weights)
     oracle.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     oracle.setInput(x.numpy(), "x")
     return ours, oracle.forward(layer_name)
+
+
+@pytest.mark.parametrize("across_spatial,channel_shared", [("true", "true"), ("false", "true"), ("false", "false")])
+def test_normalize_matches_opencv(tmp_path, across_spatial, channel_shared):
+    """Both norms and both scale layouts (OpenCV refuses per-channel scales across space;
+    tests/test_layers_ssd.py covers that case); the shared scale is a blob without axes,
+    which OpenCV reads from our .caffemodel as Caffe writes it."""
+    x = torch.randn(2, 5, 4, 3)
+    scale = torch.tensor(7.0) if channel_shared == "true" else torch.arange(1.0, 6.0)
+    ours, theirs = _single_layer_vs_opencv(
+        tmp_path, "norm", 'layer { name: "norm" type: "Normalize" bottom: "x" top: "y" norm_param { '
+                          f"across_spatial: {across_spatial} channel_shared: {channel_shared} }} }}", x, [scale])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("ceil_mode,side", [("false", 3), ("true", 4)])

@@ -154,8 +154,11 @@ class _NormalizeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, norm, normalized, channel_scale = ctx.saved_tensors
-        projected = x * ((x * g).sum(dim=ctx.dims, keepdim=True) / (norm * norm))
-        dx = (g - projected) / norm * channel_scale
+        dot = (x * g).sum(dim=ctx.dims, keepdim=True)
+        if len(ctx.dims) == 2:   # the fork's operation order in each case
+            dx = (g - x * (dot / norm / norm)) * (1 / norm) * channel_scale
+        else:
+            dx = (g - x * dot / (norm * norm)) / norm * channel_scale
         per_channel = (normalized * g).sum(dim=(0, 2))
         d_scale = per_channel.sum() if channel_scale.numel() == 1 else per_channel
         return dx, d_scale.reshape(ctx.scale_shape), None, None
