@@ -141,11 +141,13 @@ def test_prior_box_matches_the_fork(fh, fw, ih, iw, params, kwargs):
 
 
 def test_prior_box_image_size_and_steps_from_parameters():
-    text = 'name: "pb" type: "PriorBox" prior_box_param { min_size: 8 img_h: 50 img_w: 70 step_h: 9 step_w: 11 }'
+    text = ('name: "pb" type: "PriorBox" '
+            'prior_box_param { min_size: 8 img_h: 50 img_w: 70 step_h: 9 step_w: 11 }')
     layer = layer_from_text(text, [(1, 2, 4, 5), (1, 3, 10, 10)])
     (top,) = layer(torch.zeros(1, 2, 4, 5), torch.zeros(1, 3, 10, 10))
     # the first cell's square: centre (0.5 * 11, 0.5 * 9), side 8, in a 70 x 50 image
-    assert top[0, 0, :4].tolist() == pytest.approx([(5.5 - 4) / 70, (4.5 - 4) / 50, (5.5 + 4) / 70, (4.5 + 4) / 50])
+    assert top[0, 0, :4].tolist() == pytest.approx([(5.5 - 4) / 70, (4.5 - 4) / 50,
+                                                    (5.5 + 4) / 70, (4.5 + 4) / 50])
     assert top[0, 1].unique().tolist() == pytest.approx([0.1])
 
 

@@ -123,7 +123,8 @@ def test_nested_fork_field_numbers():
 
 
 def _pool_net(pooling: str) -> str:
-    return f"""layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ dim: 1 dim: 1 dim: 6 dim: 6 }} }} }}
+    return f"""layer {{ name: "in" type: "Input" top: "x"
+         input_param {{ shape {{ dim: 1 dim: 1 dim: 6 dim: 6 }} }} }}
 layer {{ name: "pool" type: "Pooling" bottom: "x" top: "y"
          pooling_param {{ pool: MAX kernel_size: 3 stride: 2 {pooling} }} }}"""
 

@@ -99,7 +99,8 @@ def ssd_run(tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     randomize(net, gen)
     with torch.no_grad():  # SSD's conv4_3 scale starts at 20
-        net.layers["conv4_3_norm"].blobs[0].copy_(torch.rand(net.blob_shapes["conv4_3"][1], generator=gen) * 20 + 10)
+        scale = net.layers["conv4_3_norm"].blobs[0]
+        scale.copy_(torch.rand(scale.shape, generator=gen) * 20 + 10)
     net.save_caffemodel(tmp / "random.caffemodel")
     x = torch.randn(2, 3, 300, 300, generator=gen)
     with torch.no_grad():
@@ -184,16 +185,17 @@ def _single_layer_vs_opencv(tmp_path, layer_name, layer_text, x, blobs=None):
     return ours, oracle.forward(layer_name)
 
 
-@pytest.mark.parametrize("across_spatial,channel_shared", [("true", "true"), ("false", "true"), ("false", "false")])
+@pytest.mark.parametrize("across_spatial,channel_shared",
+                         [("true", "true"), ("false", "true"), ("false", "false")])
 def test_normalize_matches_opencv(tmp_path, across_spatial, channel_shared):
     """Both norms and both scale layouts (OpenCV refuses per-channel scales across space;
     tests/test_layers_ssd.py covers that case); the shared scale is a blob without axes,
     which OpenCV reads from our .caffemodel as Caffe writes it."""
     x = torch.randn(2, 5, 4, 3)
     scale = torch.tensor(7.0) if channel_shared == "true" else torch.arange(1.0, 6.0)
-    ours, theirs = _single_layer_vs_opencv(
-        tmp_path, "norm", 'layer { name: "norm" type: "Normalize" bottom: "x" top: "y" norm_param { '
-                          f"across_spatial: {across_spatial} channel_shared: {channel_shared} }} }}", x, [scale])
+    layer = ('layer { name: "norm" type: "Normalize" bottom: "x" top: "y" norm_param { '
+             f"across_spatial: {across_spatial} channel_shared: {channel_shared} }} }}")
+    ours, theirs = _single_layer_vs_opencv(tmp_path, "norm", layer, x, [scale])
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
@@ -209,6 +211,7 @@ def test_pooling_ceil_mode_matches_opencv(tmp_path, ceil_mode, side):
 
 def test_relu6_matches_opencv(tmp_path):
     x = torch.randn(2, 3, 4, 5) * 6
-    ours, theirs = _single_layer_vs_opencv(tmp_path, "r6", 'layer { name: "r6" type: "ReLU6" bottom: "x" top: "y" }', x)
+    ours, theirs = _single_layer_vs_opencv(
+        tmp_path, "r6", 'layer { name: "r6" type: "ReLU6" bottom: "x" top: "y" }', x)
     assert ours.min() == 0 and ours.max() == 6
     np.testing.assert_array_equal(ours, theirs)

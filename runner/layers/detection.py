@@ -129,7 +129,8 @@ class DetectionOutput(Layer):
                              f"read the detections from the top instead")
         nms = p.nms_param
         if nms.nms_threshold < 0:
-            raise ValueError(f"layer '{lp.name}': nms_threshold must be non-negative, got {nms.nms_threshold:g}")
+            raise ValueError(f"layer '{lp.name}': nms_threshold must be non-negative, "
+                             f"got {nms.nms_threshold:g}")
         if not 0 < nms.eta <= 1:
             raise ValueError(f"layer '{lp.name}': nms_param.eta must be in (0, 1], got {nms.eta:g}")
         self.num_classes = p.num_classes
