@@ -7,6 +7,7 @@ import ssd_reference as ref
 import torch
 
 from runner import Net
+from runner.layers import bbox
 from runner.layers.common import layer_from_text
 from runner.layers.normalization import _NormalizeFunction
 from runner.proto import caffe_pb2, read_caffemodel
@@ -200,7 +201,9 @@ DETECTION_CASES = [
 
 
 @pytest.mark.parametrize("case", DETECTION_CASES)
-def test_detection_output_matches_the_fork(case):
+@pytest.mark.parametrize("block", [bbox.NMS_BLOCK, 7])
+def test_detection_output_matches_the_fork(case, block, monkeypatch):
+    monkeypatch.setattr(bbox, "NMS_BLOCK", block)   # overlaps in one block, or in many
     case = dict(case)
     share_location = case.pop("share_location", True)
     num, priors, classes = 2, 60, 4

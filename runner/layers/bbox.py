@@ -12,6 +12,7 @@ from runner.proto import caffe_pb2
 
 _F32 = np.float32
 CodeType = caffe_pb2.PriorBoxParameter
+NMS_BLOCK = 512  # NMS candidates whose overlaps are computed together
 
 
 def box_size(boxes: np.ndarray) -> np.ndarray:
@@ -61,16 +62,19 @@ def decode_boxes(priors: np.ndarray, variances: np.ndarray, loc: np.ndarray,
     return priors + offsets
 
 
-def jaccard(box: np.ndarray, box_area, others: np.ndarray, other_areas: np.ndarray) -> np.ndarray:
-    """JaccardOverlap of one box with each of `others`, given their stored sizes (0 when
-    they do not intersect or the intersection has no positive width and height)."""
-    disjoint = ((others[:, 0] > box[2]) | (others[:, 2] < box[0])
-                | (others[:, 1] > box[3]) | (others[:, 3] < box[1]))
-    width = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
-    height = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
+def jaccard(boxes1: np.ndarray, areas1: np.ndarray, boxes2: np.ndarray,
+            areas2: np.ndarray) -> np.ndarray:
+    """JaccardOverlap of each of boxes1 (rows) with each of boxes2 (columns), from their
+    stored sizes: 0 where the boxes are disjoint or the intersection has no positive
+    width and height."""
+    b1, b2 = boxes1[:, None, :], boxes2[None, :, :]
+    disjoint = ((b2[..., 0] > b1[..., 2]) | (b2[..., 2] < b1[..., 0])
+                | (b2[..., 1] > b1[..., 3]) | (b2[..., 3] < b1[..., 1]))
+    width = np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0])
+    height = np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1])
     inter = width * height
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / ((box_area + other_areas) - inter)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iou = inter / ((areas1[:, None] + areas2[None, :]) - inter)
     return np.where(disjoint | ~((width > 0) & (height > 0)), _F32(0), iou)
 
 
@@ -78,19 +82,22 @@ def nms_fast(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, score_thr
              nms_threshold: float, eta: float, top_k: int) -> list[int]:
     """ApplyNMSFast: boxes scoring above the threshold, best first (stable on ties), at most
     top_k of them; each is kept unless it overlaps a kept box by more than the threshold,
-    which shrinks by eta after each keep while above 0.5."""
+    which shrinks by eta after each keep while above 0.5. Overlaps are computed for a
+    block of candidates at a time against all better ones."""
     candidates = np.flatnonzero(scores > _F32(score_threshold))
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
     if top_k > -1:
         order = order[:top_k]
+    boxes, areas = boxes[order], areas[order]
     threshold, eta = _F32(nms_threshold), _F32(eta)
-    kept: list[int] = []
-    for idx in order.tolist():
-        if kept:
-            overlap = jaccard(boxes[idx], areas[idx], boxes[kept], areas[kept])
-            if not (overlap <= threshold).all():
+    kept: list[int] = []   # positions in `order`
+    for start in range(0, len(order), NMS_BLOCK):
+        stop = min(start + NMS_BLOCK, len(order))
+        overlaps = jaccard(boxes[start:stop], areas[start:stop], boxes[:stop], areas[:stop])
+        for i in range(start, stop):
+            if kept and not (overlaps[i - start, kept] <= threshold).all():
                 continue
-        kept.append(idx)
-        if eta < 1 and threshold > 0.5:
-            threshold = _F32(threshold * eta)
-    return kept
+            kept.append(i)
+            if eta < 1 and threshold > 0.5:
+                threshold = _F32(threshold * eta)
+    return order[kept].tolist()
