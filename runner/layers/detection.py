@@ -10,10 +10,10 @@ import torch
 
 from runner.layers.base import Layer, register
 from runner.layers.bbox import box_size, decode_boxes, nms_fast
+from runner.layers.common import FLT_MAX
 from runner.shapes_detection import detection_counts, prior_aspect_ratios
 
 _F32 = np.float32
-FLT_MAX = 3.4028234663852886e38
 
 
 def _as_f32(t: torch.Tensor) -> np.ndarray:
