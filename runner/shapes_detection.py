@@ -75,7 +75,7 @@ def detection_counts(lp, bottoms: list[Shape]) -> tuple[int, int]:
     if len(bottoms) not in (3, 4):
         raise ValueError(f"DetectionOutput takes 3 bottoms (loc, conf, prior), got {len(bottoms)}")
     loc, conf, prior = bottoms[:3]
-    if len(prior) != 3 or prior[1] != 2 or prior[2] % 4:
+    if len(prior) < 3 or prior[1] != 2 or prior[2] % 4 or any(d != 1 for d in prior[3:]):
         raise ValueError(f"the prior bottom must have shape (1, 2, 4 * priors), got {list(prior)}")
     if loc[0] != conf[0]:
         raise ValueError(f"loc and conf bottoms differ in batch size ({loc[0]} vs {conf[0]})")

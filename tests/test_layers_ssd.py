@@ -221,6 +221,67 @@ def test_detection_output_matches_the_fork(case, block, monkeypatch):
     np.testing.assert_array_equal(top.numpy(), expected)
 
 
+def _fork_test_fixture(share_location):
+    """DetectionOutputLayerTest's data (the fork's src/caffe/test): 2 images, 4 priors of
+    side 0.3 on a 2x2 grid, 2 classes, loc offsets +-(image + class / 2 + 0.5)."""
+    prior = np.zeros((2, 2, 16, 1), np.float32)   # the prior blob as the test shapes it
+    half, boxes = np.float32(0.3) / 2, []
+    for h in range(2):
+        for w in range(2):
+            cx, cy = np.float32((w + 0.5) * 0.5), np.float32((h + 0.5) * 0.5)
+            boxes += [cx - half, cy - half, cx + half, cy + half]
+    prior[0, 0, :, 0], prior[0, 1, :, 0] = boxes, 0.1
+    conf = [j * 0.2 if i % 2 == c % 2 else 1 - j * 0.2 for i in range(2) for j in range(4) for c in range(2)]
+    loc_classes = 1 if share_location else 2
+    loc = [(-1 if axis % 2 else 1) * (i + c / 2 + 0.5)
+           for i in range(2) for h in range(2) for w in range(2) for c in range(loc_classes)
+           for axis in (w, h, w, h)]
+    return (torch.tensor(loc, dtype=torch.float32).reshape(2, -1, 1, 1),
+            torch.tensor(conf, dtype=torch.float32).reshape(2, -1, 1, 1), torch.from_numpy(prior))
+
+
+FORK_TEST_EXPECTATIONS = {   # (share_location, background_label_id, top_k): rows
+    (True, 0, -1): ["0 1 1.0 0.15 0.15 0.45 0.45", "0 1 0.8 0.55 0.15 0.85 0.45",
+                    "0 1 0.6 0.15 0.55 0.45 0.85", "0 1 0.4 0.55 0.55 0.85 0.85",
+                    "1 1 0.6 0.45 0.45 0.75 0.75", "1 1 0.0 0.25 0.25 0.55 0.55"],
+    (True, 0, 2): ["0 1 1.0 0.15 0.15 0.45 0.45", "0 1 0.8 0.55 0.15 0.85 0.45",
+                   "1 1 0.6 0.45 0.45 0.75 0.75"],
+    (False, -1, -1): ["0 0 0.6 0.55 0.55 0.85 0.85", "0 0 0.4 0.15 0.55 0.45 0.85",
+                      "0 0 0.2 0.55 0.15 0.85 0.45", "0 0 0.0 0.15 0.15 0.45 0.45",
+                      "0 1 1.0 0.20 0.20 0.50 0.50", "0 1 0.8 0.50 0.20 0.80 0.50",
+                      "0 1 0.6 0.20 0.50 0.50 0.80", "0 1 0.4 0.50 0.50 0.80 0.80",
+                      "1 0 1.0 0.25 0.25 0.55 0.55", "1 0 0.4 0.45 0.45 0.75 0.75",
+                      "1 1 0.6 0.40 0.40 0.70 0.70"],
+    (False, -1, 2): ["0 0 0.6 0.55 0.55 0.85 0.85", "0 0 0.4 0.15 0.55 0.45 0.85",
+                     "0 1 1.0 0.20 0.20 0.50 0.50", "0 1 0.8 0.50 0.20 0.80 0.50",
+                     "1 0 1.0 0.25 0.25 0.55 0.55", "1 1 0.6 0.40 0.40 0.70 0.70"],
+    (False, 0, -1): ["0 1 1.0 0.20 0.20 0.50 0.50", "0 1 0.8 0.50 0.20 0.80 0.50",
+                     "0 1 0.6 0.20 0.50 0.50 0.80", "0 1 0.4 0.50 0.50 0.80 0.80",
+                     "1 1 0.6 0.40 0.40 0.70 0.70"],
+    (False, 0, 2): ["0 1 1.0 0.20 0.20 0.50 0.50", "0 1 0.8 0.50 0.20 0.80 0.50",
+                    "1 1 0.6 0.40 0.40 0.70 0.70"],
+}
+
+
+@pytest.mark.parametrize("share_location,background,top_k", sorted(FORK_TEST_EXPECTATIONS))
+def test_detection_output_reproduces_the_forks_own_tests(share_location, background, top_k):
+    """The expected rows of the fork's test_detection_output_layer.cpp (CORNER code,
+    variance 0.1, nms_threshold 0.1, no confidence threshold)."""
+    loc, conf, prior = _fork_test_fixture(share_location)
+    nms = "nms_threshold: 0.1" + (f" top_k: {top_k}" if top_k > -1 else "")
+    text = ('name: "det" type: "DetectionOutput" detection_output_param { num_classes: 2 '
+            f"share_location: {str(share_location).lower()} background_label_id: {background} "
+            f"nms_param {{ {nms} }} }}")
+    layer = layer_from_text(text, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape)])
+    (top,) = layer(loc, conf, prior)
+    expected = np.array([[float(v) for v in row.split()] for row in FORK_TEST_EXPECTATIONS[
+        share_location, background, top_k]], np.float32)
+    rows = top.reshape(-1, 7).numpy()
+    assert rows.shape == expected.shape
+    np.testing.assert_array_equal(rows[:, :2], expected[:, :2])
+    np.testing.assert_allclose(rows[:, 2:], expected[:, 2:], rtol=0, atol=1e-6)   # the fork's eps
+
+
 def test_detection_output_nms_by_hand():
     # three priors; box 1 overlaps box 0 (IoU 2/3), box 2 is apart; class 1 scores 0.9, 0.8, 0.7
     prior = torch.tensor([[[0.0, 0.0, 0.5, 0.5, 0.0, 0.1, 0.5, 0.6, 0.6, 0.6, 0.9, 0.9],
