@@ -141,6 +141,27 @@ def test_prior_box_matches_the_fork(fh, fw, ih, iw, params, kwargs):
     np.testing.assert_array_equal(top.numpy(), expected)
 
 
+@pytest.mark.parametrize("extra,feature,image,row", [("", (10, 10), (100, 100), 4),
+                                                     ("img_size: 100 step: 10", (20, 10), (200, 100), 14)])
+def test_prior_box_reproduces_the_forks_own_tests(extra, feature, image, row):
+    """Values the fork's test_prior_box_layer.cpp expects (TestCPUAspectRatio and
+    TestCPUFixStep): min_size 4, max_size 9, aspect ratio 2 flipped, on a 100-pixel image."""
+    text = ('name: "pb" type: "PriorBox" '
+            f"prior_box_param {{ min_size: 4 max_size: 9 aspect_ratio: 2 {extra} }}")
+    layer = layer_from_text(text, [(10, 10, *feature), (10, 3, *image)])
+    (top,) = layer(torch.zeros(10, 10, *feature), torch.zeros(10, 3, *image))
+    boxes = top[0, 0].double().reshape(feature[0], feature[1], 4, 4).numpy()
+    def cell(x, y):   # min square, max square, 2:1 and 1:2 boxes centred at (x, y)
+        r = 2 ** 0.5
+        return [[x - 0.02, y - 0.02, x + 0.02, y + 0.02], [x - 0.03, y - 0.03, x + 0.03, y + 0.03],
+                [x - 0.02 * r, y - 0.01 * r, x + 0.02 * r, y + 0.01 * r],
+                [x - 0.01 * r, y - 0.02 * r, x + 0.01 * r, y + 0.02 * r]]
+
+    np.testing.assert_allclose(boxes[0, 0], cell(0.05, 0.05), atol=1e-6)
+    np.testing.assert_allclose(boxes[row, 4], cell(0.45, 0.05 + row * 0.1), atol=1e-6)
+    np.testing.assert_allclose(top[0, 1].numpy(), 0.1, atol=1e-6)
+
+
 def test_prior_box_image_size_and_steps_from_parameters():
     text = ('name: "pb" type: "PriorBox" '
             'prior_box_param { min_size: 8 img_h: 50 img_w: 70 step_h: 9 step_w: 11 }')
