@@ -3,7 +3,8 @@ python/classify.py does: `python runner/classify.py ZOO_DIR_OR_DEPLOY IMAGE... [
 
 Preprocessing is caffe.Classifier's (see runner/zoo/classifier.py): resize to the mean's
 size (or --images-dim, else the net input), centre crop or --oversample (10 crops
-averaged), subtract the mean averaged per channel, apply the train_val's scale.
+averaged), subtract the mean averaged per channel, apply the train_val's scale. The net
+runs in its inference form (Net.for_inference) unless --plain is given.
 """
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--oversample", action="store_true",
                    help="average 10 crops (corners, centre and mirrors)")
     p.add_argument("--gpu", action="store_true", help="run on the CUDA device")
+    p.add_argument("--plain", action="store_true",
+                   help="run the plain Net, not its inference form (Net.for_inference: "
+                        "BatchNorm/Scale folded, oneDNN-packed convolutions)")
     return p.parse_args(argv)
 
 
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
         for note in info.notes:
             print(f"note: {note}", file=sys.stderr)
         images = [read_image(path, info.channels) for path in args.images]
-        classifier = Classifier(net, info, "cuda" if args.gpu else "cpu")
+        classifier = Classifier(net, info, "cuda" if args.gpu else "cpu", optimized=not args.plain)
         probabilities = classifier.predict(images, oversampled=args.oversample)
     except (ZooError, ProtoError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -201,6 +201,14 @@ class Net(nn.Module):
             total = total + term
         return total
 
+    def for_inference(self, outputs=None, example: dict | None = None, form: str = "auto",
+                      threads: str | int | None = "auto"):
+        """This net optimised for forward-only use (runner/inference): BatchNorm/Scale folded,
+        traced and frozen, same {blob: tensor} interface; returns `outputs` (default: the
+        net's outputs)."""
+        from runner.inference import InferenceNet
+        return InferenceNet(self, outputs, example, form, threads)
+
     def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
         """Caffe's learnable_params: (name, parameter, lr_mult, decay_mult), shared blobs once."""
         return [(p.name, p.param, p.lr_mult, p.decay_mult) for p in self._learnable]

@@ -1,0 +1,127 @@
+"""2-D convolutions as oneDNN primitives with prepacked weights and fused ReLU / sum, on
+channels_last activations (CPU, float32).
+
+oneDNN reorders a convolution's weights into its blocked layout on every call of
+F.conv2d; here that happens once. A ReLU that is the only reader of a convolution's top,
+and an Eltwise SUM (coefficients 1) of it with a blob computed earlier, run inside the
+convolution as oneDNN post-ops, as torch.compile's CPU backend does with the same ops.
+Where the ops are missing (a torch without oneDNN) nothing is packed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runner.inference.fold import FoldedAffine, Step, absorb_into_producers
+from runner.proto import caffe_pb2
+
+_MKLDNN = getattr(torch.ops, "mkldnn", None)
+CHANNELS_LAST = torch.channels_last
+
+
+def available() -> bool:
+    """Whether this torch has the oneDNN convolution ops used here."""
+    return (torch.backends.mkldnn.is_available() and _MKLDNN is not None
+            and hasattr(_MKLDNN, "_convolution_pointwise")
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+class PackedConv(nn.Module):
+    """One oneDNN convolution: prepacked weight, optional bias, optional fused `sum` with a
+    second input and then optional `relu`. Takes and returns channels_last tensors."""
+
+    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, kw: dict,
+                 input_shape, add: bool = False, relu: bool = False):
+        super().__init__()
+        self.name = name
+        self.geometry = ([int(v) for v in kw["padding"]], [int(v) for v in kw["stride"]],
+                         [int(v) for v in kw["dilation"]], int(kw["groups"]))
+        if not weight.is_mkldnn:
+            padding, stride, dilation, groups = self.geometry
+            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.detach().contiguous().to_mkldnn(), padding, stride, dilation, groups,
+                list(input_shape))
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().contiguous(),
+                             persistent=False)
+        self.kw, self.input_shape = kw, input_shape
+        self.add, self.relu = add, relu
+
+    def fused(self, name: str, add: bool = False, relu: bool = False) -> "PackedConv":
+        """This convolution (the same packed weight) with one more post-op."""
+        return PackedConv(f"{self.name}+{name}", self.weight, self.bias, self.kw,
+                          self.input_shape, self.add or add, self.relu or relu)
+
+    def forward(self, x, *other):
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+        padding, stride, dilation, groups = self.geometry
+        if self.add:
+            other = other[0].contiguous(memory_format=CHANNELS_LAST)
+            y = _MKLDNN._convolution_pointwise.binary(
+                x, other, self.weight, self.bias, padding, stride, dilation, groups, "add", None,
+                "relu" if self.relu else None, [], None)
+            return (y,)
+        return (_MKLDNN._convolution_pointwise(x, self.weight, self.bias, padding, stride,
+                                                dilation, groups, "relu" if self.relu else "none",
+                                                [], None),)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, add={self.add}, relu={self.relu}"
+
+
+def _conv_parts(layer: nn.Module):
+    """(weight, bias, kw) of a 2-D channel-axis-1 convolution with one bottom, else None."""
+    if isinstance(layer, FoldedAffine) and layer.type == "Convolution":
+        weight, bias, kw = layer.weight, layer.bias, layer._kw
+    elif getattr(layer, "type", None) == "Convolution" and layer.axis == 1:
+        weight, kw = layer.blobs[0], layer._kw
+        bias = layer.blobs[1] if layer.bias_term else None
+    else:
+        return None
+    if weight.dim() != 4 or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    return weight.detach(), None if bias is None else bias.detach(), kw
+
+
+def pack_convolutions(steps: list[Step], blob_shapes: dict) -> list[Step]:
+    """Every 2-D float32 CPU convolution with one bottom as a PackedConv."""
+    out = []
+    for step in steps:
+        parts = _conv_parts(step.layer) if len(step.bottoms) == 1 == len(step.tops) else None
+        if parts is None:
+            out.append(step)
+            continue
+        weight, bias, kw = parts
+        packed = PackedConv(step.layer.name, weight, bias, kw, blob_shapes[step.bottoms[0]])
+        out.append(Step(step.key, packed, step.bottoms, step.tops))
+    return out
+
+
+def _is_plain_relu(layer) -> bool:
+    return getattr(layer, "type", None) == "ReLU" and layer.slope == 0
+
+
+def _is_plain_sum(layer) -> bool:
+    return (getattr(layer, "type", None) == "Eltwise"
+            and layer.op == caffe_pb2.EltwiseParameter.SUM and len(layer.coeffs) == 2
+            and all(c == 1 for c in layer.coeffs))
+
+
+def fuse_post_ops(steps: list[Step], input_names, blob_shapes: dict, keep) -> list[Step]:
+    """ReLUs and two-input SUMs merged into the PackedConv that produces their input."""
+    def combine(producer: Step, step: Step, k: int) -> Step | None:
+        conv = producer.layer
+        if not isinstance(conv, PackedConv) or conv.relu:
+            return None
+        if _is_plain_relu(step.layer):
+            return Step(producer.key, conv.fused(step.layer.name, relu=True), producer.bottoms,
+                        step.tops)
+        if _is_plain_sum(step.layer) and not conv.add:
+            other = step.bottoms[1 - k]
+            if blob_shapes[other] != blob_shapes[step.bottoms[k]]:
+                return None
+            return Step(producer.key, conv.fused(step.layer.name, add=True),
+                        producer.bottoms + (other,), step.tops)
+        return None
+
+    return absorb_into_producers(steps, input_names, keep, combine)
