@@ -115,3 +115,17 @@ def test_missing_model_is_one_clear_error(tmp_path, capsys):
     assert classify([str(tmp_path / "nowhere"), "x.png"]) == 1
     assert capsys.readouterr().err.strip() == \
         f"error: {tmp_path / 'nowhere'}: no such zoo folder or deploy prototxt"
+
+
+def test_inference_form_and_plain_net_give_the_same_top5(setup, capsys):
+    """classify runs Net.for_inference() by default; --plain runs the Net as built."""
+    folder, _, pngs = setup
+    assert classify([str(folder), *map(str, pngs), "--top", "5"]) == 0
+    fast = parse(capsys.readouterr().out)
+    assert classify([str(folder), *map(str, pngs), "--top", "5", "--plain"]) == 0
+    plain = parse(capsys.readouterr().out)
+    assert list(fast) == list(plain) == [str(p) for p in pngs]
+    for path in fast:
+        assert [label for label, _ in fast[path]] == [label for label, _ in plain[path]]
+        np.testing.assert_allclose([p for _, p in fast[path]], [p for _, p in plain[path]],
+                                   atol=1e-4)
