@@ -1,0 +1,131 @@
+"""CPU inference: Net.for_inference() against OpenCV's DNN module (cv2.dnn.readNetFromCaffe)
+on the same prototxt and weights, target <= 0.8 (ours / OpenCV wall time).
+
+Nets (bench/inference_nets.py): the ImageNet CNDS-8 deploy net and nets shaped like
+GoogLeNet, ResNet-50 and SqueezeNet 1.1, seeded He-scaled random weights, batch 1 and 8.
+Both libraries get the same thread count (torch.set_num_threads, cv2.setNumThreads) and
+run interleaved in this process; each figure is the median of `--iters` forwards after
+`--warmup`. Then the same with a second process spinning on one core: ours at the same
+fixed count, and ours with the default adaptive threads (runner/threads.py), both against
+OpenCV at that count.
+
+    python bench/bench_inference.py [--iters 15] [--warmup 3] [--threads N] [--nets ...]
+        [--batches 1,8] [--no-busy]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from inference_nets import NETS, build  # noqa: E402
+from runner.threads import allowed_cpus  # noqa: E402
+
+
+def spin(cpu: int) -> None:
+    """Keep one core busy until killed."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    while True:
+        pass
+
+
+def interleaved(runs: dict, iters: int, warmup: int) -> dict[str, float]:
+    """Median wall seconds per callable, alternating their order every round."""
+    times = {k: [] for k in runs}
+    order = list(runs)
+    for i in range(warmup + iters):
+        for key in (order if i % 2 else order[::-1]):
+            start = time.perf_counter()
+            runs[key]()
+            if i >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def report(case: str, ours: float, theirs: float, extra: str = "") -> None:
+    figure = f"ours {ours * 1e3:.1f} ms, OpenCV {theirs * 1e3:.1f} ms" + extra
+    print(f"{case:48s} {figure:44s} ratio {ours / theirs:.3f}")
+    print("BENCH " + json.dumps({"case": case, "ratio": round(ours / theirs, 4),
+                                 "figure": figure, "target": "<= 0.8"}), flush=True)
+
+
+def bench_net(name: str, batch: int, threads: int, args, folder: Path) -> None:
+    net, prototxt, weights = build(name, batch, folder)
+    x = torch.randn(net.blob_shapes[net.input_names[0]], generator=torch.Generator().manual_seed(1))
+    blob = x.numpy()
+    output = net.output_names[0]
+    fixed = net.for_inference(threads=threads)
+    opencv = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+
+    def theirs():
+        opencv.setInput(blob)
+        return opencv.forward()
+
+    def ours(model=fixed):
+        return model({net.input_names[0]: x})[output]
+
+    gap = float(np.abs(ours().numpy().reshape(-1) - theirs().reshape(-1)).max())
+    note = f", max |ours - OpenCV| {gap:.1e}"
+    label = f"{name} batch {batch}"
+    medians = interleaved({"ours": ours, "cv": theirs}, args.iters, args.warmup)
+    report(f"{label}", medians["ours"], medians["cv"], note)
+    if args.busy:
+        adaptive = net.for_inference(threads="auto")
+        spinner = multiprocessing.get_context("spawn").Process(target=spin, args=(allowed_cpus()[0],),
+                                                               daemon=True)
+        spinner.start()
+        try:
+            time.sleep(0.5)
+            medians = interleaved({"ours": ours, "auto": lambda: ours(adaptive), "cv": theirs},
+                                  args.iters, args.warmup)
+        finally:
+            spinner.kill()
+            spinner.join()
+        report(f"{label}, 1 core busy, {threads} threads", medians["ours"], medians["cv"])
+        report(f"{label}, 1 core busy, adaptive threads", medians["auto"], medians["cv"],
+               f" ({adaptive.threads.count} threads)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=len(allowed_cpus()),
+                    help="threads for both libraries (default: the CPUs this process may use)")
+    ap.add_argument("--nets", default=",".join(NETS), help=f"comma-separated, of: {', '.join(NETS)}")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--no-busy", dest="busy", action="store_false",
+                    help="skip the runs with a second process busy on one core")
+    args = ap.parse_args()
+    names = args.nets.split(",")
+    unknown = [n for n in names if n not in NETS]
+    if unknown:
+        ap.error(f"unknown nets {unknown}; known: {', '.join(NETS)}")
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads each, "
+          f"load average {load:.1f}; median of {args.iters} interleaved forwards after {args.warmup}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            for batch in (int(b) for b in args.batches.split(",")):
+                bench_net(name, batch, args.threads, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
