@@ -5,13 +5,13 @@ size and writes the prototxt and caffemodel OpenCV reads into `folder`.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from runner import Net
-from runner.proto import read_net, to_text
+from runner.fillers import fill_
+from runner.proto import caffe_pb2, read_net, to_text
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = {
@@ -22,27 +22,25 @@ NETS = {
 }
 
 
+MSRA = caffe_pb2.FillerParameter(type="msra")                    # N(0, 2 / fan_in): He
+BIAS = caffe_pb2.FillerParameter(type="uniform", min=-0.1, max=0.1)
+MULTIPLIER = caffe_pb2.FillerParameter(type="uniform", min=0.5, max=1.5)
+
+
 @torch.no_grad()
 def he_random_(net: Net, seed: int) -> None:
-    """Weights ~ N(0, 2 / fan_in) (He), biases ~ U(-0.1, 0.1); BatchNorm statistics of a
-    unit-scale activation (s = 1); Scale multipliers ~ U(0.5, 1.5)."""
+    """Caffe's msra filler for weights, U(-0.1, 0.1) biases, U(0.5, 1.5) Scale multipliers
+    and BatchNorm variances, BatchNorm means as biases, s = 1; seeded."""
     gen = torch.Generator().manual_seed(seed)
     for layer in net.layers.values():
-        blobs = list(layer.blobs)
-        if layer.type == "BatchNorm":
-            channels = blobs[0].numel()
-            blobs[0].copy_(torch.randn(channels, generator=gen) * 0.1)
-            blobs[1].copy_(torch.rand(channels, generator=gen) + 0.5)
-            blobs[2].fill_(1.0)
-            continue
-        for i, blob in enumerate(blobs):
-            if blob.dim() >= 2:
-                fan_in = blob.numel() // blob.shape[0]
-                blob.copy_(torch.randn(blob.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-            elif layer.type == "Scale" and i == 0:
-                blob.copy_(torch.rand(blob.shape, generator=gen) + 0.5)
+        for i, blob in enumerate(layer.blobs):
+            if layer.type == "BatchNorm":
+                filler = [BIAS, MULTIPLIER, caffe_pb2.FillerParameter(type="constant", value=1)][i]
+            elif blob.dim() >= 2:
+                filler = MSRA
             else:
-                blob.copy_((torch.rand(blob.shape, generator=gen) - 0.5) * 0.2)
+                filler = MULTIPLIER if layer.type == "Scale" and i == 0 else BIAS
+            fill_(blob, filler, gen)
 
 
 def build(name: str, batch: int, folder: Path, seed: int = 0) -> tuple[Net, Path, Path]:
