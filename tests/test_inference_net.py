@@ -9,8 +9,8 @@ import torch
 
 from runner import Net
 from runner.inference import InferenceNet, max_difference, packed
-from runner.inference.packed import PackedConv
-from runner.proto import parse_net_text
+from runner.inference.packed import PackedConv, PackedLinear
+from runner.proto import parse_net_text, read_net
 from test_oracle_opencv import MODEL_NETS, randomize, smallest_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,16 @@ def test_every_committed_deploy_net_matches_the_plain_net(prototxt, tmp_path):
     if packed.available():
         convs = [s.layer for s in fast.steps if isinstance(s.layer, PackedConv)]
         assert convs and all(c.relu for c in convs), "every conv of these nets feeds a ReLU"
+
+
+@pytest.mark.skipif(not packed.available(), reason="this torch has no oneDNN ops")
+def test_inner_products_above_batch_1_are_packed_with_their_relu():
+    param = read_net(ROOT / "models/fashion-mnist-cnds8/deploy.prototxt")
+    param.layer[0].input_param.shape[0].dim[0] = 4
+    fast = check_equal(Net(param, phase="TEST"), scale=50.0)
+    linear = [s.layer for s in fast.steps if isinstance(s.layer, PackedLinear)]
+    assert len(linear) == 3 and [p.relu for p in linear] == [True, True, False]
+    assert "ReLU" not in layer_types(fast)
 
 
 def test_batchnorm_scale_eltwise_net_is_folded_and_fused():

@@ -2,9 +2,9 @@
 interface (inputs by name in, the kept blobs by name out).
 
 1. BatchNorm/Scale/Bias are folded into the Convolution/InnerProduct before them (fold.py).
-2. On the CPU, 2-D convolutions become oneDNN primitives with prepacked weights on
-   channels_last activations, with a following ReLU and residual sum fused in (packed.py).
-   Every other layer runs as it is.
+2. On the CPU, 2-D convolutions (and inner products at batches above 1) become oneDNN
+   primitives with prepacked weights on channels_last activations, with a following ReLU
+   and residual sum fused in (packed.py). Every other layer runs as it is.
 3. The result is checked against the plain net on an example input; where it differs by
    more than `tolerance` the next simpler form is used ("packed", "folded", "plain").
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from runner.inference import packed
 from runner.inference.fold import Step, fold_affine_layers
-from runner.inference.packed import fuse_post_ops, pack_convolutions
+from runner.inference.packed import fuse_post_ops, pack_layers
 from runner.threads import thread_policy
 
 TOLERANCE = 1e-4   # max |optimised - plain|, relative to max |plain| (absolute below 1)
@@ -81,7 +81,7 @@ class InferenceNet(nn.Module):
         plain = [Step(k, layer, b, t) for (k, layer), (b, t, _) in zip(net.layers.items(), net._steps)]
         folded = fold_affine_layers(plain, inputs, shapes, keep)
         builders = {
-            "packed": lambda: fuse_post_ops(pack_convolutions(folded, shapes), inputs, shapes, keep),
+            "packed": lambda: fuse_post_ops(pack_layers(folded, shapes), inputs, shapes, keep),
             "folded": lambda: folded,
             "plain": lambda: plain,
         }
