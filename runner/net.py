@@ -17,7 +17,8 @@ import runner.input_sources  # noqa: F401  (registers the Input and DummyData so
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
 from runner.fillers import FillerError, fill_
-from runner.graph import NetBuildError, Wiring, layer_label, loss_weights_for
+from runner.graph import (LayerMemoryError, NetBuildError, Wiring, is_out_of_memory, layer_label,
+                          loss_weights_for)
 from runner.layers.base import UnsupportedLayerError, layer_class
 from runner.net_params import ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
@@ -47,6 +48,10 @@ def _naming_layer(lp, err: Exception) -> NetBuildError:
     """`err` as a NetBuildError whose message names the layer (once)."""
     text = str(err)
     return NetBuildError(text if f"'{lp.name}'" in text else f"{layer_label(lp)}: {text}")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _module_key(name: str, taken) -> str:
@@ -134,6 +139,11 @@ class Net(nn.Module):
             raise
         except (ValueError, IndexError) as err:
             raise _naming_layer(lp, err) from err
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise LayerMemoryError(f"{self.origin}: {layer_label(lp)}: its blobs do not fit in "
+                                   f"memory ({_first_line(err)})") from None
         if len(layer.top_shapes) != len(lp.top):
             raise NetBuildError(f"{layer_label(lp)}: {len(lp.top)} tops given, the layer makes "
                                 f"{len(layer.top_shapes)}")
@@ -181,7 +191,13 @@ class Net(nn.Module):
             args = [blobs[name] for name in bottoms]
             if detach is not None:
                 args = [a.detach() if d else a for a, d in zip(args, detach)]
-            blobs.update(zip(tops, layer(*args)))
+            try:
+                blobs.update(zip(tops, layer(*args)))
+            except (MemoryError, RuntimeError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                raise LayerMemoryError(f"{self.origin}: layer '{layer.name}' ({layer.type}): "
+                                       f"forward does not fit in memory ({_first_line(err)})") from None
         return blobs
 
     def objective(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -21,6 +21,19 @@ PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, sna
               "data sources, mean files) resolve relative to the working directory, as Caffe's.")
 
 
+def _count(low: int):
+    """argparse type: an int >= low (iterations of test/time need 1, a max_iter 0)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", help="GPU ids: 0, 0,1 or all (default: the CPU; a solver's "
                         "solver_mode: GPU picks device_id when this is absent)")
@@ -39,7 +52,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
     p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from, in order")
     p.add_argument("--snapshot", help=".solverstate to resume from")
-    p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--iterations", type=_count(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
                    help="decay of auxiliary loss weights per epoch (default eq2: "
                         "alpha <- alpha * (1 - t/N))")
@@ -63,7 +76,7 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=command == "test",
                    help="comma-separated .caffemodel files")
-    p.add_argument("--iterations", type=int, default=50, help="batches (default 50)")
+    p.add_argument("--iterations", type=_count(1), default=50, help="batches (default 50)")
     p.add_argument("--phase", choices=["TRAIN", "TEST"],
                    default="TEST" if command == "test" else "TRAIN")
     p.add_argument("--stage", default="", help="comma-separated stages")
@@ -157,7 +170,7 @@ def main(argv=None) -> int:
             run_model_command(command, args)
     except (ValueError, OSError, SolverDiverged) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except RuntimeError as err:
         if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
             raise
@@ -165,7 +178,7 @@ def main(argv=None) -> int:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"{prog}: error: torch.compile failed ({type(err).__name__}: {first}); "
               "run without --compile", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

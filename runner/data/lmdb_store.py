@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import lmdb
 from tqdm import tqdm
 
+from runner.atomic import temporary_dir_beside
 from runner.data.datum import DataError
 
 COMMIT_EVERY = 1000          # records per transaction, as convert_imageset
@@ -132,8 +132,7 @@ def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
     path = Path(path)
     if path.exists() and not overwrite:
         raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_dir_beside(path)
     try:
         env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE, sync=False)
         try:
@@ -156,7 +155,7 @@ def replace_dir(new: Path, target: Path) -> None:
     new.chmod(0o755)   # mkdtemp made it private
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        old = temporary_dir_beside(target, suffix=".old")
         os.replace(target, old / target.name)
     os.replace(new, target)
     if old is not None:

@@ -15,7 +15,10 @@ from runner.proto import caffe_pb2
 
 
 class _Loss(Layer):
+    """Caffe's LossLayer: predictions and labels (or targets) in, one loss top out."""
+
     is_loss = True
+    bottom_count, top_count = (2, 2), (1, 1)
 
 
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,7 @@ class HingeLoss(_Loss):
 
     def forward(self, x, label):
         scores = _per_sample(x)
-        labels = label_index(label, scores.shape[0], 1, self.name)
+        labels = label_index(label, scores.shape[0], 1, self.name, scores.shape[1])
         sign = torch.ones_like(scores).scatter_(1, labels, -1.0)
         margin = F.relu(1 + sign * scores)
         if self.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
@@ -106,6 +109,8 @@ class InfogainLoss(_Loss):
     is Caffe's p * rowsum(H)[label] - H[label], unaffected by the clip. An optional
     second top is the softmax."""
 
+    bottom_count, top_count = (2, 3), (1, 2)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.infogain_loss_param
@@ -134,7 +139,7 @@ class InfogainLoss(_Loss):
         h = h.detach().reshape(channels, channels).to(x.dtype)
         log_prob = F.log_softmax(x, dim=self.axis).reshape(outer, channels, inner)
         log_prob = clip_value_keep_grad(log_prob, math.log(LOG_THRESHOLD))
-        labels = label_index(label, outer, inner, self.name)
+        labels = label_index(label, outer, inner, self.name, channels, self.ignore_label)
         valid = None if self.ignore_label is None else labels != self.ignore_label
         index = labels if valid is None else torch.where(valid, labels, 0)
         weights = h[index].permute(0, 2, 1)  # (outer, channels, inner): H[label, l]
@@ -156,7 +161,7 @@ class MultinomialLogisticLoss(_Loss):
 
     def forward(self, prob, label):
         p = _per_sample(prob)
-        labels = label_index(label, p.shape[0], 1, self.name)
+        labels = label_index(label, p.shape[0], 1, self.name, p.shape[1])
         picked = p.gather(1, labels).squeeze(1)
         floor = picked.detach().clamp(min=LOG_THRESHOLD)
         # value log(floor); gradient 1 / floor
@@ -169,6 +174,8 @@ class ContrastiveLoss(_Loss):
     """Pairs (a, b) with similarity y: sum of d^2 for similar pairs and
     max(margin - d, 0)^2 for dissimilar ones (legacy: max(margin - d^2, 0)), over 2N.
     The dissimilar gradient uses Caffe's d + 1e-4 in the denominator."""
+
+    bottom_count, top_count = (3, 3), (1, 1)
 
     def forward(self, a, b, similar):
         p = self.lp.contrastive_loss_param

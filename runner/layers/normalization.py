@@ -19,6 +19,8 @@ class LRN(Layer):
     b = a * (1 + alpha * pooled)^-beta; k is not used.
     """
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.lrn_param
@@ -53,6 +55,8 @@ class BatchNorm(Layer):
     mean_acc/s and var_acc/s (s == 0 gives 0). use_global_stats defaults to evaluation
     mode (`not self.training`), Caffe's "phase == TEST".
     """
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -120,6 +124,8 @@ class _MVNFunction(torch.autograd.Function):
 class MVN(Layer):
     """Mean-variance normalisation per (sample, channel), or per sample across channels;
     eps is added to the standard deviation, as Caffe does."""
+
+    bottom_count = top_count = (1, 1)
 
     def forward(self, x):
         p = self.lp.mvn_param

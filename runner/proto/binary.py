@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 from typing import TypeVar
 
 from google.protobuf import unknown_fields
@@ -16,12 +16,31 @@ from runner.proto.upgrade import upgrade_net
 M = TypeVar("M", bound=Message)
 
 
-def read_file_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or a ProtoError naming the path."""
+# protobuf refuses messages past 2 GiB (Caffe's kProtoReadBytesLimit is INT_MAX too).
+MAX_FILE_BYTES = 2**31 - 1
+
+
+def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file `path` (at most `limit`), or a ProtoError naming it.
+
+    Devices, pipes and directories are refused before anything is read, and no more than
+    the size the file declares is read, so /dev/zero or a growing file cannot exhaust memory.
+    """
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block the open
     except OSError as err:
-        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ProtoError(f"{path}: cannot read: not a regular file")
+        if info.st_size > limit:
+            raise ProtoError(f"{path}: {info.st_size} bytes, more than the {limit} "
+                             "this file may have")
+        try:
+            return f.read(info.st_size)
+        except OSError as err:
+            raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:

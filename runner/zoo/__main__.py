@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         print(args.run(args))
     except (ZooError, ProtoError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
