@@ -81,6 +81,8 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
                    default="TEST" if command == "test" else "TRAIN")
     p.add_argument("--stage", default="", help="comma-separated stages")
     p.add_argument("--level", type=int, default=0)
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or inf (with a warning) instead of refusing them")
     _common(p)
     return p
 
@@ -146,7 +148,8 @@ def run_model_command(command: str, args) -> None:
     device = distributed.pick_device(gpus, 0)
     stages = [s for s in args.stage.split(",") if s]
     weights = args.weights.split(",") if args.weights else None
-    net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights)
+    net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights,
+              allow_nonfinite=args.allow_nonfinite)
     log.info("caffe.cpp:249", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
     if command == "test":
         score_net(net, args.iterations, device, log)

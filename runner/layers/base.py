@@ -67,6 +67,8 @@ class Layer(nn.Module):
     bottom_count: tuple[int, int | None] = (0, None)
     top_count: tuple[int, int | None] = (0, None)
     same_bottom_top_count = False  # Caffe's EqualNumBottomTopBlobs
+    # (classes, ignore_label) when bottom 1 holds class labels this layer indexes with
+    label_limit: tuple[int, int | None] | None = None
 
     @classmethod
     def blob_counts(cls, lp) -> tuple[tuple[int, int | None], tuple[int, int | None]]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,7 @@ from google.protobuf.message import DecodeError
 from runner.layers.base import Layer, register
 from runner.layers.common import (LOG_THRESHOLD, clip_value_keep_grad, label_index,
                                   loss_normalizer, normalization_mode, split_at_axis)
-from runner.proto import caffe_pb2
+from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
 class _Loss(Layer):
@@ -24,6 +23,14 @@ class _Loss(Layer):
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
     """The bottom as (num, count / num), Caffe's num x dim view."""
     return x.reshape(x.shape[0], -1)
+
+
+class _PerSampleLabels:
+    """Mixin: one label per sample, a class among the count / num values of bottom 0."""
+
+    @property
+    def label_limit(self) -> tuple[int, None]:
+        return math.prod(self.bottom_shapes[0][1:]), None
 
 
 @register("EuclideanLoss")
@@ -73,7 +80,7 @@ class SigmoidCrossEntropyLoss(_Loss):
 
 
 @register("HingeLoss")
-class HingeLoss(_Loss):
+class HingeLoss(_PerSampleLabels, _Loss):
     """sum over samples and classes of max(0, 1 - t * x)^p / N, t = +1 for the label's
     class and -1 elsewhere; p = 1 (L1, default) or 2 (L2)."""
 
@@ -90,9 +97,9 @@ class HingeLoss(_Loss):
 def read_infogain_matrix(path: str, layer: str) -> torch.Tensor:
     """The H matrix of an InfogainLoss from a binaryproto BlobProto file."""
     try:
-        blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
-    except OSError as exc:
-        raise ValueError(f"layer '{layer}': cannot read infogain matrix '{path}': {exc}") from None
+        blob = caffe_pb2.BlobProto.FromString(read_file_bytes(path))
+    except ProtoError as exc:
+        raise ValueError(f"layer '{layer}': cannot read infogain matrix: {exc}") from None
     except DecodeError:
         raise ValueError(f"layer '{layer}': '{path}' is not a binary BlobProto") from None
     values = list(blob.double_data) or list(blob.data)
@@ -121,6 +128,7 @@ class InfogainLoss(_Loss):
         self.mode = lp.loss_param.normalization
         lpp = lp.loss_param
         self.ignore_label = lpp.ignore_label if lpp.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
         matrix = None
         if len(bottom_shapes) < 3:
             if not p.source:
@@ -155,7 +163,7 @@ class InfogainLoss(_Loss):
 
 
 @register("MultinomialLogisticLoss")
-class MultinomialLogisticLoss(_Loss):
+class MultinomialLogisticLoss(_PerSampleLabels, _Loss):
     """-sum log(max(p[label], 1e-20)) / N over probabilities p; the gradient at the label
     is -1 / max(p, 1e-20) / N, as Caffe's."""
 

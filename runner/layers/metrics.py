@@ -29,6 +29,7 @@ class Accuracy(Layer):
             raise ValueError(f"layer '{lp.name}': top_k {p.top_k} exceeds the {channels} classes")
         self.top_k = p.top_k
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
 
     @torch.no_grad()
     def forward(self, x, label):

@@ -42,10 +42,11 @@ class SoftmaxWithLoss(Layer):
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
-        self.axis = split_at_axis(bottom_shapes[0], lp.softmax_param.axis, lp.name)[0]
+        self.axis, _, channels, _ = split_at_axis(bottom_shapes[0], lp.softmax_param.axis, lp.name)
         self.mode = normalization_mode(lp, caffe_pb2.LossParameter.VALID)
         p = lp.loss_param
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
 
     def forward(self, x, label):
         _, outer, channels, inner = split_at_axis(tuple(x.shape), self.axis, self.name)

@@ -62,7 +62,27 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
         raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "
                          f"{unknown} that {type_name} does not define)")
     check_required_fields(msg, str(path))
+    bad = _undecodable_string(msg)
+    if bad:
+        raise ProtoError(f"{path}: not a binary {type_name} (its string field {bad} "
+                         "is not UTF-8 text)")
     return msg
+
+
+def _undecodable_string(msg: Message, where: str = "") -> str | None:
+    """The path of the first string field holding bytes that are not UTF-8 (protobuf
+    hands such proto2 strings back as bytes), or None."""
+    for field, value in msg.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        items = enumerate(value) if field.is_repeated else [(None, value)]
+        for i, item in items:
+            name = f"{where}{field.name}" + ("" if i is None else f"[{i}]")
+            found = (name if isinstance(item, bytes) else None) \
+                if field.type == field.TYPE_STRING else _undecodable_string(item, name + ".")
+            if found:
+                return found
+    return None
 
 
 def write_binary(msg: Message, path: str | os.PathLike) -> None:

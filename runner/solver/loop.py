@@ -113,7 +113,9 @@ class Solver:
         self.lr_policy = LearningRatePolicy(param)
         self.iter = 0
         self.requested_early_exit = False
-        self.last_snapshot = None
+        self.last_snapshot = None        # the last one written
+        self.last_good_snapshot = None   # the last one whose own weights gave a finite loss
+        self._unchecked_snapshot = None  # (iter, path) written, its forward not yet run
         self.schedule = self._aux_schedule()
 
         self.ddp = distributed.wrap(self.net, ctx)
@@ -225,7 +227,9 @@ class Solver:
                 if diverged:
                     raise SolverDiverged(
                         f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
-                        f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
+                        f"update. Last good snapshot (its weights gave a finite loss): "
+                        f"{self.last_good_snapshot or 'none'}")
+                self._confirm_snapshot()
                 self._update_smoothed_loss(loss, start_iter)
                 if display:
                     lapse = time.perf_counter() - timer
@@ -348,10 +352,17 @@ class Solver:
         if not finite:
             raise SolverDiverged(
                 f"Iteration {self.iter}: the weights contain NaN/inf; not snapshotting over the "
-                f"last good snapshot ({self.last_snapshot or 'none written'})")
+                f"last good snapshot ({self.last_good_snapshot or 'none'})")
         paths = write_snapshot(self.net, self.update.history, self.iter,
                                self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
         self.last_snapshot = paths.state
+        self._unchecked_snapshot = (self.iter, paths.state)
+
+    def _confirm_snapshot(self) -> None:
+        """After a finite forward at self.iter: a snapshot of this iteration is good."""
+        if self._unchecked_snapshot and self._unchecked_snapshot[0] == self.iter:
+            self.last_good_snapshot = self._unchecked_snapshot[1]
+            self._unchecked_snapshot = None
 
     def restore(self, state_file: str) -> None:
         """Weights, history, iter, current_step; data and aux weights follow from iter."""
@@ -359,6 +370,7 @@ class Solver:
         self.net.load_caffemodel(state.learned_net)
         self.update.load_history(state.history)
         self.iter = state.iter
+        self._unchecked_snapshot = (state.iter, state_file)
         self.lr_policy.current_step = state.current_step
         self.train_batches.skip(self.iter * self.param.iter_size)
         for stream, n in zip(self.test_batches, self.param.test_iter):
