@@ -372,9 +372,11 @@ class Solver:
         self.iter = state.iter
         self._unchecked_snapshot = (state.iter, state_file)
         self.lr_policy.current_step = state.current_step
-        self.train_batches.skip(self.iter * self.param.iter_size)
+        # A state past max_iter trains no more: its streams need not be wound that far.
+        done = min(self.iter, self.param.max_iter)
+        self.train_batches.skip(done * self.param.iter_size)
         for stream, n in zip(self.test_batches, self.param.test_iter):
-            stream.skip(self.tests_before(self.iter) * n)
+            stream.skip(self.tests_before(done) * n)
 
     def tests_before(self, it: int) -> int:
         """How many test rounds the loop ran before reaching iteration `it`."""
