@@ -12,6 +12,7 @@ the failing inputs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import resource
@@ -31,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from fuzz_mutators import mutate  # noqa: E402
-from fuzz_targets import FORMATS, datum_input, make_seeds, run  # noqa: E402
+from fuzz_targets import FORMATS, datum_input, make_seeds  # noqa: E402
 
 OUTCOMES = ("ok", "ours", "foreign", "hang", "crash")
 FAILURES = ("foreign", "hang", "crash")
+TARGET = "fuzz_targets:run"   # module:function(format, folder) that runs one input
+STARTUP_SECONDS = 300         # a worker's imports, on a busy machine
 
 
 @dataclass
@@ -66,12 +69,15 @@ def classify(exc: BaseException) -> str:
     return "ours" if type(exc).__module__.split(".")[0] == "runner" else "foreign"
 
 
-def run_one(item: Input, seeds: Path, scratch: Path) -> tuple[str, str]:
+def run_one(item: Input, seeds: Path, scratch: Path, target: str = TARGET) -> tuple[str, str]:
     """Run one input in a fresh copy of the seeds; (outcome, message)."""
+    module, function = target.split(":")
+    run = getattr(importlib.import_module(module), function)
     folder = Path(tempfile.mkdtemp(dir=scratch))
     try:
         shutil.copytree(seeds, folder, dirs_exist_ok=True)
-        (folder / FORMATS[item.format].seed).write_bytes(item.data)
+        if item.format in FORMATS:
+            (folder / FORMATS[item.format].seed).write_bytes(item.data)
         return run(item.format, folder) or "ok", ""
     except Exception as exc:  # the point: sort every exception into ours or foreign
         outcome = classify(exc)
@@ -83,7 +89,7 @@ def run_one(item: Input, seeds: Path, scratch: Path) -> tuple[str, str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _worker(conn, seeds: Path, scratch: Path, memory: int, cpu_seconds: int) -> None:
+def _worker(conn, seeds: Path, scratch: Path, memory: int, cpu_seconds: int, target: str) -> None:
     """Serve inputs from `conn` until it closes, under the resource limits."""
     import torch
     torch.set_num_threads(1)
@@ -94,6 +100,8 @@ def _worker(conn, seeds: Path, scratch: Path, memory: int, cpu_seconds: int) -> 
     os.dup2(quiet, 2)
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    importlib.import_module(target.split(":")[0])
+    conn.send("ready")   # the time limit counts from here, not from the imports
     while True:
         try:
             item = conn.recv()
@@ -101,7 +109,7 @@ def _worker(conn, seeds: Path, scratch: Path, memory: int, cpu_seconds: int) -> 
             return
         hard = resource.getrlimit(resource.RLIMIT_CPU)[1]   # only the soft limit moves
         resource.setrlimit(resource.RLIMIT_CPU, (_cpu_used() + cpu_seconds, hard))
-        conn.send(run_one(item, seeds, scratch))
+        conn.send(run_one(item, seeds, scratch, target))
 
 
 def _cpu_used() -> int:
@@ -112,12 +120,19 @@ def _cpu_used() -> int:
 class Worker:
     """A worker process and the input it is running."""
 
-    def __init__(self, context, seeds, scratch, memory, timeout):
+    def __init__(self, context, seeds, scratch, memory, timeout, target):
         self.conn, child = context.Pipe()
         self.proc = context.Process(target=_worker, daemon=True,
-                                    args=(child, seeds, scratch, memory, int(timeout) + 5))
+                                    args=(child, seeds, scratch, memory, int(timeout) + 5, target))
         self.proc.start()
         child.close()
+        try:
+            ready = self.conn.poll(STARTUP_SECONDS) and self.conn.recv() == "ready"
+        except EOFError:
+            ready = False
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"a fuzz worker did not start within {STARTUP_SECONDS} s")
         self.item: Input | None = None
         self.started = 0.0
 
@@ -132,14 +147,19 @@ class Worker:
 
 
 def fuzz(inputs: list[Input], seeds: Path, *, workers: int = 1, timeout: float = 20.0,
-         memory: int = 3 << 30, progress=None) -> dict:
+         memory: int = 3 << 30, progress=None, target: str = TARGET) -> dict:
     """Run `inputs`; returns {"counts": {format: Counter}, "failures": [(Input, outcome, text)]}."""
-    context = multiprocessing.get_context("spawn")
+    # Workers fork from a server that imported everything once (and ran no torch threads).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["fuzz_harness", target.split(":")[0]])
     counts: dict[str, Counter] = defaultdict(Counter)
     failures = []
     pending = list(reversed(inputs))
     with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch:
-        pool = [Worker(context, seeds, Path(scratch), memory, timeout) for _ in range(workers)]
+        def start():
+            return Worker(context, seeds, Path(scratch), memory, timeout, target)
+
+        pool = [start() for _ in range(workers)]
         try:
             while pending or any(w.item for w in pool):
                 for i, w in enumerate(pool):
@@ -157,7 +177,7 @@ def fuzz(inputs: list[Input], seeds: Path, *, workers: int = 1, timeout: float =
                         progress(w.item, outcome)
                     if outcome in ("hang", "crash"):
                         w.kill()
-                        pool[i] = Worker(context, seeds, Path(scratch), memory, timeout)
+                        pool[i] = start()
                     else:
                         w.item = None
                 time.sleep(0.001)
@@ -184,8 +204,8 @@ def _result(w: Worker, timeout: float) -> tuple[str | None, str]:
 def report(result: dict, seconds: float) -> str:
     lines = [f"{'format':<18}" + "".join(f"{o:>9}" for o in OUTCOMES) + f"{'total':>9}"]
     total = Counter()
-    for name in FORMATS:
-        c = result["counts"].get(name, Counter())
+    for name in sorted(result["counts"], key=lambda n: list(FORMATS).index(n) if n in FORMATS else 99):
+        c = result["counts"][name]
         total.update(c)
         lines.append(f"{name:<18}" + "".join(f"{c[o]:>9}" for o in OUTCOMES)
                      + f"{sum(c.values()):>9}")
