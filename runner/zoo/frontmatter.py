@@ -30,7 +30,10 @@ MAX_NESTING = 16                # YAML collections inside collections
 
 class _FrontMatterLoader(yaml.SafeLoader):
     """SafeLoader without aliases (a few bytes of them can expand without bound), with
-    bounded nesting and duplicate keys refused (Caffe's tools would keep only one)."""
+    bounded nesting and duplicate keys refused (Caffe's tools would keep only one). Plain
+    scalars stay strings: a sha1 or commit of digits keeps its leading zeros."""
+
+    yaml_implicit_resolvers: dict = {}
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -109,7 +112,6 @@ def read_readme(folder: str | os.PathLike) -> tuple[dict[str, str], str]:
     if nested:
         raise ZooError(f"{path}: front matter field '{nested[0]}' must be a plain value, "
                        "not a list or mapping")
-    # YAML turns an all-digit sha1 or commit into an int; the fields are strings.
     front = {str(k): "" if v is None else str(v) for k, v in data.items()}
     return front, "".join(lines[end + 1:])
 
