@@ -244,12 +244,13 @@ def main(argv=None) -> int:
         result = fuzz(inputs, Path(seeds), workers=args.workers, timeout=args.timeout,
                       memory=int(args.memory_gb * (1 << 30)), progress=progress)
     print(report(result, time.monotonic() - start))
-    if args.save:
+    if args.save and result["failures"]:
         out = Path(args.save)
         out.mkdir(parents=True, exist_ok=True)
         for item, outcome, _ in result["failures"]:
             name = f"{item.index:06d}-{outcome}-{item.format.replace(' ', '_')}"
             (out / name).write_bytes(item.data)
+        print(f"failing inputs saved in {out}/", file=sys.stderr)
     return 1 if result["failures"] else 0
 
 

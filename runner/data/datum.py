@@ -75,7 +75,10 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str, flag: int = cv2.IMREAD_AN
     if datum.encoded:
         if not data:
             raise DataError(f"{where}: encoded Datum without image bytes")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        except cv2.error:
+            image = None
         if image is None:
             raise DataError(f"{where}: encoded image cannot be decoded by OpenCV")
         return hwc_to_chw(image)
