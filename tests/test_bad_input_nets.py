@@ -148,12 +148,12 @@ def test_divergence_names_the_last_snapshot_whose_forward_was_finite(seed_dir, t
     param.ClearField("test_iter")
     param.snapshot_prefix = "out/s"
     solver = Solver(param, QUIET)
-    forward_backward = solver._forward_backward
+    forward_backward = solver.train_step.forward_backward
 
-    def nan_from_iteration_2():
-        loss, blobs = forward_backward()
+    def nan_from_iteration_2(batches):
+        loss, blobs = forward_backward(batches)
         return (float("nan") if solver.iter >= 2 else loss), blobs
-    monkeypatch.setattr(solver, "_forward_backward", nan_from_iteration_2)
+    monkeypatch.setattr(solver.train_step, "forward_backward", nan_from_iteration_2)
     with pytest.raises(SolverDiverged, match="Iteration 2: .*Last good snapshot .*: "
                                              "out/s_iter_1.solverstate"):
         solver.solve()
