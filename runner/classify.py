@@ -15,6 +15,7 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
+from runner.graph import LayerMemoryError  # noqa: E402
 from runner.proto import ProtoError  # noqa: E402
 from runner.zoo import ZooError, load  # noqa: E402
 from runner.zoo.classifier import Classifier, read_image, top_k  # noqa: E402
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         images = [read_image(path, info.channels) for path in args.images]
         classifier = Classifier(net, info, "cuda" if args.gpu else "cpu")
         probabilities = classifier.predict(images, oversampled=args.oversample)
-    except (ZooError, ProtoError, ValueError) as exc:
+    except (ZooError, ProtoError, ValueError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path, probs in zip(args.images, probabilities):

@@ -165,13 +165,14 @@ def main(argv=None) -> int:
         argv = argv[1:]
     parser = train_parser(prog) if command == "train" else model_parser(prog, command)
     args = parser.parse_args(argv)
+    from runner.graph import LayerMemoryError
     from runner.solver.errors import SolverDiverged
     try:
         if command == "train":
             run_train(args)
         else:
             run_model_command(command, args)
-    except (ValueError, OSError, SolverDiverged) as err:
+    except (ValueError, OSError, SolverDiverged, LayerMemoryError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

@@ -208,3 +208,18 @@ def test_interrupted_lmdb_write_is_cleaned_by_the_next(tmp_path):
     write_lmdb(tmp_path / "db", [("k", caffe_pb2.Datum(channels=1, height=1, width=1,
                                                        data=b"\0").SerializeToString())])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
+def test_handles_of_removed_databases_are_closed(tmp_path):
+    from runner.data import lmdb_store
+
+    datum = caffe_pb2.Datum(channels=1, height=1, width=1, data=b"\0").SerializeToString()
+    for i in range(3):
+        write_lmdb(tmp_path / f"db{i}", [("k", datum)])
+        with lmdb_store.LmdbReader(tmp_path / f"db{i}") as reader:
+            assert len(reader) == 1
+        shutil.rmtree(tmp_path / f"db{i}")
+    write_lmdb(tmp_path / "last", [("k", datum)])
+    lmdb_store.LmdbReader(tmp_path / "last").close()
+    mine = [key for key in lmdb_store._SHARED if str(tmp_path) in key[1]]
+    assert [Path(key[1]).name for key in mine] == ["last"]

@@ -420,11 +420,13 @@ class PrefetchingSource:
         self._next_batch += n
 
     def close(self) -> None:
-        """Stop the worker processes (if any)."""
+        """Stop the worker processes (if any) and end this process's reads."""
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._next_batch = self._prefetcher.next_batch
             self._prefetcher = None
+        if hasattr(self.maker, "close"):
+            self.maker.close()
 
     def __enter__(self) -> PrefetchingSource:
         return self

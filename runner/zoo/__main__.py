@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner.graph import LayerMemoryError
 from runner.proto import ProtoError
 from runner.zoo.frontmatter import ZooError, read_readme
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         print(args.run(args))
-    except (ZooError, ProtoError, ValueError, OSError) as exc:
+    except (ZooError, ProtoError, ValueError, OSError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
