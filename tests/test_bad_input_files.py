@@ -161,6 +161,7 @@ def test_empty_solverstate_says_what_is_missing(files):
 @pytest.mark.parametrize("change, expected", [
     (lambda s: setattr(s, "iter", -1), "iter is -1"),
     (lambda s: s.history[0].shape.dim.extend([2**62, 2**62]), "history blob 0: shape"),
+    (lambda s: s.history[1].data.__setitem__(0, float("nan")), "history blob 1 holds NaN"),
 ])
 def test_bad_solverstate_fields_are_named(files, change, expected):
     state = caffe_pb2.SolverState.FromString(Path("snap_iter_1.solverstate").read_bytes())

@@ -71,15 +71,10 @@ class Layer(nn.Module):
     label_limit: tuple[int, int | None] | None = None
 
     @classmethod
-    def blob_counts(cls, lp) -> tuple[tuple[int, int | None], tuple[int, int | None]]:
-        """(bottom, top) count bounds for this layer (a class may depend on its parameters)."""
-        return cls.bottom_count, cls.top_count
-
-    @classmethod
     def check_blob_counts(cls, lp, n_bottoms: int) -> None:
         """Refuse a layer with a number of bottoms or tops its type does not take."""
         for what, given, bounds in zip(("bottom", "top"), (n_bottoms, len(lp.top)),
-                                       cls.blob_counts(lp)):
+                                       (cls.bottom_count, cls.top_count)):
             low, high = bounds
             if given < low or (high is not None and given > high):
                 raise BlobCountError(f"layer '{lp.name}' ({lp.type}) takes {_count_text(bounds)} "

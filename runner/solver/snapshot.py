@@ -75,6 +75,9 @@ def load_solverstate(path: str) -> RestoredState:
         beside = os.path.join(os.path.dirname(path), os.path.basename(learned))
         if os.path.exists(beside):
             learned = beside
-    return RestoredState(state.iter, state.current_step, learned,
-                         [blob_to_array(b, f"{path} history blob {i}")
-                          for i, b in enumerate(state.history)])
+    history = [blob_to_array(b, f"{path} history blob {i}") for i, b in enumerate(state.history)]
+    for i, h in enumerate(history):
+        if not np.isfinite(h).all():
+            raise SolverConfigError(f"{path}: history blob {i} holds NaN or inf values; "
+                                    "resume from an earlier snapshot")
+    return RestoredState(state.iter, state.current_step, learned, history)
