@@ -145,6 +145,15 @@ class Worker:
         self.proc.join()
         self.conn.close()
 
+    def stop(self) -> None:
+        """End an idle worker the way it ends by itself (its input pipe closes), so it
+        cleans up after itself; kill it if it does not."""
+        self.conn.close()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
 
 def fuzz(inputs: list[Input], seeds: Path, *, workers: int = 1, timeout: float = 20.0,
          memory: int = 3 << 30, progress=None, target: str = TARGET) -> dict:
@@ -183,7 +192,10 @@ def fuzz(inputs: list[Input], seeds: Path, *, workers: int = 1, timeout: float =
                 time.sleep(0.001)
         finally:
             for w in pool:
-                w.kill()
+                if w.item is None:
+                    w.stop()
+                else:
+                    w.kill()
     return {"counts": counts, "failures": failures}
 
 
