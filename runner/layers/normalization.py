@@ -176,6 +176,8 @@ class Normalize(Layer):
     space, or across channels at each position, then multiply by a learned scale (one,
     or one per channel); eps is added to the sum of squares."""
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.norm_param

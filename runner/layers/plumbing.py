@@ -130,6 +130,8 @@ class Permute(Layer):
     """SSD's Permute: reorder the axes (permute_param.order, then the axes it leaves out);
     the identity order passes the bottom through, as the fork shares the blob."""
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         self.order = permute_order(lp, len(bottom_shapes[0]))
