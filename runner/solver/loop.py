@@ -26,7 +26,8 @@ from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
 from runner.solver.lr_policy import LearningRatePolicy
-from runner.solver.plot import plot_history, read_history
+from runner.solver.log_reader import read_history
+from runner.solver.plot import plot_history
 from runner.solver.schedule import AuxWeightSchedule
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.updates import make_update
@@ -111,9 +112,12 @@ class Solver:
             "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
             f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
         self.lr_policy = LearningRatePolicy(param)
-        self.iter = 0
+        self.iter = self.start_iter = 0   # start_iter: where the last solve() began
         self.requested_early_exit = False
         self.last_snapshot = None
+        self.smoothed_loss = float("nan")
+        self.scores = []      # (iteration, test net, mean of each output element) per test
+        self.snapshots = []   # the .caffemodel files written
         self.schedule = self._aux_schedule()
 
         self.ddp = distributed.wrap(self.net, ctx)
@@ -173,7 +177,7 @@ class Solver:
             if resume_file:
                 self.log.info("solver.cpp:274", f"Restoring previous solver status from {resume_file}")
                 self.restore(resume_file)
-            start_iter = self.iter
+            start_iter = self.start_iter = self.iter
             self.step(self.param.max_iter - self.iter)
             p = self.param
             if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
@@ -337,6 +341,8 @@ class Solver:
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
         self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+        self.scores.append((self.iter, k, {name: (sums[name] / n).reshape(-1).tolist()
+                                           for name in net.output_names}))
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
@@ -352,6 +358,7 @@ class Solver:
         paths = write_snapshot(self.net, self.update.history, self.iter,
                                self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
         self.last_snapshot = paths.state
+        self.snapshots.append(paths.model)
 
     def restore(self, state_file: str) -> None:
         """Weights, history, iter, current_step; data and aux weights follow from iter."""
