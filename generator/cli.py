@@ -18,6 +18,7 @@ from generator.make import prepare
 from generator.output import write_model_folder
 from generator.render import parse, render
 from generator.schedule import ScheduleOverrides, with_data_sizes
+from runner import console
 from runner.proto import ProtoError
 from runner.shapes import ShapeError
 
@@ -30,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m generator", description=(
+    p = _Parser(prog=console.prog("python -m generator"), description=(
         "Render train_val, deploy and solver prototxt of the paper's CNN/CNDS nets into "
         "<out>/<dataset>-<variant><depth>/ and print each deploy net's shape table."))
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",

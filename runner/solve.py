@@ -10,8 +10,9 @@
 package). train and test write a JSON result (docs/results.md).
 """
 import argparse
-import os
 import sys
+
+from runner import console
 
 PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, snapshot_prefix, "
               "data sources, mean files) resolve relative to the working directory, as Caffe's.")
@@ -163,8 +164,7 @@ def run_model_command(command: str, args) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    prog = script if script.startswith("caffe-ds") else "python runner/solve.py"
+    prog = console.prog("python runner/solve.py")
     command = argv[0] if argv and argv[0] in ("train", "test", "time") else "train"
     if argv and argv[0] == command:
         argv = argv[1:]

@@ -20,6 +20,7 @@ from runner.data import DataError
 from runner.fillers import FillerError
 from runner.graph import NetBuildError
 from runner.layers.base import UnsupportedLayerError
+from runner import console
 from runner.proto import ProtoError, read_net
 from runner.results import ProcessClock, write_result
 from runner.shapes import ShapeError
@@ -52,7 +53,7 @@ def _shape(text):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m generator.probe", description=(
+    p = argparse.ArgumentParser(prog=console.prog("python -m generator.probe"), description=(
         "Train the plain CNN variant of a net for a few iterations with the plain init "
         "(gaussian std 0.01, zero biases), record each layer's mean |dE/dW|, and suggest "
         "supervision branches after the deepest conv layer whose gradient vanishes."))
