@@ -108,7 +108,7 @@ def protocol_section(protocol: Protocol, results: list[dict]) -> list[str]:
     lines.append(f"- Machine: {device}, {platform.processor() or platform.machine()}{at_once}; "
                  f"{ds.num_classes} classes (chance top-1 error {100 * (1 - 1 / ds.num_classes):.2f}%). "
                  "Training time is wall-clock and includes the tests during training; CPU time "
-                 "(user + system of the solver process) is less disturbed by other load.")
+                 "(user + system of the solver process and its data workers) is less disturbed by other load.")
     return lines
 
 
