@@ -8,7 +8,7 @@ CNDS-8 190,000). docs/generator.md lists the choices for the other nets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from generator.architectures import ConfigError, Net
@@ -66,21 +66,17 @@ class ScheduleOverrides:
     random_seed: int | None = None
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or f.name == "solver_mode":
-                continue
-            if f.name in ("epochs", "step_at"):
-                if not (math.isfinite(value) and value > 0) or (f.name == "step_at" and value > 1):
-                    bound = "in (0, 1]" if f.name == "step_at" else "a positive number"
-                    raise ConfigError(f"{f.name} {value}: expected {bound}")
-            elif f.name == "random_seed":
-                if value < 0:
-                    raise ConfigError(f"random_seed {value}: expected 0 or more")
-            elif value < 1:
-                raise ConfigError(f"{f.name} {value}: expected 1 or more")
-        if self.solver_mode not in (None, "CPU", "GPU"):
-            raise ConfigError(f"solver_mode {self.solver_mode}: expected CPU or GPU")
+        def check(name, ok, expected):
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{name} {value}: expected {expected}")
+        check("epochs", lambda v: math.isfinite(v) and v > 0, "a positive number")
+        check("step_at", lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+        for name in ("test_interval", "test_iter", "display", "snapshot", "max_iter", "batch",
+                     "train_images", "test_images"):
+            check(name, lambda v: v >= 1, "1 or more")
+        check("random_seed", lambda v: v >= 0, "0 or more")
+        check("solver_mode", lambda v: v in ("CPU", "GPU"), "CPU or GPU")
 
 
 def imagenet_epochs(variant: str, depth: int) -> int:

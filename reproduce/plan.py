@@ -98,19 +98,25 @@ def probe_folder(protocol: Protocol, runs_root: Path) -> Path:
     return Path(runs_root) / protocol.dataset / protocol.preset / "probe"
 
 
+def run_config(run: Run, protocol: Protocol) -> NetConfig:
+    """The generator settings of a run's net."""
+    return NetConfig(dataset=run.dataset, variant=run.row.variant, depth=run.row.depth,
+                     init=protocol.init, width=protocol.width or None)
+
+
 def run_overrides(run: Run, protocol: Protocol, gpu: str | None,
                   max_iter_cap: int | None = None) -> ScheduleOverrides:
     """The run's schedule as generator overrides: the protocol's epochs (lr dropped at
     lr_drop_at of the iterations), test cadence, display and batch (0 keeps the
     generated value), the seed, the device; epochs count the LMDB records found.
     `max_iter_cap` shortens the run (a smoke test), keeping the rest of the schedule."""
-    config = run_config(run, protocol)
-    overrides = with_data_sizes(build(config), ScheduleOverrides(
+    net = build(run_config(run, protocol))
+    overrides = with_data_sizes(net, ScheduleOverrides(
         epochs=protocol.epochs, step_at=protocol.lr_drop_at if protocol.epochs is not None else None,
         test_interval=protocol.test_interval or None, test_iter=protocol.test_iter or None,
         display=protocol.display or None, batch=protocol.batch or None,
         solver_mode="GPU" if gpu is not None else "CPU", random_seed=run.seed))
-    if max_iter_cap is not None and max_iter_cap < schedule(build(config), overrides).max_iter:
+    if max_iter_cap is not None and max_iter_cap < schedule(net, overrides).max_iter:
         overrides = replace(overrides, max_iter=max_iter_cap)
     return overrides
 
@@ -119,12 +125,6 @@ def run_schedule(run: Run, protocol: Protocol, gpu: str | None = None,
                  max_iter_cap: int | None = None) -> Schedule:
     """The schedule the run gets (what render_run renders), nothing written."""
     return schedule(build(run_config(run, protocol)), run_overrides(run, protocol, gpu, max_iter_cap))
-
-
-def run_config(run: Run, protocol: Protocol) -> NetConfig:
-    """The generator settings of a run's net."""
-    return NetConfig(dataset=run.dataset, variant=run.row.variant, depth=run.row.depth,
-                     init=protocol.init, width=protocol.width or None)
 
 
 def render_run(run: Run, protocol: Protocol, gpu: str | None,
