@@ -127,7 +127,7 @@ def train_process(param, options, gpus, resume, result=(None, None)) -> None:
         distributed.shutdown()
 
 
-def train_rank(serialized_param: bytes, options, gpus, resume, result) -> None:
+def train_rank(serialized_param: bytes, options, gpus, resume, result=(None, None)) -> None:
     """train_process for a spawned rank (a SolverParameter travels as its bytes)."""
     from runner.proto import caffe_pb2
 
