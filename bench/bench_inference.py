@@ -9,7 +9,7 @@ run interleaved in this process; each figure is the median of `--iters` forwards
 fixed count, and ours with the default adaptive threads (runner/threads.py), both against
 OpenCV at that count.
 
-    python bench/bench_inference.py [--iters 15] [--warmup 3] [--threads N] [--nets ...]
+    python -m bench.bench_inference [--iters 15] [--warmup 3] [--threads N] [--nets ...]
         [--batches 1,8] [--no-busy]
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +27,8 @@ import cv2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from inference_nets import NETS, build  # noqa: E402
-from runner.threads import allowed_cpus  # noqa: E402
+from bench.inference_nets import NETS, build
+from runner.threads import allowed_cpus
 
 
 def spin(cpu: int) -> None:

@@ -9,7 +9,7 @@ channels_last / NCHW <= 1.0. The fp32 paths must keep Caffe's numbers: after 10 
 iterations (the solver's TrainingStep) from the same weights and batches, every weight
 of the channels_last net is within 1e-5 (relative to the blob's largest) of the NCHW net's.
 
-    python bench/bench_training.py [--iters 6] [--warmup 2] [--threads N] [--batch 8]
+    python -m bench.bench_training [--iters 6] [--warmup 2] [--threads N] [--batch 8]
 """
 from __future__ import annotations
 
@@ -19,19 +19,13 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand  # noqa: E402
-from runner.proto import caffe_pb2  # noqa: E402
-from runner.solver.step import TrainingStep  # noqa: E402
+from bench.bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand
+from runner.proto import caffe_pb2
+from runner.solver.step import TrainingStep
 
 CL = torch.channels_last
 

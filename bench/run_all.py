@@ -28,11 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from runner.atomic import atomic_write_text  # noqa: E402
-
 BENCH = Path(__file__).resolve().parent
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _TARGET = re.compile(rf"target\s*(<=|>=|<|>|≤|≥)\s*({NUMBER})(?:\s*x)?(?:\s+for\s+([\w-]+))?",
@@ -168,7 +166,9 @@ def run_benchmark(script: Path, timeout: float) -> tuple[list[Row], str, float]:
     name = script.stem.removeprefix("bench_")
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+        # this package's benchmarks run as its modules (they may import their siblings)
+        how = ["-m", f"bench.{script.stem}"] if script.parent == Path(__file__).resolve().parent else [str(script)]
+        proc = subprocess.run([sys.executable, *how], cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout)
         output, failed = proc.stdout, proc.returncode != 0
         if failed:

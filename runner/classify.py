@@ -6,23 +6,20 @@ size (or --images-dim, else the net input), centre crop or --oversample (10 crop
 averaged), subtract the mean averaged per channel, apply the train_val's scale. The net
 runs in its inference form (Net.for_inference) unless --plain is given.
 """
+import argparse
 import sys
-from pathlib import Path
 
-if not __package__:  # run as `python runner/classify.py`: the repo root, not runner/, first
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import torch
 
-import argparse  # noqa: E402
-
-import torch  # noqa: E402
-
-from runner.proto import ProtoError  # noqa: E402
-from runner.zoo import ZooError, load  # noqa: E402
-from runner.zoo.classifier import Classifier, read_image, top_k  # noqa: E402
+from runner import console
+from runner.graph import LayerMemoryError
+from runner.proto import ProtoError
+from runner.zoo import ZooError, load
+from runner.zoo.classifier import Classifier, read_image, top_k
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog=console.prog("python runner/classify.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Model Zoo folder, or a deploy.prototxt (with --weights)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (OpenCV reads them)")
@@ -40,6 +37,8 @@ def parse_args(argv):
     p.add_argument("--plain", action="store_true",
                    help="run the plain Net, not its inference form (Net.for_inference: "
                         "BatchNorm/Scale folded, oneDNN-packed convolutions)")
+    p.add_argument("--no-verify-sha1", dest="verify_sha1", action="store_false",
+                   help="use a zoo folder's caffemodel even if its sha1 is not readme.md's")
     return p.parse_args(argv)
 
 
@@ -63,15 +62,15 @@ def main(argv=None) -> int:
             raise ZooError(f"--images-dim '{args.images_dim}': expected H,W")
         net, info = load(args.model, args.weights, mean_file=args.mean,
                          mean_value=numbers(args.mean_value), labels_file=args.labels,
-                         image_dims=dims)
+                         image_dims=dims, verify_sha1=args.verify_sha1)
         for note in info.notes:
             print(f"note: {note}", file=sys.stderr)
         images = [read_image(path, info.channels) for path in args.images]
         classifier = Classifier(net, info, "cuda" if args.gpu else "cpu", optimized=not args.plain)
         probabilities = classifier.predict(images, oversampled=args.oversample)
-    except (ZooError, ProtoError, ValueError) as exc:
+    except (ZooError, ProtoError, ValueError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     for path, probs in zip(args.images, probabilities):
         print(f"{path}:")
         for label, p in top_k(probs, info.labels, args.top):

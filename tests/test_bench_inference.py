@@ -8,14 +8,14 @@ from pathlib import Path
 import cv2
 import pytest
 
+from bench import run_all
+from runner.proto import to_text
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-import run_all  # noqa: E402
-from runner.proto import to_text  # noqa: E402
 
 
 def run(script: str, *args: str) -> list:
-    proc = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", f"bench.{script[:-3]}", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return run_all.parse_output(script, proc.stdout, run_all.docstring_target(REPO / "bench" / script))

@@ -2,15 +2,11 @@
 TrainingStep from the same weights and batches, every weight is within 1e-5 (relative to
 the blob's largest) of the NCHW net's."""
 import copy
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from bench_converter import converted_net  # noqa: E402
-from bench_training import weights_gap_after_sgd  # noqa: E402
+from bench.bench_converter import converted_net
+from bench.bench_training import weights_gap_after_sgd
 
 
 def test_fashion_mnist_cnds8_channels_last_matches_nchw_after_10_iterations():

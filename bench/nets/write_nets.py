@@ -8,13 +8,9 @@ He-scaled weights (bench/inference_nets.py).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from runner.proto import caffe_pb2, write_text  # noqa: E402
+from runner.proto import caffe_pb2, write_text
 
 POOL = caffe_pb2.PoolingParameter
 

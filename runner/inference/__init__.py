@@ -76,7 +76,11 @@ class InferenceNet(nn.Module):
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         example = example if example is not None else {
             n: torch.randn(net.blob_shapes[n], device=device) for n in self.input_names}
-        want = net(example)
+        try:
+            want = net(example)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(f"{net.origin}: the plain net fails on a random example input "
+                             f"({err}); pass example={{blob: tensor}} with valid inputs") from err
         keep, shapes, inputs = self.output_names, net.blob_shapes, self.input_names
         plain = [Step(k, layer, b, t) for (k, layer), (b, t, _) in zip(net.layers.items(), net._steps)]
         folded = fold_affine_layers(plain, inputs, shapes, keep)

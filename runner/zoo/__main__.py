@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner import console
+from runner.graph import LayerMemoryError
 from runner.proto import ProtoError
 from runner.zoo.frontmatter import ZooError, read_readme
 
@@ -38,7 +40,7 @@ def _show(args) -> str:
 
 def parser() -> argparse.ArgumentParser:
     from runner.zoo.publish import DEFAULT_LICENSE
-    p = argparse.ArgumentParser(prog="python -m runner.zoo", description=__doc__)
+    p = argparse.ArgumentParser(prog=console.prog("python -m runner.zoo"), description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="write <ZOO>/<name>/ from a model folder and weights")
     pub.add_argument("model", help="model folder with train_val/deploy/solver.prototxt")
@@ -69,9 +71,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         print(args.run(args))
-    except (ZooError, ProtoError, ValueError, OSError) as exc:
+    except (ZooError, ProtoError, ValueError, OSError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
