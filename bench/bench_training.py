@@ -1,6 +1,6 @@
 """CPU training paths on the ImageNet CNDS-8 train net, batch 8: forward + backward of the
 converted net in fp32 NCHW, fp32 channels_last (the solver's --channels-last) and bf16
-autocast + channels_last (--amp --channels-last), against a hand-written eager fp32 NCHW
+autocast + channels_last (--amp --channels-last: InnerProducts stay fp32), against a hand-written eager fp32 NCHW
 module of the same architecture (bench/bench_converter.py's).
 
 All run in one process, interleaved in rounds; each figure is the median step time.
@@ -24,6 +24,7 @@ import time
 import torch
 
 from bench.bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand
+from runner.precision import inner_products_in_fp32_under_cpu_autocast
 from runner.proto import caffe_pb2
 from runner.solver.step import TrainingStep
 
@@ -75,6 +76,8 @@ def main() -> None:
     hand = HandWrittenCNDS8(channels, side, *arch).train()
     copy_weights(nchw, hand)
     nhwc = copy.deepcopy(nchw).to(memory_format=CL)
+    amp = copy.deepcopy(nhwc)
+    inner_products_in_fp32_under_cpu_autocast(amp)   # what the solver's --amp does on the CPU
     x = torch.randn(args.batch, channels, side, side)
     label = torch.randint(0, arch[-1], (args.batch,))
     inputs = {"data": x, "label": label.float()}
@@ -87,7 +90,7 @@ def main() -> None:
     runs = {"hand-written fp32": lambda: step_hand(hand, x, label, aux_weight),
             "NCHW fp32": lambda: step(nchw, inputs),
             "channels_last fp32": lambda: step(nhwc, cl_inputs),
-            "channels_last bf16": lambda: step(nhwc, cl_inputs, amp=True)}
+            "channels_last bf16": lambda: step(amp, cl_inputs, amp=True)}
     times = {k: [] for k in runs}
     for i in range(args.warmup + args.iters):
         for key in (list(runs) if i % 2 else list(runs)[::-1]):

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from runner.precision import inner_products_in_fp32_under_cpu_autocast
 from runner.solver.lr_policy import LearningRatePolicy
 from runner.solver.updates import make_update
 
@@ -35,7 +36,8 @@ class TrainingStep:
 
     `model` is what runs the forward (the net itself, or its DDP/compiled wrapper);
     `no_sync` (DDP's) defers the gradient all-reduce to the last of iter_size passes;
-    `amp` runs forward and objective under bf16 autocast. `on_rate(it, rate)` is called
+    `amp` runs forward and objective under bf16 autocast (on the CPU with InnerProducts
+    in fp32, runner/precision.py). `on_rate(it, rate)` is called
     before the update, where Caffe logs the rate.
     """
 
@@ -47,6 +49,8 @@ class TrainingStep:
         self.iter_size = param.iter_size
         self.seed, self.rank = seed, rank
         self.amp = amp
+        if amp:
+            inner_products_in_fp32_under_cpu_autocast(net)
         self.no_sync = no_sync
         self.on_rate = on_rate
         self.update = make_update(param.type, net.learnable_params(), param)
