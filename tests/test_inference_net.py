@@ -11,7 +11,7 @@ from runner import Net
 from runner.inference import InferenceNet, max_difference, packed
 from runner.inference.packed import PackedConv, PackedLinear
 from runner.proto import parse_net_text, read_net
-from test_oracle_opencv import MODEL_NETS, randomize, smallest_input
+from test_oracle_opencv import MODEL_NETS, SAMPLE_NETS, randomize, smallest_input
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -63,6 +63,13 @@ def test_inner_products_above_batch_1_are_packed_with_their_relu():
     linear = [s.layer for s in fast.steps if isinstance(s.layer, PackedLinear)]
     assert len(linear) == 3 and [p.relu for p in linear] == [True, True, False]
     assert "ReLU" not in layer_types(fast)
+
+
+@pytest.mark.parametrize("prototxt", SAMPLE_NETS, ids=lambda p: p.stem)
+def test_sample_nets_match_the_plain_net(prototxt):
+    """CaffeNet-like (grouped convolutions, LRN), GoogLeNet inception, VGG-like, ResNet block."""
+    fast = check_equal(Net(prototxt, phase="TEST"), scale=10.0)
+    assert fast.form == ("packed" if packed.available() else "folded")
 
 
 def test_batchnorm_scale_eltwise_net_is_folded_and_fused():
