@@ -22,7 +22,7 @@ CHANNELS_LAST = torch.channels_last
 
 
 def available() -> bool:
-    """Whether this torch has the oneDNN convolution ops used here."""
+    """Whether this torch has the oneDNN convolution and inner-product ops used here."""
     return (torch.backends.mkldnn.is_available() and _MKLDNN is not None
             and hasattr(_MKLDNN, "_convolution_pointwise")
             and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
@@ -30,8 +30,8 @@ def available() -> bool:
 
 
 class PackedConv(nn.Module):
-    """One oneDNN convolution: prepacked weight, optional bias, optional fused `sum` with a
-    second input and then optional `relu`. Takes and returns channels_last tensors."""
+    """One oneDNN convolution: weight prepacked for the input shape, optional bias, optional
+    fused add of a second input and then optional relu. Returns channels_last tensors."""
 
     def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, kw: dict,
                  input_shape, add: bool = False, relu: bool = False):
