@@ -47,6 +47,14 @@ def test_lrn_across_channels_matches_caffe(size, alpha, beta, k):
                                rtol=1e-12)
 
 
+def test_lrn_across_channels_keeps_channels_last():
+    x = torch.randn(2, 7, 3, 4, dtype=torch.float64) * 3
+    layer = lrn("local_size: 5 alpha: 0.01 beta: 0.75 k: 2", x.shape)
+    (y,) = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(y.numpy(), layer(x)[0].numpy(), rtol=1e-15)
+
+
 @pytest.mark.parametrize("size,alpha,beta", [(3, 1.0, 0.75), (5, 0.3, 0.5)])
 def test_lrn_within_channel_matches_caffe(size, alpha, beta):
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64) * 2
