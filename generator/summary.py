@@ -6,13 +6,11 @@ layer's shapes; Data layers take their top shapes from the caller (the dataset).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from runner.deep_supervision import aux_branch
 from runner.proto import caffe_pb2, check_bottoms, filter_net
 from runner.shapes import Shape, ShapeError, infer_layer
-
-AUX = re.compile(r"_ds\d+$")   # layers of supervision branches (team naming convention)
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,6 @@ def format_table(rows: list[Row], title: str) -> str:
 
 def aux_cost(rows: list[Row], batch: int) -> tuple[int, int, int]:
     """(branches, learnable parameters, multiply-adds per image) of the supervision branches."""
-    aux = [r for r in rows if AUX.search(r.name)]
-    branches = {AUX.search(r.name).group() for r in aux}
+    aux = [r for r in rows if aux_branch(r.name) is not None]
+    branches = {aux_branch(r.name) for r in aux}
     return len(branches), sum(r.params for r in aux), sum(r.macs for r in aux) // batch

@@ -14,6 +14,7 @@ from generator.probe.prepare import conv_layers  # noqa: E402
 from generator.probe.report import read_csv  # noqa: E402
 from reproduce.claims import ProbeSummary  # noqa: E402
 from runner.atomic import atomic_write_bytes  # noqa: E402
+from runner.deep_supervision import vanishes  # noqa: E402
 from runner.figure_png import figure_png  # noqa: E402
 from runner.proto import read_net  # noqa: E402
 from runner.solver.plot import read_history  # noqa: E402
@@ -98,7 +99,7 @@ def summarize_probe(probe_dir: Path, train_val: Path, net: str, iters: int,
 
     def vanishing(layers: dict[str, list[float]]) -> list[str]:
         return [name for name in convs
-                if name in layers and sum(layers[name]) / len(layers[name]) < threshold]
+                if name in layers and vanishes(sum(layers[name]) / len(layers[name]), threshold)]
 
     names = list(rounds)
     after = suggested_round(probe_dir, names)

@@ -14,6 +14,7 @@ from pathlib import Path
 from generator.datasets import DATASETS, Dataset
 from reproduce.config import NetRow, Protocol
 from runner.data.lmdb_store import LmdbReader
+from runner.deep_supervision import model_name
 from runner.proto import read_net, read_solver, write_text
 
 
@@ -28,7 +29,7 @@ class Run:
     @property
     def name(self) -> str:
         """The generator's folder name: <dataset>-<variant><depth>."""
-        return f"{self.dataset}-{self.row.variant}{self.row.depth}"
+        return model_name(self.dataset, self.row.variant, self.row.depth)
 
     @property
     def model(self) -> Path:

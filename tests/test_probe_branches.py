@@ -15,9 +15,10 @@ from generator.cli import main as generator_main
 from generator.probe.__main__ import main as probe_main
 from generator.probe.gradients import GradientRecord
 from generator.probe.placement import ProbeRound, place_branches
-from generator.probe.prepare import conv_layers, is_aux
+from generator.probe.prepare import conv_layers
 from generator.probe.report import panel_convs
 from generator.probe.target import ProbeTarget, generated_config, render_train_val
+from runner.deep_supervision import is_aux
 from runner.proto import read_net
 
 ROOT = Path(__file__).resolve().parent.parent

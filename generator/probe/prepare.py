@@ -7,17 +7,16 @@ another batch size or replaced by an Input layer fed with one seeded synthetic b
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 import runner.net  # noqa: F401  (registers the data-layer sources)
+from runner.deep_supervision import is_aux
 from runner.proto import caffe_pb2, filter_net
 from runner.sources import is_source_type
 
-AUX_LAYER = re.compile(r"_ds\d+$")
 PLAIN_STD = 0.01
 FILLED_TYPES = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
                 "InnerProduct": "inner_product_param"}
@@ -26,20 +25,6 @@ BATCHED_SOURCES = {"Data": "data_param", "ImageData": "image_data_param"}
 
 class ProbeError(ValueError):
     """A net or option the probe cannot work with (the message says which and why)."""
-
-
-def is_aux(layer_name: str) -> bool:
-    """Whether a layer belongs to an auxiliary supervision branch (`*_ds<j>`)."""
-    return AUX_LAYER.search(layer_name) is not None
-
-
-def plain_variant(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
-    """A copy of `net` without its auxiliary branches (the CNN variant of a CNDS net)."""
-    plain = caffe_pb2.NetParameter()
-    plain.CopyFrom(net)
-    plain.ClearField("layer")
-    plain.layer.extend(lp for lp in net.layer if not is_aux(lp.name))
-    return plain
 
 
 def plain_init(net: caffe_pb2.NetParameter, std: float = PLAIN_STD) -> caffe_pb2.NetParameter:

@@ -11,8 +11,9 @@ from generator.datasets import DATASETS
 from generator.probe.gradients import initial_blobs, record_gradients
 from generator.probe.placement import Placement, ProbeRound, place_branches, taps_label
 from generator.probe.prepare import (ProbeError, SyntheticInput, conv_layers, data_layer_shape,
-                                     is_aux, plain_init, train_net)
+                                     plain_init, train_net)
 from generator.probe.target import ProbeTarget
+from runner.deep_supervision import VANISHING_THRESHOLD, is_aux
 from runner.proto import caffe_pb2
 from runner.sources import is_source_type
 
@@ -30,7 +31,7 @@ class ProbeOptions:
     """How each round is trained. `synthetic=None` means: synthetic input only when the
     net's own data cannot be read (sources missing, or an Input layer)."""
     iters: int = 50
-    threshold: float = 1e-7
+    threshold: float = VANISHING_THRESHOLD
     batch: int | None = None
     synthetic: bool | None = None
     input_shape: tuple[int, int, int] | None = None

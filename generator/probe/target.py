@@ -8,18 +8,15 @@ its data layers are kept as given, so a changed source or batch size carries ove
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from generator.architectures import ConfigError, NetConfig, build
 from generator.datasets import DATASETS
-from generator.probe.prepare import ProbeError, plain_init, plain_variant
+from generator.probe.prepare import ProbeError, plain_init
 from generator.render import parse, render
+from runner.deep_supervision import parse_model_name, without_aux
 from runner.proto import caffe_pb2
 from runner.sources import is_source_type
-
-GENERATED_NAME = re.compile(r"^(?P<dataset>.+)-(?P<variant>cnn|cnds)(?P<depth>\d+)$")
-
 
 def _split(net: caffe_pb2.NetParameter) -> tuple[list, list]:
     sources = [lp for lp in net.layer if is_source_type(lp.type)]
@@ -46,7 +43,7 @@ def _channels(net: caffe_pb2.NetParameter) -> list[int]:
     """num_output of each trunk Convolution and InnerProduct layer, in order."""
     return [lp.convolution_param.num_output if lp.type == "Convolution"
             else lp.inner_product_param.num_output
-            for lp in plain_variant(net).layer if lp.type in ("Convolution", "InnerProduct")]
+            for lp in without_aux(net).layer if lp.type in ("Convolution", "InnerProduct")]
 
 
 def _widths(net: caffe_pb2.NetParameter, config: NetConfig) -> list[float]:
@@ -65,11 +62,11 @@ def _widths(net: caffe_pb2.NetParameter, config: NetConfig) -> list[float]:
 
 def generated_config(net: caffe_pb2.NetParameter) -> NetConfig | None:
     """The generator settings whose plain CNN has `net`'s compute layers, or None."""
-    m = GENERATED_NAME.match(net.name)
-    if not m or m["dataset"] not in DATASETS:
+    name = parse_model_name(net.name)
+    if name is None or name.dataset not in DATASETS:
         return None
-    config = NetConfig(dataset=m["dataset"], variant="cnn", depth=int(m["depth"]))
-    mine = _split(plain_init(plain_variant(net)))[1]
+    config = NetConfig(dataset=name.dataset, variant="cnn", depth=name.depth)
+    mine = _split(plain_init(without_aux(net)))[1]
     for width in _widths(net, config):
         try:
             rendered = render_train_val(replace(config, width=width))
@@ -97,12 +94,12 @@ class ProbeTarget:
     @property
     def depth(self) -> int:
         """Number of trunk conv layers (the last one cannot be tapped)."""
-        return sum(lp.type == "Convolution" for lp in plain_variant(self.net).layer)
+        return sum(lp.type == "Convolution" for lp in without_aux(self.net).layer)
 
     def net_with(self, taps: tuple[int, ...]) -> caffe_pb2.NetParameter:
         """The net to probe with branches after conv layers `taps` (none: the plain CNN)."""
         if not taps:
-            return plain_variant(self.net)
+            return without_aux(self.net)
         if self.config is None:
             raise ProbeError(f"net '{self.net.name}' was not rendered by the generator, so "
                              "branches cannot be added to it; probe the plain net only")

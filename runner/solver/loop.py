@@ -25,7 +25,7 @@ from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
 from runner.solver.plot import plot_history, read_history
-from runner.solver.schedule import AuxWeightSchedule
+from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.step import TrainingStep
 

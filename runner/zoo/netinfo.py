@@ -1,12 +1,8 @@
-"""Deploy-net facts read from the prototxt alone: auxiliary layers and Caffe shapes per layer."""
+"""Deploy-net facts read from the prototxt alone: Caffe shapes per layer."""
 from __future__ import annotations
-
-import re
 
 from runner.proto import filter_net
 from runner.shapes import LayerShapes, Shape, infer_layer
-
-AUX_LAYER = re.compile(r"_ds\d+$")  # auxiliary (deep-supervision) branch layers
 
 
 def layer_shapes(net) -> list[tuple[object, LayerShapes]]:
