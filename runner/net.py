@@ -17,11 +17,11 @@ import runner.input_sources  # noqa: F401  (registers the Input and DummyData so
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
 from runner.fillers import FillerError, fill_
-from runner.graph import NetBuildError, Wiring, layer_label, loss_weights_for
+from runner.graph import NetBuildError, Wiring, infer_net_shapes, layer_label, loss_weights_for
 from runner.layers.base import UnsupportedLayerError, layer_class
 from runner.net_params import ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
-from runner.shapes import ShapeError
+from runner.shapes import LayerShapes, ShapeError
 from runner.sources import is_source_type, source_factory
 
 if importlib.util.find_spec("runner.data") is not None:
@@ -85,18 +85,20 @@ class Net(nn.Module):
         self._steps: list[tuple[tuple[str, ...], tuple[str, ...], tuple[bool, ...] | None]] = []
         self._layer_keys: list[str | None] = []  # per layer of net_param: module key, None for sources
         wiring, table = Wiring(), ParamTable(self.force_backward)
+
+        def build(lp, bottom_shapes: list[tuple[int, ...]]) -> LayerShapes:
+            if is_source_type(lp.type):
+                return self._add_source(lp, wiring, source_kwargs or {})
+            return self._add_layer(lp, bottom_shapes, wiring, table)
+
         try:
-            for lp in self.net_param.layer:
-                if is_source_type(lp.type):
-                    self._add_source(lp, wiring, source_kwargs or {})
-                else:
-                    self._add_layer(lp, wiring, table)
+            shapes = infer_net_shapes(self.net_param, build)
         except (NetBuildError, ShapeError, UnsupportedLayerError) as err:
             raise type(err)(f"{self.origin}: {err}") from err.__cause__
         table.finish()
         self._learnable = table.learnable
         self._slots = table.slots
-        self.blob_shapes: dict[str, tuple[int, ...]] = dict(wiring.shapes)
+        self.blob_shapes: dict[str, tuple[int, ...]] = shapes.blobs
         self.output_names: list[str] = wiring.outputs()
         self.train(self.phase == caffe_pb2.TRAIN)
         if weights is not None:
@@ -108,7 +110,7 @@ class Net(nn.Module):
 
     # ---- building -------------------------------------------------------------------
 
-    def _add_source(self, lp, wiring: Wiring, source_kwargs: dict) -> None:
+    def _add_source(self, lp, wiring: Wiring, source_kwargs: dict) -> LayerShapes:
         if lp.bottom:
             raise NetBuildError(f"{layer_label(lp)}: a data layer takes no bottoms")
         try:
@@ -124,10 +126,11 @@ class Net(nn.Module):
         if lp.type in _FIXED_SHAPE_SOURCES:
             self._fixed_input_shapes.update(zip(lp.top, shapes))
         self._layer_keys.append(None)
+        return LayerShapes(shapes)
 
-    def _add_layer(self, lp, wiring: Wiring, table: ParamTable) -> None:
+    def _add_layer(self, lp, bottom_shapes, wiring: Wiring, table: ParamTable) -> LayerShapes:
         cls = layer_class(lp)
-        bottom_shapes = wiring.bottom_shapes(lp)
+        wiring.consume_bottoms(lp)
         try:
             layer = cls(lp, bottom_shapes, self.phase)
         except (ShapeError, NetBuildError):
@@ -153,6 +156,7 @@ class Net(nn.Module):
         detach = blocked if any(blocked) and not self.force_backward else None
         self._steps.append((tuple(lp.bottom), tuple(lp.top), detach))
         self._layer_keys.append(key)
+        return LayerShapes(layer.top_shapes)
 
     # ---- running --------------------------------------------------------------------
 
