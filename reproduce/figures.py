@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from generator.probe.prepare import conv_layers  # noqa: E402
+from generator.probe.probed_net import conv_layers  # noqa: E402
 from generator.probe.report import read_csv  # noqa: E402
 from reproduce.claims import ProbeSummary  # noqa: E402
 from runner.atomic import atomic_write_bytes  # noqa: E402

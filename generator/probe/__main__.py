@@ -9,11 +9,10 @@ from pathlib import Path
 
 from generator.architectures import ConfigError
 from generator.probe.placement import ProbeRound
-from generator.probe.prepare import ProbeError
 from generator.probe.report import (plot_before_after, plot_layers, probe_line, round_table,
                                     write_csv)
+from generator.probe.probed_net import ProbedNet, ProbeError
 from generator.probe.run import ProbeOptions, search
-from generator.probe.target import ProbeTarget
 from runner.data import DataError
 from runner.deep_supervision import VANISHING_THRESHOLD
 from runner.fillers import FillerError
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_branches < 0:
             raise ProbeError(f"--max-branches {args.max_branches}: expected 0 or more")
-        target = ProbeTarget(read_net(args.train_val))
+        target = ProbedNet(read_net(args.train_val))
         options = ProbeOptions(iters=args.iters, threshold=threshold, batch=args.batch,
                                synthetic=True if args.synthetic else None,
                                input_shape=args.input_shape, seed=args.seed,
