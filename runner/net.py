@@ -19,7 +19,7 @@ from runner import weights as caffemodel_io
 from runner.fillers import FillerError, fill_
 from runner.graph import NetBuildError, Wiring, infer_net_shapes, layer_label, loss_weights_for
 from runner.layers.base import UnsupportedLayerError, layer_class
-from runner.net_params import ParamTable
+from runner.net_params import BlobSlot, ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
 from runner.shapes import LayerShapes, ShapeError
 from runner.sources import is_source_type, source_factory
@@ -208,6 +208,12 @@ class Net(nn.Module):
     def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
         """Caffe's learnable_params: (name, parameter, lr_mult, decay_mult), shared blobs once."""
         return [(p.name, p.param, p.lr_mult, p.decay_mult) for p in self._learnable]
+
+    def layer_blobs(self) -> list[tuple[caffe_pb2.LayerParameter, nn.Module | None, list[BlobSlot]]]:
+        """Each layer of `net_param` in order with its module (None for a data layer) and its
+        blobs as .caffemodel files see them (a shared blob through its owner), in Caffe's order."""
+        return [(lp, None, []) if key is None else (lp, self.layers[key], self._slots[key])
+                for lp, key in zip(self.net_param.layer, self._layer_keys)]
 
     # ---- weights --------------------------------------------------------------------
 
