@@ -15,7 +15,7 @@ from dataclasses import replace
 from generator.architectures import ConfigError, Net, NetConfig, build, catalogue
 from generator.render import parse, render
 from generator.summary import aux_cost, format_table, shape_table
-from generator.output import write_model_folder
+from generator.model_folder import write_model_folder
 from runner.proto import ProtoError
 from runner.shapes import ShapeError
 

@@ -8,7 +8,7 @@ import pytest
 from generator.probe.gradients import GradientRecord, record_gradients
 from generator.probe.placement import ProbeRound, place_branches
 from generator.probe.probed_net import ProbedNet, SyntheticInput, conv_layers, train_net
-from generator.probe.run import ProbeOptions, search
+from generator.probe.rounds import ProbeOptions, search
 from runner.proto import caffe_pb2, parse_net_text
 
 N_CONVS = 12

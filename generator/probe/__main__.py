@@ -12,7 +12,7 @@ from generator.probe.placement import ProbeRound
 from generator.probe.report import (plot_before_after, plot_layers, probe_line, round_table,
                                     write_csv)
 from generator.probe.probed_net import ProbedNet, ProbeError
-from generator.probe.run import ProbeOptions, search
+from generator.probe.rounds import ProbeOptions, search
 from runner.data import DataError
 from runner.deep_supervision import VANISHING_THRESHOLD
 from runner.fillers import FillerError

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from tqdm import tqdm
 
 from runner.solver import distributed
-from runner.solver.actions import NONE, SNAPSHOT, STOP, SignalRequests
+from runner.solver.signals import NONE, SNAPSHOT, STOP, SignalRequests
 from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
