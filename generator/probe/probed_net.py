@@ -27,14 +27,14 @@ from runner.deep_supervision import is_aux, parse_model_name, without_aux
 from runner.proto import caffe_pb2, filter_net
 from runner.sources import is_source_type
 
-class ProbeError(ValueError):
-    """A net or option the probe cannot work with (the message says which and why)."""
-
-
 PLAIN_STD = 0.01
 FILLED_TYPES = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
                 "InnerProduct": "inner_product_param"}
 BATCHED_SOURCES = {"Data": "data_param", "ImageData": "image_data_param"}
+
+
+class ProbeError(ValueError):
+    """A net or option the probe cannot work with (the message says which and why)."""
 
 
 def plain_init(net: caffe_pb2.NetParameter, std: float = PLAIN_STD) -> caffe_pb2.NetParameter:
