@@ -5,7 +5,7 @@ import math
 
 from runner.graph import infer_net_shapes
 from runner.proto import filter_net
-from runner.solver.plot import read_history
+from runner.solver.log_reader import read_history
 
 # Fields that are paths on the publishing machine, not training settings.
 _SOLVER_PATHS = {"net", "train_net", "test_net", "snapshot_prefix"}
