@@ -41,6 +41,6 @@ def test_amp_on_the_cpu_keeps_inner_products_in_fp32():
     fcs = [b for b, t in types.items() if t == "InnerProduct"]
     assert blobs[conv].dtype == torch.bfloat16
     assert fcs and all(blobs[b].dtype == torch.float32 for b in fcs)
-    result = train(iter([batch]), 0)
-    assert torch.isfinite(torch.tensor(result.loss))
+    loss = train(iter([batch]), 0)
+    assert torch.isfinite(torch.tensor(loss))
     assert all(p.grad is None or p.grad.dtype == torch.float32 for _, p, _, _ in net.learnable_params())
