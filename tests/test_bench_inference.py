@@ -25,11 +25,14 @@ def test_inference_benchmark_prints_ratios_against_opencv():
     rows = run("bench_inference.py", "--iters", "1", "--warmup", "0", "--nets", "SqueezeNet 1.1",
                "--batches", "1")
     assert [r.case for r in rows] == ["SqueezeNet 1.1 batch 1",
+                                      "SqueezeNet 1.1 batch 1, adaptive threads",
                                       "SqueezeNet 1.1 batch 1, 1 core busy, "
                                       f"{len(run_all.os.sched_getaffinity(0))} threads",
                                       "SqueezeNet 1.1 batch 1, 1 core busy, adaptive threads"]
     assert all(r.ratio > 0 and str(r.target) == "<= 0.8" for r in rows)
-    assert "max |ours - OpenCV|" in rows[0].figure
+    assert "max |ours - OpenCV|" in rows[0].figure and "threads)" in rows[1].figure
+    gap = float(rows[0].figure.split("|OpenCV|) ")[1])
+    assert gap <= 1e-4, "ours and OpenCV's importer disagree"
 
 
 @pytest.mark.parametrize("name", ["googlenet", "resnet50", "squeezenet"])
