@@ -86,7 +86,7 @@ def bench_net(name: str, batch: int, threads: int, args, folder: Path) -> None:
     got = fixed({net.input_names[0]: x})
     gaps = [float(np.abs(got[n].numpy().reshape(-1) - e.reshape(-1)).max() / max(1.0, np.abs(e).max()))
             for n, e in zip((output, logits), expected)]
-    note = f", max |ours - OpenCV| / max(1, |OpenCV|) {max(gaps):.1e}"
+    note = f", largest difference from OpenCV {max(gaps):.1e} (relative)"
     label = f"{name} batch {batch}"
     adaptive = net.for_inference(outputs=[output], threads="auto")
     runs = {"ours": ours, "auto": lambda: ours(adaptive), "cv": theirs}
