@@ -451,3 +451,6 @@ def _accuracy(lp, bottoms):
     b = bottoms[0]
     axis = canonical_axis(lp.accuracy_param.axis, len(b), lp.name)
     return LayerShapes([()] + [(b[axis],)] * (len(lp.top) - 1))
+
+
+from runner import shapes_sequence  # noqa: E402,F401  (registers its rules here)
