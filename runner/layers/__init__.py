@@ -2,4 +2,4 @@
 from runner.layers import (affine, hdf5_output, indexing, losses, metrics,  # noqa: F401
                            neuron, normalization, plumbing, recurrent, softmax, vision)
 from runner.layers.base import (Layer, UnsupportedLayerError, build_layer, layer_class,  # noqa: F401
-                                register, supported_types)
+                                layer_type_list, register, supported_types)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runner.layers.known_types import provenance
 from runner.shapes import LayerShapes, Shape, infer_layer
+from runner.sources import source_types
 
 TRAIN, TEST = 0, 1  # caffe.Phase values
 
@@ -25,15 +27,21 @@ def register(*type_names: str):
 
 
 def supported_types() -> list[str]:
+    """The compute layer types (data layers are sources, see layer_type_list)."""
     return sorted(_REGISTRY)
+
+
+def layer_type_list() -> list[str]:
+    """Every type a net may use here, data sources included (pycaffe's layer_type_list)."""
+    return sorted(set(_REGISTRY) | set(source_types()))
 
 
 def layer_class(lp) -> type["Layer"]:
     cls = _REGISTRY.get(lp.type)
     if cls is None:
         raise UnsupportedLayerError(
-            f"layer '{lp.name}' has type '{lp.type}', which is not supported; "
-            f"supported types: {', '.join(supported_types())}")
+            f"layer '{lp.name}' has type '{lp.type}', which is {provenance(lp.type)}; "
+            f"supported types: {', '.join(layer_type_list())}")
     return cls
 
 
