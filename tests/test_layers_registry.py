@@ -3,7 +3,6 @@ listing covers BVLC Caffe's types, and types we do not implement fail with the l
 its type, where the type comes from (BVLC, a known fork, or neither) and the supported list."""
 import pytest
 
-import runner.net  # noqa: F401  (registers the data sources too)
 from runner.layers.base import UnsupportedLayerError, layer_class, layer_type_list, supported_types
 from runner.layers.known_types import BVLC_TYPES, FORK_TYPES, provenance
 from runner.layers.common import layer_from_text

@@ -33,6 +33,8 @@ def supported_types() -> list[str]:
 
 def layer_type_list() -> list[str]:
     """Every type a net may use here, data sources included (pycaffe's layer_type_list)."""
+    import runner.data  # noqa: F401  (registers the data sources, as runner.net does)
+    import runner.input_sources  # noqa: F401
     return sorted(set(_REGISTRY) | set(source_types()))
 
 
