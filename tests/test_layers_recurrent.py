@@ -217,3 +217,19 @@ def test_trained_lstm_caffemodel_saves_in_caffes_blob_order_and_reloads(tmp_path
     again = {lp.name: lp for lp in read_caffemodel(str(resaved)).layer}
     assert [b.SerializeToString() for b in again["lstm"].blobs] == \
         [b.SerializeToString() for b in saved["lstm"].blobs]
+
+
+def test_rnn_with_static_input_saves_blobs_in_caffes_order_and_reloads(tmp_path):
+    net = recurrent_net("RNN", static=2)
+    path = tmp_path / "rnn.caffemodel"
+    net.save_caffemodel(path)
+    (saved,) = [lp for lp in read_caffemodel(str(path)).layer if lp.name == "rec"]
+    # W_xh, b_h, W_xh_static, W_hh, W_ho, b_o: the order rnn_layer.cpp's unrolled net owns them
+    assert [list(b.shape.dim) for b in saved.blobs] == [[6, 5], [6], [6, 2], [6, 6], [6, 6], [6]]
+    again = recurrent_net("RNN", static=2)
+    again.load_caffemodel(str(path))
+    for a, b in zip(again.layers["rec"].blobs, net.layers["rec"].blobs):
+        assert torch.equal(a, b)
+    feed = {"x": torch.randn(4, 3, 5, dtype=torch.float64), "cont": torch.ones(4, 3, dtype=torch.float64),
+            "x_static": torch.randn(3, 2, dtype=torch.float64)}
+    assert torch.equal(again(feed)["y"], net(feed)["y"])
