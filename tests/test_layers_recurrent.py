@@ -127,6 +127,9 @@ def test_lstm_equals_hand_unrolled_numpy_with_cont_resets_and_carried_state():
     np.testing.assert_allclose(out2, ref2, rtol=1e-10, atol=1e-12)
     assert not np.allclose(out2[0, 0], out[0, 0])
     np.testing.assert_allclose(out2[0, 1], ref[0, 1], rtol=1e-10)  # cont 0: reset
+    net.layers["rec"].reset()   # Caffe's RecurrentLayer::Reset: start again from zeros
+    out3 = net({"x": torch.tensor(x), "cont": torch.tensor(cont2)})["y"].detach().numpy()
+    np.testing.assert_allclose(out3, np_lstm(x, cont2, w_xc, b_c, w_hc, zeros, zeros)[0], rtol=1e-10)
 
 
 def test_lstm_expose_hidden_and_static_input():
