@@ -187,3 +187,11 @@ def test_bad_window_files_name_the_line(images, text, match):
     with pytest.raises(ValueError, match=match):
         for batch in iter(window_net(root, text, batch=2, fg_fraction=1.0)):
             break
+
+
+def test_transform_scale_is_ignored_with_a_warning_as_caffe_ignores_it(images):
+    root, imgs = images
+    with pytest.warns(UserWarning, match=r"transform_param.scale is ignored"):
+        source = window_net(root, ONE_EACH, transform="crop_size: 6 scale: 0.1")
+    data = next(iter(source))["data"].numpy()
+    np.testing.assert_array_equal(data[0], caffe_window(imgs[0], (10, 8, 23, 19), 6, 0, False, False))

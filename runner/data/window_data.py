@@ -12,6 +12,7 @@ fg_fraction) background windows then the foreground ones, each drawn uniformly a
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -162,6 +163,11 @@ class WindowDataSource:
         if channels != 3:
             raise DataError(f"{self.where}: images are read in colour (3 channels); the window "
                             f"file says {channels}")
+        ignored = [f for f in ("scale", "force_color", "force_gray") if t.HasField(f)]
+        if ignored:
+            warnings.warn(f"{self.where}: transform_param.{'/'.join(ignored)} is ignored, as in "
+                          "Caffe (WindowData reads colour images and scales by "
+                          "window_data_param.scale)", stacklevel=2)
         self.crop, self.batch_size, self.scale = t.crop_size, p.batch_size, float(p.scale)
         self.context_pad, self.square, self.mirror = p.context_pad, p.crop_mode == "square", t.mirror
         self.mean = load_mean(t.mean_file) if t.HasField("mean_file") else None
