@@ -196,6 +196,8 @@ def _conv(lp, bottoms):
 @rule("Pooling")
 def _pool(lp, bottoms):
     p = lp.pooling_param
+    if p.HasField("ceil_mode"):
+        raise ValueError("ceil_mode is read through upgrade_net (it becomes round_mode)")
     n, c, h, w = bottoms[0]
     kernel, stride, pad = pooling_geometry(p, h, w)
     ceil_mode = p.round_mode == p.CEIL
@@ -255,7 +257,7 @@ def _embed(lp, bottoms):
 
 # ---- element-wise and normalisation -------------------------------------------------
 
-@rule("ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log",
+@rule("ReLU", "ReLU6", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log",
       "Threshold", "Dropout", "Swish", "Clip", "LRN", "MVN", "Softmax")
 def _same(lp, bottoms):
     return LayerShapes([bottoms[0]])
@@ -453,4 +455,6 @@ def _accuracy(lp, bottoms):
     return LayerShapes([()] + [(b[axis],)] * (len(lp.top) - 1))
 
 
-from runner import shapes_sequence  # noqa: E402,F401  (registers its rules here)
+# The SSD and the recurrent/indexing layers' rules live in their own modules; importing
+# them registers them.
+from runner import shapes_detection, shapes_sequence  # noqa: E402,F401

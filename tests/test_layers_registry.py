@@ -17,7 +17,7 @@ IMPLEMENTED = {
     "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH",
     "Threshold", "Tile", "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit",
     "Parameter", "RNN",
-}
+} | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6"}  # SSD fork types, OpenCV's ReLU6
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
