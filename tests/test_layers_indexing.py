@@ -143,3 +143,16 @@ def test_parameter_top_is_its_blob_learned_saved_and_reloaded(tmp_path):
     assert [list(b.shape.dim) for b in read_caffemodel(str(path)).layer[0].blobs] == [[2, 3]]
     again = Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TEST", weights=str(path))
     assert torch.equal(again({})["w"], blob.detach())
+
+
+@pytest.mark.parametrize("text, shapes, tops, match", [
+    ('type: "BatchReindex"', [(4, 2)], 1, "takes exactly 2 bottom"),
+    ('type: "Filter"', [(4, 2)], 1, "takes at least 2 bottom"),
+    ('type: "Parameter" parameter_param { shape { dim: 2 } }', [(4, 2)], 1, "takes exactly 0 bottom"),
+    ('type: "Im2col" convolution_param { kernel_size: 1 }', [(1, 1, 2, 2)], 2, "takes exactly 1 top"),
+    ('type: "LSTMUnit"', [(1, 2, 3), (1, 2, 12)], 2, "takes exactly 3 bottom"),
+    ('type: "HDF5Output" hdf5_output_param { file_name: "x.h5" }', [(2, 3)], 0, "takes exactly 2 bottom"),
+])
+def test_blob_counts_are_caffes(text, shapes, tops, match):
+    with pytest.raises(ValueError, match=match):
+        make(text, shapes, tops=tops)

@@ -28,11 +28,10 @@ def legacy_4d(shape) -> tuple[int, int, int, int]:
 class HDF5Output(Layer):
     """Bottoms data and label (same first axis); no tops; no backward."""
 
+    bottom_count, top_count = (2, 2), (0, 0)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
-        if len(bottom_shapes) != 2:
-            raise ValueError(f"layer '{lp.name}': HDF5Output takes 2 bottoms (data, label), "
-                             f"got {len(bottom_shapes)}")
         if not lp.hdf5_output_param.file_name:
             raise ValueError(f"layer '{lp.name}': hdf5_output_param.file_name is required")
         for shape in bottom_shapes:

@@ -19,6 +19,8 @@ class Filter(Layer):
     other bottom. Caffe's backward: kept items get their top diff, dropped ones zero, and
     the selector none."""
 
+    bottom_count, top_count = (2, None), (1, None)
+
     def forward(self, *bottoms):
         selector = bottoms[-1].detach().reshape(bottoms[-1].shape[0], -1)[:, 0]
         keep = torch.nonzero(selector != 0).flatten()
@@ -29,6 +31,8 @@ class Filter(Layer):
 class BatchReindex(Layer):
     """Top item k is bottom item permut[k] (indices truncated to int as Caffe's static_cast);
     the backward adds each top diff into the item it came from; the index gets none."""
+
+    bottom_count, top_count = (2, 2), (1, 1)
 
     def forward(self, x, permut):
         index = permut.detach().to(torch.int64)  # truncates toward zero, as static_cast<int>
@@ -42,6 +46,8 @@ class BatchReindex(Layer):
 class Parameter(Layer):
     """Its one blob (parameter_param.shape, zero until trained or loaded) as its top."""
 
+    bottom_count, top_count = (0, 0), (1, 1)
+
     def blob_fillers(self):
         return [constant_filler()]
 
@@ -53,6 +59,8 @@ class Parameter(Layer):
 class Im2col(Layer):
     """Caffe's im2col over 1-3 spatial axes: channel c, kernel offset k go to channel
     c * prod(kernel) + k (row-major over kernel axes); the backward is col2im."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

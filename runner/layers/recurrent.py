@@ -54,6 +54,8 @@ class LSTMUnit(Layer):
     """Bottoms c_prev (1 x N x D), gates (1 x N x 4D, order i, f, o, g), cont (1 x N);
     tops c, h."""
 
+    bottom_count, top_count = (3, 3), (2, 2)
+
     def forward(self, c_prev, x, cont):
         return lstm_unit(c_prev, x, cont)
 
@@ -61,6 +63,8 @@ class LSTMUnit(Layer):
 class _Recurrent(Layer):
     """What RNN and LSTM share: bottoms x, cont, [x_static], [h_0 (, c_0)]; the state kept
     between forwards; fillers from recurrent_param."""
+
+    bottom_count, top_count = (2, 5), (1, 3)   # exact counts depend on expose_hidden
 
     n_state = 1
 
