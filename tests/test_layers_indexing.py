@@ -9,7 +9,7 @@ import torch
 from google.protobuf import text_format
 
 from runner import Net
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 from runner.proto import caffe_pb2, read_caffemodel
 
 

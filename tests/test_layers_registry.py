@@ -5,7 +5,7 @@ import pytest
 
 from runner.layers.base import UnsupportedLayerError, layer_class, layer_type_list, supported_types
 from runner.layers.known_types import BVLC_TYPES, FORK_TYPES, provenance
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 from runner.proto import caffe_pb2
 from runner.shapes import known_types
 

@@ -2,5 +2,5 @@
 from runner.layers import (affine, detection, hdf5_output, indexing, losses,  # noqa: F401
                            metrics, neuron, normalization, plumbing, recurrent, softmax,
                            vision)
-from runner.layers.base import (Layer, UnsupportedLayerError, build_layer, layer_class,  # noqa: F401
+from runner.layers.base import (Layer, UnsupportedLayerError, layer_class,  # noqa: F401
                                 layer_type_list, register, supported_types)
