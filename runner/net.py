@@ -184,6 +184,10 @@ class Net(nn.Module):
             blobs.update(zip(tops, layer(*args)))
         return blobs
 
+    def layer_steps(self) -> list[tuple[nn.Module, tuple[str, ...], tuple[str, ...]]]:
+        """(layer, bottom names, top names) per compute layer, in the order forward runs them."""
+        return [(layer, bottoms, tops) for layer, (bottoms, tops, _) in zip(self.layers.values(), self._steps)]
+
     def objective(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Caffe's loss: sum over tops of loss_weights[top] * sum(top)."""
         terms = []
@@ -222,6 +226,12 @@ class Net(nn.Module):
     def to_net_parameter(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         """The filtered net as Caffe's Net::ToProto writes it, blobs filled if asked."""
         return caffemodel_io.net_to_proto(self, with_blobs=with_blobs)
+
+    def export_onnx(self, path, outputs: list[str] | None = None):
+        """Write this net as an ONNX model (evaluation mode; graph outputs `outputs`, default
+        the net's outputs); returns the onnx.ModelProto. Needs the `onnx` extra."""
+        from runner.onnx_export import export_onnx
+        return export_onnx(self, path, outputs)
 
     def __repr__(self) -> str:
         """One line per layer, torchvision style: `(conv1): Convolution(name='conv1', ...)`."""
