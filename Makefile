@@ -63,17 +63,20 @@ $(FASHION_OUT)/mean.binaryproto: | $(STAMP)
 		--source-dir $(FASHION_MNIST_SRC) --overwrite
 
 # Model Zoo folder <ZOO>/<name>/ from a model folder and a trained train_val snapshot;
-# the deploy caffemodel drops the auxiliary branches. LICENSE defaults to CC-BY-4.0.
+# the deploy caffemodel drops the auxiliary branches. LICENSE defaults to CC-BY-4.0. The readme
+# states the weights' accuracy on the TEST net (TEST_ITERS batches, default the solver's test_iter).
 MODEL ?=
 WEIGHTS ?=
 ZOO ?= zoo
 LICENSE ?=
+TEST_ITERS ?=
 .PHONY: publish
 
 publish: $(STAMP)
 	@[ -n "$(MODEL)" ] && [ -n "$(WEIGHTS)" ] || \
 	  { echo "usage: make publish MODEL=models/<net> WEIGHTS=<snapshot>.caffemodel ZOO=<dir> [LICENSE=...]" >&2; exit 2; }
-	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)")
+	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)") \
+		$(if $(TEST_ITERS),--test-iterations $(TEST_ITERS))
 
 # The paper's claims on real data (reproduce/config.yaml holds the protocol; docs/reproduce.md).
 # DATASET defaults to fashion-mnist here (its LMDBs are built first); PRESET picks a preset of
