@@ -28,6 +28,7 @@ from runner.solver.plot import plot_history, read_history
 from runner.solver.schedule import AuxWeightSchedule
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.step import TrainingStep
+from runner.solver.tensorboard import scalars_for
 
 
 def train_set_size(net) -> int:
@@ -54,6 +55,7 @@ class SolverOptions:
     log_path: str | None = None      # None: <snapshot_prefix>.log
     append_log: bool = False         # a resumed run continues its log
     plot_path: str | None = None     # None: <snapshot_prefix>_training.png
+    tensorboard: str | None = None   # a directory for TensorBoard scalars, if wanted
 
 
 class Solver:
@@ -72,6 +74,7 @@ class Solver:
         self.plot_path = options.plot_path or f"{prefix}_training.png"
         self.log = CaffeLog(self.log_path if ctx.is_root else None, enabled=ctx.is_root,
                             append=options.append_log)
+        self.scalars = scalars_for(options.tensorboard, ctx.is_root)
         prepare_solver_param(param)
         self.seed = param.random_seed if param.random_seed >= 0 else random.randrange(2**31)
         torch.manual_seed(self.seed + ctx.rank)  # Caffe: random_seed + solver_rank
@@ -198,6 +201,7 @@ class Solver:
         finally:
             self.requests.close()
             self.finish_plot()
+            self.scalars.close()
 
     # ---- Step ----------------------------------------------------------------------------
     def step(self, iters: int) -> None:
@@ -245,6 +249,7 @@ class Solver:
                 f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
                 f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
         self._update_smoothed_loss(loss, self.start_iter)
+        self.scalars.add("train/loss", self.smoothed_loss, self.iter)
         p = self.param
         if p.display and self.iter % p.display == 0:
             timer, iterations_last = self.display_clock
@@ -257,6 +262,7 @@ class Solver:
 
     def _log_rate(self, it: int, rate: float) -> None:
         """Caffe logs the rate of a displayed iteration just before its update."""
+        self.scalars.add("train/lr", rate, it)
         if self.param.display and it % self.param.display == 0:
             self.log.info("sgd_solver.cpp:105", f"Iteration {it}, lr = {cfloat(rate)}")
 
@@ -270,6 +276,7 @@ class Solver:
             net.loss_weights.update({k: v for k, v in changed.items() if k in net.loss_weights})
         for name, weight in changed.items():
             self.log.info("solver.cpp:205", f"Iteration {self.iter}, aux {name} weight = {cfloat(weight)}")
+            self.scalars.add(f"aux_weight/{name}", weight, self.iter)
 
     def _agree(self, flags: list[float]) -> list[float]:
         """The same decision on every rank: each flag is the max over ranks."""
@@ -328,6 +335,10 @@ class Solver:
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
         self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+        for name, values in sums.items():
+            for i, value in enumerate((values.reshape(-1).cpu() / n).tolist()):
+                tag = name if values.numel() == 1 else f"{name}/{i}"
+                self.scalars.add(f"test{k}/{tag}", value, self.iter)
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
