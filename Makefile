@@ -14,6 +14,7 @@ BRANCHES ?=
 ALPHA ?=
 WIDTH ?=
 INIT ?=
+DATA ?=
 
 .PHONY: setup net demo test
 
@@ -25,9 +26,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# DATA=<folder with train_lmdb, val_lmdb> renders the nets for your own data (DATASET's
+# default then does not apply).
+NET_DATASET = $(if $(and $(DATA),$(filter file,$(origin DATASET))),,$(DATASET))
 net: $(STAMP)
-	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=$(VARIANT) DATASET=$(DATASET) \
-		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH) INIT=$(INIT)
+	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=$(VARIANT) DATASET=$(NET_DATASET) \
+		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH) INIT=$(INIT) DATA=$(DATA)
 
 # Train the Fashion-MNIST CNDS-8 for a few minutes on the CPU (the LMDBs are built on
 # first use), then score the final snapshot on the 10000 test images (caffe test).

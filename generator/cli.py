@@ -13,13 +13,15 @@ import sys
 from dataclasses import replace
 
 from generator.architectures import ConfigError, Net, NetConfig, build, catalogue
+from generator.datasets import register_dataset
+from generator.own_data import folder_dataset
 from generator.render import parse, render
 from generator.summary import aux_cost, format_table, shape_table
 from generator.output import write_model_folder
 from runner.proto import ProtoError
 from runner.shapes import ShapeError
 
-KEYS = ("DEPTH", "VARIANT", "DATASET", "BRANCHES", "ALPHA", "WIDTH", "INIT")
+KEYS = ("DEPTH", "VARIANT", "DATASET", "DATA", "BRANCHES", "ALPHA", "WIDTH", "INIT")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help="DEPTH=5..19 VARIANT=cnds|cnn DATASET=imagenet|places205|fashion-mnist "
                         "BRANCHES=4,7,10|none|auto ALPHA=0.3 WIDTH=<multiplier> INIT=released|vanilla|msra "
-                        "(empty values mean the defaults)")
+                        "DATA=<folder with train_lmdb, val_lmdb> (your own data instead of DATASET; "
+                        "empty values mean the defaults)")
     p.add_argument("--all", action="store_true", help="render every net committed under models/")
     p.add_argument("--out", default="models", help="models folder, as the solver's working directory sees it")
     return p
@@ -67,6 +70,12 @@ def config_from_settings(settings: list[str]) -> tuple[NetConfig, bool]:
             raise ConfigError(f"{item}: expected KEY=VALUE with KEY one of {', '.join(KEYS)}")
         values[key] = value.strip()
     config = NetConfig()
+    if values.get("DATA"):
+        if values.get("DATASET"):
+            raise ConfigError("give DATASET (a built-in dataset) or DATA (a folder of your own), not both")
+        dataset = folder_dataset(values["DATA"])
+        register_dataset(dataset)
+        config = replace(config, dataset=dataset.name)
     if values.get("DEPTH"):
         config = replace(config, depth=_number("DEPTH", values["DEPTH"], int))
     for key, field in (("VARIANT", "variant"), ("DATASET", "dataset"), ("INIT", "init")):

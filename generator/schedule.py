@@ -42,9 +42,20 @@ def schedule(net: Net) -> Schedule:
     """The solver numbers for `net` on its dataset."""
     ds, cfg = net.dataset, net.config
     test_iter = math.ceil(ds.test_images / ds.test_batch)
+    if ds.epochs is not None:
+        return own_data_schedule(ds, test_iter)
     if ds.name == "imagenet":
         max_iter = math.ceil(imagenet_epochs(cfg.variant, cfg.depth) * ds.train_images / ds.train_batch)
         return Schedule(max_iter, 200_000, test_iter, 10_000, 20, 10_000)
     if ds.name == "places205":
         return Schedule(places_iterations(cfg.variant, cfg.depth), 80_000, test_iter, 10_000, 20, 10_000)
     return Schedule(3_000, 2_000, test_iter, 500, 50, 1_000)
+
+
+def own_data_schedule(ds, test_iter: int) -> Schedule:
+    """A user's dataset: `ds.epochs` passes over its training set, a test every epoch, the
+    lr step at two thirds of the run, five snapshots, a log line about 4 times an epoch."""
+    per_epoch = math.ceil(ds.train_images / ds.train_batch)
+    max_iter = ds.epochs * per_epoch
+    return Schedule(max_iter, max(1, round(max_iter * 2 / 3)), test_iter, per_epoch,
+                    max(1, min(50, per_epoch // 4)), max(1, math.ceil(max_iter / 5)))

@@ -57,7 +57,8 @@ def accuracy_text(score: Score | str | None, weights: Path, log: Path | None) ->
     """The readme's "Measured accuracy" section body."""
     if isinstance(score, Score):
         lines = [f"The shipped weights ({weights.name}) scored on the TEST phase of "
-                 f"train_val.prototxt, {score.iterations} batches of {score.batch} images, as "
+                 f"train_val.prototxt, {score.iterations} batch{'es' if score.iterations != 1 else ''} "
+                 f"of {score.batch} images, as "
                  f"`python runner/solve.py test --model train_val.prototxt --weights "
                  f"{weights.name} --iterations {score.iterations}` reports:\n",
                  "| output | value |", "|---|---|"]
