@@ -125,6 +125,13 @@ def test_committed_deploy_nets_match_onnxruntime(prototxt, tmp_path):
     export_and_compare(smallest_input(prototxt, tmp_path))
 
 
+@pytest.mark.parametrize("name", ["imagenet-cnn5", "imagenet-cnds8"])
+def test_imagenet_layouts_at_their_own_input_size(name):
+    """227x227 as committed: every pooling size of the CNN-5 and the stage family
+    (112 -> 56 -> 28 -> 14 -> 7 -> 4, the same at every depth) as Caffe rounds it."""
+    export_and_compare(ROOT / "models" / name / "deploy.prototxt")
+
+
 def test_every_committed_deploy_net_is_covered():
     assert len(MODEL_NETS) >= 15
 
