@@ -2,7 +2,8 @@
 
 Usage: python -m runner.tools.export_onnx deploy.prototxt weights.caffemodel out.onnx
        [--output-blob BLOB ...]
-The batch axis is symbolic ("batch") unless a layer reshapes across it.
+The batch axis is symbolic ("batch") unless a layer reshapes across it. Only the layers
+behind the outputs are exported (e.g. an SSD net up to the blobs its DetectionOutput reads).
 """
 from __future__ import annotations
 
