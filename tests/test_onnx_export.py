@@ -169,6 +169,33 @@ def test_reshape_across_batch_fixes_the_batch(tmp_path):
     assert "fold" in model.doc_string
 
 
+MORE_LAYERS = """
+layer { name: "data" type: "Input" top: "data" top: "ids" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 6 } shape { dim: 2 dim: 4 } } }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" }
+layer { name: "mvn_all" type: "MVN" bottom: "data" top: "mvn_all" mvn_param { across_channels: true normalize_variance: false } }
+layer { name: "spp" type: "SPP" bottom: "mvn" top: "spp" spp_param { pyramid_height: 3 pool: MAX } }
+layer { name: "spp_ave" type: "SPP" bottom: "mvn_all" top: "spp_ave" spp_param { pyramid_height: 2 pool: AVE } }
+layer { name: "top3" type: "ArgMax" bottom: "spp" top: "top3" argmax_param { top_k: 3 out_max_val: true } }
+layer { name: "best" type: "ArgMax" bottom: "data" top: "best" argmax_param { axis: 1 top_k: 2 } }
+layer { name: "embed" type: "Embed" bottom: "ids" top: "embed"
+  embed_param { input_dim: 10 num_output: 5 weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+"""
+
+
+def test_mvn_spp_argmax_and_embed(tmp_path):
+    prototxt = tmp_path / "more.prototxt"
+    prototxt.write_text(MORE_LAYERS)
+    net = Net(prototxt, phase="TEST")
+    gen = torch.Generator().manual_seed(5)
+    randomize(net, gen)
+    model = build_model(net, outputs=computed_blobs(net))
+    inputs = {"data": torch.randn(2, 3, 7, 6, generator=gen),
+              "ids": torch.randint(0, 10, (2, 4), generator=gen).float()}
+    assert_matches(net, model, inputs, "more layers")
+    tied = {"data": torch.randint(0, 3, (2, 3, 7, 6), generator=gen).float(), "ids": inputs["ids"]}
+    assert_matches(net, model, tied, "ties")   # ArgMax breaks ties toward the larger index
+
+
 def test_layer_without_onnx_form_is_named(tmp_path):
     prototxt = tmp_path / "loss.prototxt"
     prototxt.write_text(
@@ -213,15 +240,16 @@ def test_export_onnx_command(tmp_path):
 
 
 def test_export_onnx_command_reports_a_bad_layer(tmp_path):
-    prototxt = tmp_path / "argmax.prototxt"
+    prototxt = tmp_path / "accuracy.prototxt"
     prototxt.write_text(
-        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 5 } } }\n'
-        'layer { name: "top1" type: "ArgMax" bottom: "data" top: "top1" }\n')
+        'layer { name: "data" type: "Input" top: "data" top: "label" '
+        'input_param { shape { dim: 1 dim: 5 } shape { dim: 1 } } }\n'
+        'layer { name: "top1" type: "Accuracy" bottom: "data" bottom: "label" top: "top1" }\n')
     weights = tmp_path / "w.caffemodel"
     Net(prototxt, phase="TEST").save_caffemodel(weights)
     proc = run_export(prototxt, weights, tmp_path / "o.onnx")
     assert proc.returncode == 1
-    assert "layer 'top1' has type 'ArgMax'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "layer 'top1' has type 'Accuracy'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -1,10 +1,11 @@
 """ONNX forms of Caffe's blob plumbing: Concat, Slice, Flatten, Reshape, Crop, Tile,
-Reduction, Silence. Shapes are static except the batch axis where the layer keeps it."""
+Reduction, Silence, ArgMax. Shapes are static except the batch axis where the layer keeps it."""
 from __future__ import annotations
 
 from runner.onnx_export.graph import GraphBuilder
 from runner.onnx_export.registry import converter
 from runner.proto import caffe_pb2
+from runner.shapes import count
 
 
 @converter("Concat")
@@ -83,3 +84,30 @@ def _reduction(b: GraphBuilder, layer, ins, outs):
 @converter("Silence")
 def _silence(b: GraphBuilder, layer, ins, outs):
     """Nothing to compute; the bottoms are simply not used further."""
+
+
+def _caffe_top_k(b: GraphBuilder, x: str, k: int, axis: int, size: int) -> tuple[str, str]:
+    """(values, float indices) of the k largest along `axis`, ties to the larger index as
+    Caffe's partial_sort orders them: ONNX TopK (ties to the smaller) on the reversed axis."""
+    flipped = b.node("Slice", [x, b.ints("start", [-1]), b.ints("end", [-(2 ** 63)]),
+                               b.ints("axis", [axis]), b.ints("step", [-1])])
+    values = b.temp("values")
+    index = b.temp("index")
+    b.node("TopK", [flipped, b.ints("k", [k])], [values, index], axis=axis)
+    position = b.node("Sub", [b.ints("last", [size - 1]), index])
+    return values, b.node("Cast", [position], to=1)  # FLOAT
+
+
+@converter("ArgMax")
+def _argmax(b: GraphBuilder, layer, ins, outs):
+    p = layer.lp.argmax_param
+    bottom = layer.bottom_shapes[0]
+    if layer.axis is not None:
+        values, index = _caffe_top_k(b, ins[0], p.top_k, layer.axis, bottom[layer.axis])
+        b.node("Identity", [values if p.out_max_val else index], outs)
+        return
+    flat = b.node("Flatten", ins, axis=1)
+    values, index = _caffe_top_k(b, flat, p.top_k, 1, count(bottom, 1))
+    parts = [index, values] if p.out_max_val else [index]
+    stacked = b.node("Concat", [b.node("Unsqueeze", [part, b.ints("axis", [1])]) for part in parts], axis=1)
+    _reshape_to(b, stacked, layer.top_shapes[0], True, outs)

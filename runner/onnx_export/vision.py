@@ -1,5 +1,6 @@
-"""ONNX forms of Caffe's vision and normalisation layers: (de)convolution, pooling with
-Caffe's rounding and AVE divisor, LRN (both regions), BatchNorm, Scale, Bias, InnerProduct."""
+"""ONNX forms of Caffe's vision and normalisation layers: (de)convolution, pooling and SPP
+with Caffe's rounding and AVE divisor, LRN (both regions), BatchNorm, MVN, Scale, Bias,
+InnerProduct, Embed."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from runner.layers.vision import PoolPlan
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import blob_array, converter
 from runner.proto import caffe_pb2
-from runner.shapes import pooling_geometry, spatial_params
+from runner.shapes import pooling_geometry, spatial_params, spp_geometry
 
 
 @converter("Convolution", "Deconvolution")
@@ -31,32 +32,47 @@ def _convolution(b: GraphBuilder, layer, ins, outs):
 
 @converter("Pooling")
 def _pooling(b: GraphBuilder, layer, ins, outs):
-    """Explicit pads make ONNX's floor-mode window count Caffe's (ceil or floor, with the
-    last-window clip); AVE is a zero-padded sum times Caffe's 1/divisor per output cell."""
     if layer.with_mask:
         raise OnnxExportError("a MAX pooling mask top has no ONNX form")
     h, w = layer.bottom_shapes[0][2:]
     p = layer.lp.pooling_param
     plan = PoolPlan(pooling_geometry(p, h, w), p.round_mode == caffe_pb2.PoolingParameter.CEIL, h, w)
+    _pool(b, ins[0], plan, layer.is_max, outs)
+
+
+@converter("SPP")
+def _spp(b: GraphBuilder, layer, ins, outs):
+    """Each pyramid level pooled as Caffe's SPP does, flattened, then concatenated."""
+    h, w = layer.bottom_shapes[0][2:]
+    levels = layer.lp.spp_param.pyramid_height
+    plans = [PoolPlan(spp_geometry(level, h, w), True, h, w) for level in range(levels)]
+    if levels == 1:
+        _pool(b, ins[0], plans[0], layer.is_max, outs)
+        return
+    flat = [b.node("Flatten", [_pool(b, ins[0], plan, layer.is_max)], axis=1) for plan in plans]
+    b.node("Concat", flat, outs, axis=1)
+
+
+def _pool(b: GraphBuilder, x: str, plan: PoolPlan, is_max: bool, outs=None) -> str:
+    """Explicit pads make ONNX's floor-mode window count Caffe's (ceil or floor, with the
+    last-window clip); AVE is a zero-padded sum times Caffe's 1/divisor per output cell."""
     kernel, stride = list(plan.kernel), list(plan.stride)
     before = list(plan.pad)
     pads = [0, 0, *before, 0, 0, *plan.after]
-    if layer.is_max:
+    if is_max:
         after = [max(a, 0) for a in plan.after]  # a negative one drops rows no window reaches
         if all(a < k for a, k in zip(after, kernel)):
-            b.node("MaxPool", ins, outs, kernel_shape=kernel, strides=stride, pads=before + after)
-        else:  # windows wholly past the input: Caffe's -FLT_MAX, which ONNX pads cannot give
-            padded = b.node("Pad", [ins[0], b.ints("pads", pads), b.const("fill", -FLT_MAX)])
-            b.node("MaxPool", [padded], outs, kernel_shape=kernel, strides=stride)
-        return
-    padded = b.node("Pad", [ins[0], b.ints("pads", pads)])
+            return b.node("MaxPool", [x], outs, kernel_shape=kernel, strides=stride, pads=before + after)
+        # windows wholly past the input: Caffe's -FLT_MAX, which ONNX pads cannot give
+        padded = b.node("Pad", [x, b.ints("pads", pads), b.const("fill", -FLT_MAX)])
+        return b.node("MaxPool", [padded], outs, kernel_shape=kernel, strides=stride)
+    padded = b.node("Pad", [x, b.ints("pads", pads)])
     area = kernel[0] * kernel[1]
     divisor = plan.divisor(torch.zeros((), dtype=torch.float64)).numpy()
     if np.all(divisor == area):
-        b.node("AveragePool", [padded], outs, kernel_shape=kernel, strides=stride)
-        return
+        return b.node("AveragePool", [padded], outs, kernel_shape=kernel, strides=stride)
     mean = b.node("AveragePool", [padded], kernel_shape=kernel, strides=stride)
-    b.node("Mul", [mean, b.const("area_over_divisor", (area / divisor)[None, None])], outs)
+    return b.node("Mul", [mean, b.const("area_over_divisor", (area / divisor)[None, None])], outs)
 
 
 @converter("LRN")
@@ -87,6 +103,33 @@ def _batch_norm(b: GraphBuilder, layer, ins, outs):
            [ins[0], b.const("scale", np.ones(channels)), b.const("bias", np.zeros(channels)),
             b.const("mean", mean_acc * factor), b.const("var", var_acc * factor)],
            outs, epsilon=float(layer.eps))
+
+
+@converter("MVN")
+def _mvn(b: GraphBuilder, layer, ins, outs):
+    """x - mean, divided by (std + eps) with normalize_variance, per (sample, channel) or
+    per sample across channels, as Caffe's MVN."""
+    p = layer.lp.mvn_param
+    shape = layer.bottom_shapes[0]
+    rows = b.node("Reshape", [ins[0], b.ints("rows", [0, -1] if p.across_channels else [0, shape[1], -1])])
+    axis = b.ints("axis", [1 if p.across_channels else 2])
+    centred = b.node("Sub", [rows, b.node("ReduceMean", [rows, axis], keepdims=1)])
+    if p.normalize_variance:
+        std = b.node("Sqrt", [b.node("ReduceMean", [b.node("Mul", [centred, centred]), axis], keepdims=1)])
+        centred = b.node("Div", [centred, b.node("Add", [std, b.const("eps", p.eps)])])
+    b.node("Reshape", [centred, b.ints("shape", [0, *shape[1:]])], outs)
+
+
+@converter("Embed")
+def _embed(b: GraphBuilder, layer, ins, outs):
+    """Rows of the table picked by the bottom's values (as integers), plus the bias."""
+    index = b.node("Cast", ins, to=7)  # INT64
+    table = b.const("weight", blob_array(layer.blobs[0]))
+    if not layer.bias_term:
+        b.node("Gather", [table, index], outs, axis=0)
+        return
+    rows = b.node("Gather", [table, index], axis=0)
+    b.node("Add", [rows, b.const("bias", blob_array(layer.blobs[1]))], outs)
 
 
 def _broadcast(array: np.ndarray, axis: int, ndim: int) -> np.ndarray:
