@@ -290,3 +290,13 @@ def test_only_the_layers_behind_the_outputs_are_exported():
     assert [o.name for o in model.graph.output] == ["pool2"]
     names = {n.name.split("/")[0] for n in model.graph.node}
     assert names == {"conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2"}
+
+
+def test_every_layer_type_but_losses_and_metrics_has_an_onnx_form():
+    """A layer type added later without an ONNX form shows up here."""
+    from runner.layers import layer_class, supported_types
+    from runner.onnx_export import exportable_types
+    from runner.proto import caffe_pb2
+    kinds = {name: layer_class(caffe_pb2.LayerParameter(type=name)) for name in supported_types()}
+    without = {name for name, cls in kinds.items() if not cls.is_loss} - set(exportable_types())
+    assert without == {"Accuracy", "DetectionOutput"}
