@@ -75,6 +75,7 @@ def test_lmdb_features_equal_a_direct_forward(tmp_path, capsys):
             assert not datum.data
             np.testing.assert_array_equal(np.array(datum.float_data, dtype=np.float32), item.reshape(-1))
     assert np.abs(expected["fc"]).max() > 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left
 
 
 def test_npy_features_equal_a_direct_forward(tmp_path, capsys):
@@ -84,6 +85,7 @@ def test_npy_features_equal_a_direct_forward(tmp_path, capsys):
     got = np.load(tmp_path / "fc.npy")
     np.testing.assert_array_equal(got, direct_blobs(prototxt, weights, ["fc"], 2)["fc"])
     assert got.shape == (8, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fc.npy", "features.prototxt", "images_lmdb", "w.caffemodel"]
 
 
 def test_unknown_blob_and_mismatched_lists_are_clear_errors(tmp_path, capsys):

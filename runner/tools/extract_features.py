@@ -5,20 +5,20 @@ blob, key = the item's index as 10 digits) into an LMDB per blob, or one .npy pe
 Usage: python -m runner.tools.extract_features WEIGHTS.caffemodel NET.prototxt
            BLOB1[,BLOB2,...] DB1[,DB2,...] NUM_MINI_BATCHES lmdb|npy [CPU|GPU] [DEVICE_ID]
 The net runs in the TEST phase and reads its own data layer (e.g. a Data layer over an
-LMDB); NUM_MINI_BATCHES x batch_size items are extracted.
+LMDB); NUM_MINI_BATCHES x batch_size items are extracted, through a disk-backed array
+beside each output, so memory stays small.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from runner import Net
-from runner.atomic import atomic_write_bytes
 from runner.data.lmdb_store import write_lmdb
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream
@@ -35,33 +35,55 @@ def feature_datum(item: np.ndarray) -> caffe_pb2.Datum:
     return datum
 
 
-def extract(net: Net, blob_names: list[str], num_batches: int, device: torch.device) -> dict[str, np.ndarray]:
-    """{blob: array (num_batches * batch, ...)} from `num_batches` forwards in TEST mode."""
+def check_blobs(net: Net, blob_names: list[str]) -> None:
     missing = [name for name in blob_names if name not in net.blob_shapes]
     if missing:
         raise ValueError(f"unknown feature blob name(s) {missing} in the network {net.origin}; "
                          f"blobs: {', '.join(net.blob_shapes)}")
     if not net.sources:
         raise ValueError(f"{net.origin}: the net has no data layer to read batches from")
+
+
+def extract(net: Net, features: dict[str, np.ndarray], num_batches: int, device: torch.device) -> None:
+    """Fill each features[blob] (num_batches * batch, ...) from forwards in TEST mode."""
     net.to(device).eval()
     batches = BatchStream(net.sources, device)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in blob_names}
     with torch.no_grad():
-        for _ in range(num_batches):
+        for i in range(num_batches):
             blobs = net(next(batches))
-            for name in blob_names:
-                parts[name].append(blobs[name].float().cpu().numpy())
-    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+            for name, array in features.items():
+                batch = blobs[name].float().cpu().numpy()
+                array[i * len(batch):(i + 1) * len(batch)] = batch
 
 
-def write_features(features: np.ndarray, path: str, db_type: str) -> None:
-    if db_type == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, features)
-        atomic_write_bytes(path, buffer.getvalue())
-        return
-    records = ((f"{i:010d}", feature_datum(item).SerializeToString()) for i, item in enumerate(features))
-    write_lmdb(path, records, total=len(features))
+def extract_to_files(net: Net, outputs: dict[str, str], num_batches: int, db_type: str,
+                     device: torch.device) -> dict[str, int]:
+    """Extract into a disk-backed array per blob beside its output (memory stays small),
+    then rename it into place (npy) or write the LMDB from it; returns items per blob."""
+    check_blobs(net, list(outputs))
+    temps = {name: Path(path).parent / f".{Path(path).name}.{os.getpid()}.npy"
+             for name, path in outputs.items()}
+    try:
+        features = {}
+        for name, temp in temps.items():
+            shape = net.blob_shapes[name]
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            features[name] = np.lib.format.open_memmap(
+                temp, mode="w+", dtype=np.float32, shape=(num_batches * shape[0], *shape[1:]))
+        extract(net, features, num_batches, device)
+        for name, path in outputs.items():
+            array = features.pop(name)
+            if db_type == "npy":
+                array.flush()
+                del array
+                os.replace(temps[name], path)
+                continue
+            records = ((f"{i:010d}", feature_datum(item).SerializeToString()) for i, item in enumerate(array))
+            write_lmdb(path, records, total=len(array))
+        return {name: num_batches * net.blob_shapes[name][0] for name in outputs}
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     blob_names, outputs = args.blobs.split(","), args.outputs.split(",")
     if len(blob_names) != len(outputs):
         parser.error(f"{len(blob_names)} blob names but {len(outputs)} outputs: the numbers must be equal")
+    if len(set(blob_names)) < len(blob_names) or len(set(outputs)) < len(outputs):
+        parser.error("each blob and each output may be named once")
     if args.num_mini_batches < 1:
         parser.error("num_mini_batches must be at least 1")
     taken = [path for path in outputs if os.path.exists(path)]
@@ -91,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(f"cuda:{args.device_id}" if args.mode == "GPU" else "cpu")
     try:
         net = Net(args.model, phase="TEST", weights=args.weights)
-        features = extract(net, blob_names, args.num_mini_batches, device)
+        counts = extract_to_files(net, dict(zip(blob_names, outputs)), args.num_mini_batches,
+                                  args.db_type, device)
         for name, path in zip(blob_names, outputs):
-            write_features(features[name], path, args.db_type)
-            print(f"Extracted features of {len(features[name])} query images for feature blob "
+            print(f"Extracted features of {counts[name]} query images for feature blob "
                   f"{name} into {path}", file=sys.stderr)
     except (ValueError, OSError) as err:  # ProtoError, NetBuildError, DataError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
