@@ -30,8 +30,9 @@ class GraphBuilder:
         self.layer_index, self.layer_name = index, name
 
     def unique(self, base: str) -> str:
+        """`base`, or `base_<n>`: a name no value has and no blob will get."""
         name, n = base, 1
-        while name in self._taken:
+        while name in self._taken or name in self._last_writer:
             n += 1
             name = f"{base}_{n}"
         self._taken.add(name)
