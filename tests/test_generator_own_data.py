@@ -70,8 +70,8 @@ def test_epochs_follow_the_data_size():
     assert [epochs_for(n) for n in (100, 6_000, 60_000, 1_281_167)] == [50, 50, 5, 5]
     assert epochs_for(20_000) == 15
     ds = DATASETS["fashion-mnist"]
-    s = own_data_schedule(replace(ds, epochs=5), 100)
-    assert (s.max_iter, s.test_interval, s.stepsize, s.snapshot, s.display) == (4690, 938, 3127, 938, 50)
+    s = own_data_schedule(replace(ds, epochs=5))
+    assert (s.max_iter, s.test_interval, s.stepsize, s.snapshot, s.display, s.test_iter) == (4690, 938, 3127, 938, 50, 100)
 
 
 def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from runner import console
 from runner.data.datum import DataError
 from runner.atomic import atomic_write_text
 from runner.data.imageset import (check_resize, class_folder_list, image_file_datum, read_class_names,
@@ -100,7 +101,7 @@ def convert_class_folders(root: str, db: str, *, labels: str | None = None, **kw
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.tools.convert_imageset",
+        prog=console.prog("python -m runner.tools.convert_imageset"),
         description="Convert a set of images to the LMDB format used as input for Caffe.")
     parser.add_argument("paths", nargs="+", metavar="ROOTFOLDER/ [LISTFILE] DB_NAME",
                         help='ROOTFOLDER/ is the prefix of every name in LISTFILE (lines "NAME '

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from runner import console
 from runner.solver.caffe_log import CaffeLog
 from runner.solver.distributed import parse_gpus
 
@@ -40,7 +41,7 @@ def device_lines(device: int, props) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=console.prog(f"python -m {__spec__.name}"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-gpu", "--gpu", default="all", help="device id(s), comma-separated, or 'all'")
     args = parser.parse_args(argv)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runner import Net
+from runner import Net, console
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=console.prog(f"python -m {__spec__.name}"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="deploy prototxt")
     parser.add_argument("weights", help="trained .caffemodel")

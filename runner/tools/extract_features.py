@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner import Net
+from runner import Net, console
 from runner.data.lmdb_store import write_lmdb
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream
@@ -87,7 +87,7 @@ def extract_to_files(net: Net, outputs: dict[str, str], num_batches: int, db_typ
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=console.prog(f"python -m {__spec__.name}"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", help="trained .caffemodel")
     parser.add_argument("model", help="net prototxt with a data layer (TEST phase)")

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
+from runner import console
 from runner.proto import ProtoError, parse_net_text, upgrade_net, write_text
 from runner.proto.textio import read_file_text
 
@@ -17,7 +18,7 @@ def run_upgrade(module: str, doc: str, parse: Callable, upgrade: Callable,
                 argv: list[str] | None, read: Callable | None = None, write: Callable = write_text) -> int:
     """Read IN without upgrading (`read(path)`, default: `parse` of its text), apply
     `upgrade`, `write` OUT; one-line errors, exit 1."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+    parser = argparse.ArgumentParser(prog=console.prog(f"python -m {module}"), description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="the prototxt to read")
     parser.add_argument("output", help="where to write the upgraded prototxt (atomically)")

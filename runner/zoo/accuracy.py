@@ -43,8 +43,8 @@ def score_weights(train_val: Path, weights: Path, iterations: int) -> Score | st
     if not net.sources:
         return "the TEST net has no data layer"
     batch = next(iter(net.blob_shapes[name][0] for name in net.input_names), 0)
-    means = score_net(net, iterations, torch.device("cpu"), CaffeLog(enabled=False))
-    outputs = {name: values[0] for name, values in means.items() if len(values) == 1}
+    scores = score_net(net, iterations, torch.device("cpu"), CaffeLog(enabled=False))
+    outputs = {name: values[0] for name, values in scores.outputs.items() if len(values) == 1}
     return Score(outputs, iterations, batch)
 
 
