@@ -58,13 +58,13 @@ def test_unknown_class_and_flat_folder_are_clear_errors(tmp_path, capsys):
     write_tree(tmp_path / "val", {"a": 1, "dog": 1})
     out = tmp_path / "data"
     assert tool.main([str(tmp_path / "train"), str(out / "train_lmdb")]) == 0
-    assert tool.main([str(tmp_path / "val"), str(out / "val_lmdb")]) == 1
+    assert tool.main([str(tmp_path / "val"), str(out / "val_lmdb")]) == 2
     assert "subfolder(s) ['dog'] are not in the class list ['a']" in capsys.readouterr().err
     assert not (out / "val_lmdb").exists()
     flat = tmp_path / "flat"
     flat.mkdir()
     cv2.imwrite(str(flat / "x.png"), np.zeros((2, 2), np.uint8))
-    assert tool.main([str(flat), str(out / "flat_lmdb")]) == 1
+    assert tool.main([str(flat), str(out / "flat_lmdb")]) == 2
     assert "has no class subfolders" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / "train")])

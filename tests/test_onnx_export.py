@@ -248,7 +248,7 @@ def test_export_onnx_command_reports_a_bad_layer(tmp_path):
     weights = tmp_path / "w.caffemodel"
     Net(prototxt, phase="TEST").save_caffemodel(weights)
     proc = run_export(prototxt, weights, tmp_path / "o.onnx")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "layer 'top1' has type 'Accuracy'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
 

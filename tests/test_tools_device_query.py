@@ -27,7 +27,7 @@ def test_lines_use_caffes_labels_in_caffes_order():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_without_a_gpu_it_says_so(capsys):
-    assert device_query.main([]) == 1
+    assert device_query.main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("No cuda device present") and "Traceback" not in err
 
@@ -39,4 +39,4 @@ def test_every_gpu_is_described(capsys):
     for i in range(torch.cuda.device_count()):
         assert f"Device id:                     {i}" in err
         assert torch.cuda.get_device_properties(i).name in err
-    assert device_query.main(["-gpu", str(torch.cuda.device_count())]) == 1
+    assert device_query.main(["-gpu", str(torch.cuda.device_count())]) == 2

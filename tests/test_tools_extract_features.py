@@ -91,10 +91,10 @@ def test_npy_features_equal_a_direct_forward(tmp_path, capsys):
 def test_unknown_blob_and_mismatched_lists_are_clear_errors(tmp_path, capsys):
     prototxt, weights = setup_net(tmp_path)
     status, err = run_tool(capsys, weights, prototxt, "fc7", tmp_path / "x_db", 1, "lmdb")
-    assert status == 1 and "unknown feature blob name(s) ['fc7']" in err
+    assert status == 2 and "unknown feature blob name(s) ['fc7']" in err
     assert not (tmp_path / "x_db").exists()
     status, err = run_tool(capsys, weights, prototxt, "fc,conv1", tmp_path / "x_db", 1, "lmdb")
     assert status == 2 and "2 blob names but 1 outputs" in err
     (tmp_path / "taken_db").mkdir()
     status, err = run_tool(capsys, weights, prototxt, "fc", tmp_path / "taken_db", 1, "lmdb")
-    assert status == 1 and "already exists" in err
+    assert status == 2 and "already exists" in err

@@ -68,7 +68,7 @@ def test_current_caffemodel_is_left_as_it_is(tmp_path, capsys):
 def test_bad_input_is_one_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.caffemodel"
     bad.write_bytes(b"\x0a\xff\xff not a protobuf")
-    assert upgrade_net_proto_binary.main([str(bad), str(tmp_path / "out.caffemodel")]) == 1
+    assert upgrade_net_proto_binary.main([str(bad), str(tmp_path / "out.caffemodel")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
     assert not (tmp_path / "out.caffemodel").exists()

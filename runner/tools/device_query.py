@@ -2,7 +2,7 @@
 
 Usage: python -m runner.tools.device_query [-gpu N[,M...]|all]   (default: all)
 Caffe's labels and order; properties torch does not expose (memory pitch, texture
-alignment, grid sizes, ...) are left out. Without a CUDA device it says so and exits 1.
+alignment, grid sizes, ...) are left out. Without a CUDA device it says so and exits 2.
 """
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("No cuda device present (torch.cuda sees no GPU: a CPU-only torch build, no "
               "driver, or CUDA_VISIBLE_DEVICES hides them).", file=sys.stderr)
-        return 1
+        return 2
     try:
         gpus, _ = parse_gpus(args.gpu)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     log = CaffeLog()
     for gpu in gpus:
         log.info("device_query.py", f"Querying GPUs {gpu}")

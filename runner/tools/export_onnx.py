@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         model = net.export_onnx(args.output, args.blobs)
     except (ValueError, OSError) as err:  # OnnxExportError, ProtoError, NetBuildError: ValueErrors
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     outs = ", ".join(o.name for o in model.graph.output)
     print(f"wrote {args.output}: {len(model.graph.node)} ONNX nodes, opset "
           f"{model.opset_import[0].version}, outputs {outs}", file=sys.stderr)

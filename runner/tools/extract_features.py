@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     taken = [path for path in outputs if os.path.exists(path)]
     if taken:  # Caffe refuses to open an existing database as new; so do we, before any work
         print(f"error: {', '.join(taken)} already exists; remove it or choose another name", file=sys.stderr)
-        return 1
+        return 2
     if args.mode == "GPU" and not torch.cuda.is_available():
         print("error: GPU mode asked for, but torch sees no CUDA device", file=sys.stderr)
-        return 1
+        return 2
     device = torch.device(f"cuda:{args.device_id}" if args.mode == "GPU" else "cpu")
     try:
         net = Net(args.model, phase="TEST", weights=args.weights)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{name} into {path}", file=sys.stderr)
     except (ValueError, OSError) as err:  # ProtoError, NetBuildError, DataError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

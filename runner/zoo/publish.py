@@ -13,10 +13,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from runner.atomic import atomic_write_bytes, atomic_write_text
+from runner.atomic import atomic_write_bytes, atomic_write_text, temporary_dir_beside
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
 from runner.zoo.accuracy import accuracy_text, score_weights, solver_test_iterations
 from runner.zoo.describe import architecture_table, solver_table
@@ -63,8 +62,7 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
     iterations = test_iterations or solver_test_iterations(files["solver"])
     measured = score_weights(files["train_val"], weights, iterations) if score else None
 
-    zoo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".publishing", dir=zoo))
+    staging = temporary_dir_beside(target, suffix=".tmp")
     try:
         caffemodel = f"{name}.caffemodel"
         atomic_write_bytes(staging / caffemodel, deploy_weights.SerializeToString())
@@ -234,7 +232,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = temporary_dir_beside(target, suffix=".old")
     os.rename(target, old / target.name)
     try:
         os.rename(staging, target)
