@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from runner.solver import SolverOptions
 from runner.solver.errors import SolverConfigError
-from runner.solver.schedule import aux_weight
+from runner.solver.aux_weight_schedule import aux_weight
 from runner.solver.tensorboard import TensorBoardScalars
 
 
