@@ -16,6 +16,7 @@ from runner.proto import caffe_pb2
 
 class _Loss(Layer):
     is_loss = True
+    force_backward_blocked = (1,)  # Caffe's LossLayer: not the labels
 
 
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
@@ -26,6 +27,8 @@ def _per_sample(x: torch.Tensor) -> torch.Tensor:
 @register("EuclideanLoss")
 class EuclideanLoss(_Loss):
     """sum((a - b)^2) / (2 N)."""
+
+    force_backward_blocked = ()  # both bottoms, as Caffe's EuclideanLossLayer
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -169,6 +172,8 @@ class ContrastiveLoss(_Loss):
     """Pairs (a, b) with similarity y: sum of d^2 for similar pairs and
     max(margin - d, 0)^2 for dissimilar ones (legacy: max(margin - d^2, 0)), over 2N.
     The dissimilar gradient uses Caffe's d + 1e-4 in the denominator."""
+
+    force_backward_blocked = (2,)  # not the similarity labels
 
     def forward(self, a, b, similar):
         p = self.lp.contrastive_loss_param

@@ -35,6 +35,7 @@ class SoftmaxWithLoss(Layer):
     """
 
     is_loss = True
+    force_backward_blocked = (1,)  # Caffe's LossLayer: not the labels
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

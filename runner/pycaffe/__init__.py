@@ -4,4 +4,11 @@ Installed under the import name `caffe`; import it as `caffe`, never as `runner.
 so each of its modules exists once. It computes nothing itself: every name here calls
 runner's Net, solvers, data and schema.
 """
+from runner.blob import Blob
+from runner.layers.python_layer import PythonLayer as Layer
+
+from .layer_types import layer_type_list
+from .mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .net import TEST, TRAIN, Net
+
 __version__ = "1.0.0"
