@@ -10,5 +10,7 @@ from runner.layers.python_layer import PythonLayer as Layer
 from .layer_types import layer_type_list
 from .mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .net import TEST, TRAIN, Net
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
+                     SGDSolver, get_solver)
 
 __version__ = "1.0.0"

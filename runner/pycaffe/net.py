@@ -185,6 +185,10 @@ class Net:
         self._passes.backward(start, end)
         self._device_wrote()
 
+    def blob_tensors(self) -> dict:
+        """Every blob's data as a tensor on the net's device (what the runner's objective reads)."""
+        return {name: blob.data_tensor() for name, blob in self._blobs.items()}
+
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
         """Run layers start..end (names, inclusive); inputs by keyword. Returns the output
         blobs (or end's tops) and `blobs` by name."""

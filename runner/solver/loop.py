@@ -316,7 +316,7 @@ class Solver:
     def test(self, k: int) -> None:
         """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
         self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
-        net, model, n = self.test_nets[k], self.test_models[k], self.param.test_iter[k]
+        net, n = self.test_nets[k], self.param.test_iter[k]
         sums, loss = None, 0.0
         for _ in range(n):
             request = self.requests.pop()
@@ -326,7 +326,7 @@ class Solver:
                 self.requested_early_exit = True
                 break
             with self._autocast():
-                blobs = model(next(self.test_batches[k]))
+                blobs = self._test_forward(k)
                 if self.param.test_compute_loss:
                     loss += net.objective(blobs).float()
             outs = {name: blobs[name].detach().float() for name in net.output_names}
@@ -337,6 +337,10 @@ class Solver:
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
         self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+
+    def _test_forward(self, k: int) -> dict:
+        """One forward of test net k on its next batch."""
+        return self.test_models[k](next(self.test_batches[k]))
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
