@@ -108,28 +108,20 @@ class Solver:
 
 
 class SGDSolver(Solver):
+    """Caffe's SGD (whatever `type` the file names; so are the classes below theirs)."""
     solver_type = "SGD"
 
 
-class NesterovSolver(SGDSolver):
-    solver_type = "Nesterov"
+def _rule_solver(name: str, solver_type: str) -> type:
+    return type(name, (SGDSolver,), {"solver_type": solver_type, "__doc__":
+                                     f"A solver with Caffe's {solver_type} update rule."})
 
 
-class AdaGradSolver(SGDSolver):
-    solver_type = "AdaGrad"
-
-
-class RMSPropSolver(SGDSolver):
-    solver_type = "RMSProp"
-
-
-class AdaDeltaSolver(SGDSolver):
-    solver_type = "AdaDelta"
-
-
-class AdamSolver(SGDSolver):
-    solver_type = "Adam"
-
+NesterovSolver = _rule_solver("NesterovSolver", "Nesterov")
+AdaGradSolver = _rule_solver("AdaGradSolver", "AdaGrad")
+RMSPropSolver = _rule_solver("RMSPropSolver", "RMSProp")
+AdaDeltaSolver = _rule_solver("AdaDeltaSolver", "AdaDelta")
+AdamSolver = _rule_solver("AdamSolver", "Adam")
 
 SOLVER_CLASSES = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver,
                                                    RMSPropSolver, AdaDeltaSolver, AdamSolver)}
