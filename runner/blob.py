@@ -100,7 +100,7 @@ class Blob:
         if len(shape) > 4:
             raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, "
                              f"this one has shape {list(shape)}")
-        return ((1,) * (4 - len(shape)) + shape)[axis] if len(shape) < 4 else shape[axis]
+        return shape[axis] if axis < len(shape) else 1  # Caffe's LegacyShape
 
     num = property(lambda self: self._legacy(0))
     channels = property(lambda self: self._legacy(1))
