@@ -22,14 +22,18 @@ class SyncedTensor:
         self._tensor = tensor
         self._host: np.ndarray | None = None
         self._head = _DEVICE
+        self._exposed = False  # an array of it was handed out (and may be held)
 
     def array(self) -> np.ndarray:
         """The values as a writable numpy array (the host copy is newest from now on)."""
+        self._exposed = True
         t = self._tensor
         if t.device.type == "cpu":
             return t.detach().numpy()
-        if self._head == _DEVICE or self._host is None or self._host.shape != tuple(t.shape):
+        if self._host is None or self._host.shape != tuple(t.shape):
             self._host = t.detach().cpu().numpy()
+        elif self._head == _DEVICE:
+            self._host[...] = t.detach().cpu().numpy()  # arrays held from before stay current
         self._head = _HOST
         return self._host
 
@@ -46,15 +50,15 @@ class SyncedTensor:
         self._head = _DEVICE
 
     def assign(self, values: torch.Tensor) -> None:
-        """Copy `values` into the tensor when the shape allows (arrays held by the caller
-        keep seeing the blob), else take a float32 copy of them."""
-        t = self.tensor()
+        """Make `values` the value: copied into the tensor when an array of it was handed
+        out (so held arrays see it) and the shape allows, else taken as it is (no copy)."""
         values = values.detach()
-        if t.shape == values.shape and t.device == values.device:
-            t.copy_(values)
+        t = self._tensor
+        if self._exposed and t.shape == values.shape and t.device == values.device:
+            self.tensor().copy_(values)
+            self._head = _DEVICE
         else:
-            t = values.to(torch.float32, copy=True)
-        self.set(t)
+            self.set(values if values.dtype == torch.float32 else values.float())
 
     def device_changed(self) -> None:
         """The tensor was written on its device (by an update): the host copy is stale."""

@@ -23,6 +23,10 @@ class Passes:
         self.blobs = blobs
         self.batches = batches        # callable -> iterator of {top: tensor} for the sources
         self.records: dict[int, tuple[list, tuple]] = {}
+        # blobs some layer writes: read from storage they are copied, as a later in-place
+        # layer may copy into that storage while this pass's graphs still need the values
+        self.rewritten = {name for step in steps if step.kind in (LAYER, PYTHON)
+                          for name in step.tops}
         self.loss_weights = None      # callable -> {top: weight} (the runner's live table)
         self._filled: dict[str, float] = {}
 
@@ -60,8 +64,11 @@ class Passes:
         leaves = []
         for j, name in enumerate(step.bottoms):
             made = current.get(name)
-            # a blob from outside this pass is copied: its storage may be rewritten later
-            t = made.detach() if made is not None else self.blobs[name].data_tensor().clone()
+            if made is not None:
+                t = made.detach()
+            else:
+                t = self.blobs[name].data_tensor()
+                t = t.clone() if name in self.rewritten else t.detach()
             if need and self.layout.bottom_needs_backward[i][j] and t.is_floating_point():
                 t.requires_grad_()
             leaves.append(t)
@@ -138,7 +145,7 @@ class Passes:
                 if grad is None:
                     continue
                 if param.grad is None:
-                    param.grad = grad.clone()
+                    param.grad = grad  # a fresh tensor from autograd, as AccumulateGrad keeps it
                 else:
                     param.grad += grad
 
