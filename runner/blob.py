@@ -23,6 +23,7 @@ class SyncedTensor:
         self._host: np.ndarray | None = None
         self._head = _DEVICE
         self._exposed = False  # an array of it was handed out (and may be held)
+        self._owned = True     # the tensor is this blob's own memory, not someone else's
 
     def array(self) -> np.ndarray:
         """The values as a writable numpy array (the host copy is newest from now on)."""
@@ -44,21 +45,25 @@ class SyncedTensor:
             self._head = _SYNCED
         return self._tensor
 
-    def set(self, tensor: torch.Tensor) -> None:
+    def set(self, tensor: torch.Tensor, owned: bool = False) -> None:
         """Make `tensor` the value (the device copy is newest)."""
         self._tensor = tensor
         self._head = _DEVICE
+        self._owned = owned
 
     def assign(self, values: torch.Tensor) -> None:
-        """Make `values` the value: copied into the tensor when an array of it was handed
-        out (so held arrays see it) and the shape allows, else taken as it is (no copy)."""
+        """Make `values` the value. Once an array of it was handed out, values are copied
+        into memory of its own (so held arrays see them); until then they are taken as
+        they are, without a copy."""
         values = values.detach()
         t = self._tensor
-        if self._exposed and t.shape == values.shape and t.device == values.device:
+        if not self._exposed:
+            self.set(values if values.dtype == torch.float32 else values.float())
+        elif self._owned and t.shape == values.shape and t.device == values.device:
             self.tensor().copy_(values)
             self._head = _DEVICE
         else:
-            self.set(values if values.dtype == torch.float32 else values.float())
+            self.set(values.to(torch.float32, copy=True), owned=True)
 
     def device_changed(self) -> None:
         """The tensor was written on its device (by an update): the host copy is stale."""
@@ -79,6 +84,7 @@ class Blob:
         """A blob whose data is `tensor` itself (no copy); diff given or zeros when asked."""
         blob = cls.__new__(cls)
         blob._data = SyncedTensor(tensor.detach())
+        blob._data._owned = False
         blob._diff = SyncedTensor(torch.zeros(0) if diff is None else diff)
         return blob
 
@@ -119,9 +125,9 @@ class Blob:
         for synced in (self._data, self.diff_tensor_holder()):
             t = synced.tensor()
             if t.numel() == math.prod(shape):
-                synced.set(t.reshape(shape))
+                synced.set(t.reshape(shape), owned=synced._owned)
             else:
-                synced.set(torch.zeros(shape, device=t.device))
+                synced.set(torch.zeros(shape, device=t.device), owned=True)
 
     # ---- for the engine -----------------------------------------------------------------
     def data_tensor(self) -> torch.Tensor:
@@ -136,8 +142,9 @@ class Blob:
         return self._diff
 
     def set_data(self, values: torch.Tensor) -> None:
-        """Take `values` as the data (no copy): what a data layer hands over."""
-        self._data.set(values.detach().float())
+        """Take `values` as the data without a copy, as Caffe's data layers swap their
+        tops' memory for each batch."""
+        self._data.set(values.detach() if values.dtype == torch.float32 else values.float())
 
     def assign_data(self, values: torch.Tensor) -> None:
         self._data.assign(values)
@@ -156,7 +163,9 @@ class Blob:
 
     def to(self, device: torch.device) -> None:
         for synced in (self._data, self._diff):
-            synced.set(synced.tensor().to(device))
+            t = synced.tensor()
+            moved = t.to(device)
+            synced.set(moved, owned=synced._owned or moved is not t)
 
     def device_changed(self) -> None:
         self._data.device_changed()

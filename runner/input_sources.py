@@ -49,9 +49,13 @@ class DummyDataSource:
         self.fillers = dict(zip(lp.top, fillers))
         self.generator = generator
 
+    def constant_tops(self) -> dict[str, torch.Tensor]:
+        """The tops Caffe fills once, at setup (constant fillers), with their values."""
+        return {name: sample(self.top_shapes[name], f)
+                for name, f in self.fillers.items() if f.type == "constant"}
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        fixed = {name: sample(self.top_shapes[name], f, self.generator)
-                 for name, f in self.fillers.items() if f.type == "constant"}
+        fixed = self.constant_tops()
         while True:
             yield {name: fixed[name] if name in fixed
                    else sample(self.top_shapes[name], f, self.generator)

@@ -193,9 +193,9 @@ layer { name: "d" type: "DummyData" top: "x" top: "label"
   dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 }
     data_filler { type: "gaussian" } data_filler { type: "constant" } } }""")
     net = caffe.Net(str(path), caffe.TRAIN)
+    net.blobs["label"].data[...] = [1, 2]     # before any forward, as Caffe users do
     net.forward()
     first = net.blobs["x"].data.copy()
-    net.blobs["label"].data[...] = [1, 2]
     net.forward()
     assert not np.array_equal(first, net.blobs["x"].data)    # refilled each pass
     np.testing.assert_array_equal(net.blobs["label"].data, [1, 2])  # constant: filled once

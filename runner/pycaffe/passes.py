@@ -27,6 +27,13 @@ class Passes:
         # layer may copy into that storage while this pass's graphs still need the values
         self.rewritten = {name for step in steps if step.kind in (LAYER, PYTHON)
                           for name in step.tops}
+        # DummyData's constant tops: filled once, when the net is built, as Caffe does
+        self.filled_once: set[str] = set()
+        for step in steps:
+            if hasattr(step.source, "constant_tops"):
+                for name, values in step.source.constant_tops().items():
+                    blobs[name].assign_data(values.to(blobs[name].data_tensor().device))
+                    self.filled_once.add(name)
         self.loss_weights = None      # callable -> {top: weight} (the runner's live table)
         self._filled: dict[str, float] = {}
 
@@ -42,7 +49,8 @@ class Passes:
                 if batch is None:
                     batch = next(self.batches())
                 for top in step.tops:
-                    self.blobs[top].set_data(batch[top])
+                    if top not in self.filled_once:
+                        self.blobs[top].set_data(batch[top])
                     current.pop(top, None)
             elif step.kind == SPLIT:
                 source = self.blobs[step.bottoms[0]]

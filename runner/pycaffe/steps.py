@@ -23,6 +23,7 @@ class Step:
     bottoms: list[str]
     tops: list[str]
     module: torch.nn.Module | None = None    # LAYER and PYTHON
+    source: object = None                    # INPUT and SOURCE: the runner's source
     slots: list = field(default_factory=list)   # runner BlobSlots of its learnable blobs
     blobs: list = field(default_factory=list)   # pycaffe's layer.blobs
 
@@ -53,6 +54,7 @@ def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
     """Steps, Net::Init facts and the split NetParameter of a runner Net."""
     split_param = insert_splits(net.net_param)
     originals = list(zip(net.net_param.layer, net._layer_keys))
+    sources = iter(net.sources)
     last_producer = {name: lp for lp in net.net_param.layer for name in lp.top}
     steps, facts = [], []
     for lp in split_param.layer:
@@ -67,7 +69,8 @@ def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
         weights = [_loss_weight(net, original, j, last_producer) for j in range(len(lp.top))]
         if key is None:
             kind = INPUT if lp.type == "Input" else SOURCE
-            steps.append(Step(lp.name, lp.type, kind, list(lp.bottom), list(lp.top)))
+            steps.append(Step(lp.name, lp.type, kind, list(lp.bottom), list(lp.top),
+                              source=next(sources)))
             facts.append(LayerFacts(False, weights))
             continue
         module = net.layers[key]
