@@ -21,9 +21,12 @@ class _Loop(RunnerSolver):
         self.caffe_net = Net.over(self.net, self.train_batches)
         self.caffe_test_nets = [Net.over(net, batches)
                                 for net, batches in zip(self.test_nets, self.test_batches)]
+        # the shared training step, its passes run through the Net view
+        self.train_step.forward_backward = self._forward_backward
 
-    def _forward_backward(self):
-        """Caffe's ForwardBackward iter_size times: diffs accumulate in the parameters."""
+    def _forward_backward(self, batches):
+        """Caffe's ForwardBackward iter_size times on the view (whose data layers read
+        `batches`): diffs accumulate in the parameters; returns (mean loss, last blobs)."""
         net, last = self.caffe_net, len(self.caffe_net.layers) - 1
         total = 0.0
         for _ in range(self.param.iter_size):
@@ -94,7 +97,7 @@ class Solver:
         """Caffe's ApplyUpdate: the rule on the current diffs at this iteration's rate
         (iter does not advance)."""
         loop = self._loop
-        self._run(loop.update.apply, loop.lr_policy.rate(loop.iter), loop.iter)
+        self._run(loop.train_step.apply_update, loop.iter)
 
     def snapshot(self) -> None:
         self._run(self._loop.snapshot)
