@@ -4,7 +4,8 @@ Loading matches layers by name (the first of ours with that name, as Caffe), ski
 layers we do not have, and checks every blob's count and shape with Caffe's rules
 (legacy num/channels/height/width blobs match when our shape, padded with leading 1s
 to four axes, equals them). Saving writes the filtered net with each layer's
-definition and its blobs in Caffe's order and shapes.
+definition and its blobs in Caffe's order and shapes. HDF5 weights (Net::ToHDF5,
+CopyTrainedLayersFromHDF5) go through h5py.
 """
 from __future__ import annotations
 

@@ -238,3 +238,19 @@ def test_weights_save_copy_share_and_hdf5(net_file, tmp_path):
     assert (other.params["ip2"][0].data == 3).all()
     with pytest.raises(RuntimeError, match="Could not open file"):
         caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TEST)
+
+
+def test_module_functions_layer_types_seed_and_mode(net_file, monkeypatch):
+    types = caffe.layer_type_list()
+    assert types == sorted(types)
+    assert {"Data", "Input", "DummyData", "MemoryData", "Python", "Convolution", "Split"} <= set(types)
+    caffe.set_random_seed(11)
+    a = caffe.Net(net_file(), caffe.TRAIN).params["ip1"][0].data.copy()
+    caffe.set_random_seed(11)
+    b = caffe.Net(net_file(), caffe.TRAIN).params["ip1"][0].data
+    np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        caffe.set_mode_gpu()
+    caffe.set_mode_cpu()
+    assert caffe.TRAIN == 0 and caffe.TEST == 1 and caffe.__version__ == "1.0.0"
