@@ -13,6 +13,7 @@ from runner import Net as RunnerNet
 from runner import weights as weight_files
 from runner.blob import Blob
 from runner.caffe_layout import plan
+from runner.input_sources import InputSource
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream, share_trained_layers
 
@@ -86,8 +87,7 @@ class Net:
         self._blobs = blobs
         self.layers = [step.impl if step.kind == PYTHON else LayerView(step) for step in steps]
         self._layer_names = [step.name for step in steps]
-        self._passes = Passes(steps, layout, blobs, self._batches)
-        self._passes.loss_weights = lambda: self._net.loss_weights
+        self._passes = Passes(steps, layout, blobs, self._batches, lambda: self._net.loss_weights)
         self._passes.fill_loss_diffs()
 
     def _net_device(self) -> torch.device:
@@ -98,7 +98,7 @@ class Net:
 
     def _batches(self):
         if self._stream is None:
-            sources = [s for s in self._net.sources if type(s).__name__ != "InputSource"]
+            sources = [s for s in self._net.sources if not isinstance(s, InputSource)]
             self._stream = BatchStream(sources, self._device)
         return self._stream
 

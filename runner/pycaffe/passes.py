@@ -17,11 +17,12 @@ from .steps import INPUT, LAYER, PYTHON, SOURCE, SPLIT
 class Passes:
     """Forward/backward/reshape over `steps`, reading and writing the `blobs` views."""
 
-    def __init__(self, steps, layout, blobs, batches):
+    def __init__(self, steps, layout, blobs, batches, loss_weights):
         self.steps = steps
         self.layout = layout
         self.blobs = blobs
-        self.batches = batches        # callable -> iterator of {top: tensor} for the sources
+        self.batches = batches            # callable -> iterator of {top: tensor} for the sources
+        self.loss_weights = loss_weights  # callable -> {top: weight} (the runner's live table)
         self.records: dict[int, tuple[list, tuple]] = {}
         # blobs some layer writes: read from storage they are copied, as a later in-place
         # layer may copy into that storage while this pass's graphs still need the values
@@ -34,8 +35,7 @@ class Passes:
                 for name, values in step.source.constant_tops().items():
                     blobs[name].assign_data(values.to(blobs[name].data_tensor().device))
                     self.filled_once.add(name)
-        self.loss_weights = None      # callable -> {top: weight} (the runner's live table)
-        self._filled: dict[str, float] = {}
+        self._filled: dict[str, tuple] = {}  # loss top -> (weight, shape) its diff holds
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, start: int, end: int) -> None:
@@ -98,16 +98,17 @@ class Passes:
     def fill_loss_diffs(self) -> None:
         """Caffe keeps a loss top's weight in its diff (Layer::SetLossWeights); the runner's
         table can change (deep supervision), so the diff follows it."""
-        table = self.loss_weights() if self.loss_weights else {}
+        table = self.loss_weights()
         for name, weight in self.layout.blob_loss_weights.items():
             weight = table.get(name, weight) if weight else 0.0
             blob = self.blobs[name]
             if not weight and name not in self._filled:
                 continue
-            holder = blob.diff_tensor_holder()
-            if self._filled.get(name) != weight or holder._tensor.shape != blob.shape:
-                blob.assign_diff(torch.full(blob.shape, float(weight), device=holder._tensor.device))
-                self._filled[name] = weight
+            filled = (float(weight), blob.shape)
+            if self._filled.get(name) != filled:
+                device = blob.data_tensor().device
+                blob.assign_diff(torch.full(blob.shape, float(weight), device=device))
+                self._filled[name] = filled
 
     # ---- backward ---------------------------------------------------------------------
     def backward(self, start: int, end: int) -> None:
