@@ -218,7 +218,7 @@ def test_weights_save_copy_share_and_hdf5(net_file, tmp_path):
     net.save(model)
     net.save_hdf5(h5)
     legacy = caffe.Net(net_file(), model, caffe.TEST)
-    named = caffe.Net(net_file(), caffe.TEST, weights=model)
+    named = caffe.Net(net_file(), phase=caffe.TEST, weights=model)
     fresh = caffe.Net(net_file(), caffe.TRAIN)
     fresh.load_hdf5(h5)
     for other in (legacy, named, fresh):

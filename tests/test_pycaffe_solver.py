@@ -104,3 +104,18 @@ def test_solve_tests_through_the_test_net_views(folder):
     assert solver.iter == 10
     assert 0 <= float(test_net.blobs["accuracy"].data) <= 1   # filled by the last test pass
     assert (test_net.params["ip"][0].data == solver.net.params["ip"][0].data).all()
+
+
+def test_backward_after_an_update_uses_the_updated_weights(folder):
+    solver = caffe.SGDSolver(write_solver(folder, "p", test_interval=None, test_iter=None))
+    net = solver.net
+    net.forward()
+    net.backward()
+    before = net.params["ip"][0].data.copy()
+    solver.apply_update()              # the weights change in place after the forward
+    net.backward()                     # as Caffe's Backward, with the current weights
+    after = net.params["ip"][0].data
+    assert not np.array_equal(before, after)
+    top_diff = net.blobs["ip"].diff.reshape(4, -1)
+    np.testing.assert_allclose(net.blobs["drop1"].diff.reshape(4, -1), top_diff @ after,
+                               rtol=1e-5, atol=1e-7)

@@ -24,11 +24,13 @@ from .steps import PYTHON, SOURCE, SPLIT, LayerView, build_steps
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def _constructor_args(args, weights):
-    """(phase) or the legacy (weights, phase) after the prototxt."""
-    if len(args) == 1:
+def _constructor_args(args, phase, weights):
+    """(phase) or the legacy (weights, phase) after the prototxt; phase may be a keyword."""
+    if len(args) == 1 and phase is None:
         return args[0], weights
-    if len(args) == 2 and weights is None:
+    if not args and phase is not None:
+        return phase, weights
+    if len(args) == 2 and phase is None and weights is None:
         return args[1], args[0]
     raise TypeError("Net(network_file, phase, level=0, stages=None, weights=None) or "
                     "Net(network_file, weights_file, phase)")
@@ -43,8 +45,9 @@ class Net:
     """A Caffe net as pycaffe shows it: `Net(prototxt, phase)`, `Net(prototxt, weights,
     phase)` or `Net(prototxt, phase, weights=..., level=..., stages=[...])`."""
 
-    def __init__(self, network_file, *args, level: int = 0, stages=None, weights=None):
-        phase, weights = _constructor_args(args, weights)
+    def __init__(self, network_file, *args, phase=None, level: int = 0, stages=None,
+                 weights=None):
+        phase, weights = _constructor_args(args, phase, weights)
         _check_file(network_file)
         if weights is not None:
             _check_file(weights)

@@ -91,7 +91,7 @@ class Passes:
             self.blobs[name].assign_data(out)
             current[name] = out
         if need:
-            self.records[i] = (leaves, outs)
+            self.records[i] = (leaves, outs, self._versions(step))
         else:
             self.records.pop(i, None)
 
@@ -129,12 +129,14 @@ class Passes:
 
     def _backward_layer(self, i: int, step) -> None:
         record = self.records.get(i)
-        if record is None:  # no forward kept this layer's graph: run it again
+        if record is None or record[2] != self._versions(step):
+            # no forward kept this layer's graph, or its parameters were updated since:
+            # run it again on the blobs' current values, as Caffe's Backward reads them
             leaves = self._leaves(i, step, {}, True)
             with torch.enable_grad():
-                record = (leaves, step.module(*leaves))
+                record = (leaves, step.module(*leaves), self._versions(step))
             self.records[i] = record
-        leaves, outs = record
+        leaves, outs, _ = record
         pairs = [(out, self.blobs[name].diff_tensor()) for out, name in zip(outs, step.tops)
                  if out.requires_grad]
         if not pairs:
@@ -157,6 +159,11 @@ class Passes:
                     param.grad = grad  # a fresh tensor from autograd, as AccumulateGrad keeps it
                 else:
                     param.grad += grad
+
+    @staticmethod
+    def _versions(step) -> tuple[int, ...]:
+        """The in-place write counters of a layer's parameters (an update bumps them)."""
+        return tuple(slot.param._version for slot in step.slots)
 
     # ---- reshape ----------------------------------------------------------------------
     def reshape(self) -> None:
