@@ -44,10 +44,12 @@ def _varint(value: int) -> bytes:
 
 
 def array_to_blob(array) -> caffe_pb2.BlobProto:
-    """A BlobProto with shape.dim and float `data` (Caffe's Blob<float>::ToProto)."""
+    """A BlobProto with shape.dim and float `data` (Caffe's Blob<float>::ToProto; a 0-axis
+    blob, such as a shared Normalize scale, gets no shape field at all, as in Caffe)."""
     values = np.asarray(array, dtype="<f4")
     blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(values.shape)
+    if values.ndim:
+        blob.shape.dim.extend(values.shape)
     if values.size:
         # The packed field as wire bytes, merged by protobuf: far faster than extend().
         payload = values.tobytes(order="C")
