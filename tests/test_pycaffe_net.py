@@ -137,11 +137,11 @@ def test_partial_forward_and_backward_by_layer_name(net_file):
     net.blobs["ip1"].data[...] = r
     out = net.forward(start="ip2", end="ip2")
     w2, b2 = (b.data for b in net.params["ip2"])
-    np.testing.assert_allclose(out["ip2"], r @ w2.T + b2, rtol=1e-5)
+    np.testing.assert_allclose(out["ip2"], r @ w2.T + b2, rtol=1e-5, atol=1e-6)
     g = np.random.default_rng(4).normal(size=(2, 2)).astype(np.float32)
     net.blobs["ip2"].diff[...] = g
     diffs = net.backward(start="ip2", end="ip2")   # no forward of ip2's graph needed
-    np.testing.assert_allclose(diffs["ip1"], g @ w2, rtol=1e-5)
+    np.testing.assert_allclose(diffs["ip1"], g @ w2, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no layer 'nope'"):
         net.forward(start="nope")
 

@@ -103,8 +103,8 @@ def test_pycaffe_forward_backward_through_python_layers(folder):
     w, b = (p.data.astype(np.float64) for p in net.params["ip"])
     ref = reference(w, b, 1.5, *data_of())
     assert float(net.blobs["loss"].data) == pytest.approx(ref["loss"], rel=1e-5)
-    np.testing.assert_allclose(net.params["ip"][0].diff, ref["w"], rtol=1e-5)
-    np.testing.assert_allclose(net.params["ip"][1].diff, ref["b"], rtol=1e-5)
+    np.testing.assert_allclose(net.params["ip"][0].diff, ref["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.params["ip"][1].diff, ref["b"], rtol=1e-5, atol=1e-6)
     assert net.params["scale"][0].diff[0] == pytest.approx(ref["s"], rel=1e-5)
 
 
@@ -115,7 +115,7 @@ def test_runner_net_runs_python_layers_as_autograd_nodes(folder):
     ip = net.layers["ip"]
     ref = reference(ip.blobs[0].detach().double().numpy(), ip.blobs[1].detach().double().numpy(),
                     1.5, *data_of())
-    np.testing.assert_allclose(ip.blobs[0].grad.numpy(), ref["w"], rtol=1e-5)
+    np.testing.assert_allclose(ip.blobs[0].grad.numpy(), ref["w"], rtol=1e-5, atol=1e-6)
     assert float(net.layers["scale"].blobs[0].grad) == pytest.approx(ref["s"], rel=1e-5)
 
 

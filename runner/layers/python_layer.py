@@ -36,6 +36,11 @@ class BlobVec(list):
         self._params.append(nn.Parameter(torch.zeros(tuple(int(d) for d in shape))))
         self.append(ParamBlob(lambda: self._param(index), self._params[index].shape))
 
+    def push(self) -> None:
+        """Send what the layer's code wrote into its blobs on the host to the device."""
+        for blob in self:
+            blob.push()
+
     def _param(self, index: int) -> nn.Parameter:
         if self._module is None:
             return self._params[index]
@@ -141,6 +146,7 @@ class _PythonFunction(torch.autograd.Function):
         top = module.tops
         module.impl.reshape(bottom, top)
         module.impl.forward(bottom, top)
+        module.impl.blobs.push()
         device = module.device_probe.device
         outs = tuple(t.data_tensor().to(device, copy=True) for t in top)
         ctx.module, ctx.n_bottoms = module, n_bottoms
@@ -156,6 +162,7 @@ class _PythonFunction(torch.autograd.Function):
                for t, g in zip(saved[n:], grads)]
         propagate_down = [bool(x) for x in ctx.needs_input_grad[2:2 + n]]
         ctx.module.impl.backward(top, propagate_down, bottom)
+        ctx.module.impl.blobs.push()  # diffs written on the host reach a GPU's .grad
         bottom_grads = [b.diff_tensor() if need else None for b, need in zip(bottom, propagate_down)]
         n_params = len(ctx.needs_input_grad) - 2 - n
         return (None, None, *bottom_grads, *([None] * n_params))

@@ -62,6 +62,7 @@ class Passes:
                 bottom, top = self._blobs(step)
                 step.impl.reshape(bottom, top)
                 step.impl.forward(bottom, top)
+                step.impl.blobs.push()
                 for name in step.tops:
                     current.pop(name, None)
             else:
@@ -124,6 +125,7 @@ class Passes:
             elif step.kind == PYTHON:
                 bottom, top = self._blobs(step)
                 step.impl.backward(top, list(self.layout.bottom_needs_backward[i]), bottom)
+                step.impl.blobs.push()
             elif step.kind == LAYER:
                 self._backward_layer(i, step)
 
