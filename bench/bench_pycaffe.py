@@ -21,15 +21,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from google.protobuf import text_format
 
-import torch  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-
-import caffe  # noqa: E402
-from runner import Net  # noqa: E402
-from runner.proto import caffe_pb2, filter_net, read_net  # noqa: E402
-from runner.solver import Solver, SolverOptions  # noqa: E402
+import caffe
+from runner import Net
+from runner.proto import caffe_pb2, filter_net, read_net
+from runner.solver import Solver, SolverOptions
 
 
 def train_net(path: str, batch: int, data_type: str) -> caffe_pb2.NetParameter:

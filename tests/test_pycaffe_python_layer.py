@@ -155,7 +155,8 @@ def test_python_layer_errors_name_the_layer(folder):
         caffe.Net("bad.prototxt", caffe.TRAIN)
     (folder / "bad.prototxt").write_text(NET.replace('module: "toy_layers" layer: "Scale"',
                                                      'module: "no_such_module" layer: "Scale"'))
-    with pytest.raises(ValueError, match="layer 'scale' \\(Python\\): cannot import module 'no_such_module'"):
+    with pytest.raises(ValueError, match="layer 'scale' \\(Python\\): cannot import module "
+                                         "'no_such_module' from the Python path"):
         caffe.Net("bad.prototxt", caffe.TRAIN)
     (folder / "bad.prototxt").write_text(NET.replace('"Scale"', '"Broken"'))
     with pytest.raises(RuntimeError, match="setup refused"):

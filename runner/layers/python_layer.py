@@ -1,6 +1,6 @@
 """Caffe's Python layer: `type: "Python"` with python_param { module layer param_str }.
 
-The class named by `layer` is imported from `module` on sys.path, as Caffe does, and
+The class named by `layer` is imported from `module` on the Python path, as Caffe does, and
 called with numpy views of the blobs: `setup(bottom, top)` once, `reshape(bottom, top)`
 before every forward, `forward(bottom, top)`, `backward(top, propagate_down, bottom)`.
 Learnable blobs (`self.blobs.add_blob(*shape)`) are Parameters of the module, so
@@ -83,7 +83,7 @@ class PythonLayer:
 
 
 def load_python_layer(lp, phase: int) -> PythonLayer:
-    """Import python_param.module from sys.path and build its python_param.layer class."""
+    """Import python_param.module (from the Python path) and build its python_param.layer class."""
     p = lp.python_param
     where = f"layer '{lp.name}' (Python)"
     if not p.module or not p.layer:
@@ -91,7 +91,7 @@ def load_python_layer(lp, phase: int) -> PythonLayer:
     try:
         module = importlib.import_module(p.module)
     except ImportError as err:
-        raise ValueError(f"{where}: cannot import module '{p.module}' from sys.path ({err}); "
+        raise ValueError(f"{where}: cannot import module '{p.module}' from the Python path ({err}); "
                          "put its folder on PYTHONPATH") from err
     cls = getattr(module, p.layer, None)
     if cls is None:
