@@ -1,6 +1,8 @@
 """BlobProto <-> numpy: Caffe's Blob::FromProto / ToProto for float data."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from runner.proto import caffe_pb2
@@ -27,7 +29,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto, what: str = "blob") -> np.ndarray:
     if any(d < 0 for d in shape):
         raise ProtoError(f"{what}: negative dimension in shape {shape}")
     values = blob.double_data if len(blob.double_data) else blob.data
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(values) != count:
         field = "double_data" if len(blob.double_data) else "data"
         raise ProtoError(f"{what}: shape {shape} holds {count} values but {field} has {len(values)}")
