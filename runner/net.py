@@ -161,6 +161,8 @@ class Net(nn.Module):
         wiring.add_tops(lp, layer.top_shapes, weights)
         self.loss_weights.update(zip(lp.top, weights))
         for i, (blob, filler) in enumerate(zip(layer.blobs, layer.blob_fillers())):
+            if filler is None:  # values set by the layer itself (a Python layer's setup)
+                continue
             try:
                 fill_(blob, filler)
             except FillerError as err:

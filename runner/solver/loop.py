@@ -322,7 +322,7 @@ class Solver:
     def test(self, k: int) -> None:
         """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
         self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
-        net, model, n = self.test_nets[k], self.test_models[k], self.param.test_iter[k]
+        net, n = self.test_nets[k], self.param.test_iter[k]
         sums, loss = None, 0.0
         for _ in range(n):
             request = self.requests.pop()
@@ -332,7 +332,7 @@ class Solver:
                 self.requested_early_exit = True
                 break
             with self.train_step.autocast():
-                blobs = model(next(self.test_batches[k]))
+                blobs = self._test_forward(k)
                 if self.param.test_compute_loss:
                     loss += net.objective(blobs).float()
             outs = {name: blobs[name].detach().float() for name in net.output_names}
@@ -348,6 +348,10 @@ class Solver:
         for name, values in means.items():
             for i, value in enumerate(values):
                 self.scalars.add(f"test{k}/{name if len(values) == 1 else f'{name}/{i}'}", value, self.iter)
+
+    def _test_forward(self, k: int) -> dict:
+        """One forward of test net k on its next batch."""
+        return self.test_models[k](next(self.test_batches[k]))
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
