@@ -149,12 +149,10 @@ def save_hdf5(net, path) -> None:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         data = f.create_group("data")
-        for lp, key in zip(net.net_param.layer, net._layer_keys):
+        for lp, module, slots in net.layer_blobs():
             group = data.require_group(lp.name)
-            if key is None:
-                continue
-            for j, slot in enumerate(net._slots[key]):
-                if slot.owner is net.layers[key] and slot.index == j:
+            for j, slot in enumerate(slots):
+                if slot.owner is module and slot.index == j:
                     group.create_dataset(str(j), data=slot.param.detach().reshape(slot.shape)
                                          .to("cpu", torch.float32).numpy())
     atomic_write_bytes(path, buffer.getvalue())
@@ -165,19 +163,19 @@ def load_hdf5(net, path) -> None:
     must be in the file with the same shape, shared ones may be missing."""
     import h5py
 
-    targets: dict[str, str] = {}
-    for lp, key in zip(net.net_param.layer, net._layer_keys):
-        if key is not None:
-            targets.setdefault(lp.name, key)
+    targets: dict[str, tuple] = {}
+    for lp, module, slots in net.layer_blobs():
+        if module is not None:
+            targets.setdefault(lp.name, (module, slots))
     with h5py.File(os.fspath(path), "r") as f, torch.no_grad():
         if "data" not in f:
             raise WeightsError(f"{path}: no /data group (not a Caffe HDF5 weights file)")
         for name, group in f["data"].items():
-            key = targets.get(name)
-            if key is None:
+            if name not in targets:
                 continue
-            for j, slot in enumerate(net._slots[key]):
-                owned = slot.owner is net.layers[key] and slot.index == j
+            module, slots = targets[name]
+            for j, slot in enumerate(slots):
+                owned = slot.owner is module and slot.index == j
                 if str(j) not in group:
                     if owned:
                         raise WeightsError(f"{path}: layer '{name}' has no blob {j} "

@@ -53,7 +53,7 @@ def _loss_weight(net, lp, j: int, last_producer: dict) -> float:
 def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
     """Steps, Net::Init facts and the split NetParameter of a runner Net."""
     split_param = insert_splits(net.net_param)
-    originals = list(zip(net.net_param.layer, net._layer_keys))
+    originals = net.layer_blobs()
     sources = iter(net.sources)
     last_producer = {name: lp for lp in net.net_param.layer for name in lp.top}
     steps, facts = [], []
@@ -65,16 +65,14 @@ def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
                 producer = next(i for i in reversed(range(len(steps))) if lp.bottom[0] in steps[i].tops)
                 facts[producer].loss_weights[steps[producer].tops.index(lp.bottom[0])] = 0.0
             continue
-        original, key = originals.pop(0)
+        original, module, slots = originals.pop(0)
         weights = [_loss_weight(net, original, j, last_producer) for j in range(len(lp.top))]
-        if key is None:
+        if module is None:
             kind = INPUT if lp.type == "Input" else SOURCE
             steps.append(Step(lp.name, lp.type, kind, list(lp.bottom), list(lp.top),
                               source=next(sources)))
             facts.append(LayerFacts(False, weights))
             continue
-        module = net.layers[key]
-        slots = net._slots[key]
         step = Step(lp.name, lp.type, PYTHON if isinstance(module, PythonLayerModule) else LAYER,
                     list(lp.bottom), list(lp.top), module)
         step.blobs = (module.impl.blobs if step.kind == PYTHON else
