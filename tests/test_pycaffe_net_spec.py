@@ -103,6 +103,9 @@ def test_deconvolution_fields_go_to_convolution_param():
     layer = up.to_proto().layer[1]
     assert list(layer.convolution_param.kernel_size) == [4]
     assert list(layer.convolution_param.stride) == [2]
+    rect = L.Convolution(L.Input(shape=dict(dim=[1, 1, 5, 5])), kernel_size=(3, 5),
+                         num_output=1).to_proto().layer[1]
+    assert list(rect.convolution_param.kernel_size) == [3, 5]
 
 
 def test_in_place_keeps_one_top_per_bottom_index():

@@ -33,12 +33,12 @@ _PARAM_FIELDS = {**_param_field_names(), "Deconvolution": "convolution", "Im2col
 
 def assign_proto(proto, name: str, value) -> None:
     """Set field `name` of `proto` from a Python value, recursively: dicts fill messages,
-    lists fill repeated fields (a lone value in a repeated field becomes a one-item list)."""
+    lists (or tuples) fill repeated fields; a lone value in one becomes a one-item list."""
     field = getattr(proto, name)
     repeated = hasattr(field, "extend")
-    if repeated and not isinstance(value, list):
+    if repeated and not isinstance(value, (list, tuple)):
         value = [value]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         if value and isinstance(value[0], dict):
             for item in value:
                 message = field.add()
