@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ from run_all import parse_output  # noqa: E402
 from runner.atomic import atomic_write_text  # noqa: E402
 from runner.precision import use_caffe_precision  # noqa: E402
 from runner.proto import caffe_pb2, read_net  # noqa: E402
-from runner.solver.updates import make_update  # noqa: E402
+from runner.solver.step import TrainingStep  # noqa: E402
 
 MODEL = "models/imagenet-cnds8/train_val.prototxt"
 CHANNELS, SIDE = 3, 227
@@ -80,7 +80,8 @@ def train_throughput(device: torch.device, batch: int, seconds: float, amp: bool
                      channels_last: bool = False, compile: bool = False,
                      model: str = MODEL, channels: int = CHANNELS, side: int = SIDE,
                      min_iters: int = 3) -> dict:
-    """Images/s of forward + backward + Caffe SGD update on one in-memory batch."""
+    """Images/s of the Solver's training step (forward, backward, Caffe SGD update) on one
+    in-memory batch."""
     torch.manual_seed(0)
     net = converted_net(model, batch, channels, side).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -89,28 +90,19 @@ def train_throughput(device: torch.device, batch: int, seconds: float, amp: bool
     classes = net.blob_shapes[next(lp.bottom[0] for lp in net.net_param.layer
                                    if lp.type == "SoftmaxWithLoss")][1]
     inputs = {"data": x, "label": torch.randint(0, classes, (batch,), device=device).float()}
-    param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=0.0005)
-    update = make_update("SGD", net.learnable_params(), param)
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9,
+                                      weight_decay=0.0005)
     forward = torch.compile(net) if compile else net
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-
-    def step(it: int) -> None:
-        for w in update.weights:
-            w.grad = None
-        with autocast:
-            blobs = forward(inputs)
-            objective = net.objective(blobs)
-        objective.backward()
-        update.apply(0.01, it)
-
+    train_step = TrainingStep(net, param, seed=0, model=forward, amp=amp)
+    batches = itertools.repeat(inputs)
     start = time.perf_counter()
     for it in range(2):       # warm-up (and compilation)
-        step(it)
+        train_step(batches, it)
     _sync(device)
     warmup = time.perf_counter() - start
     count, start = 0, time.perf_counter()
     while count < min_iters or time.perf_counter() - start < seconds:
-        step(count)
+        train_step(batches, count)
         count += 1
         if count % 5 == 0 or count == min_iters:
             _sync(device)

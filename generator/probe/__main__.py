@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
                    help="image shape for synthetic input of a net the generator did not render")
     p.add_argument("--max-branches", type=int, default=3, help="stop after this many branches (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of fillers, dropout and synthetic input")
+    p.add_argument("--amp", action="store_true", help="forward in bf16 autocast, as "
+                   "runner/solve.py --amp trains")
     p.add_argument("--out", help="folder for probe.csv and the PNGs (default: the net's folder)")
     return p
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ProbeOptions(iters=args.iters, threshold=threshold, batch=args.batch,
                                synthetic=True if args.synthetic else None,
                                input_shape=args.input_shape, seed=args.seed,
-                               max_branches=args.max_branches)
+                               max_branches=args.max_branches, amp=args.amp)
         if args.solver:
             options.solver = load_solver_param(args.solver)
         placement = search(target, options, report)

@@ -1,5 +1,6 @@
-"""Train a net for a few iterations with Caffe's solver rules and record, per iteration and
-per learnable layer, the mean absolute gradient of its weight blob.
+"""Train a net for a few iterations with Caffe's solver rules (the Solver's own training
+step) and record, per iteration and per learnable layer, the mean absolute gradient of its
+weight blob.
 
 The statistic for layer l at iteration t is mean_i |dE/dW_i| over the elements of l's
 weight blob (blob 0), where E is Caffe's objective (sum over tops of loss_weight * top,
@@ -21,8 +22,7 @@ from runner.net import Net
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream
 from runner.solver.errors import SolverDiverged
-from runner.solver.lr_policy import LearningRatePolicy
-from runner.solver.updates import make_update
+from runner.solver.step import TrainingStep
 
 
 @dataclass
@@ -61,8 +61,7 @@ def mean_abs_gradient(blob: torch.Tensor) -> float:
 
 def initial_blobs(train: caffe_pb2.NetParameter, seed: int = 0) -> dict[str, list[torch.Tensor]]:
     """Each layer's blobs as its fillers draw them after torch.manual_seed(seed)."""
-    torch.manual_seed(seed)
-    net = Net(train, phase="TRAIN", source_kwargs={"seed": seed})
+    net = probe_net(train, seed)
     return {layer.name: [b.detach().clone() for b in layer.blobs]
             for layer in net.layers.values() if len(layer.blobs)}
 
@@ -78,40 +77,52 @@ def _start_from(net: Net, blobs: dict[str, list[torch.Tensor]]) -> None:
                 mine.copy_(given)
 
 
-def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter,
-                     iters: int, *, inputs: Callable[[Net], Iterator[dict]] | None = None,
-                     seed: int = 0, start: dict[str, list[torch.Tensor]] | None = None,
-                     desc: str = "probe") -> GradientRecord:
-    """Build the TRAIN net `train` (fillers drawn after torch.manual_seed(seed), then the
-    layers named in `start` set to those blobs) and run `iters` solver steps: forward,
-    backward, record, update (the solver's `type`, lr policy, momentum and weight decay).
-    `inputs(net)` yields the batches of a net whose data layer is an Input layer; without
-    it the net's own data layers are read."""
+def probe_net(train: caffe_pb2.NetParameter, seed: int = 0,
+              start: dict[str, list[torch.Tensor]] | None = None) -> Net:
+    """The TRAIN net `train`, fillers drawn after torch.manual_seed(seed) (as the Solver
+    draws them with random_seed `seed`), then the layers named in `start` set to those blobs."""
     torch.manual_seed(seed)
     net = Net(train, phase="TRAIN", source_kwargs={"seed": seed})
     if start is not None:
         _start_from(net, start)
+    return net
+
+
+def record_training(net: Net, solver: caffe_pb2.SolverParameter, iters: int,
+                    batches: Iterator[dict], *, seed: int = 0, amp: bool = False,
+                    desc: str = "probe") -> GradientRecord:
+    """Run `iters` iterations of the Solver's training step on `net` with `seed` as
+    random_seed (the solver's `type`, lr policy, iter_size, clipping, momentum and weight
+    decay, per-iteration reseed, bf16 autocast when `amp`), recording the statistic."""
     blobs = weight_blobs(net)
     if not blobs:
         raise ValueError(f"net '{net.name}': no layer with a learned weight blob to probe")
-    batches = BatchStream(net.sources, torch.device("cpu")) if inputs is None else inputs(net)
-    update = make_update(solver.type, net.learnable_params(), solver)
-    policy = LearningRatePolicy(solver)
+    step = TrainingStep(net, solver, seed=seed, amp=amp)
     values = np.zeros((iters, len(blobs)))
     losses = []
+
+    def record(loss: float, _blobs: dict) -> None:
+        """The statistic of iteration len(losses), after backward and before the update."""
+        if not math.isfinite(loss):
+            raise SolverDiverged(f"net '{net.name}': the loss is {loss} at probe iteration "
+                                 f"{len(losses)}")
+        values[len(losses)] = [mean_abs_gradient(w) / solver.iter_size for _, w in blobs]
+        losses.append(loss)
+
     began = time.perf_counter()
     for it in tqdm(range(iters), desc=desc, unit="iter", leave=False):
-        for w in update.weights:
-            w.grad = None
-        loss = 0.0
-        for _ in range(solver.iter_size):   # Caffe's Step: diffs accumulate over iter_size
-            objective = net.objective(net(next(batches)))
-            objective.backward()
-            loss += objective.item() / solver.iter_size
-        if not math.isfinite(loss):
-            raise SolverDiverged(f"net '{net.name}': the loss is {loss} at probe iteration {it}")
-        losses.append(loss)
-        values[it] = [mean_abs_gradient(w) / solver.iter_size for _, w in blobs]
-        update.apply(policy.rate(it), it)
+        step(batches, it, before_update=record)
     return GradientRecord([name for name, _ in blobs], values, losses,
                           time.perf_counter() - began)
+
+
+def record_gradients(train: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter,
+                     iters: int, *, inputs: Callable[[Net], Iterator[dict]] | None = None,
+                     seed: int = 0, start: dict[str, list[torch.Tensor]] | None = None,
+                     amp: bool = False, desc: str = "probe") -> GradientRecord:
+    """`record_training` on `probe_net(train, seed, start)`. `inputs(net)` yields the
+    batches of a net whose data layer is an Input layer; without it the net's own data
+    layers are read."""
+    net = probe_net(train, seed, start)
+    batches = BatchStream(net.sources, torch.device("cpu")) if inputs is None else inputs(net)
+    return record_training(net, solver, iters, batches, seed=seed, amp=amp, desc=desc)

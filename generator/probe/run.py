@@ -37,6 +37,7 @@ class ProbeOptions:
     solver: caffe_pb2.SolverParameter = field(default_factory=paper_solver)
     seed: int = 0
     max_branches: int = 3
+    amp: bool = False
 
 
 def unreadable_data(train: caffe_pb2.NetParameter) -> list[str]:
@@ -112,7 +113,8 @@ class Prober:
         name = f"branches {taps_label(taps)}" if taps else "plain net"
         record = record_gradients(train, self.options.solver, self.options.iters,
                                   inputs=make_inputs, seed=self.options.seed,
-                                  start=self.start, desc=f"probe ({name})")
+                                  start=self.start, amp=self.options.amp,
+                                  desc=f"probe ({name})")
         return ProbeRound(taps, record, conv_layers(net))
 
 

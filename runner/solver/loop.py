@@ -7,7 +7,6 @@ deep supervision: auxiliary loss weights set per epoch by an AuxWeightSchedule.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -25,11 +24,10 @@ from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
-from runner.solver.lr_policy import LearningRatePolicy
 from runner.solver.plot import plot_history, read_history
 from runner.solver.schedule import AuxWeightSchedule
 from runner.solver.snapshot import load_solverstate, write_snapshot
-from runner.solver.updates import make_update
+from runner.solver.step import TrainingStep
 
 
 def train_set_size(net) -> int:
@@ -106,13 +104,9 @@ class Solver:
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
             net.to(self.device, memory_format=memory_format)
-        self.update = make_update(param.type, self.net.learnable_params(), param)
-        self.update.on_clip = lambda norm, clip, scale: self.log.info(
-            "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
-            f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
-        self.lr_policy = LearningRatePolicy(param)
         self.iter = 0
         self.requested_early_exit = False
+        self.request = NONE          # the signal request taken at the last iteration
         self.last_snapshot = None
         self.schedule = self._aux_schedule()
 
@@ -122,6 +116,12 @@ class Solver:
         if options.compile:
             self.model = torch.compile(self.model)
             self.test_models = [torch.compile(n) for n in self.test_nets]
+        self.train_step = TrainingStep(
+            self.net, param, seed=self.seed, rank=ctx.rank, model=self.model, amp=options.amp,
+            no_sync=self.ddp.no_sync if ctx.distributed else None, on_rate=self._log_rate)
+        self.update.on_clip = lambda norm, clip, scale: self.log.info(
+            "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
+            f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
         stream_kwargs = {"device": self.device, "channels_last": options.channels_last}
         self.train_batches = BatchStream(self.net.sources, **stream_kwargs)
         self.test_batches = [BatchStream(n.sources, **stream_kwargs) for n in self.test_nets]
@@ -157,10 +157,15 @@ class Solver:
                 return int(shape[0])
         return 1
 
-    def _autocast(self):
-        if not self.options.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    @property
+    def update(self):
+        """The update rule (weights, history) the training step applies."""
+        return self.train_step.update
+
+    @property
+    def lr_policy(self):
+        """The learning-rate policy (with Caffe's current_step) the training step follows."""
+        return self.train_step.lr_policy
 
     # ---- Solve ---------------------------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
@@ -182,7 +187,7 @@ class Solver:
                 self.log.info("solver.cpp:287", "Optimization stopped early.")
                 return
             if p.display and self.iter % p.display == 0:
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self.train_step.autocast():
                     blobs = self.model(next(self.train_batches))
                     loss = float(self.net.objective(blobs))
                 self._update_smoothed_loss(loss, start_iter)
@@ -198,9 +203,10 @@ class Solver:
     def step(self, iters: int) -> None:
         """Caffe's Solver::Step: `iters` updates (fewer on a stop request)."""
         p = self.param
-        start_iter, stop_iter = self.iter, self.iter + iters
+        stop_iter = self.iter + iters
+        self.start_iter = self.iter
         self.losses, self.smoothed_loss = [], 0.0
-        timer, iterations_last = time.perf_counter(), self.iter
+        self.display_clock = (time.perf_counter(), self.iter)
         show = self.options.progress
         if show is None:
             show = sys.stderr.isatty()
@@ -208,8 +214,6 @@ class Solver:
                    disable=not (show and self.ctx.is_root), dynamic_ncols=True)
         try:
             while self.iter < stop_iter:
-                for w in self.update.weights:
-                    w.grad = None
                 if (p.test_interval and self.iter % p.test_interval == 0
                         and (self.iter > 0 or p.test_initialization)):
                     self.test_all()
@@ -217,30 +221,12 @@ class Solver:
                         self.requested_early_exit = True
                         break
                 self._apply_aux_schedule()
-                torch.manual_seed(self._iteration_seed(self.iter))
-                display = p.display and self.iter % p.display == 0
-                loss, blobs = self._forward_backward()
-                diverged, request = self._agree([float(not math.isfinite(loss)),
-                                                 float(self.requests.pop())])
-                if diverged:
-                    raise SolverDiverged(
-                        f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
-                        f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
-                self._update_smoothed_loss(loss, start_iter)
-                if display:
-                    lapse = time.perf_counter() - timer
-                    per_s = (self.iter - iterations_last) / (lapse or 1)
-                    self.log.info("solver.cpp:218", f"Iteration {self.iter} ({cfloat(per_s)} iter/s, "
-                                  f"{cfloat(lapse)}s/{p.display} iters), loss = {cfloat(self.smoothed_loss)}")
-                    timer, iterations_last = time.perf_counter(), self.iter
-                    self._log_outputs(self.net, blobs, "    Train net output", "solver.cpp:237")
+                self.train_step(self.train_batches, self.iter, self._before_update)
+                if p.display and self.iter % p.display == 0:
                     bar.set_postfix(loss=cfloat(self.smoothed_loss), refresh=False)
-                rate = self.lr_policy.rate(self.iter)
-                if display:
-                    self.log.info("sgd_solver.cpp:105", f"Iteration {self.iter}, lr = {cfloat(rate)}")
-                self.update.apply(rate, self.iter)
                 self.iter += 1
                 bar.update(1)
+                request = self.request
                 if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
                     self.snapshot()
                 if request == STOP:
@@ -249,25 +235,30 @@ class Solver:
         finally:
             bar.close()
 
-    def _forward_backward(self):
-        """iter_size passes with accumulated gradients; returns (mean loss, last blobs)."""
-        n = self.param.iter_size
-        total = 0.0
-        for i in range(n):
-            batch = next(self.train_batches)
-            sync = i == n - 1 or not self.ctx.distributed
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
-                with self._autocast():
-                    blobs = self.model(batch)
-                    objective = self.net.objective(blobs)
-                objective.backward()
-            total += objective.detach()
-        return float(total) / n, blobs
+    def _before_update(self, loss: float, blobs: dict) -> None:
+        """Between backward and update: stop on a non-finite loss (all ranks agree), take
+        the pending signal request, smooth the loss and log a displayed iteration."""
+        diverged, self.request = self._agree([float(not math.isfinite(loss)),
+                                              float(self.requests.pop())])
+        if diverged:
+            raise SolverDiverged(
+                f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
+                f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
+        self._update_smoothed_loss(loss, self.start_iter)
+        p = self.param
+        if p.display and self.iter % p.display == 0:
+            timer, iterations_last = self.display_clock
+            lapse = time.perf_counter() - timer
+            per_s = (self.iter - iterations_last) / (lapse or 1)
+            self.log.info("solver.cpp:218", f"Iteration {self.iter} ({cfloat(per_s)} iter/s, "
+                          f"{cfloat(lapse)}s/{p.display} iters), loss = {cfloat(self.smoothed_loss)}")
+            self.display_clock = (time.perf_counter(), self.iter)
+            self._log_outputs(self.net, blobs, "    Train net output", "solver.cpp:237")
 
-    def _iteration_seed(self, it: int) -> int:
-        """torch's RNG is reseeded from (random_seed, rank, iter) every iteration, so a
-        resumed run draws the same dropout masks as an uninterrupted one."""
-        return (self.seed * 1_000_003 + self.ctx.rank * 7_919 + it * 104_729) % (2**63)
+    def _log_rate(self, it: int, rate: float) -> None:
+        """Caffe logs the rate of a displayed iteration just before its update."""
+        if self.param.display and it % self.param.display == 0:
+            self.log.info("sgd_solver.cpp:105", f"Iteration {it}, lr = {cfloat(rate)}")
 
     def _apply_aux_schedule(self) -> None:
         if self.schedule is None:
@@ -325,7 +316,7 @@ class Solver:
             elif request == STOP:
                 self.requested_early_exit = True
                 break
-            with self._autocast():
+            with self.train_step.autocast():
                 blobs = model(next(self.test_batches[k]))
                 if self.param.test_compute_loss:
                     loss += net.objective(blobs).float()

@@ -1,0 +1,99 @@
+"""One iteration of Caffe's Solver::Step on a net: zero the diffs, reseed, iter_size
+forward/backward passes (diffs accumulate, losses averaged), then ApplyUpdate (lr policy,
+clip, normalise, regularise, update). The Solver loop, the gradient probe and the
+benchmarks all train through it, so they follow the same rules.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from runner.solver.lr_policy import LearningRatePolicy
+from runner.solver.updates import make_update
+
+
+def iteration_seed(seed: int, rank: int, it: int) -> int:
+    """torch's RNG is reseeded from (random_seed, rank, iter) every iteration, so a resumed
+    run draws the same dropout masks as an uninterrupted one."""
+    return (seed * 1_000_003 + rank * 7_919 + it * 104_729) % (2**63)
+
+
+@dataclass
+class StepResult:
+    """What one iteration produced: the mean loss over iter_size passes, the last
+    pass's blobs, and the learning rate of its update."""
+    loss: float
+    blobs: dict[str, torch.Tensor]
+    rate: float
+
+
+class TrainingStep:
+    """Caffe's per-iteration training step for `net` under SolverParameter `param`.
+
+    `model` is what runs the forward (the net itself, or its DDP/compiled wrapper);
+    `no_sync` (DDP's) defers the gradient all-reduce to the last of iter_size passes;
+    `amp` runs forward and objective under bf16 autocast. `on_rate(it, rate)` is called
+    before the update, where Caffe logs the rate.
+    """
+
+    def __init__(self, net, param, *, seed: int, rank: int = 0, model=None, amp: bool = False,
+                 no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 on_rate: Callable[[int, float], None] | None = None):
+        self.net = net
+        self.model = net if model is None else model
+        self.iter_size = param.iter_size
+        self.seed, self.rank = seed, rank
+        self.amp = amp
+        self.no_sync = no_sync
+        self.on_rate = on_rate
+        self.update = make_update(param.type, net.learnable_params(), param)
+        self.lr_policy = LearningRatePolicy(param)
+
+    def __call__(self, batches: Iterator[dict], it: int,
+                 before_update: Callable[[float, dict], None] | None = None) -> StepResult:
+        """Iteration `it` (updates done so far) on `batches`; `before_update(loss, blobs)`
+        sees the accumulated diffs before clipping and the update (and may raise)."""
+        self.zero_diffs()
+        torch.manual_seed(iteration_seed(self.seed, self.rank, it))
+        loss, blobs = self.forward_backward(batches)
+        if before_update is not None:
+            before_update(loss, blobs)
+        return StepResult(loss, blobs, self.apply_update(it))
+
+    def zero_diffs(self) -> None:
+        """Caffe's ClearParamDiffs (a None grad reads as Caffe's zero diff)."""
+        for w in self.update.weights:
+            w.grad = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on the net's device when `amp`, else nothing."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        device = self.update.weights[0].device if self.update.weights else torch.device("cpu")
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def forward_backward(self, batches: Iterator[dict]) -> tuple[float, dict]:
+        """iter_size passes with accumulated diffs; returns (mean loss, last pass's blobs)."""
+        n = self.iter_size
+        total = 0.0
+        for i in range(n):
+            batch = next(batches)
+            defer = self.no_sync is not None and i < n - 1
+            with self.no_sync() if defer else contextlib.nullcontext():
+                with self.autocast():
+                    blobs = self.model(batch)
+                    objective = self.net.objective(blobs)
+                objective.backward()
+            total += objective.detach()
+        return float(total) / n, blobs
+
+    def apply_update(self, it: int) -> float:
+        """Caffe's ApplyUpdate after `it` finished updates; returns the rate used."""
+        rate = self.lr_policy.rate(it)
+        if self.on_rate is not None:
+            self.on_rate(it, rate)
+        self.update.apply(rate, it)
+        return rate
