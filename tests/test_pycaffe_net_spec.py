@@ -123,9 +123,16 @@ def test_bad_input_is_named():
     with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
         L.Silence(tops, ntop=0)
     x = L.Input(shape=dict(dim=[1]))
-    with pytest.raises(AttributeError, match="'Convolution1' .*'kernal_size' is a field of "
-                                             "neither LayerParameter nor ConvolutionParameter"):
+    with pytest.raises(AttributeError, match="^layer 'Convolution1' \\(Convolution\\) field "
+                       "'kernal_size': no such field in LayerParameter nor in ConvolutionParameter$"):
         L.Convolution(x, kernal_size=3).to_proto()
+    with pytest.raises(AttributeError, match="'silence' .*field 'axis': no such field in "
+                                             "LayerParameter$"):
+        n = caffe.NetSpec()
+        n.silence = L.Silence(x, axis=1, ntop=0)
+        n.to_proto()
+    with pytest.raises(AttributeError, match="field 'weight_filler': .*typ"):
+        L.Convolution(x, weight_filler=dict(typ="xavier")).to_proto()
     with pytest.raises(TypeError, match="'Convolution1' .*field 'num_output'"):
         L.Convolution(x, num_output="ten").to_proto()
     with pytest.raises(AttributeError, match="PoolingParameter has no value 'MAXIMUM'.*MAX"):
@@ -145,3 +152,4 @@ def test_item_access_matches_attributes():
     assert n.data is n["data"] and n.tops["relu"] is n.relu
     assert [l.name for l in n.to_proto().layer] == ["data", "relu"]
     assert np.array_equal(list(n.to_proto().layer[0].input_param.shape[0].dim), [1, 1, 2, 2])
+

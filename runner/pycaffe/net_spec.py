@@ -56,16 +56,15 @@ def assign_proto(proto, name: str, value) -> None:
 def _assign_layer_field(layer, type_name: str, key: str, value) -> None:
     """pycaffe's rule: `*param` keys go to LayerParameter, others to the type's own
     parameter message when it has that field, else to LayerParameter."""
+    own = None
     if not key.endswith("param") and type_name in _PARAM_FIELDS:
         own = getattr(layer, _PARAM_FIELDS[type_name] + "_param")
         if key in own.DESCRIPTOR.fields_by_name:
             assign_proto(own, key, value)
             return
     if key not in layer.DESCRIPTOR.fields_by_name:
-        where = (f" nor {own.DESCRIPTOR.name}" if not key.endswith("param")
-                 and type_name in _PARAM_FIELDS else "")
-        raise AttributeError(f"layer '{layer.name}' ({type_name}): '{key}' is a field of "
-                             f"neither LayerParameter{where}")
+        raise AttributeError("no such field in LayerParameter"
+                             + (f" nor in {own.DESCRIPTOR.name}" if own is not None else ""))
     assign_proto(layer, key, value)
 
 
@@ -133,7 +132,7 @@ class Function:
         for key, value in self.params.items():
             try:
                 _assign_layer_field(layer, self.type_name, key, value)
-            except (TypeError, ValueError) as exc:
+            except (AttributeError, TypeError, ValueError) as exc:
                 raise type(exc)(f"layer '{layer.name}' ({self.type_name}) field '{key}': "
                                 f"{exc}") from None
         layers[self] = layer
