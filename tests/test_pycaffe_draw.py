@@ -1,5 +1,6 @@
 """caffe.draw and the draw_net CLI: pycaffe's labels and phase filter, PNG/SVG through
 Graphviz, and one clear error when pydot or dot is missing."""
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def test_draw_net_cli_writes_png_and_svg(tmp_path, capsys):
     assert draw_net_main([str(tmp_path / "train_val.prototxt"), str(tmp_path / "a.png")]) == 0
     assert capsys.readouterr().out == f"Drawing net to {tmp_path / 'a.png'}\n"
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
-    done = subprocess.run([sys.executable, "-m", "caffe.draw_net", "--rankdir", "TB",
+    script = pathlib.Path(sys.executable).parent / "draw_net"    # pyproject's console script
+    done = subprocess.run([str(script), "--rankdir", "TB",
                            "--phase", "TRAIN", "--display_lrm",
                            str(tmp_path / "train_val.prototxt"), str(tmp_path / "a.svg")],
                           capture_output=True, text=True)
