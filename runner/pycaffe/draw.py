@@ -63,6 +63,18 @@ def get_layer_lr_mult(layer) -> tuple[float, float]:
     return tuple(mults + [1.0] * (2 - len(mults)))
 
 
+def _kernel_stride_pad(layer) -> tuple[int, int, int] | None:
+    """A Convolution/Deconvolution/Pooling layer's first kernel size, stride and pad."""
+    if layer.type == "Pooling":
+        pp = layer.pooling_param
+        return pp.kernel_size, pp.stride, pp.pad
+    if layer.type in ("Convolution", "Deconvolution"):
+        cp = layer.convolution_param
+        return (cp.kernel_size[0] if len(cp.kernel_size) else 1,
+                cp.stride[0] if len(cp.stride) else 1, cp.pad[0] if len(cp.pad) else 0)
+    return None
+
+
 def get_layer_label(layer, rankdir: str, display_lrm: bool = False) -> str:
     """The node label: name, (type), kernel/stride/pad for spatial layers and, if asked,
     lr_mults; words on one line for vertical layouts (TB, BT), else one per line."""
@@ -72,17 +84,10 @@ def get_layer_label(layer, rankdir: str, display_lrm: bool = False) -> str:
     else:
         kind = f"({layer.type})"
     parts = [layer.name, kind]
-    if layer.type == "Pooling":
-        pp = layer.pooling_param
-        kernel, stride, pad = pp.kernel_size, pp.stride, pp.pad
-    elif layer.type in ("Convolution", "Deconvolution"):
-        cp = layer.convolution_param
-        kernel = cp.kernel_size[0] if len(cp.kernel_size) else 1
-        stride = cp.stride[0] if len(cp.stride) else 1
-        pad = cp.pad[0] if len(cp.pad) else 0
-    if layer.type in ("Convolution", "Deconvolution", "Pooling"):
-        parts.append(separator.join([f"kernel size: {kernel}", f"stride: {stride}",
-                                     f"pad: {pad}"]))
+    spatial = _kernel_stride_pad(layer)
+    if spatial is not None:
+        parts.append(separator.join([f"kernel size: {spatial[0]}", f"stride: {spatial[1]}",
+                                     f"pad: {spatial[2]}"]))
     if display_lrm and layer.type in _LEARNING_TYPES:
         weight_mult, bias_mult = get_layer_lr_mult(layer)
         if weight_mult or bias_mult:
