@@ -196,6 +196,8 @@ def _conv(lp, bottoms):
 @rule("Pooling")
 def _pool(lp, bottoms):
     p = lp.pooling_param
+    if p.HasField("ceil_mode"):
+        raise ValueError("ceil_mode is read through upgrade_net (it becomes round_mode)")
     n, c, h, w = bottoms[0]
     kernel, stride, pad = pooling_geometry(p, h, w)
     ceil_mode = p.round_mode == p.CEIL
@@ -255,7 +257,7 @@ def _embed(lp, bottoms):
 
 # ---- element-wise and normalisation -------------------------------------------------
 
-@rule("ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log",
+@rule("ReLU", "ReLU6", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log",
       "Threshold", "Dropout", "Swish", "Clip", "LRN", "MVN", "Softmax")
 def _same(lp, bottoms):
     return LayerShapes([bottoms[0]])
@@ -451,3 +453,7 @@ def _accuracy(lp, bottoms):
     b = bottoms[0]
     axis = canonical_axis(lp.accuracy_param.axis, len(b), lp.name)
     return LayerShapes([()] + [(b[axis],)] * (len(lp.top) - 1))
+
+
+# The SSD layers' rules live in their own module; importing it registers them.
+from runner import shapes_detection  # noqa: E402,F401

@@ -122,7 +122,7 @@ def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         if with_blobs:
             for slot in slots:
                 value = slot.param.detach().reshape(slot.shape).to("cpu", torch.float32).numpy()
-                entry.blobs.append(array_to_blob(np.ascontiguousarray(value)))
+                entry.blobs.append(array_to_blob(value))
     return out
 
 

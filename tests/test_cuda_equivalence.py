@@ -138,3 +138,24 @@ def test_update_rules_step_the_same_on_the_gpu(solver_type):
             update.apply(0.01, it)
     for (name, p_cpu, *_), (_, p_gpu, *_) in zip(cpu.learnable_params(), gpu.learnable_params()):
         assert_close(f"{solver_type} {name} after 5 updates", p_cpu, p_gpu)
+
+
+def test_ssd_detector_matches_the_cpu(tmp_path):
+    """An SSD300-shaped net (tests/test_ssd_opencv.py): features and priors match; the
+    GPU's DetectionOutput top lives on the GPU and equals the CPU layer's on the same blobs."""
+    from test_ssd_opencv import ssd300_deploy
+
+    (tmp_path / "ssd.prototxt").write_text(ssd300_deploy(batch=1))
+    cpu = Net(tmp_path / "ssd.prototxt")
+    randomize(cpu, seed=5)
+    gpu = copy.deepcopy(cpu).cuda()
+    x = torch.randn(1, 3, 300, 300, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = cpu({"data": x}), gpu({"data": x.cuda()})
+    for name in ("conv4_3_norm", "mbox_loc", "mbox_conf_flatten", "mbox_priorbox"):
+        assert_close(f"ssd blob {name}", want[name], got[name])
+    detections = got["detection_out"]
+    assert detections.device.type == "cuda" and detections.shape[2] > 1
+    inputs = [got[name].cpu() for name in ("mbox_loc", "mbox_conf_flatten", "mbox_priorbox")]
+    (expected,) = cpu.layers["detection_out"](*inputs)
+    assert torch.equal(detections.cpu(), expected)

@@ -14,7 +14,7 @@ IMPLEMENTED = {
     "PReLU", "Pooling", "Power", "ReLU", "Reduction", "Reshape", "SPP", "Scale", "Sigmoid",
     "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH",
     "Threshold", "Tile",
-}
+} | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6"}  # SSD fork types, OpenCV's ReLU6
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():

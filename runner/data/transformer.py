@@ -24,6 +24,10 @@ from runner.data.datum import DataError, dims, datum_to_array, decode_flag
 from runner.data.mean import load_mean
 from runner.proto import caffe_pb2
 
+# TransformationParameter fields of the SSD fork, which no data layer here implements.
+_SSD_FORK_FIELDS = ("crop_h", "crop_w", "resize_param", "noise_param", "distort_param",
+                    "expand_param", "emit_constraint")
+
 # What `crop_into` returns per image and `finish` reads back: (h_off, w_off, mirrored).
 CROP_FIELDS = 3
 
@@ -45,6 +49,10 @@ class DataTransformer:
         self.where = f"layer '{layer}'" if layer else "transform_param"
         if param.force_color and param.force_gray:
             raise DataError(f"{self.where}: cannot set both force_color and force_gray")
+        fork_fields = [f for f in _SSD_FORK_FIELDS if param.HasField(f)]
+        if fork_fields:
+            raise DataError(f"{self.where}: transform_param.{', '.join(fork_fields)} (weiliu89/caffe's "
+                            "SSD augmentation) is not supported by these data layers")
         if param.HasField("mean_file") and len(param.mean_value):
             raise DataError(f"{self.where}: cannot specify mean_file and mean_value at the "
                             "same time")

@@ -32,6 +32,21 @@ class ReLU(_Neuron):
         return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
 
 
+@register("ReLU6")
+class ReLU6(_Neuron):
+    """min(max(x, 0), 6), as OpenCV's importer reads the type (no parameters); the gradient
+    passes where 0 < x < 6."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        if lp.HasField("relu_param"):
+            raise ValueError(f"layer '{lp.name}': ReLU6 takes no relu_param (OpenCV reads the "
+                             f"type as a plain clip to [0, 6])")
+
+    def fn(self, x):
+        return F.relu6(x)
+
+
 @register("PReLU")
 class PReLU(_Neuron):
     """ReLU with a learned negative slope per channel (or one shared)."""

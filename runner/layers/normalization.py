@@ -1,11 +1,12 @@
-"""Normalisation layers: LRN, BatchNorm (Caffe's running-sum statistics) and MVN."""
+"""Normalisation layers: LRN, BatchNorm (Caffe's running-sum statistics), MVN and SSD's
+Normalize."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
-from runner.layers.common import constant_filler
+from runner.layers.common import constant_filler, filler_or
 from runner.proto import caffe_pb2
 
 
@@ -130,3 +131,58 @@ class MVN(Layer):
         else:
             y = flat - flat.mean(dim=-1, keepdim=True)
         return (y.reshape(x.shape),)
+
+
+
+class _NormalizeFunction(torch.autograd.Function):
+    """SSD's L2 normalisation of x (N, C, S): top = x / sqrt(sum x^2 + eps) * scale, summed
+    over C and S (across_spatial) or over C per position. Backward is the fork's formula
+    (g - x * sum(x * g) / norm^2) / norm * scale: the true gradient for a shared scale,
+    while with per-channel scales the fork applies each channel's scale after the sum."""
+
+    @staticmethod
+    def forward(ctx, x, scale, across_spatial: bool, eps: float):
+        dims = (1, 2) if across_spatial else (1,)
+        norm = torch.sqrt((x * x).sum(dim=dims, keepdim=True) + eps)
+        # across_spatial multiplies by 1/norm (caffe_cpu_scale), else divides (caffe_div)
+        normalized = x * (1 / norm) if across_spatial else x / norm
+        channel_scale = scale.reshape(-1, 1)
+        ctx.save_for_backward(x, norm, normalized, channel_scale)
+        ctx.dims, ctx.scale_shape = dims, scale.shape
+        return normalized * channel_scale
+
+    @staticmethod
+    def backward(ctx, g):
+        x, norm, normalized, channel_scale = ctx.saved_tensors
+        dot = (x * g).sum(dim=ctx.dims, keepdim=True)
+        if len(ctx.dims) == 2:   # the fork's operation order in each case
+            dx = (g - x * (dot / norm / norm)) * (1 / norm) * channel_scale
+        else:
+            dx = (g - x * dot / (norm * norm)) / norm * channel_scale
+        per_channel = (normalized * g).sum(dim=(0, 2))
+        d_scale = per_channel.sum() if channel_scale.numel() == 1 else per_channel
+        return dx, d_scale.reshape(ctx.scale_shape), None, None
+
+
+@register("Normalize")
+class Normalize(Layer):
+    """SSD's Normalize (weiliu89/caffe): L2-normalise each sample across channels and
+    space, or across channels at each position, then multiply by a learned scale (one,
+    or one per channel); eps is added to the sum of squares."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.norm_param
+        self.across_spatial, self.eps = p.across_spatial, p.eps
+
+    def blob_fillers(self):
+        return [filler_or(self.lp.norm_param, "scale_filler", 1.0)]
+
+    def forward(self, x):
+        y = _NormalizeFunction.apply(x.reshape(x.shape[0], x.shape[1], -1), self.blobs[0],
+                                     self.across_spatial, self.eps)
+        return (y.reshape(x.shape),)
+
+    def extra_repr(self):
+        shared = "shared" if self.blobs[0].dim() == 0 else "per channel"
+        return f"name={self.name!r}, across_spatial={self.across_spatial}, scale {shared}"

@@ -1,5 +1,5 @@
 """Layers that combine, split or rearrange blobs: Eltwise, Concat, Slice, Split, Flatten,
-Reshape, Crop, Tile, Reduction, Silence."""
+Permute, Reshape, Crop, Tile, Reduction, Silence."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +7,7 @@ import torch
 from runner.layers.base import Layer, register
 from runner.proto import caffe_pb2
 from runner.shapes import canonical_axis, reshape_target, slice_sizes
+from runner.shapes_detection import permute_order
 
 
 @register("Eltwise")
@@ -110,6 +111,24 @@ class Flatten(Layer):
 
     def forward(self, x):
         return (torch.flatten(x, self.start, self.end),)
+
+
+@register("Permute")
+class Permute(Layer):
+    """SSD's Permute: reorder the axes (permute_param.order, then the axes it leaves out);
+    the identity order passes the bottom through, as the fork shares the blob."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        self.order = permute_order(lp, len(bottom_shapes[0]))
+
+    def forward(self, x):
+        if self.order == sorted(self.order):
+            return (x,)
+        return (x.permute(self.order).contiguous(),)
+
+    def extra_repr(self):
+        return f"name={self.name!r}, order={self.order}"
 
 
 @register("Reshape")

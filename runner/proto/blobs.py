@@ -57,10 +57,12 @@ def _packed_floats(field_number: int, values: np.ndarray) -> bytes:
 
 def array_to_blob(array, diff=None) -> caffe_pb2.BlobProto:
     """A BlobProto with shape.dim and float `data` (and `diff`, of the same shape, when
-    given): Caffe's Blob<float>::ToProto."""
+    given): Caffe's Blob<float>::ToProto. A 0-axis blob, such as a shared Normalize scale,
+    gets no shape field at all, as in Caffe."""
     values = np.asarray(array, dtype="<f4")
     blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(values.shape)
+    if values.ndim:
+        blob.shape.dim.extend(values.shape)
     wire = _packed_floats(_DATA_FIELD, values) if values.size else b""
     if diff is not None:
         diffs = np.asarray(diff, dtype="<f4")

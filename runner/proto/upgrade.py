@@ -2,7 +2,8 @@
 
 The net steps run in Caffe's order (UpgradeNetAsNeeded): V0 -> V1 layers, data-layer
 transformation fields -> transform_param, V1 `layers` -> `layer`, deprecated
-`input`/`input_dim`/`input_shape` -> an Input layer, old BatchNorm param specs.
+`input`/`input_dim`/`input_shape` -> an Input layer, old BatchNorm param specs; then the
+forks' pooling `ceil_mode` -> round_mode.
 """
 from __future__ import annotations
 
@@ -140,6 +141,27 @@ def _upgrade_batch_norm(net: caffe_pb2.NetParameter) -> bool:
     return changed
 
 
+def _upgrade_ceil_mode(net: caffe_pb2.NetParameter, origin: str) -> bool:
+    """Pooling `ceil_mode` of several forks (and OpenCV) -> round_mode: false is FLOOR,
+    true the default CEIL. The field is cleared, so nets written back use round_mode."""
+    P = caffe_pb2.PoolingParameter
+    changed = False
+    for layer in net.layer:
+        param = layer.pooling_param
+        if not (layer.HasField("pooling_param") and param.HasField("ceil_mode")):
+            continue
+        mode = P.CEIL if param.ceil_mode else P.FLOOR
+        if param.HasField("round_mode") and param.round_mode != mode:
+            raise ProtoError(f"{origin}: layer '{layer.name}' sets ceil_mode: "
+                             f"{str(param.ceil_mode).lower()} and round_mode: "
+                             f"{P.RoundMode.Name(param.round_mode)}, which disagree")
+        if mode != P.CEIL:
+            param.round_mode = mode
+        param.ClearField("ceil_mode")
+        changed = True
+    return changed
+
+
 def _warn_ignored_transform_fields(net: caffe_pb2.NetParameter, origin: str) -> None:
     """Caffe ignores data_param/image_data_param transformation fields in `layer` entries."""
     for layer in net.layer:
@@ -170,6 +192,8 @@ def upgrade_net(net: caffe_pb2.NetParameter, origin: str = "<net>") -> list[str]
         applied.append("input fields -> Input layer")
     if _upgrade_batch_norm(net):
         applied.append("BatchNorm param specs -> lr_mult/decay_mult 0")
+    if _upgrade_ceil_mode(net, origin):
+        applied.append("pooling ceil_mode -> round_mode")
     _warn_ignored_transform_fields(net, origin)
     return applied
 
