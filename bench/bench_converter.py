@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runner import Net
+from runner.precision import use_caffe_precision
+from runner.proto import caffe_pb2, read_net
 
-from runner import Net  # noqa: E402
-from runner.precision import use_caffe_precision  # noqa: E402
-from runner.proto import caffe_pb2, read_net  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (name, train_val, batch, channels, side, conv1 (out, kernel, stride, pad), pool1 kernel,
 #  stage widths conv2..conv5, branch (AVE kernel, conv width, fc width), fc width, classes)

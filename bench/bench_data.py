@@ -11,15 +11,16 @@ crop_size 227, mirror) with 1 and 2 worker processes, in both of its modes:
     slot over; the copy and the float32, mean and scale arithmetic are the GPU's and are
     left out. This machine needs no GPU for it.
 The bound is the same number of processes doing only the per-image work in a tight loop:
-decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. For the `cpu` rows a
-second bound also writes each crop as float32 planes into a batch-sized array (`float
-ratio`: the source against it), which tells the cost of that conversion from the
-pipeline's. Source and bound run in pairs, one right after the other, for several rounds;
-each round gives a ratio, and the median over rounds counts (other load on a shared
-machine shifts both runs of a pair alike, and a median is not pulled by one disturbed
-round). Prints the median images/s,
-the median ratio (target >= 0.9 for JPEG), and the median ratio of images per CPU second
-(source: main process plus workers).
+decode + crop + mirror for JPEG, Datum parse + crop + mirror for raw. A `cpu` row is judged
+against the bound that also writes each crop as float32 planes into a batch-sized array,
+since Caffe's DataTransformer writes those floats too; a `gpu` row against the decode-only
+bound (the floats are the GPU's). `decode ratio` (the source against the decode-only
+bound) is reported for every row. Source and bounds run in pairs, one right after the
+other, for several rounds; each round gives a ratio, and the median over rounds counts
+(other load on a shared machine shifts both runs of a pair alike, and a median is not
+pulled by one disturbed round). Prints the median images/s, the median ratio (target >= 0.9
+for JPEG), and the median ratio of images per CPU second (source: main process plus
+workers).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def source_rate(db: Path, batch: int, workers: int, seconds: float,
 def _tight_loop(args) -> tuple[float, float]:
     """One process doing only the per-image work on `values`: (images/s, images/CPU s).
     With `to_float` it also writes each crop as float32 planes into a batch-sized array
-    (the work a CPU batch adds: the `float ratio` column)."""
+    (the work a CPU batch adds, as Caffe's DataTransformer's)."""
     values, encoded, seconds, to_float = args
     cv2.setNumThreads(1)
     rng = np.random.default_rng(1)
@@ -168,29 +169,26 @@ def main() -> None:
               f"{multiprocessing.cpu_count()} cores, median of {args.rounds} pairs of "
               f"{args.seconds:g} s runs")
         print(f"{'datums':7}{'for':>5}{'workers':>9}{'source img/s':>14}{'bound img/s':>13}"
-              f"{'ratio':>7}{'ratio per CPU s':>17}{'float ratio':>13}")
+              f"{'ratio':>7}{'ratio per CPU s':>17}{'decode ratio':>14}")
         for kind, db in dbs.items():
             values = bound_values(db, kind == "jpeg")
             for mode, workers in itertools.product(("cpu", "gpu"), (1, 2)):
-                pairs = []
+                rounds = []   # (source, the bound it is judged against, decode-only bound)
                 with multiprocessing.get_context("spawn").Pool(workers) as pool:
                     for _ in tqdm(range(args.rounds), leave=False,
                                   desc=f"{kind} for {mode}, {workers} workers"):
                         src = source_rate(db, args.batch, workers, args.seconds, mode)
-                        bound = bound_rate(pool, workers, values, kind == "jpeg", args.seconds)
-                        floats = bound_rate(pool, workers, values, kind == "jpeg",
-                                            args.seconds, to_float=True) \
-                            if mode == "cpu" else None
-                        pairs.append((src, bound, floats))
-                got = median(src[0] for src, _, _ in pairs)
-                bound = median(b[0] for _, b, _ in pairs)
-                ratio = median(src[0] / b[0] for src, b, _ in pairs)
-                per_cpu = median(src[1] / b[1] for src, b, _ in pairs)
-                floats = f"{median(s[0] / f[0] for s, _, f in pairs):.2f}" \
-                    if mode == "cpu" else "-"
+                        decode = bound_rate(pool, workers, values, kind == "jpeg", args.seconds)
+                        judge = bound_rate(pool, workers, values, kind == "jpeg", args.seconds,
+                                           to_float=True) if mode == "cpu" else decode
+                        rounds.append((src, judge, decode))
+                got = median(src[0] for src, _, _ in rounds)
+                bound = median(b[0] for _, b, _ in rounds)
+                ratio = median(src[0] / b[0] for src, b, _ in rounds)
+                per_cpu = median(src[1] / b[1] for src, b, _ in rounds)
+                decode_ratio = median(src[0] / d[0] for src, _, d in rounds)
                 print(f"{kind:7}{mode:>5}{workers:>9}{got:>14.0f}{bound:>13.0f}{ratio:>7.2f}"
-                      f"{per_cpu:>17.2f}{floats:>13}", flush=True)
-
+                      f"{per_cpu:>17.2f}{decode_ratio:>14.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

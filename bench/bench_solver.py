@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from runner.proto import caffe_pb2, read_net  # noqa: E402
-from runner.solver import Solver, SolverOptions  # noqa: E402
-from runner.solver.distributed import DistContext  # noqa: E402
+from runner.proto import caffe_pb2, read_net
+from runner.solver import Solver, SolverOptions
+from runner.solver.distributed import DistContext
 
 
 def solver_param(net, prefix: str) -> caffe_pb2.SolverParameter:

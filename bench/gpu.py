@@ -1,6 +1,6 @@
 """The GPU benchmarks in one run (under 10 minutes on one GPU), printed and written as a table.
 
-    python bench/gpu.py [--gpu 0] [--batch 128] [--seconds 20] [--out reports/bench_gpu.md]
+    python -m bench.gpu [--gpu 0] [--batch 128] [--seconds 20] [--out reports/bench_gpu.md]
 
 1. the GPU's measured matmul rate (8192^3, fp32 with TF32 off, and bf16), the yardstick;
 2. ImageNet CNDS-8 training throughput at batch 128 (forward, backward and Caffe's SGD
@@ -9,7 +9,7 @@
    of runner/shapes.py (forward 1x, backward 2x, 2 FLOPs per MAC), shown as a fraction
    of the matmul rate of the same precision;
 3. the converter's forward+backward ratio against hand-written torch on CUDA
-   (bench/bench_converter.py --device cuda);
+   (python -m bench.bench_converter --device cuda);
 4. the Data source's images/s into the GPU on a 256x256 JPEG LMDB (crop 227, mirror), as
    it feeds a GPU (cropped bytes sent by DMA from the page-locked ring, float32 made on
    the GPU) and, for
@@ -31,17 +31,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(BENCH)]
+from bench.bench_converter import converted_net
+from bench.run_all import parse_output
+from generator.summary import shape_table
+from runner.atomic import atomic_write_text
+from runner.precision import use_caffe_precision
+from runner.proto import caffe_pb2, read_net
+from runner.solver.step import TrainingStep
 
-from bench_converter import converted_net  # noqa: E402
-from generator.summary import shape_table  # noqa: E402
-from run_all import parse_output  # noqa: E402
-from runner.atomic import atomic_write_text  # noqa: E402
-from runner.precision import use_caffe_precision  # noqa: E402
-from runner.proto import caffe_pb2, read_net  # noqa: E402
-from runner.solver.step import TrainingStep  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = "models/imagenet-cnds8/train_val.prototxt"
 CHANNELS, SIDE = 3, 227
@@ -114,7 +112,7 @@ def train_throughput(device: torch.device, batch: int, seconds: float, amp: bool
 def converter_ratio(timeout: float = 240) -> tuple[float | None, str]:
     """bench_converter.py on CUDA: (ImageNet CNDS-8 ratio or None, its output)."""
     try:
-        proc = subprocess.run([sys.executable, str(BENCH / "bench_converter.py"), "--device", "cuda",
+        proc = subprocess.run([sys.executable, "-m", "bench.bench_converter", "--device", "cuda",
                                "--iters", "20"], cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -133,7 +131,7 @@ def data_throughput(device: torch.device, batch: int, seconds: float, images: in
     (what feeding the GPU costs the training process)."""
     from google.protobuf import text_format
 
-    from bench_data import make_images
+    from bench.bench_data import make_images
     from runner.data.source import DataSource
     from runner.tools.convert_imageset import convert_imageset
 
@@ -197,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_gpu.md"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench/gpu.py: no CUDA device (torch.cuda.is_available() is False, torch "
+        print("python -m bench.gpu: no CUDA device (torch.cuda.is_available() is False, torch "
               f"{torch.__version__}); the GPU benchmarks need one. The CPU ones: make bench",
               file=sys.stderr)
         return 2
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{d['workers']} workers; {how}; main process "
                                 f"{d['main_cpu_us']:.0f} us CPU per image")))
         print(rows[-1], flush=True)
-    text = (f"# GPU benchmarks\n\n`python bench/gpu.py` on {name} (torch {torch.__version__}), "
+    text = (f"# GPU benchmarks\n\n`python -m bench.gpu` on {name} (torch {torch.__version__}), "
             f"{time.perf_counter() - start:.0f} s.\n\n{table(rows)}\n"
             f"## bench_converter.py --device cuda\n\n```\n{output.rstrip()}\n```\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from runner.atomic import atomic_write_text  # noqa: E402
-
 BENCH = Path(__file__).resolve().parent
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _TARGET = re.compile(rf"target\s*(<=|>=|<|>|≤|≥)\s*({NUMBER})(?:\s*x)?(?:\s+for\s+([\w-]+))?",

@@ -1,6 +1,7 @@
 """`python -m generator DEPTH=8 VARIANT=cnds ...`: render nets into models/<name>/.
 
-Arguments come as Make passes them (KEY=VALUE, an empty value meaning the default).
+Arguments come as Make passes them (KEY=VALUE, an empty value meaning the default);
+flags override the solver schedule (--epochs, --step-at, --test-interval, ...).
 Every file is rendered, parsed back through the schema and shape-checked before
 anything is written; a bad argument exits with status 2 and one line on stderr.
 """
@@ -12,10 +13,12 @@ import math
 import sys
 from dataclasses import replace
 
-from generator.architectures import ConfigError, Net, NetConfig, build, catalogue
-from generator.render import parse, render
-from generator.summary import aux_cost, format_table, shape_table
+from generator.architectures import ConfigError, NetConfig, build, catalogue
+from generator.make import prepare
 from generator.output import write_model_folder
+from generator.render import parse, render
+from generator.schedule import ScheduleOverrides, with_data_sizes
+from runner import console
 from runner.proto import ProtoError
 from runner.shapes import ShapeError
 
@@ -28,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m generator", description=(
+    p = _Parser(prog=console.prog("python -m generator"), description=(
         "Render train_val, deploy and solver prototxt of the paper's CNN/CNDS nets into "
         "<out>/<dataset>-<variant><depth>/ and print each deploy net's shape table."))
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
@@ -37,7 +40,29 @@ def _parser() -> argparse.ArgumentParser:
                         "(empty values mean the defaults)")
     p.add_argument("--all", action="store_true", help="render every net committed under models/")
     p.add_argument("--out", default="models", help="models folder, as the solver's working directory sees it")
+    s = p.add_argument_group("schedule overrides (default: the net's own schedule, docs/generator.md)")
+    s.add_argument("--epochs", type=float, help="train this many epochs over the records of the "
+                   "train LMDB (its nominal size when absent); max_iter is rounded up to a "
+                   "multiple of test_interval and snapshots fall every quarter of the run")
+    s.add_argument("--step-at", type=float, help="lr step at this fraction of max_iter")
+    s.add_argument("--test-interval", type=int, help="test every this many iterations")
+    s.add_argument("--test-iter", type=int, help="test batches per test")
+    s.add_argument("--display", type=int, help="log every this many iterations")
+    s.add_argument("--snapshot", type=int, help="snapshot every this many iterations")
+    s.add_argument("--max-iter", type=int, help="max_iter, set last (the rest of the schedule stays)")
+    s.add_argument("--batch", type=int, help="batch_size of both Data layers")
+    s.add_argument("--seed", type=int, help="the solver's random_seed")
+    s.add_argument("--solver-mode", choices=("CPU", "GPU"), help="the solver's solver_mode")
     return p
+
+
+def overrides_from_args(args) -> ScheduleOverrides:
+    """The schedule overrides the flags ask for (all None: the defaults)."""
+    return ScheduleOverrides(
+        epochs=args.epochs, step_at=args.step_at, test_interval=args.test_interval,
+        test_iter=args.test_iter, display=args.display, snapshot=args.snapshot,
+        max_iter=args.max_iter, batch=args.batch, solver_mode=args.solver_mode,
+        random_seed=args.seed)
 
 
 def _number(key: str, value: str, kind):
@@ -104,21 +129,6 @@ def probe_branches(config: NetConfig) -> tuple[int, ...]:
     return taps
 
 
-def report(net: Net, texts: dict[str, str]) -> str:
-    """Shape tables of all three phases' nets (checks them) -> the printed summary."""
-    ds = net.dataset
-    deploy = parse("deploy.prototxt", texts["deploy.prototxt"])
-    train_val = parse("train_val.prototxt", texts["train_val.prototxt"])
-    train = shape_table(train_val, "TRAIN", {"data": ds.input_shape(ds.train_batch), "label": (ds.train_batch,)})
-    shape_table(train_val, "TEST", {"data": ds.input_shape(ds.test_batch), "label": (ds.test_batch,)})
-    rows = shape_table(deploy, "TEST")
-    title = f"{net.name}: deploy net, one {ds.channels}x{ds.crop}x{ds.crop} image"
-    n, params, macs = aux_cost(train, ds.train_batch)
-    aux = (f"auxiliary branches (training only): {n}, params {params:,}, MACs per image {macs:,}"
-           if n else "auxiliary branches: none")
-    return f"{format_table(rows, title)}\n{aux}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_intermixed_args(argv)
@@ -129,19 +139,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, auto = config_from_settings(args.settings)
             configs = [replace(config, branches=probe_branches(config)) if auto else config]
-        nets = [build(c) for c in configs]
-        rendered = [(net, render(net, args.out)) for net in nets]
-        reports = [report(net, texts) for net, texts in rendered]
+        overrides = overrides_from_args(args)
+        made = [prepare(c, args.out, with_data_sizes(build(c), overrides)
+                        if overrides.epochs is not None else overrides) for c in configs]
     except (ConfigError, ProtoError, ShapeError) as exc:
         print(f"generator: error: {exc}", file=sys.stderr)
         return 2
-    for (net, texts), text in zip(rendered, reports):
-        folder = f"{args.out}/{net.name}"
+    for m in made:
         try:
-            write_model_folder(folder, texts)
+            write_model_folder(m.folder, m.texts)
         except OSError as exc:
-            print(f"generator: error: cannot write {folder}/: {exc}", file=sys.stderr)
+            print(f"generator: error: cannot write {m.folder}/: {exc}", file=sys.stderr)
             return 1
-        print(f"wrote {folder}/ ({', '.join(texts)})")
-        print(text)
+        print(f"wrote {m.folder}/ ({', '.join(m.texts)})")
+        print(m.summary)
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 
 from generator.architectures import Net
-from generator.schedule import schedule
+from generator.schedule import Schedule, schedule
 from runner.proto import parse_net_text, parse_solver_text
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -45,14 +45,15 @@ def parse(filename: str, text: str, origin: str | None = None):
     return FILES[filename][1](text, origin or filename, upgrade=False)
 
 
-def render(net: Net, root: str = "models") -> dict[str, str]:
+def render(net: Net, root: str = "models", sched: Schedule | None = None) -> dict[str, str]:
     """The text of train_val, deploy and solver prototxt for `net`, each checked by the schema.
 
     `root` is the models folder as the solver's working directory sees it; the solver's
-    `net` and `snapshot_prefix` point inside `<root>/<name>/`.
+    `net` and `snapshot_prefix` point inside `<root>/<name>/`. `sched` defaults to the
+    net's own schedule (generator/schedule.py).
     """
     folder = f"{root}/{net.name}"
-    context = dict(net=net, ds=net.dataset, s=schedule(net), folder=folder)
+    context = dict(net=net, ds=net.dataset, s=sched or schedule(net), folder=folder)
     texts = {}
     for filename, (template, _) in FILES.items():
         text = environment().get_template(template).render(context)

@@ -181,7 +181,7 @@ class Judge:
 
 @dataclass(frozen=True)
 class ProbeSummary:
-    """What the report needs from the gradient probe's probe.csv."""
+    """What the report needs from the gradient probe's probe.json."""
     net: str
     iters: int
     threshold: float

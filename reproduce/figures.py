@@ -1,5 +1,5 @@
 """The report's pictures: test error against iterations per depth (read back from the
-solver logs), and the gradient probe's plots and numbers (from its folder)."""
+solver logs), and the gradient probe's plots and numbers (from its folder and result)."""
 from __future__ import annotations
 
 import shutil
@@ -10,13 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from generator.probe.prepare import conv_layers  # noqa: E402
-from generator.probe.report import read_csv  # noqa: E402
 from reproduce.claims import ProbeSummary  # noqa: E402
 from runner.atomic import atomic_write_bytes  # noqa: E402
 from runner.figure_png import figure_png  # noqa: E402
-from runner.proto import read_net  # noqa: E402
-from runner.solver.plot import read_history  # noqa: E402
+from runner.solver.log_reader import read_history  # noqa: E402
 
 PROBE_PLOTS = ("probe.png", "probe_before_after.png")
 STYLES = ("-", "--", ":", "-.")
@@ -77,30 +74,12 @@ def copy_probe_plots(probe_dir: Path, reports: Path, prefix: str) -> list[str]:
     return names
 
 
-def suggested_round(probe_dir: Path, names: list[str]) -> str:
-    """The probe round with the taps the probe suggested (its last `BRANCHES=` line in
-    probe.out), else the last round run."""
-    try:
-        lines = (probe_dir / "probe.out").read_text(errors="replace").splitlines()
-    except OSError:
-        return names[-1]
-    answers = [line.split("=", 1)[1].strip() for line in lines if line.startswith("BRANCHES=")]
-    return answers[-1] if answers and answers[-1] in names else names[-1]
-
-
-def summarize_probe(probe_dir: Path, train_val: Path, net: str, iters: int,
-                    threshold: float) -> ProbeSummary:
-    """Vanishing trunk conv layers of the plain net's probe and of the probe with the
-    suggested branches, with Caffe layer names, each layer's statistic averaged over the
-    iterations."""
-    rounds = read_csv(probe_dir / "probe.csv")
-    convs = conv_layers(read_net(str(train_val)))
-
-    def vanishing(layers: dict[str, list[float]]) -> list[str]:
-        return [name for name in convs
-                if name in layers and sum(layers[name]) / len(layers[name]) < threshold]
-
+def summarize_probe(probe: dict, net: str) -> ProbeSummary:
+    """The vanishing trunk conv layers of the plain net's probe and of the probe with the
+    suggested branches (the last round when those were not probed), as the probe's JSON
+    result (probe.json) gives them."""
+    rounds = {r["branches"]: r for r in probe["rounds"]}
     names = list(rounds)
-    after = suggested_round(probe_dir, names)
-    return ProbeSummary(net, iters, threshold, vanishing(rounds[names[0]]), len(names),
-                        after, vanishing(rounds[after]))
+    after = probe["branches"] if probe["branches"] in rounds else names[-1]
+    return ProbeSummary(net, probe["iters"], probe["threshold"], rounds[names[0]]["vanishing"],
+                        len(names), after, rounds[after]["vanishing"])

@@ -1,5 +1,5 @@
 """What one reproduction runs: a `Run` per (Table 1 row, seed) with its folders, and the
-run-specific solver and net files derived from what the generator renders.
+run's files, rendered by the generator with the run's schedule.
 
 Everything lives under `<runs>/<dataset>/<preset>/<row slug>/seed<k>/`, relative to the
 working directory (Caffe's convention for the paths inside prototxt files); the committed
@@ -7,14 +7,13 @@ models/ folders are never written.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from generator.datasets import DATASETS, Dataset
+from generator.architectures import NetConfig, build
+from generator.make import make_net
+from generator.schedule import Schedule, ScheduleOverrides, schedule, with_data_sizes
 from reproduce.config import NetRow, Protocol
-from runner.data.lmdb_store import LmdbReader
-from runner.proto import read_net, read_solver, write_text
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,14 @@ class Run:
         return self.root / "result.json"
 
     @property
-    def attempts(self) -> Path:
-        """One line per training attempt: its wall-clock seconds (a resumed run adds one)."""
-        return self.root / "train_seconds.txt"
+    def train_result(self) -> Path:
+        """The solver's JSON result (beside its log; every attempt of a resumed run)."""
+        return Path(f"{self.prefix}_result.json")
+
+    @property
+    def test_result(self) -> Path:
+        """The final `solve.py test`'s JSON result."""
+        return self.root / "test_result.json"
 
     @property
     def label(self) -> str:
@@ -94,84 +98,39 @@ def probe_folder(protocol: Protocol, runs_root: Path) -> Path:
     return Path(runs_root) / protocol.dataset / protocol.preset / "probe"
 
 
-def record_count(source: str, nominal: int) -> int:
-    """Records in the LMDB at `source`, or the dataset's nominal count when it is absent."""
-    if not Path(source).is_dir():
-        return nominal
-    with LmdbReader(source) as reader:
-        return len(reader)
+def run_config(run: Run, protocol: Protocol) -> NetConfig:
+    """The generator settings of a run's net."""
+    return NetConfig(dataset=run.dataset, variant=run.row.variant, depth=run.row.depth,
+                     init=protocol.init, width=protocol.width or None)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """The numbers a run's solver gets."""
-    max_iter: int
-    stepsize: int
-    test_interval: int
-    test_iter: int
-    display: int
-    snapshot: int
-    train_batch: int
-    test_batch: int
-    train_images: int
-    test_images: int
-
-    @property
-    def epochs(self) -> float:
-        return self.max_iter * self.train_batch / self.train_images
-
-    @property
-    def full_test_iter(self) -> int:
-        """Batches that cover the test set once."""
-        return math.ceil(self.test_images / self.test_batch)
+def run_overrides(run: Run, protocol: Protocol, gpu: str | None,
+                  max_iter_cap: int | None = None) -> ScheduleOverrides:
+    """The run's schedule as generator overrides: the protocol's epochs (lr dropped at
+    lr_drop_at of the iterations), test cadence, display and batch (0 keeps the
+    generated value), the seed, the device; epochs count the LMDB records found.
+    `max_iter_cap` shortens the run (a smoke test), keeping the rest of the schedule."""
+    net = build(run_config(run, protocol))
+    overrides = with_data_sizes(net, ScheduleOverrides(
+        epochs=protocol.epochs, step_at=protocol.lr_drop_at if protocol.epochs is not None else None,
+        test_interval=protocol.test_interval or None, test_iter=protocol.test_iter or None,
+        display=protocol.display or None, batch=protocol.batch or None,
+        solver_mode="GPU" if gpu is not None else "CPU", random_seed=run.seed))
+    if max_iter_cap is not None and max_iter_cap < schedule(net, overrides).max_iter:
+        overrides = replace(overrides, max_iter=max_iter_cap)
+    return overrides
 
 
-def schedule_for(protocol: Protocol, generated, ds: Dataset) -> Schedule:
-    """The run's schedule: the protocol's epochs (max_iter rounded up to a multiple of
-    test_interval, lr dropped at lr_drop_at of it) or the generated solver's numbers."""
-    train_batch = protocol.batch or ds.train_batch
-    test_batch = protocol.batch or ds.test_batch
-    train_images = record_count(ds.train_source, ds.train_images)
-    test_images = record_count(ds.test_source, ds.test_images)
-    test_interval = protocol.test_interval or generated.test_interval
-    if protocol.epochs is None:
-        max_iter, stepsize, snapshot = generated.max_iter, generated.stepsize, generated.snapshot
-    else:
-        max_iter = math.ceil(protocol.epochs * train_images / train_batch)
-        max_iter = math.ceil(max_iter / test_interval) * test_interval
-        stepsize = max(1, round(protocol.lr_drop_at * max_iter))
-        snapshot = test_interval * math.ceil(max_iter / test_interval / 4)
-    test_iter = protocol.test_iter or math.ceil(test_images / test_batch)
-    return Schedule(max_iter, stepsize, test_interval, test_iter,
-                    protocol.display or generated.display, snapshot,
-                    train_batch, test_batch, train_images, test_images)
+def run_schedule(run: Run, protocol: Protocol, gpu: str | None = None,
+                 max_iter_cap: int | None = None) -> Schedule:
+    """The schedule the run gets (what render_run renders), nothing written."""
+    return schedule(build(run_config(run, protocol)), run_overrides(run, protocol, gpu, max_iter_cap))
 
 
-def write_run_files(run: Run, protocol: Protocol, gpu: str | None,
-                    max_iter_cap: int | None = None) -> Schedule:
-    """Rewrite the generated solver (and the net's batch sizes, when the protocol sets
-    them) for this run; returns the schedule it got. `max_iter_cap` shortens every run
-    (a smoke test), keeping the rest of the schedule."""
-    ds = DATASETS[protocol.dataset]
-    solver = read_solver(str(run.solver))
-    sched = schedule_for(protocol, solver, ds)
-    if max_iter_cap is not None and max_iter_cap < sched.max_iter:
-        sched = replace(sched, max_iter=max_iter_cap)
-    solver.max_iter = sched.max_iter
-    solver.stepsize = sched.stepsize
-    solver.test_interval = sched.test_interval
-    del solver.test_iter[:]
-    solver.test_iter.append(sched.test_iter)
-    solver.display = sched.display
-    solver.snapshot = sched.snapshot
-    solver.snapshot_prefix = str(run.prefix)
-    solver.random_seed = run.seed
-    solver.solver_mode = solver.GPU if gpu is not None else solver.CPU
-    write_text(solver, run.solver)
-    if protocol.batch:
-        net = read_net(str(run.train_val))
-        for lp in net.layer:
-            if lp.type == "Data":
-                lp.data_param.batch_size = protocol.batch
-        write_text(net, run.train_val)
-    return sched
+def render_run(run: Run, protocol: Protocol, gpu: str | None,
+               max_iter_cap: int | None = None) -> Schedule:
+    """Render the run's net folder (train_val, deploy, solver) with its schedule through the
+    generator, in this process; returns the schedule it got."""
+    made = make_net(run_config(run, protocol), str(run.root),
+                    run_overrides(run, protocol, gpu, max_iter_cap))
+    return made.schedule

@@ -1,10 +1,10 @@
 """reports/<dataset>[-<preset>].md from the stored results of a reproduction: protocol, a Table 1
 with mean ± half-range over seeds, the verdict on each claim by the rules of
 reproduce/claims.py, the curves and the gradient probe. Nothing in it is typed by hand:
-every number comes from the runs' result.json files, which come from their logs."""
+every number comes from the runs' result.json files, which gather the JSON results of the
+commands (docs/results.md), and the curves from the solver logs."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -20,6 +20,7 @@ from reproduce.claims import (HELD, INCONCLUSIVE, NOT_HELD, STANDARD_INITS, Judg
 from reproduce.config import Protocol
 from reproduce.figures import copy_probe_plots, curve_groups, plot_curves, summarize_probe
 from runner.atomic import atomic_write_text
+from runner.results import read_result
 from runner.proto import read_net, read_solver
 
 INIT_WORDS = {
@@ -107,7 +108,7 @@ def protocol_section(protocol: Protocol, results: list[dict]) -> list[str]:
     lines.append(f"- Machine: {device}, {platform.processor() or platform.machine()}{at_once}; "
                  f"{ds.num_classes} classes (chance top-1 error {100 * (1 - 1 / ds.num_classes):.2f}%). "
                  "Training time is wall-clock and includes the tests during training; CPU time "
-                 "(user + system of the solver process) is less disturbed by other load.")
+                 "(user + system of the solver process and its data workers) is less disturbed by other load.")
     return lines
 
 
@@ -149,15 +150,14 @@ def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None
     prefix = path.stem
     probe = None
     probe_lines: list[str] = []
-    if probe_dir is not None and (probe_dir / "probe.json").exists():
-        info = json.loads((probe_dir / "probe.json").read_text())
-        probe = summarize_probe(probe_dir, Path(info["train_val"]), info["net"], info["iters"],
-                                info["threshold"])
+    if probe_dir is not None and protocol.probe is not None and (probe_dir / "probe.json").exists():
+        info = read_result(probe_dir / "probe.json")
+        probe = summarize_probe(info, protocol.probe.net)
         batch = f"batch {info['batch']}" if info["batch"] else "the net's batch"
         probe_lines = ["## Gradient probe",
                        f"`python -m generator.probe {info['train_val']} --iters {info['iters']}` "
                        f"(plain init: gaussian std 0.01, zero biases; {batch}), "
-                       f"{format_seconds(info['seconds'])}. Mean |dE/dW| per layer:", ""]
+                       f"{format_seconds(info['wall_seconds'])}. Mean |dE/dW| per layer:", ""]
         probe_lines += [f"![{name}]({name})" for name in copy_probe_plots(probe_dir, path.parent, prefix)]
     rows = row_stats(results)
     judge = Judge(rows, protocol.claims, DATASETS[protocol.dataset].num_classes, probe,
@@ -172,7 +172,7 @@ def write_report(protocol: Protocol, results: list[dict], probe_dir: Path | None
     command = f"make reproduce DATASET={protocol.dataset} PRESET={protocol.preset}"
     lines = [f"# Deep supervision on {protocol.dataset}: reproduction (preset `{protocol.preset}`)", "",
              f"Written by `{command}` on {time.strftime('%Y-%m-%d')} from {len(results)} runs; every "
-             f"number is read from the runs' logs. Training time in all: {format_seconds(total)}.", ""]
+             f"number is read from the runs' JSON results and logs. Training time in all: {format_seconds(total)}.", ""]
     if pending:
         lines += [f"**Partial report**: {len(results)} of {len(results) + len(pending)} runs "
                   f"finished; still to run: {', '.join(pending)}.", ""]

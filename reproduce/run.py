@@ -23,14 +23,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from generator.architectures import ConfigError
 from generator.datasets import DATASETS
+from generator.schedule import Schedule
 from generator.summary import shape_table
 from reproduce import execute
 from reproduce.config import CONFIG, Protocol, ProtocolError, load_protocol
-from reproduce.plan import Run, Schedule, plan_runs, probe_folder, source_of, write_run_files
+from reproduce.plan import Run, plan_runs, probe_folder, render_run, source_of
 from reproduce.report import format_seconds, write_report
 from runner.atomic import atomic_write_text
-from runner.proto import read_net
+from runner.proto import ProtoError, read_net
+from runner.results import write_result
+from runner.shapes import ShapeError
+from runner.solver.log_reader import last_iteration
 
 
 def deploy_cost(run: Run) -> tuple[int, int]:
@@ -75,8 +80,8 @@ def forget_if_changed(run: Run, weights: Path | None) -> None:
         atomic_write_text(stamp, current)
         return
     shutil.rmtree(run.prefix.parent, ignore_errors=True)
-    for name in ("result.json", "train.json", "train_seconds.txt", "test.log", "train.out"):
-        (run.root / name).unlink(missing_ok=True)
+    for path in (run.result, run.test_result, run.test_log, run.root / "train.out"):
+        path.unlink(missing_ok=True)
     atomic_write_text(stamp, current)
 
 
@@ -90,7 +95,8 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
     if outcome is None:
         outcome = execute.train(run, sched, weights, gpu, on_poll)
     test_iter = protocol.final_test_iter or sched.full_test_iter
-    outputs, test_seconds = execute.final_test(run, test_iter, sched.max_iter, gpu)
+    tested = execute.final_test(run, test_iter, sched.max_iter, gpu)
+    outputs = tested["outputs"]
     params, macs = deploy_cost(run)
     result = {
         "label": run.row.label, "variant": run.row.variant, "depth": run.row.depth,
@@ -101,7 +107,7 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
         "train_cpu_seconds": outcome.cpu_seconds, "attempts": outcome.attempts,
         "test_iterations": test_iter,
         "test_images": min(test_iter * sched.test_batch, sched.test_images),
-        "test_seconds": test_seconds, "outputs": outputs,
+        "test_seconds": tested["wall_seconds"], "outputs": outputs,
         "top1_error": 100.0 * (1.0 - outputs["accuracy"]),
         "top5_error": (100.0 * (1.0 - outputs["accuracy_top5"])
                        if "accuracy_top5" in outputs else None),
@@ -109,9 +115,10 @@ def run_one(run: Run, protocol: Protocol, sched: Schedule, weights: Path | None,
         "train_images": sched.train_images, "test_set": sched.test_images, "gpu": gpu, "jobs": jobs,
         "device": device_name(gpu),
         "log": str(run.log), "test_log": str(run.test_log), "solver": str(run.solver),
-        "deploy": str(run.deploy),
+        "deploy": str(run.deploy), "train_result": str(run.train_result),
+        "test_result": str(run.test_result),
     }
-    atomic_write_text(run.result, json.dumps(result, indent=1))
+    write_result(run.result, result)
     return result
 
 
@@ -136,7 +143,7 @@ class Progress:
         self.bar.set_description(run.label, refresh=False)
 
         def poll():
-            self._set(run, min(execute.iterations_logged(run.log), max_iter))
+            self._set(run, min(last_iteration(run.log), max_iter))
         return poll
 
     def done(self, run: Run, max_iter: int):
@@ -151,7 +158,7 @@ class Progress:
 
 
 def run_probe(protocol: Protocol, runs: list[Run], runs_root: Path, progress: Progress) -> Path | None:
-    """The gradient probe on the configured row's net (first seed), once."""
+    """The gradient probe on the configured row's net (first seed), once; its folder."""
     if protocol.probe is None:
         return None
     out = probe_folder(protocol, runs_root)
@@ -160,12 +167,7 @@ def run_probe(protocol: Protocol, runs: list[Run], runs_root: Path, progress: Pr
     run = next(r for r in runs if r.row.label == protocol.probe.net)
     p = protocol.probe
     progress.note(f"gradient probe on {run.train_val} ({p.iters} iterations per round)")
-    start = time.perf_counter()
     execute.probe(run.train_val, out, p.iters, p.batch, p.threshold, protocol.seeds[0])
-    atomic_write_text(out / "probe.json", json.dumps({
-        "net": p.net, "train_val": str(run.train_val), "iters": p.iters, "batch": p.batch,
-        "threshold": p.threshold, "seed": protocol.seeds[0],
-        "seconds": time.perf_counter() - start}, indent=1))
     return out
 
 
@@ -188,8 +190,7 @@ def reproduce(protocol: Protocol, runs_root: Path, report: Path, gpu: str | None
     runs = plan_runs(protocol, runs_root)
     schedules, weights = {}, {}
     for run in runs:
-        execute.generate(run, protocol.init, protocol.width)
-        schedules[run] = write_run_files(run, protocol, gpu, iterations)
+        schedules[run] = render_run(run, protocol, gpu, iterations)
         source = source_of(runs, run)
         weights[run] = source.snapshot(schedules[source].max_iter) if source else None
         forget_if_changed(run, weights[run])
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         report = Path(args.report or f"reports/{protocol.report_name()}.md")
         results = reproduce(protocol, Path(args.runs), report, args.gpu or None,
                             args.iterations, args.jobs)
-    except (ProtocolError, execute.StepFailed) as exc:
+    except (ProtocolError, ConfigError, ProtoError, ShapeError, execute.StepFailed) as exc:
         print(f"reproduce: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

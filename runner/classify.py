@@ -5,23 +5,19 @@ Preprocessing is caffe.Classifier's (see runner/zoo/classifier.py): resize to th
 size (or --images-dim, else the net input), centre crop or --oversample (10 crops
 averaged), subtract the mean averaged per channel, apply the train_val's scale.
 """
+import argparse
 import sys
-from pathlib import Path
 
-if not __package__:  # run as `python runner/classify.py`: the repo root, not runner/, first
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import torch
 
-import argparse  # noqa: E402
-
-import torch  # noqa: E402
-
-from runner.proto import ProtoError  # noqa: E402
-from runner.zoo import ZooError, load  # noqa: E402
-from runner.zoo.classifier import Classifier, read_image, top_k  # noqa: E402
+from runner import console
+from runner.proto import ProtoError
+from runner.zoo import ZooError, load
+from runner.zoo.classifier import Classifier, read_image, top_k
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog=console.prog("python runner/classify.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Model Zoo folder, or a deploy.prototxt (with --weights)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (OpenCV reads them)")

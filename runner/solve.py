@@ -1,21 +1,18 @@
-"""Train, score and time Caffe nets as Caffe's `caffe` tool does.
+"""Train, score and time Caffe nets as Caffe's `caffe` tool does (`caffe-ds`).
 
-  python runner/solve.py solver.prototxt [--weights W[,W2]] [--snapshot S] [--gpu G] ...
-  python runner/solve.py train --solver solver.prototxt ...     (same, Caffe's spelling)
-  python runner/solve.py test --model M --weights W --iterations N [--gpu G]
-  python runner/solve.py time --model M --iterations N [--gpu G]
+  caffe-ds solver.prototxt [--weights W[,W2]] [--snapshot S] [--gpu G] ...
+  caffe-ds train --solver solver.prototxt ...     (same, Caffe's spelling)
+  caffe-ds test --model M --weights W --iterations N [--gpu G]
+  caffe-ds time --model M --iterations N [--gpu G]
   torchrun --nproc_per_node=K runner/solve.py solver.prototxt ...   (data parallel)
+
+`python runner/solve.py ...` is the same command (runner is imported as the installed
+package). train and test write a JSON result (docs/results.md).
 """
-import os
+import argparse
 import sys
 
-# Run as a script from the repository root: import `runner` as a package, never
-# modules of runner/ as top-level ones.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
-    sys.path[0] = os.path.dirname(_HERE)
-
-import argparse  # noqa: E402
+from runner import console
 
 PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, snapshot_prefix, "
               "data sources, mean files) resolve relative to the working directory, as Caffe's.")
@@ -45,6 +42,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                         "alpha <- alpha * (1 - t/N))")
     p.add_argument("--aux-loss", nargs="+", default=[], metavar="TOP",
                    help="auxiliary loss tops (default: tops named like *_ds<k>)")
+    p.add_argument("--result", help="JSON result file (default <snapshot_prefix>_result.json)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the nets")
@@ -68,6 +66,9 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
                    default="TEST" if command == "test" else "TRAIN")
     p.add_argument("--stage", default="", help="comma-separated stages")
     p.add_argument("--level", type=int, default=0)
+    if command == "test":
+        p.add_argument("--result", help="JSON result file (default: beside the first weights "
+                       "file, <name>_test.json for <name>.caffemodel)")
     _common(p)
     return p
 
@@ -93,39 +94,57 @@ def run_train(args) -> None:
         aux_loss=args.aux_loss, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, sigint_effect=args.sigint_effect,
         sighup_effect=args.sighup_effect, append_log=bool(args.snapshot))
+    result = (path, args.result)
     if len(gpus) > 1 and not distributed.launched_by_torchrun():
         distributed.spawn(train_rank, len(gpus), param.SerializeToString(), options, gpus,
-                          args.snapshot)
+                          args.snapshot, result)
     else:
-        train_process(param, options, gpus, args.snapshot)
+        train_process(param, options, gpus, args.snapshot, result)
 
 
-def train_process(param, options, gpus, resume) -> None:
-    """One rank of training (the only one without torch.distributed)."""
+def train_process(param, options, gpus, resume, result=(None, None)) -> None:
+    """One rank of training (the only one without torch.distributed); the root rank
+    writes the JSON result, `result` = (solver file, result path or None: the default)."""
+    from runner.results import ProcessClock
     from runner.solver import Solver
     from runner.solver import distributed
+    from runner.solver.command_results import train_result_path, write_train_result
 
     ctx = distributed.init_process_group(gpus)
+    clock = ProcessClock()
     try:
-        Solver(param, options, ctx).solve(resume)
+        solver = Solver(param, options, ctx)
+        status = "failed"
+        try:
+            solver.solve(resume)
+            status = "stopped" if solver.requested_early_exit else "done"
+        finally:
+            if ctx.is_root:
+                solver_file, path = result
+                write_train_result(path or train_result_path(param.snapshot_prefix), solver,
+                                   solver_file, status, clock, resumed=bool(resume))
     finally:
         distributed.shutdown()
 
 
-def train_rank(serialized_param: bytes, options, gpus, resume) -> None:
+def train_rank(serialized_param: bytes, options, gpus, resume, result=(None, None)) -> None:
     """train_process for a spawned rank (a SolverParameter travels as its bytes)."""
     from runner.proto import caffe_pb2
 
-    train_process(caffe_pb2.SolverParameter.FromString(serialized_param), options, gpus, resume)
+    train_process(caffe_pb2.SolverParameter.FromString(serialized_param), options, gpus,
+                  resume, result)
 
 
 def run_model_command(command: str, args) -> None:
     from runner import Net
+    from runner.results import ProcessClock
     from runner.solver import distributed
     from runner.solver.caffe_log import CaffeLog
+    from runner.solver.command_results import test_result_path, write_test_result
     from runner.solver.evaluate import score_net
     from runner.solver.timing import time_net
 
+    clock = ProcessClock()
     gpus, warning = distributed.parse_gpus(args.gpu)
     log = CaffeLog()
     if warning:
@@ -136,14 +155,16 @@ def run_model_command(command: str, args) -> None:
     net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights)
     log.info("caffe.cpp:249", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
     if command == "test":
-        score_net(net, args.iterations, device, log)
+        scores = score_net(net, args.iterations, device, log)
+        write_test_result(args.result or test_result_path(weights[0]), args.model, weights,
+                          args.phase, args.iterations, scores, clock)
     else:
         time_net(net, args.iterations, device, log)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "python runner/solve.py"
+    prog = console.prog("python runner/solve.py")
     command = argv[0] if argv and argv[0] in ("train", "test", "time") else "train"
     if argv and argv[0] == command:
         argv = argv[1:]

@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gpu  # noqa: E402
-
-from generator.summary import aux_cost, shape_table  # noqa: E402
-from runner.proto import read_net  # noqa: E402
+from bench import gpu
+from generator.summary import aux_cost, shape_table
+from runner.proto import read_net
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "models/fashion-mnist-cnds8/train_val.prototxt"
@@ -19,7 +17,7 @@ SMALL = "models/fashion-mnist-cnds8/train_val.prototxt"
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_without_cuda_it_says_so_and_exits_2(tmp_path):
-    run = subprocess.run([sys.executable, "bench/gpu.py", "--out", str(tmp_path / "g.md")],
+    run = subprocess.run([sys.executable, "-m", "bench.gpu", "--out", str(tmp_path / "g.md")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "no CUDA device" in run.stderr and "Traceback" not in run.stderr

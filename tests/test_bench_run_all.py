@@ -1,13 +1,11 @@
 """`make bench`: every bench/bench_*.py runs, its ratios are read from the formats the
 scripts print (JSON lines, ratio-column tables, `ratio` lines), targets come from the line
 or the docstring, and a crashed or silent benchmark is a failed row."""
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import run_all  # noqa: E402
+from bench import run_all
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -121,8 +121,6 @@ def test_interrupt_while_waiting_leaves_a_stream_that_closes():
 
 def test_interpreter_exits_with_an_unclosed_source():
     script = textwrap.dedent("""
-        import sys
-        sys.path.insert(0, "tests")
         from runner.data.prefetch import Prefetcher
         from test_data_prefetch_failures import SlowMaker
         stream = Prefetcher(SlowMaker(0.0), workers=2, depth=2, name="data")
@@ -130,7 +128,8 @@ def test_interpreter_exits_with_an_unclosed_source():
         print(" ".join(str(w.proc.pid) for w in stream.workers))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=45)
+                          text=True, timeout=45,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
     assert done.returncode == 0, done.stderr
     time.sleep(0.5)
     for pid in map(int, done.stdout.split()):

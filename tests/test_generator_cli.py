@@ -29,6 +29,10 @@ BAD = [
     (["INIT=xavier"], "INIT=xavier"),
     (["SIZE=3"], "SIZE=3"),
     (["--all", "DEPTH=8"], "--all"),
+    (["--epochs", "-1"], "epochs -1"),
+    (["--step-at", "1.5"], "step_at 1.5"),
+    (["--test-interval", "0"], "test_interval 0"),
+    (["--batch", "two"], "--batch"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Shape tables of the ImageNet 8-layer nets against shapes, counts and MACs worked out by hand."""
 from generator.architectures import NetConfig, build
-from generator.cli import report
+from generator.make import report
 from generator.render import parse, render
 from generator.summary import format_table, shape_table
 

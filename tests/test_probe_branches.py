@@ -2,6 +2,7 @@
 generator, its CLI writes probe.csv and the plots, and its BRANCHES value (and
 BRANCHES=auto) feed `make net`'s generator CLI."""
 import csv
+import json
 import functools
 import re
 from pathlib import Path
@@ -106,6 +107,19 @@ def test_cli_writes_csv_and_plots_and_its_branches_parse_in_make_net(tmp_path, c
         assert value in probed
         for name in convs[:max(map(int, value.split(",")))]:
             assert np.mean(means[value, name]) >= 1e-7 > np.mean(means["none", name])
+
+    # probe.json holds the same rounds, statistics, verdicts and suggestion as data
+    result = json.loads((out / "probe.json").read_text())
+    assert result["branches"] == value and [r["branches"] for r in result["rounds"]] == probed
+    assert result["suggested_branches"] == ([] if value == "none" else [int(k) for k in value.split(",")])
+    assert (result["iters"], result["threshold"], result["batch"]) == (iters, 1e-7, 2)
+    for r in result["rounds"]:
+        assert list(r["conv_means"]) == convs
+        for name, mean in r["conv_means"].items():
+            assert mean == pytest.approx(np.mean(means[r["branches"], name]), rel=1e-5)
+        assert r["vanishing"] == [n for n in convs if np.mean(means[r["branches"], n]) < 1e-7]
+    assert {"probe.csv", "probe.png", "probe.json"} <= set(result["files"])
+    assert result["wall_seconds"] > 0 and result["cpu_seconds"] > 0
 
     variant = "cnn" if value == "none" else "cnds"
     rendered = read_net(_render(tmp_path / variant, f"VARIANT={variant}", f"BRANCHES={value}"))

@@ -75,7 +75,8 @@ def test_draw_png_svg_and_raw(tmp_path):
     caffe.draw.draw_net_to_file(net, tmp_path / "net.raw")
     assert (tmp_path / "net.raw").read_text().startswith("digraph tiny {")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.raw", "net.svg"]  # no temporaries
-    with pytest.raises(caffe.draw.GraphvizError, match='dot -Tbmpx failed: .*"bmpx" not recognized'):
+    with pytest.raises(caffe.draw.GraphvizError,
+                       match='dot -Tbmpx failed: .*"bmpx" not recognized'):
         caffe.draw.draw_net(net, "LR", "bmpx")
 
 
@@ -85,7 +86,7 @@ def test_draw_net_cli_writes_png_and_svg(tmp_path, capsys):
     assert draw_net_main([str(tmp_path / "train_val.prototxt"), str(tmp_path / "a.png")]) == 0
     assert capsys.readouterr().out == f"Drawing net to {tmp_path / 'a.png'}\n"
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
-    script = pathlib.Path(sys.executable).parent / "draw_net"    # pyproject's console script
+    script = pathlib.Path(sys.executable).parent / "caffe-ds-draw-net"    # the console script
     done = subprocess.run([str(script), "--rankdir", "TB",
                            "--phase", "TRAIN", "--display_lrm",
                            str(tmp_path / "train_val.prototxt"), str(tmp_path / "a.svg")],
@@ -115,5 +116,6 @@ def test_missing_dot_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_missing_pydot_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydot", None)  # import pydot now raises ImportError
-    with pytest.raises(caffe.draw.GraphvizError, match="needs the pydot package: pip install pydot"):
+    with pytest.raises(caffe.draw.GraphvizError,
+                       match="needs the pydot package: pip install pydot"):
         caffe.draw.draw_net(net_param(), "LR")

@@ -158,7 +158,8 @@ def test_preprocess_and_deprocess_against_numpy():
     kept = image.copy()
     t = imagenet_style_transformer()
     blob = t.preprocess("data", image)
-    by_hand = (image.transpose(2, 0, 1)[::-1] * 255 - np.array([104, 117, 123])[:, None, None]) * 0.5
+    mean = np.array([104, 117, 123])[:, None, None]
+    by_hand = (image.transpose(2, 0, 1)[::-1] * 255 - mean) * 0.5
     assert blob.dtype == np.float32 and blob.shape == (3, 4, 5)
     assert np.allclose(blob, by_hand, atol=1e-4)
     assert np.array_equal(image, kept)                    # the caller's array is untouched

@@ -78,7 +78,8 @@ def test_zero_top_layers_and_layer_fields():
                              include=dict(phase=caffe_pb2.TEST))
     proto = n.to_proto()
     silence = proto.layer[1]
-    assert silence.name == "silence" and list(silence.top) == [] and list(silence.bottom) == ["label"]
+    assert silence.name == "silence" and list(silence.top) == []
+    assert list(silence.bottom) == ["label"]
     assert list(proto.layer[2].loss_weight) == [0.25]
     assert proto.layer[2].include[0].phase == caffe_pb2.TEST
     net = Net(parse_net_text(to_text(proto)), phase="TEST")
@@ -120,11 +121,13 @@ def test_in_place_keeps_one_top_per_bottom_index():
 
 def test_bad_input_is_named():
     tops = L.DummyData(ntop=2)
-    with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
+    with pytest.raises(TypeError,
+                       match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
         L.Silence(tops, ntop=0)
     x = L.Input(shape=dict(dim=[1]))
     with pytest.raises(AttributeError, match="^layer 'Convolution1' \\(Convolution\\) field "
-                       "'kernal_size': no such field in LayerParameter nor in ConvolutionParameter$"):
+                       "'kernal_size': no such field in LayerParameter nor in "
+                       "ConvolutionParameter$"):
         L.Convolution(x, kernal_size=3).to_proto()
     with pytest.raises(AttributeError, match="'silence' .*field 'axis': no such field in "
                                              "LayerParameter$"):

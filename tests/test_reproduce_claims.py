@@ -105,11 +105,14 @@ def test_probe_verdict_when_no_probed_branch_lifted_anything():
     assert g.status == HELD and "none of the 3 branch placements probed lifted them" in g.evidence
 
 
-def test_the_probe_summary_compares_with_the_suggested_round(tmp_path):
-    from reproduce.figures import suggested_round
-    (tmp_path / "probe.out").write_text("=> tap conv 2: BRANCHES=2\nBRANCHES=2\n")
-    assert suggested_round(tmp_path, ["none", "7", "4", "2", "2,3"]) == "2"
-    (tmp_path / "probe.out").write_text("stop\nBRANCHES=none\n")
-    assert suggested_round(tmp_path, ["none", "7"]) == "none"
-    (tmp_path / "probe.out").unlink()
-    assert suggested_round(tmp_path, ["none", "7"]) == "7"
+def test_the_probe_summary_compares_with_the_suggested_round():
+    from reproduce.figures import summarize_probe
+
+    def probe(labels, branches):
+        return {"iters": 20, "threshold": 1e-7, "branches": branches,
+                "rounds": [{"branches": b, "vanishing": [f"conv{i}"]} for i, b in enumerate(labels)]}
+    summary = summarize_probe(probe(["none", "7", "4", "2", "2,3"], "2"), "CNN-8")
+    assert (summary.branches, summary.vanishing, summary.vanishing_after) == ("2", ["conv0"], ["conv3"])
+    assert summary.rounds == 5
+    assert summarize_probe(probe(["none", "7"], "none"), "CNN-8").branches == "none"
+    assert summarize_probe(probe(["none", "7"], "3"), "CNN-8").branches == "7"   # not probed

@@ -7,10 +7,9 @@ import yaml
 
 from generator.datasets import DATASETS
 from reproduce.config import CONFIG, ProtocolError, load_protocol
-from reproduce.plan import Run, plan_runs, schedule_for, source_of
+from reproduce.plan import Run, plan_runs, run_schedule, source_of
 from reproduce.run import forget_if_changed
 from reproduce import execute
-from runner.proto import caffe_pb2
 from reproduce_helpers import CLAIMS, write_config
 
 
@@ -61,14 +60,13 @@ def test_missing_preset_and_dataset(tmp_path):
         load_protocol("fashion-mnist", None, tmp_path / "absent.yaml")
 
 
-def test_epochs_become_iterations_rounded_to_test_interval(tmp_path):
+def test_epochs_become_iterations_rounded_to_test_interval(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                # no LMDB: the nominal sizes
     path = write_config(tmp_path / "c.yaml", "fashion-mnist",
                         {"epochs": 3, "batch": 0, "test_interval": 500, "test_iter": 20})
     protocol = load_protocol("fashion-mnist", None, path)
-    generated = caffe_pb2.SolverParameter(max_iter=3000, stepsize=2000, test_interval=500,
-                                          display=50, snapshot=1000)
     ds = DATASETS["fashion-mnist"]
-    sched = schedule_for(protocol, generated, ds)
+    sched = run_schedule(plan_runs(protocol, tmp_path / "runs")[0], protocol)
     iters = math.ceil(3 * ds.train_images / 64)                # 2,813 at batch 64
     assert sched.max_iter == math.ceil(iters / 500) * 500 == 3000
     assert sched.stepsize == round(0.5 * 3000)                 # lr_drop_at of the file

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from reproduce.config import load_protocol
-from reproduce.plan import plan_runs, schedule_for
+from reproduce.plan import plan_runs, run_schedule
 from reproduce.run import main
 from reproduce_helpers import imagenet_data, table_rows, write_config
-from generator.datasets import DATASETS
 from runner.proto import read_solver
 
 pytestmark = pytest.mark.slow
@@ -48,14 +47,16 @@ def test_missing_lmdbs_are_named_before_anything_runs(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_committed_protocols_of_the_large_datasets_keep_the_paper_schedules(tmp_path):
+def test_committed_protocols_of_the_large_datasets_keep_the_paper_schedules(tmp_path, monkeypatch):
     """Without LMDBs the plan still resolves: paper lengths from the generated solvers."""
+    monkeypatch.chdir(tmp_path)
     for dataset in ("imagenet", "places205"):
         protocol = load_protocol(dataset)
         assert protocol.epochs is None and protocol.seeds == (1,)
         runs = plan_runs(protocol, tmp_path)
         assert [r.row.label for r in runs][:2] == ["CNN-8", "CNDS-8"]
     generated = read_solver(str(REPO / "models/places205-cnds8/solver.prototxt"))
-    sched = schedule_for(load_protocol("places205"), generated, DATASETS["places205"])
+    protocol = load_protocol("places205")
+    sched = run_schedule(plan_runs(protocol, tmp_path)[1], protocol)     # CNDS-8
     assert (sched.max_iter, sched.stepsize) == (190_000, generated.stepsize)
     assert sched.full_test_iter == 205   # 20,500 validation images at batch 100

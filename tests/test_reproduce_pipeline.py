@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reproduce.report import format_seconds
 from reproduce.run import main
 from reproduce_helpers import fashion_data, logged_accuracies, table_rows, write_config
 
@@ -46,6 +47,49 @@ def test_table_holds_the_numbers_of_the_test_logs(reproduced):
         last = max(int(n) for n in re.findall(r"\] Iteration (\d+)", solver_log))
         assert cells[6] == f"{last:,}"                                      # iterations run
         assert "Optimization Done." in solver_log
+
+
+def test_report_is_built_from_the_commands_json_results(reproduced):
+    root, _ = reproduced
+    rows = table_rows((root / "reports" / "fm.md").read_text())
+    for label, slug in (("CNN-8", "cnn-8"), ("CNDS-8", "cnds-8")):
+        folder = run_dir(root, slug)
+        tested = json.loads((folder / "test_result.json").read_text())
+        trained = json.loads(next(folder.glob("*/snapshots/*_result.json")).read_text())
+        cells = rows[label]
+        assert cells[3] == f"{100 * (1 - tested['outputs']['accuracy']):.2f}"
+        assert cells[6] == f"{trained['iterations']:,}" and trained["status"] == "done"
+        assert cells[7] == format_seconds(trained["wall_seconds"])
+        assert cells[8] == format_seconds(trained["cpu_seconds"])
+    probe = json.loads((root / "runs" / "fashion-mnist" / "tiny" / "probe" / "probe.json").read_text())
+    report = (root / "reports" / "fm.md").read_text()
+    assert f"{format_seconds(probe['wall_seconds'])}. Mean |dE/dW| per layer" in report
+    low = ", ".join(probe["rounds"][0]["vanishing"]) or "none"
+    assert f"below 1e-07: {low}" in report
+
+
+def test_quick_preset_plan_renders_in_process_without_files(tmp_path, monkeypatch):
+    """The run plan of the quick preset: schedules and rendered texts, nothing written."""
+    from generator.make import prepare
+    from reproduce.config import load_protocol
+    from reproduce.plan import plan_runs, run_config, run_overrides, run_schedule
+
+    monkeypatch.chdir(tmp_path)                     # no LMDB here: nominal 60,000 / 10,000
+    protocol = load_protocol("fashion-mnist", "quick")
+    runs = plan_runs(protocol, Path("runs"))
+    assert len(runs) == 6 and {r.seed for r in runs} == {1}
+    for run in runs:
+        s = run_schedule(run, protocol)
+        # ceil(0.25 x 60,000 / 32) = 469, rounded up to test_interval 100
+        assert (s.max_iter, s.stepsize, s.snapshot, s.test_interval, s.test_iter, s.display,
+                s.train_batch, s.test_batch) == (500, 335, 200, 100, 10, 20, 32, 32)
+        made = prepare(run_config(run, protocol), str(run.root), run_overrides(run, protocol, None))
+        solver = made.texts["solver.prototxt"]
+        assert "max_iter: 500" in solver and "random_seed: 1" in solver
+        assert f'snapshot_prefix: "{run.prefix}"' in solver
+        assert made.texts["train_val.prototxt"].count("batch_size: 32") == 2
+    assert run_schedule(runs[0], protocol, max_iter_cap=7).max_iter == 7
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_both_variants_ran_with_their_own_nets(reproduced):

@@ -1,6 +1,7 @@
 """The command line as Caffe users know it: train from a solver file, resume, fine-tune
 from weights, test and time; signals; a diverging run stops and keeps its last good
-snapshot."""
+snapshot; train and test write their JSON results."""
+import json
 import os
 import re
 import signal
@@ -52,12 +53,29 @@ def test_script_trains_and_resumes_from_the_repo_root(files):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Optimization Done." in run.stderr
     assert (files / "snap" / "small_iter_5.caffemodel").exists()
+    first = json.loads((files / "snap" / "small_result.json").read_text())
+    assert (first["status"], first["iterations"], first["max_iter"]) == ("done", 5, 5)
+    assert first["snapshots"] == [str(files / "snap" / "small_iter_5.caffemodel")]
     assert main([str(files / "solver.prototxt"), "--snapshot",
                  str(files / "snap" / "small_iter_5.solverstate")]) == 0
     log = (files / "snap" / "small.log").read_text()
     assert "Iteration 0, Testing net (#0)" in log                  # the first run's lines kept
     assert "Restoring previous solver status from" in log
     assert (files / "snap" / "small_iter_10.solverstate").exists()
+    # the result of the resumed run counts both attempts, and its test scores are the log's
+    result = json.loads((files / "snap" / "small_result.json").read_text())
+    assert [(a["from_iteration"], a["to_iteration"], a["status"]) for a in result["attempts"]] == \
+        [(0, 5, "done"), (5, 10, "done")]
+    assert result["wall_seconds"] == pytest.approx(sum(a["wall_seconds"] for a in result["attempts"]))
+    assert all(a["cpu_seconds"] > 0 for a in result["attempts"])
+    assert result["snapshots"][-1] == str(files / "snap" / "small_iter_10.caffemodel")
+    tests = re.findall(r"Iteration (\d+), Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
+                       r"accuracy = ([\d.e+-]+)", log)
+    accuracy = result["tests"][0]
+    assert accuracy["iteration"] == 10 == int(tests[-1][0])
+    assert accuracy["final"]["accuracy"] == pytest.approx(float(tests[-1][1]), rel=1e-5)
+    best = max(float(a) for _, a in tests)
+    assert accuracy["best"]["accuracy"]["value"] == pytest.approx(best, rel=1e-5)
 
 
 def test_weights_and_snapshot_together_are_refused(files, capsys):
@@ -85,6 +103,13 @@ def test_test_command_scores_the_weights(files, capsys):
     mean = float(re.search(r"\] accuracy = ([\d.e+-]+)", err).group(1))
     assert mean == pytest.approx(sum(batches) / 2, rel=1e-5)
     assert re.search(r"\] loss = [\d.e+-]+ \(\* 1 = [\d.e+-]+ loss\)", err)
+    result = json.loads((files / "snap" / "small_iter_10_test.json").read_text())
+    assert result["outputs"]["accuracy"] == pytest.approx(mean, rel=1e-5)
+    assert result["iterations"] == 2 and result["weights"] == [str(files / "snap" / "small_iter_10.caffemodel")]
+    assert main(["test", "--model", str(files / "net.prototxt"), "--weights",
+                 str(files / "snap" / "small_iter_10.caffemodel"), "--iterations", "1",
+                 "--result", str(files / "one.json")]) == 0
+    assert json.loads((files / "one.json").read_text())["iterations"] == 1
 
 
 def test_time_command_reports_every_layer(files, capsys):

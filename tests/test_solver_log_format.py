@@ -132,3 +132,18 @@ def test_smoothed_loss_is_the_mean_of_the_last_average_loss(trained):
 def test_training_plot_is_written(trained):
     png = trained / "s_training.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_our_log_reader_agrees_with_parse_log(trained, tmp_path):
+    from runner.solver.log_reader import TAIL_BYTES, last_iteration, read_history
+    history = read_history(trained / "s.log")
+    train, test = parse_log(trained / "s.log")
+    assert history.test["accuracy"] == [(r["NumIters"], pytest.approx(r["accuracy"])) for r in test]
+    assert [it for it, _ in history.train_loss][:4] == [r["NumIters"] for r in train]
+    assert last_iteration(trained / "s.log") == 20
+    assert last_iteration(tmp_path / "absent.log") == 0
+    log = tmp_path / "long.log"     # only the tail is read: the last mention counts
+    log.write_text("I1127 10:00:00.000000 1 solver.cpp:218] Iteration 7, loss = 1\n"
+                   + "x" * (2 * TAIL_BYTES) + "\nI1127 10:00:01.000000 1 solver.cpp:330] "
+                   "Iteration 9, Testing net (#0)\n")
+    assert last_iteration(log) == 9

@@ -14,7 +14,8 @@ import torch
 
 from runner import Net
 from runner.proto import array_to_blob, caffe_pb2, read_net, write_binary, write_text
-from runner.solver.plot import plot_history, read_history
+from runner.solver.log_reader import read_history
+from runner.solver.plot import plot_history
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -1,5 +1,6 @@
-"""`python -m generator.probe TRAIN_VAL.prototxt`: probe the plain net's gradients, suggest
-BRANCHES for `make net`, and write probe.csv and the plots into the model folder."""
+"""`python -m generator.probe TRAIN_VAL.prototxt` (`caffe-ds-probe`): probe the plain net's
+gradients, suggest BRANCHES for `make net`, and write probe.csv, the plots and the JSON
+result probe.json into the model folder."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,16 @@ from generator.probe.placement import ProbeRound
 from generator.probe.prepare import ProbeError
 from generator.probe.report import (plot_before_after, plot_layers, probe_line, round_table,
                                     write_csv)
+from generator.probe.result import probe_record
 from generator.probe.run import ProbeOptions, search
 from generator.probe.target import ProbeTarget
 from runner.data import DataError
 from runner.fillers import FillerError
 from runner.graph import NetBuildError
 from runner.layers.base import UnsupportedLayerError
+from runner import console
 from runner.proto import ProtoError, read_net
+from runner.results import ProcessClock, write_result
 from runner.shapes import ShapeError
 from runner.solver import SolverConfigError, SolverDiverged, load_solver_param
 
@@ -49,7 +53,7 @@ def _shape(text):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m generator.probe", description=(
+    p = argparse.ArgumentParser(prog=console.prog("python -m generator.probe"), description=(
         "Train the plain CNN variant of a net for a few iterations with the plain init "
         "(gaussian std 0.01, zero biases), record each layer's mean |dE/dW|, and suggest "
         "supervision branches after the deepest conv layer whose gradient vanishes."))
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out or Path(args.train_val).parent)
     start = time.perf_counter()
+    clock = ProcessClock()
     threshold = args.threshold
 
     def report(r: ProbeRound | None, verdict: str) -> None:
@@ -111,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             written.append(before_after.name)
         else:
             before_after.unlink(missing_ok=True)   # not one left from an earlier probe
+        settings = {"iters": args.iters, "threshold": threshold, "batch": args.batch,
+                    "seed": args.seed, "max_branches": args.max_branches}
+        written.append("probe.json")
+        write_result(out / "probe.json", probe_record(
+            args.train_val, name, placement, settings, written, clock.seconds()))
     except USER_ERRORS as exc:
         print(f"probe: error: {exc}", file=sys.stderr)
         return 2

@@ -47,8 +47,8 @@ class Detector(Net):
         except ImportError:
             raise ImportError(
                 "detect_selective_search needs the selective_search_ijcv_with_python "
-                "package (github.com/sergeyk/selective_search_ijcv_with_python, with "
-                "MATLAB) on sys.path; or pass your own windows to detect_windows") from None
+                "package (R-CNN's Selective Search wrapper, which runs MATLAB) importable "
+                "from PYTHONPATH; or pass your own windows to detect_windows") from None
         image_fnames = [os.path.abspath(f) for f in image_fnames]
         windows_list = selective_search.get_windows(image_fnames, cmd="selective_search_rcnn")
         return self.detect_windows(zip(image_fnames, windows_list))

@@ -1,7 +1,7 @@
 """Draw a net prototxt as a picture, as Caffe's python/draw_net.py does:
-`draw_net NET.prototxt OUT.png [--rankdir LR] [--phase TRAIN|TEST|ALL] [--display_lrm]`
-(also `python -m caffe.draw_net ...`). The format is the output's extension (png, svg,
-pdf, ...; .raw writes the dot source)."""
+`caffe-ds-draw-net NET.prototxt OUT.png [--rankdir LR] [--phase TRAIN|TEST|ALL]
+[--display_lrm]` (or `python -m caffe.draw_net ...`). The format is the output's
+extension (png, svg, pdf, ...; .raw writes the dot source)."""
 from __future__ import annotations
 
 import argparse

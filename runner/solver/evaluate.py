@@ -1,15 +1,24 @@
 """`caffe test`: score trained weights on a net for N batches, per batch and averaged."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from runner.solver.batches import BatchStream
 from runner.solver.caffe_log import CaffeLog, cfloat
 
 
+@dataclass
+class Scores:
+    """What `caffe test` ends with: the mean of every output element, and the mean loss."""
+    outputs: dict[str, list[float]]
+    loss: float
+
+
 @torch.no_grad()
-def score_net(net, iterations: int, device: torch.device, log: CaffeLog) -> dict[str, list[float]]:
-    """Caffe's `test` command on a built net; returns the mean of every output element."""
+def score_net(net, iterations: int, device: torch.device, log: CaffeLog) -> Scores:
+    """Caffe's `test` command on a built net; returns the averaged outputs and loss."""
     net.to(device)
     batches = BatchStream(net.sources, device)
     log.info("caffe.cpp:290", f"Running for {iterations} iterations.")
@@ -31,4 +40,4 @@ def score_net(net, iterations: int, device: torch.device, log: CaffeLog) -> dict
         for mean in means[name]:
             suffix = f" (* {cfloat(weight)} = {cfloat(weight * mean)} loss)" if weight else ""
             log.info("caffe.cpp:330", f"{name} = {cfloat(mean)}{suffix}")
-    return means
+    return Scores(means, loss / iterations)

@@ -24,7 +24,8 @@ from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
-from runner.solver.plot import plot_history, read_history
+from runner.solver.log_reader import read_history
+from runner.solver.plot import plot_history
 from runner.solver.schedule import AuxWeightSchedule
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.step import TrainingStep
@@ -104,10 +105,13 @@ class Solver:
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
             net.to(self.device, memory_format=memory_format)
-        self.iter = 0
+        self.iter = self.start_iter = 0   # start_iter: where the last step() began
         self.requested_early_exit = False
         self.request = NONE          # the signal request taken at the last iteration
         self.last_snapshot = None
+        self.smoothed_loss = float("nan")
+        self.scores = []      # (iteration, test net, mean of each output element) per test
+        self.snapshots = []   # the .caffemodel files written
         self.schedule = self._aux_schedule()
 
         self.ddp = distributed.wrap(self.net, ctx)
@@ -328,6 +332,8 @@ class Solver:
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
         self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+        self.scores.append((self.iter, k, {name: (sums[name] / n).reshape(-1).tolist()
+                                           for name in net.output_names}))
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
@@ -343,6 +349,7 @@ class Solver:
         paths = write_snapshot(self.net, self.update.history, self.iter,
                                self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
         self.last_snapshot = paths.state
+        self.snapshots.append(paths.model)
 
     def restore(self, state_file: str) -> None:
         """Weights, history, iter, current_step; data and aux weights follow from iter."""

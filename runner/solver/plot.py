@@ -1,13 +1,6 @@
-"""The training curves as a PNG: train loss, test outputs and auxiliary loss weights.
-
-The curves are read back from the solver's glog-style log (with the regexes of
-Caffe's tools/extra/parse_log.py), so a resumed run, which appends to the same log,
-is drawn whole.
-"""
+"""The training curves as a PNG: train loss, test outputs and auxiliary loss weights,
+as read back from the solver's log (runner/solver/log_reader.py)."""
 from __future__ import annotations
-
-import re
-from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -16,40 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from runner.atomic import atomic_write_bytes  # noqa: E402
 from runner.figure_png import figure_png  # noqa: E402
-
-
-_ITERATION = re.compile(r"Iteration (\d+)")
-_TRAIN_LOSS = re.compile(r"Iteration \d+(?: \(.*\))?, loss = ([\.\deE+-]+|nan|inf)")
-_TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = ([\.\deE+-]+)")
-_AUX_WEIGHT = re.compile(r"aux (\S+) weight = ([\.\deE+-]+)")
-
-
-@dataclass
-class TrainingHistory:
-    """Curves by iteration: smoothed train loss, test outputs, auxiliary weights."""
-    train_loss: list[tuple[int, float]] = field(default_factory=list)
-    test: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    aux_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-
-
-def read_history(log_path: str) -> TrainingHistory:
-    """Collect the curves from a solver log (lines as Caffe's solver.cpp writes them)."""
-    history = TrainingHistory()
-    it = -1
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = _ITERATION.search(line)
-            if m:
-                it = int(m.group(1))
-            if it < 0:
-                continue
-            if m := _TRAIN_LOSS.search(line):
-                history.train_loss.append((it, float(m.group(1))))
-            elif m := _TEST_OUTPUT.search(line):
-                history.test.setdefault(m.group(2), []).append((it, float(m.group(3))))
-            elif m := _AUX_WEIGHT.search(line):
-                history.aux_weights.setdefault(m.group(1), []).append((it, float(m.group(2))))
-    return history
+from runner.solver.log_reader import TrainingHistory  # noqa: E402
 
 
 def _series(ax, points, label, **kw):

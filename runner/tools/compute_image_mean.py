@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner import console
 from runner.atomic import atomic_write_bytes
 from runner.data.datum import DataError
 from runner.data.mean import channel_means, compute_image_mean
@@ -29,7 +30,7 @@ def write_image_mean(db: str, output: str | None) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.tools.compute_image_mean",
+        prog=console.prog("python -m runner.tools.compute_image_mean"),
         description="Compute the mean image of an LMDB of Datums.")
     parser.add_argument("db", metavar="INPUT_DB", help="LMDB directory")
     parser.add_argument("output", metavar="OUTPUT_FILE", nargs="?",

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from runner import console
 from runner.data.datum import DataError
 from runner.data.imageset import check_resize, image_file_datum, read_image, read_image_list
 from runner.data.lmdb_store import write_lmdb
@@ -70,7 +71,7 @@ def convert_imageset(root: str, list_file: str, db: str, *, shuffle: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.tools.convert_imageset",
+        prog=console.prog("python -m runner.tools.convert_imageset"),
         description="Convert a set of images to the LMDB format used as input for Caffe.")
     parser.add_argument("root", metavar="ROOTFOLDER/", help="prefix of every listed name")
     parser.add_argument("list_file", metavar="LISTFILE", help='lines "NAME LABEL"')

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
+from runner import console
 from runner.proto import ProtoError, parse_net_text, upgrade_net, write_text
 from runner.proto.textio import read_file_text
 
@@ -16,7 +17,7 @@ from runner.proto.textio import read_file_text
 def run_upgrade(module: str, doc: str, parse: Callable, upgrade: Callable,
                 argv: list[str] | None) -> int:
     """Read IN without upgrading, apply `upgrade`, write OUT; one-line errors, exit 1."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+    parser = argparse.ArgumentParser(prog=console.prog(f"python -m {module}"), description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="the prototxt to read")
     parser.add_argument("output", help="where to write the upgraded prototxt (atomically)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner import console
 from runner.proto import ProtoError
 from runner.zoo.frontmatter import ZooError, read_readme
 
@@ -38,7 +39,7 @@ def _show(args) -> str:
 
 def parser() -> argparse.ArgumentParser:
     from runner.zoo.publish import DEFAULT_LICENSE
-    p = argparse.ArgumentParser(prog="python -m runner.zoo", description=__doc__)
+    p = argparse.ArgumentParser(prog=console.prog("python -m runner.zoo"), description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="write <ZOO>/<name>/ from a model folder and weights")
     pub.add_argument("model", help="model folder with train_val/deploy/solver.prototxt")

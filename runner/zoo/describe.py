@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from runner.solver.plot import read_history
+from runner.solver.log_reader import read_history
 from runner.zoo.netinfo import layer_shapes
 
 # Fields that are paths on the publishing machine, not training settings.
