@@ -49,6 +49,16 @@ demo: data
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
+# The fuzz suite at full budget: FUZZ_INPUTS mutants of every file format through the
+# entry points, each in a worker under memory and time limits (tests/fuzz_harness.py).
+FUZZ_INPUTS ?= 10000
+FUZZ_SEED ?= 0
+FUZZ_WORKERS ?= 2
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(PY) tests/fuzz_harness.py --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) \
+		--workers $(FUZZ_WORKERS) --save fuzz-failures
+
 # Fashion-MNIST as Caffe data (train/test LMDBs, mean, labels), built once from Debian's
 # dataset-fashion-mnist; the mean is written last, so it stands for the whole set.
 FASHION_MNIST_SRC ?= /usr/share/datasets/fashion-mnist

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from runner import console
+from runner.graph import LayerMemoryError
 from runner.proto import ProtoError
 from runner.zoo import ZooError, load
 from runner.zoo.classifier import Classifier, read_image, top_k
@@ -32,6 +33,8 @@ def parse_args(argv):
     p.add_argument("--oversample", action="store_true",
                    help="average 10 crops (corners, centre and mirrors)")
     p.add_argument("--gpu", action="store_true", help="run on the CUDA device")
+    p.add_argument("--no-verify-sha1", dest="verify_sha1", action="store_false",
+                   help="use a zoo folder's caffemodel even if its sha1 is not readme.md's")
     return p.parse_args(argv)
 
 
@@ -55,15 +58,15 @@ def main(argv=None) -> int:
             raise ZooError(f"--images-dim '{args.images_dim}': expected H,W")
         net, info = load(args.model, args.weights, mean_file=args.mean,
                          mean_value=numbers(args.mean_value), labels_file=args.labels,
-                         image_dims=dims)
+                         image_dims=dims, verify_sha1=args.verify_sha1)
         for note in info.notes:
             print(f"note: {note}", file=sys.stderr)
         images = [read_image(path, info.channels) for path in args.images]
         classifier = Classifier(net, info, "cuda" if args.gpu else "cpu")
         probabilities = classifier.predict(images, oversampled=args.oversample)
-    except (ZooError, ProtoError, ValueError) as exc:
+    except (ZooError, ProtoError, ValueError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     for path, probs in zip(args.images, probabilities):
         print(f"{path}:")
         for label, p in top_k(probs, info.labels, args.top):

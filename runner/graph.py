@@ -12,6 +12,18 @@ class NetBuildError(ValueError):
     """A net definition that Caffe's Net::Init would refuse (names the layer)."""
 
 
+class LayerMemoryError(MemoryError):
+    """A layer's blobs or tops do not fit in memory (names the net and the layer)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for an allocation failure as Python or torch reports it (CPU or CUDA)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "Storage size calculation overflowed" in text
+
+
 def layer_label(lp) -> str:
     return f"layer '{lp.name}' ({lp.type})"
 

@@ -12,12 +12,24 @@ from typing import Iterator
 import torch
 
 from runner.fillers import FillerParameter, sample
+from runner.graph import LayerMemoryError, is_out_of_memory
 from runner.shapes import Shape, infer_layer
 from runner.sources import register_source
 
 
 def _top_shapes(lp) -> dict[str, Shape]:
     return dict(zip(lp.top, infer_layer(lp, []).tops))
+
+
+def _allocating(name: str, make):
+    """make(), with an allocation failure reported as a LayerMemoryError naming the layer."""
+    try:
+        return make()
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise LayerMemoryError(f"layer '{name}': its tops do not fit in memory "
+                               f"({str(err).strip().splitlines()[0]})") from None
 
 
 class InputSource:
@@ -29,7 +41,8 @@ class InputSource:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
-            yield {name: torch.zeros(shape) for name, shape in self.top_shapes.items()}
+            yield _allocating(self.name, lambda: {name: torch.zeros(shape)
+                                                  for name, shape in self.top_shapes.items()})
 
 
 class DummyDataSource:
@@ -48,12 +61,14 @@ class DummyDataSource:
         self.generator = generator
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        fixed = {name: sample(self.top_shapes[name], f, self.generator)
-                 for name, f in self.fillers.items() if f.type == "constant"}
+        fixed = _allocating(self.name, lambda: {
+            name: sample(self.top_shapes[name], f, self.generator)
+            for name, f in self.fillers.items() if f.type == "constant"})
         while True:
-            yield {name: fixed[name] if name in fixed
-                   else sample(self.top_shapes[name], f, self.generator)
-                   for name, f in self.fillers.items()}
+            yield _allocating(self.name, lambda: {
+                name: fixed[name] if name in fixed
+                else sample(self.top_shapes[name], f, self.generator)
+                for name, f in self.fillers.items()})
 
 
 @register_source("Input")

@@ -17,7 +17,8 @@ import runner.input_sources  # noqa: F401  (registers the Input and DummyData so
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
 from runner.fillers import FillerError, fill_
-from runner.graph import NetBuildError, Wiring, layer_label, loss_weights_for
+from runner.graph import (LayerMemoryError, NetBuildError, Wiring, is_out_of_memory, layer_label,
+                          loss_weights_for)
 from runner.layers.base import UnsupportedLayerError, layer_class
 from runner.net_params import ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
@@ -49,6 +50,10 @@ def _naming_layer(lp, err: Exception) -> NetBuildError:
     return NetBuildError(text if f"'{lp.name}'" in text else f"{layer_label(lp)}: {text}")
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _module_key(name: str, taken) -> str:
     """A ModuleDict key for a layer name (no '.', no clash with ModuleDict attributes)."""
     base = name.replace(".", "_") or "layer"
@@ -70,7 +75,8 @@ class Net(nn.Module):
     """
 
     def __init__(self, model, phase="TEST", stages=(), level: int = 0, weights=None,
-                 allow_missing: bool = False, source_kwargs: dict | None = None):
+                 allow_missing: bool = False, source_kwargs: dict | None = None,
+                 allow_nonfinite: bool = False):
         super().__init__()
         param, self.origin = _read_net(model)
         self.phase = phase_value(phase)
@@ -85,12 +91,15 @@ class Net(nn.Module):
         self._steps: list[tuple[tuple[str, ...], tuple[str, ...], tuple[bool, ...] | None]] = []
         self._layer_keys: list[str | None] = []  # per layer of net_param: module key, None for sources
         wiring, table = Wiring(), ParamTable(self.force_backward)
+        from_source: dict[str, object] = {}   # blob name -> the source whose top it still is
         try:
             for lp in self.net_param.layer:
                 if is_source_type(lp.type):
                     self._add_source(lp, wiring, source_kwargs or {})
+                    from_source.update(dict.fromkeys(lp.top, self.sources[-1]))
                 else:
                     self._add_layer(lp, wiring, table)
+                    self._limit_source_labels(lp, from_source)
         except (NetBuildError, ShapeError, UnsupportedLayerError) as err:
             raise type(err)(f"{self.origin}: {err}") from err.__cause__
         table.finish()
@@ -100,7 +109,8 @@ class Net(nn.Module):
         self.output_names: list[str] = wiring.outputs()
         self.train(self.phase == caffe_pb2.TRAIN)
         if weights is not None:
-            self.load_caffemodel(weights, allow_missing=allow_missing)
+            self.load_caffemodel(weights, allow_missing=allow_missing,
+                                 allow_nonfinite=allow_nonfinite)
 
     @property
     def name(self) -> str:
@@ -134,6 +144,11 @@ class Net(nn.Module):
             raise
         except (ValueError, IndexError) as err:
             raise _naming_layer(lp, err) from err
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise LayerMemoryError(f"{self.origin}: {layer_label(lp)}: its blobs do not fit in "
+                                   f"memory ({_first_line(err)})") from None
         if len(layer.top_shapes) != len(lp.top):
             raise NetBuildError(f"{layer_label(lp)}: {len(lp.top)} tops given, the layer makes "
                                 f"{len(layer.top_shapes)}")
@@ -153,6 +168,18 @@ class Net(nn.Module):
         detach = blocked if any(blocked) and not self.force_backward else None
         self._steps.append((tuple(lp.bottom), tuple(lp.top), detach))
         self._layer_keys.append(key)
+
+    def _limit_source_labels(self, lp, from_source: dict) -> None:
+        """Where a source's label top meets a loss or accuracy layer, the source checks
+        each record's label against the layer's classes (so the error names the record)."""
+        layer = self.layers[self._layer_keys[-1]]
+        if layer.label_limit is not None and len(lp.bottom) > 1:
+            source = from_source.get(lp.bottom[1])
+            if hasattr(source, "check_labels"):
+                classes, ignore_label = layer.label_limit
+                source.check_labels(lp.bottom[1], classes, ignore_label, lp.name)
+        for top in lp.top:
+            from_source.pop(top, None)
 
     # ---- running --------------------------------------------------------------------
 
@@ -181,7 +208,13 @@ class Net(nn.Module):
             args = [blobs[name] for name in bottoms]
             if detach is not None:
                 args = [a.detach() if d else a for a, d in zip(args, detach)]
-            blobs.update(zip(tops, layer(*args)))
+            try:
+                blobs.update(zip(tops, layer(*args)))
+            except (MemoryError, RuntimeError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                raise LayerMemoryError(f"{self.origin}: layer '{layer.name}' ({layer.type}): "
+                                       f"forward does not fit in memory ({_first_line(err)})") from None
         return blobs
 
     def objective(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -207,13 +240,16 @@ class Net(nn.Module):
 
     # ---- weights --------------------------------------------------------------------
 
-    def load_caffemodel(self, source, allow_missing: bool = False) -> list[str]:
+    def load_caffemodel(self, source, allow_missing: bool = False,
+                        allow_nonfinite: bool = False) -> list[str]:
         """Copy trained blobs by layer name (path, NetParameter, or a list of them, in order).
 
         Returns the names of our layers with blobs that the source(s) did not provide
-        (only possible with allow_missing=True).
+        (only possible with allow_missing=True). NaN or inf in a blob is an error unless
+        allow_nonfinite (then a warning naming the blob).
         """
-        return caffemodel_io.load_caffemodel(self, source, allow_missing=allow_missing)
+        return caffemodel_io.load_caffemodel(self, source, allow_missing=allow_missing,
+                                             allow_nonfinite=allow_nonfinite)
 
     def save_caffemodel(self, path) -> None:
         """Write a binary .caffemodel (atomically) with Caffe's layout."""

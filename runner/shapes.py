@@ -39,17 +39,34 @@ def known_types() -> list[str]:
     return sorted(_RULES)
 
 
+INT_MAX = 2**31 - 1   # Caffe's Blob::Reshape refuses a count above it ("blob size exceeds INT_MAX")
+
+
 def infer_layer(lp, bottoms: list[Shape]) -> LayerShapes:
-    """Shapes for one layer given its bottom shapes."""
+    """Shapes for one layer given its bottom shapes; every top and blob is checked
+    against Caffe's limits before anything is allocated."""
     fn = _RULES.get(lp.type)
     if fn is None:
         raise ShapeError(f"layer '{lp.name}': no shape rule for type '{lp.type}'")
     try:
-        return fn(lp, [tuple(int(d) for d in b) for b in bottoms])
+        result = fn(lp, [tuple(int(d) for d in b) for b in bottoms])
     except ShapeError:
         raise
-    except (ValueError, IndexError, ZeroDivisionError) as exc:
+    except (ValueError, IndexError, ZeroDivisionError, OverflowError) as exc:
         raise ShapeError(f"layer '{lp.name}' ({lp.type}): {exc}") from None
+    for what, shapes in (("top", result.tops), ("blob", result.blobs)):
+        for i, shape in enumerate(shapes):
+            check_blob_size(shape, f"layer '{lp.name}' ({lp.type}): {what} {i}")
+    return result
+
+
+def check_blob_size(shape: Shape, what: str) -> None:
+    """Refuse negative dimensions and more than INT_MAX elements, as Caffe's Blob::Reshape."""
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"{what}: shape {list(shape)} has a negative dimension")
+    if math.prod(shape) > INT_MAX:
+        raise ShapeError(f"{what}: shape {list(shape)} holds {math.prod(shape)} elements, "
+                         f"more than Caffe's limit of {INT_MAX}")
 
 
 def canonical_axis(axis: int, ndim: int, name: str = "") -> int:
@@ -120,6 +137,11 @@ def pooling_geometry(p, h: int, w: int) -> tuple[list[int], list[int], list[int]
         raise ValueError("kernel and stride must be positive")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ValueError("pad must be smaller than kernel")
+    for size, k, s, q in zip((h, w), kernel, stride, pad):
+        # Caffe's int window arithmetic (hstart + kernel_h) must not overflow.
+        if (pool_out(size, k, s, q) - 1) * s + k > INT_MAX:
+            raise ValueError(f"stride {s} and kernel {k} place pooling windows past "
+                             f"{INT_MAX}, beyond Caffe's int arithmetic")
     return kernel, stride, pad
 
 

@@ -18,6 +18,19 @@ PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, sna
               "data sources, mean files) resolve relative to the working directory, as Caffe's.")
 
 
+def _count(low: int):
+    """argparse type: an int >= low (iterations of test/time need 1, a max_iter 0)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", help="GPU ids: 0, 0,1 or all (default: the CPU; a solver's "
                         "solver_mode: GPU picks device_id when this is absent)")
@@ -36,7 +49,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
     p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from, in order")
     p.add_argument("--snapshot", help=".solverstate to resume from")
-    p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--iterations", type=_count(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
                    help="decay of auxiliary loss weights per epoch (default eq2: "
                         "alpha <- alpha * (1 - t/N))")
@@ -61,11 +74,13 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=command == "test",
                    help="comma-separated .caffemodel files")
-    p.add_argument("--iterations", type=int, default=50, help="batches (default 50)")
+    p.add_argument("--iterations", type=_count(1), default=50, help="batches (default 50)")
     p.add_argument("--phase", choices=["TRAIN", "TEST"],
                    default="TEST" if command == "test" else "TRAIN")
     p.add_argument("--stage", default="", help="comma-separated stages")
     p.add_argument("--level", type=int, default=0)
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or inf (with a warning) instead of refusing them")
     if command == "test":
         p.add_argument("--result", help="JSON result file (default: beside the first weights "
                        "file, <name>_test.json for <name>.caffemodel)")
@@ -152,7 +167,8 @@ def run_model_command(command: str, args) -> None:
     device = distributed.pick_device(gpus, 0)
     stages = [s for s in args.stage.split(",") if s]
     weights = args.weights.split(",") if args.weights else None
-    net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights)
+    net = Net(args.model, phase=args.phase, stages=stages, level=args.level, weights=weights,
+              allow_nonfinite=args.allow_nonfinite)
     log.info("caffe.cpp:249", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
     if command == "test":
         scores = score_net(net, args.iterations, device, log)
@@ -170,15 +186,16 @@ def main(argv=None) -> int:
         argv = argv[1:]
     parser = train_parser(prog) if command == "train" else model_parser(prog, command)
     args = parser.parse_args(argv)
+    from runner.graph import LayerMemoryError
     from runner.solver.errors import SolverDiverged
     try:
         if command == "train":
             run_train(args)
         else:
             run_model_command(command, args)
-    except (ValueError, OSError, SolverDiverged) as err:
+    except (ValueError, OSError, SolverDiverged, LayerMemoryError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except RuntimeError as err:
         if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
             raise
@@ -186,7 +203,7 @@ def main(argv=None) -> int:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"{prog}: error: torch.compile failed ({type(err).__name__}: {first}); "
               "run without --compile", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -31,7 +31,7 @@ def _legacy_matches(ours: tuple[int, ...], blob) -> bool:
     return len(ours) <= 4 and (1,) * (4 - len(ours)) + ours == blob_shape(blob)
 
 
-def _blob_values(blob, ours: tuple[int, ...], what: str) -> torch.Tensor:
+def _blob_values(blob, ours: tuple[int, ...], what: str, allow_nonfinite: bool) -> torch.Tensor:
     legacy = any(blob.HasField(name) for name in _LEGACY_DIMS)
     matches = _legacy_matches(ours, blob) if legacy else tuple(blob.shape.dim) == ours
     if not matches:
@@ -39,9 +39,16 @@ def _blob_values(blob, ours: tuple[int, ...], what: str) -> torch.Tensor:
                            f"{' (legacy num/channels/height/width)' if legacy else ''}, the net "
                            f"expects {list(ours)}; to learn this layer from scratch instead, rename it")
     try:
-        return torch.from_numpy(blob_to_array(blob, what).reshape(ours))
+        values = blob_to_array(blob, what)
     except ProtoError as err:
         raise WeightsError(str(err)) from None
+    bad = np.count_nonzero(~np.isfinite(values))
+    if bad:
+        message = f"{what}: {bad} of its {values.size} values are NaN or inf"
+        if not allow_nonfinite:
+            raise WeightsError(f"{message}; pass allow_nonfinite=True to load them anyway")
+        log.warning("%s", message)
+    return torch.from_numpy(values.reshape(ours))
 
 
 def _read(source) -> tuple[caffe_pb2.NetParameter, str]:
@@ -54,11 +61,13 @@ def _read(source) -> tuple[caffe_pb2.NetParameter, str]:
     return read_caffemodel(path), path
 
 
-def load_caffemodel(net, sources, allow_missing: bool = False) -> list[str]:
+def load_caffemodel(net, sources, allow_missing: bool = False,
+                    allow_nonfinite: bool = False) -> list[str]:
     """Copy blobs from one or more .caffemodel files (or NetParameters), in order, into `net`.
 
     Returns our layers with blobs that no source provided; unless allow_missing, those
-    are an error (with allow_missing they keep their filler values).
+    are an error (with allow_missing they keep their filler values). A blob holding NaN
+    or inf is an error naming it; with allow_nonfinite, a warning.
     """
     if isinstance(sources, (str, os.PathLike, caffe_pb2.NetParameter)):
         sources = [sources]
@@ -82,7 +91,8 @@ def load_caffemodel(net, sources, allow_missing: bool = False) -> list[str]:
                 raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
                                    f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
                                    "(incompatible number of blobs)")
-            values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}")
+            values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}",
+                                   allow_nonfinite)
                       for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
             pending.append((slots, values))
             provided.add(entry.name)

@@ -105,13 +105,13 @@ def test_bad_image_is_one_clear_error(setup, tmp_path, capsys, content, message)
     bad = tmp_path / "bad.png"
     if content is not None:
         bad.write_bytes(content)
-    assert classify([str(folder), str(pngs[0]), str(bad)]) == 1
+    assert classify([str(folder), str(pngs[0]), str(bad)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.strip() == f"error: {bad}: {message}"
 
 
 def test_missing_model_is_one_clear_error(tmp_path, capsys):
-    assert classify([str(tmp_path / "nowhere"), "x.png"]) == 1
+    assert classify([str(tmp_path / "nowhere"), "x.png"]) == 2
     assert capsys.readouterr().err.strip() == \
         f"error: {tmp_path / 'nowhere'}: no such zoo folder or deploy prototxt"

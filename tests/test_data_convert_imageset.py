@@ -93,16 +93,16 @@ def test_shuffle_is_reproducible_with_its_seed(tmp_path, image_folder):
 
 def test_bad_invocations_are_refused_with_reasons(tmp_path, image_folder, capsys):
     assert convert(tmp_path) == 0
-    assert convert(tmp_path) == 1
+    assert convert(tmp_path) == 2
     assert "already exists" in capsys.readouterr().err
-    assert convert(tmp_path, "--check_size", db="sized") == 1
+    assert convert(tmp_path, "--check_size", db="sized") == 2
     assert "e.png: image has 105 values, the first has 144" in capsys.readouterr().err
     assert not (tmp_path / "sized").exists()
     with pytest.raises(SystemExit):
         convert(tmp_path, "--backend", "leveldb", db="ldb")
     assert "--backend leveldb is not supported" in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("a.png three\n")
-    assert convert(tmp_path, db="bad") == 1
+    assert convert(tmp_path, db="bad") == 2
     assert "list.txt:1: expected 'NAME LABEL'" in capsys.readouterr().err
 
 

@@ -127,9 +127,9 @@ def test_upgrade_cli_bad_input_exits_non_zero_with_one_clear_error(tmp_path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text('layers {\n  name: "x"\n  type: CONVOLUTON\n}\n')
     done = _cli("upgrade_net_proto_text", bad, tmp_path / "out.prototxt")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith(f"error: {bad}:3:9: ")
     assert "CONVOLUTON" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out.prototxt").exists()
     missing = _cli("upgrade_solver_proto_text", tmp_path / "nope.prototxt", tmp_path / "o")
-    assert missing.returncode == 1 and "nope.prototxt: cannot read" in missing.stderr
+    assert missing.returncode == 2 and "nope.prototxt: cannot read" in missing.stderr

@@ -80,7 +80,7 @@ def test_script_trains_and_resumes_from_the_repo_root(files):
 
 def test_weights_and_snapshot_together_are_refused(files, capsys):
     assert main(["train", "--solver", str(files / "solver.prototxt"), "--weights", "a.caffemodel",
-                 "--snapshot", "b.solverstate"]) == 1
+                 "--snapshot", "b.solverstate"]) == 2
     assert "Give a snapshot to resume training or weights to finetune but not both" in capsys.readouterr().err
 
 
@@ -179,7 +179,7 @@ def test_a_torch_compile_failure_is_one_clear_error(files, monkeypatch, capsys):
             raise InductorError("AssertionError: \n\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
         return run
     monkeypatch.setattr(torch, "compile", broken_compile)
-    assert main([str(files / "solver.prototxt"), "--iterations", "1", "--compile"]) == 1
+    assert main([str(files / "solver.prototxt"), "--iterations", "1", "--compile"]) == 2
     err = capsys.readouterr().err
     assert "error: torch.compile failed (InductorError: AssertionError:" in err
     assert "run without --compile" in err and "Traceback" not in err

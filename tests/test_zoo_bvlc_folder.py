@@ -152,7 +152,7 @@ def test_gpu_flag_matches_cpu_or_says_there_is_no_gpu(bvlc, capsys):
     status = classify([str(folder), str(pngs[0]), "--gpu"])
     out, err = capsys.readouterr()
     if not torch.cuda.is_available():
-        assert status == 1 and err.strip() == \
+        assert status == 2 and err.strip() == \
             "error: --gpu given but no CUDA device is available"
         return
     assert status == 0

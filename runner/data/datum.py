@@ -2,6 +2,8 @@
 and turn one into a CHW array (raw bytes, float_data, or an image decoded with OpenCV)."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -73,13 +75,19 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str, flag: int = cv2.IMREAD_AN
     if datum.encoded:
         if not data:
             raise DataError(f"{where}: encoded Datum without image bytes")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        except cv2.error:
+            image = None
         if image is None:
             raise DataError(f"{where}: encoded image cannot be decoded by OpenCV")
         return hwc_to_chw(image)
     shape = (datum.channels, datum.height, datum.width)
     pixels = np.frombuffer(data, np.uint8) if data else np.asarray(datum.float_data, np.float32)
-    if pixels.size != np.prod(shape):
+    if pixels.size != math.prod(shape):
         raise DataError(f"{where}: record is not an image Datum (channels={shape[0]} "
                         f"height={shape[1]} width={shape[2]}, {pixels.size} values)")
+    if not data and not np.isfinite(pixels).all():
+        raise DataError(f"{where}: float_data holds "
+                        f"{np.count_nonzero(~np.isfinite(pixels))} NaN or inf values")
     return pixels.reshape(shape)

@@ -9,16 +9,18 @@ import cv2
 import numpy as np
 
 from runner.data.datum import DataError, encoded_datum, image_to_datum
-from runner.proto import caffe_pb2
+from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
 def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     """Lines "NAME LABEL", split at the last space (names may hold spaces); blank lines skipped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read image list '{path}': {exc.strerror}") from None
+        text = read_file_bytes(path).decode("utf-8")
+    except ProtoError as exc:
+        raise DataError(f"cannot read image list: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"image list '{path}' is not UTF-8 text (byte {exc.start})") from None
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -68,7 +70,10 @@ def image_file_datum(path: str, label: int, image: np.ndarray, encoding: str,
     if not encoding:
         return image_to_datum(image, label)
     if (image.ndim == 3) == is_color and not resized and _same_format(path, encoding):
-        return encoded_datum(Path(path).read_bytes(), label)
+        try:
+            return encoded_datum(read_file_bytes(path), label)
+        except ProtoError as exc:
+            raise DataError(str(exc)) from None
     try:
         ok, buf = cv2.imencode("." + encoding, image)
     except cv2.error:

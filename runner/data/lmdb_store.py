@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import weakref
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import lmdb
 from tqdm import tqdm
 
+from runner.atomic import temporary_dir_beside
 from runner.data.datum import DataError
 
 COMMIT_EVERY = 1000          # records per transaction, as convert_imageset
@@ -27,12 +28,22 @@ def open_env(path: str | os.PathLike, readonly: bool = True, **kwargs) -> lmdb.E
         raise DataError(f"'{path}' cannot be opened as an LMDB database: {exc}") from None
 
 
-_SHARED: dict[tuple[int, str, int], lmdb.Environment] = {}
+# (pid, resolved path, inode of data.mdb) -> [environment, readers using it]
+_SHARED: dict[tuple[int, str, int], list] = {}
 
 
-def shared_env(path: Path) -> lmdb.Environment:
-    """This process's read-only handle on the LMDB at `path` (py-lmdb allows one per process;
-    a database replaced on disk gets a new handle)."""
+def _current(key: tuple[int, str, int]) -> bool:
+    """Whether the database a handle was opened on is still the one at its path."""
+    try:
+        return (Path(key[1]) / "data.mdb").stat().st_ino == key[2]
+    except OSError:
+        return False
+
+
+def shared_env(path: Path) -> tuple[tuple[int, str, int], lmdb.Environment]:
+    """This process's read-only handle on the LMDB at `path` and its key, one more reader
+    counted on it (py-lmdb allows one per process; a database replaced on disk gets a new
+    handle). Pass the key to `release_env` when done."""
     if not path.exists():
         raise DataError(f"LMDB database '{path}' does not exist (cwd: {Path.cwd()})")
     try:
@@ -40,11 +51,31 @@ def shared_env(path: Path) -> lmdb.Environment:
     except OSError:
         raise DataError(f"'{path}' is not an LMDB database (no data.mdb in it)") from None
     for inherited in [k for k in _SHARED if k[0] != os.getpid()]:
-        _SHARED.pop(inherited).close()   # a forked child must not use its parent's handles
+        _SHARED.pop(inherited)[0].close()   # a forked child must not use its parent's handles
+    for unused in [k for k, (_, readers) in _SHARED.items() if readers <= 0 and not _current(k)]:
+        _SHARED.pop(unused)[0].close()      # its database was removed or replaced
     key = (os.getpid(), str(path.resolve()), inode)
     if key not in _SHARED:
-        _SHARED[key] = open_env(path)
-    return _SHARED[key]
+        _SHARED[key] = [open_env(path), 0]
+    _SHARED[key][1] += 1
+    return key, _SHARED[key][0]
+
+
+def release_env(key: tuple[int, str, int]) -> None:
+    """One reader less on a handle. A handle without readers whose database was removed or
+    replaced is closed, now or at the next `shared_env` (its memory map would otherwise
+    stay for the life of the process)."""
+    entry = _SHARED.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0 and not _current(key):
+        _SHARED.pop(key)[0].close()
+
+
+def _end_read(txn: lmdb.Transaction, key: tuple[int, str, int]) -> None:
+    txn.abort()
+    release_env(key)
 
 
 class LmdbReader:
@@ -53,7 +84,10 @@ class LmdbReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._txn = shared_env(self.path).begin(buffers=True)   # values as views of the map
+        key, env = shared_env(self.path)
+        self._txn = env.begin(buffers=True)   # values as views of the map
+        # closed by close() or, at the latest, when the reader is collected
+        self._finalizer = weakref.finalize(self, _end_read, self._txn, key)
         self._cursor = self._txn.cursor()
         self._position = -1
         self.length = self._txn.stat()["entries"]
@@ -86,8 +120,9 @@ class LmdbReader:
         return bytes(self._cursor.key()).decode("utf-8", "replace"), self._cursor.value()
 
     def close(self) -> None:
-        """End the read transaction (the process keeps the environment open)."""
-        self._txn.abort()
+        """End the read transaction (the process keeps the environment open while its
+        database is in place)."""
+        self._finalizer()
 
     def __enter__(self) -> LmdbReader:
         return self
@@ -132,8 +167,7 @@ def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
     path = Path(path)
     if path.exists() and not overwrite:
         raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_dir_beside(path)
     try:
         env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE, sync=False)
         try:
@@ -156,7 +190,7 @@ def replace_dir(new: Path, target: Path) -> None:
     new.chmod(0o755)   # mkdtemp made it private
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        old = temporary_dir_beside(target, suffix=".old")
         os.replace(target, old / target.name)
     os.replace(new, target)
     if old is not None:

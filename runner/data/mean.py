@@ -2,6 +2,7 @@
 the DataTransformer reads them back."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from runner.data.datum import DataError, dims, datum_to_array, parse_datum
 from runner.data.lmdb_store import LmdbReader
-from runner.proto import caffe_pb2
+from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
 def compute_image_mean(db_path: str | os.PathLike) -> caffe_pb2.BlobProto:
@@ -53,21 +54,26 @@ def blob_array(blob: caffe_pb2.BlobProto, where: str) -> np.ndarray:
     else:
         dims = [blob.num, blob.channels, blob.height, blob.width]
     values = blob.data if len(blob.data) else blob.double_data
-    if len(dims) != 4 or dims[0] != 1 or int(np.prod(dims)) != len(values) or not len(values):
+    if (len(dims) != 4 or dims[0] != 1 or min(dims) <= 0 or math.prod(dims) != len(values)):
         raise DataError(f"{where}: expected a 1 x C x H x W mean blob, got shape {dims} "
                         f"with {len(values)} values")
     return np.asarray(values, np.float32).reshape(dims[1:])
 
 
 def load_mean(path: str | os.PathLike) -> np.ndarray:
-    """Read a mean .binaryproto as a float32 CxHxW array."""
+    """Read a mean .binaryproto as a float32 CxHxW array; NaN or inf in it is an error
+    (a mean has no use for them and they would turn every input into NaN)."""
     path = Path(path)
     blob = caffe_pb2.BlobProto()
     try:
-        blob.ParseFromString(path.read_bytes())
-    except OSError as exc:
-        raise DataError(f"cannot read mean file '{path}': {exc.strerror}") from None
+        blob.ParseFromString(read_file_bytes(path))
+    except ProtoError as exc:
+        raise DataError(f"cannot read mean file: {exc}") from None
     except DecodeError as exc:
         raise DataError(f"mean file '{path}' is not a BlobProto ({exc})") from None
-    return blob_array(blob, f"mean file '{path}'")
+    mean = blob_array(blob, f"mean file '{path}'")
+    bad = np.count_nonzero(~np.isfinite(mean))
+    if bad:
+        raise DataError(f"mean file '{path}': {bad} of its {mean.size} values are NaN or inf")
+    return mean
 

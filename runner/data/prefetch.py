@@ -406,17 +406,27 @@ class PrefetchingSource:
             self.device = device
         return self
 
+    def check_labels(self, top: str, classes: int, ignore_label: int | None, layer: str) -> None:
+        """Have the maker refuse labels outside [0, classes) when `top` is its label top
+        (from the next batch on: workers restart with the new limit)."""
+        tops = getattr(self.maker, "tops", ())
+        if len(tops) > 1 and top == tops[1]:
+            self.close()
+            self.maker.check_labels(classes, ignore_label, layer)
+
     def skip_batches(self, n: int) -> None:
         """Position the stream n batches further on (exact: a batch depends on its index)."""
         self.close()
         self._next_batch += n
 
     def close(self) -> None:
-        """Stop the worker processes (if any)."""
+        """Stop the worker processes (if any) and end this process's reads."""
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._next_batch = self._prefetcher.next_batch
             self._prefetcher = None
+        if hasattr(self.maker, "close"):
+            self.maker.close()
 
     def __enter__(self) -> PrefetchingSource:
         return self

@@ -76,6 +76,18 @@ class StreamBatches:
     world_size: int
     device_finish: bool = False
     interleaved: bool = False   # device_finish pixels are N x h x w x C
+    label_limits: tuple[tuple[int, int | None, str], ...] = ()   # see `check_labels`
+
+    def check_labels(self, classes: int, ignore_label: int | None, layer: str) -> None:
+        """From now on refuse a label outside [0, classes) (but ignore_label) as its item
+        is read, naming the item and `layer`, the loss or accuracy layer it feeds."""
+        self.label_limits += ((classes, ignore_label, layer),)
+
+    def _check_label(self, label: int, where: str) -> None:
+        for classes, ignore_label, layer in self.label_limits:
+            if label != ignore_label and not 0 <= label < classes:
+                raise DataError(f"{where}: label {label} is outside [0, {classes}), the "
+                                f"classes of layer '{layer}'")
 
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         """(where, CxHxW image, label) at stream position `position`."""
@@ -98,6 +110,7 @@ class StreamBatches:
             else:
                 self.transformer.transform_into(image, data[item], rng, where)
             if labels is not None:
+                self._check_label(label, where)
                 labels[item] = label
 
     def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

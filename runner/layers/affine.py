@@ -12,6 +12,8 @@ from runner.shapes import canonical_axis
 class InnerProduct(Layer):
     """y = x W^T + b with x flattened from `axis` on; `transpose` stores W as (K, N)."""
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.inner_product_param
@@ -47,6 +49,8 @@ class Scale(Layer):
     if any, is the only blob).
     """
 
+    bottom_count, top_count = (1, 2), (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.scale_param
@@ -75,6 +79,8 @@ class Bias(Layer):
     """y = x + bias, bias broadcast over axes [axis, axis + bias.dim()); the bias is a
     learned blob or the second bottom."""
 
+    bottom_count, top_count = (1, 2), (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         b = bottom_shapes[0]
@@ -94,6 +100,8 @@ class Bias(Layer):
 @register("Embed")
 class Embed(Layer):
     """Look up rows of a (input_dim, num_output) table by integer-valued bottom (+ bias)."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -15,6 +15,18 @@ class UnsupportedLayerError(ValueError):
     """A prototxt names a layer type that has no implementation here."""
 
 
+class BlobCountError(ValueError):
+    """A layer given more or fewer bottoms or tops than its type takes (Caffe's
+    CheckBlobCounts at LayerSetUp)."""
+
+
+def _count_text(bounds: tuple[int, int | None]) -> str:
+    low, high = bounds
+    if low == high:
+        return f"exactly {low}"
+    return f"at least {low}" if high is None else f"{low} to {high}"
+
+
 def register(*type_names: str):
     """Class decorator: make a Layer the implementation of Caffe `type` strings."""
     def wrap(cls):
@@ -51,8 +63,28 @@ class Layer(nn.Module):
     """
 
     is_loss = False  # loss layers weigh their first top by 1 unless loss_weight says otherwise
+    # Caffe's Exact/Min/MaxNumBottomBlobs and ...TopBlobs as (min, max); None: unbounded.
+    bottom_count: tuple[int, int | None] = (0, None)
+    top_count: tuple[int, int | None] = (0, None)
+    same_bottom_top_count = False  # Caffe's EqualNumBottomTopBlobs
+    # (classes, ignore_label) when bottom 1 holds class labels this layer indexes with
+    label_limit: tuple[int, int | None] | None = None
+
+    @classmethod
+    def check_blob_counts(cls, lp, n_bottoms: int) -> None:
+        """Refuse a layer with a number of bottoms or tops its type does not take."""
+        for what, given, bounds in zip(("bottom", "top"), (n_bottoms, len(lp.top)),
+                                       (cls.bottom_count, cls.top_count)):
+            low, high = bounds
+            if given < low or (high is not None and given > high):
+                raise BlobCountError(f"layer '{lp.name}' ({lp.type}) takes {_count_text(bounds)} "
+                                     f"{what} blob(s), got {given}")
+        if cls.same_bottom_top_count and n_bottoms != len(lp.top):
+            raise BlobCountError(f"layer '{lp.name}' ({lp.type}) takes one top per bottom, got "
+                                 f"{n_bottoms} bottom(s) and {len(lp.top)} top(s)")
 
     def __init__(self, lp, bottom_shapes: list[Shape], phase: int):
+        self.check_blob_counts(lp, len(bottom_shapes))
         super().__init__()
         self.name = lp.name
         self.type = lp.type

@@ -29,12 +29,32 @@ def split_at_axis(shape, axis: int, name: str = "") -> tuple[int, int, int, int]
     return axis, math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
-def label_index(label: torch.Tensor, outer: int, inner: int, layer: str) -> torch.Tensor:
-    """Labels as an (outer, inner) int64 tensor, truncated toward zero as Caffe's static_cast."""
+class LabelError(ValueError):
+    """A label outside [0, classes) reached a loss or accuracy layer (names the layer)."""
+
+
+def label_index(label: torch.Tensor, outer: int, inner: int, layer: str,
+                classes: int | None = None, ignore_label: int | None = None) -> torch.Tensor:
+    """Labels as an (outer, inner) int64 tensor, truncated toward zero as Caffe's static_cast.
+
+    With `classes`, every label but `ignore_label` must lie in [0, classes): Caffe would
+    read past its arrays (only its debug build checks), torch fails without naming a layer.
+    """
     if label.numel() != outer * inner:
         raise ValueError(f"layer '{layer}': label has {label.numel()} values, expected "
                          f"{outer * inner} ({outer} x {inner}) to match the predictions")
-    return label.reshape(outer, inner).long()
+    labels = label.reshape(outer, inner)
+    if classes is not None:
+        whole = labels.trunc() if labels.is_floating_point() else labels
+        bad = ~((whole >= 0) & (whole < classes))   # NaN counts as bad
+        if ignore_label is not None:
+            bad &= labels.long() != ignore_label
+        if bool(bad.any()):
+            first = labels[bad][0].item()
+            raise LabelError(f"layer '{layer}': label {first:g} at position "
+                             f"{int(bad.reshape(-1).nonzero()[0])} is outside [0, {classes}) "
+                             f"({int(bad.sum())} of {labels.numel()} labels are)")
+    return labels.long()
 
 
 def normalization_mode(lp, mode_default: int) -> int:

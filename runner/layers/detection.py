@@ -33,6 +33,8 @@ class PriorBox(Layer):
     sqrt(min_size * max_size), then one box per aspect ratio other than 1. Top (1, 2, 4*n):
     the boxes (clipped to [0, 1] with `clip`), then the variances."""
 
+    bottom_count, top_count = (2, 2), (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p, name = lp.prior_box_param, lp.name
@@ -118,6 +120,8 @@ class DetectionOutput(Layer):
     keep_top_k best over all classes. Top (1, 1, kept, 7): image, label, score, xmin, ymin,
     xmax, ymax, by image, then label, then score; one row of -1 per image (its index
     first) when nothing is kept. Runs on the CPU in float32, as the fork's CPU path."""
+
+    bottom_count, top_count = (3, 4), (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

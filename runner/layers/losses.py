@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,16 +10,27 @@ from google.protobuf.message import DecodeError
 from runner.layers.base import Layer, register
 from runner.layers.common import (LOG_THRESHOLD, clip_value_keep_grad, label_index,
                                   loss_normalizer, normalization_mode, split_at_axis)
-from runner.proto import caffe_pb2
+from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
 class _Loss(Layer):
+    """Caffe's LossLayer: predictions and labels (or targets) in, one loss top out."""
+
     is_loss = True
+    bottom_count, top_count = (2, 2), (1, 1)
 
 
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
     """The bottom as (num, count / num), Caffe's num x dim view."""
     return x.reshape(x.shape[0], -1)
+
+
+class _PerSampleLabels:
+    """Mixin: one label per sample, a class among the count / num values of bottom 0."""
+
+    @property
+    def label_limit(self) -> tuple[int, None]:
+        return math.prod(self.bottom_shapes[0][1:]), None
 
 
 @register("EuclideanLoss")
@@ -70,13 +80,13 @@ class SigmoidCrossEntropyLoss(_Loss):
 
 
 @register("HingeLoss")
-class HingeLoss(_Loss):
+class HingeLoss(_PerSampleLabels, _Loss):
     """sum over samples and classes of max(0, 1 - t * x)^p / N, t = +1 for the label's
     class and -1 elsewhere; p = 1 (L1, default) or 2 (L2)."""
 
     def forward(self, x, label):
         scores = _per_sample(x)
-        labels = label_index(label, scores.shape[0], 1, self.name)
+        labels = label_index(label, scores.shape[0], 1, self.name, scores.shape[1])
         sign = torch.ones_like(scores).scatter_(1, labels, -1.0)
         margin = F.relu(1 + sign * scores)
         if self.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
@@ -87,9 +97,9 @@ class HingeLoss(_Loss):
 def read_infogain_matrix(path: str, layer: str) -> torch.Tensor:
     """The H matrix of an InfogainLoss from a binaryproto BlobProto file."""
     try:
-        blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
-    except OSError as exc:
-        raise ValueError(f"layer '{layer}': cannot read infogain matrix '{path}': {exc}") from None
+        blob = caffe_pb2.BlobProto.FromString(read_file_bytes(path))
+    except ProtoError as exc:
+        raise ValueError(f"layer '{layer}': cannot read infogain matrix: {exc}") from None
     except DecodeError:
         raise ValueError(f"layer '{layer}': '{path}' is not a binary BlobProto") from None
     values = list(blob.double_data) or list(blob.data)
@@ -106,6 +116,8 @@ class InfogainLoss(_Loss):
     is Caffe's p * rowsum(H)[label] - H[label], unaffected by the clip. An optional
     second top is the softmax."""
 
+    bottom_count, top_count = (2, 3), (1, 2)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.infogain_loss_param
@@ -116,6 +128,7 @@ class InfogainLoss(_Loss):
         self.mode = lp.loss_param.normalization
         lpp = lp.loss_param
         self.ignore_label = lpp.ignore_label if lpp.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
         matrix = None
         if len(bottom_shapes) < 3:
             if not p.source:
@@ -134,7 +147,7 @@ class InfogainLoss(_Loss):
         h = h.detach().reshape(channels, channels).to(x.dtype)
         log_prob = F.log_softmax(x, dim=self.axis).reshape(outer, channels, inner)
         log_prob = clip_value_keep_grad(log_prob, math.log(LOG_THRESHOLD))
-        labels = label_index(label, outer, inner, self.name)
+        labels = label_index(label, outer, inner, self.name, channels, self.ignore_label)
         valid = None if self.ignore_label is None else labels != self.ignore_label
         index = labels if valid is None else torch.where(valid, labels, 0)
         weights = h[index].permute(0, 2, 1)  # (outer, channels, inner): H[label, l]
@@ -150,13 +163,13 @@ class InfogainLoss(_Loss):
 
 
 @register("MultinomialLogisticLoss")
-class MultinomialLogisticLoss(_Loss):
+class MultinomialLogisticLoss(_PerSampleLabels, _Loss):
     """-sum log(max(p[label], 1e-20)) / N over probabilities p; the gradient at the label
     is -1 / max(p, 1e-20) / N, as Caffe's."""
 
     def forward(self, prob, label):
         p = _per_sample(prob)
-        labels = label_index(label, p.shape[0], 1, self.name)
+        labels = label_index(label, p.shape[0], 1, self.name, p.shape[1])
         picked = p.gather(1, labels).squeeze(1)
         floor = picked.detach().clamp(min=LOG_THRESHOLD)
         # value log(floor); gradient 1 / floor
@@ -169,6 +182,8 @@ class ContrastiveLoss(_Loss):
     """Pairs (a, b) with similarity y: sum of d^2 for similar pairs and
     max(margin - d, 0)^2 for dissimilar ones (legacy: max(margin - d^2, 0)), over 2N.
     The dissimilar gradient uses Caffe's d + 1e-4 in the denominator."""
+
+    bottom_count, top_count = (3, 3), (1, 1)
 
     def forward(self, a, b, similar):
         p = self.lp.contrastive_loss_param

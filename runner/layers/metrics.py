@@ -19,6 +19,8 @@ class Accuracy(Layer):
     second top gives the accuracy per class (0 for classes without samples).
     """
 
+    bottom_count, top_count = (2, 2), (1, 2)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.accuracy_param
@@ -27,12 +29,13 @@ class Accuracy(Layer):
             raise ValueError(f"layer '{lp.name}': top_k {p.top_k} exceeds the {channels} classes")
         self.top_k = p.top_k
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
 
     @torch.no_grad()
     def forward(self, x, label):
         _, outer, channels, inner = split_at_axis(tuple(x.shape), self.axis, self.name)
         scores = x.detach().reshape(outer, channels, inner)
-        labels = label_index(label, outer, inner, self.name)
+        labels = label_index(label, outer, inner, self.name, channels, self.ignore_label)
         valid = torch.ones_like(labels, dtype=torch.bool) if self.ignore_label is None \
             else labels != self.ignore_label
         index = torch.where(valid, labels, 0)
@@ -65,6 +68,8 @@ class ArgMax(Layer):
     out_max_val, (N, 2, top_k) holding indices then values (trailing 1s up to the
     bottom's rank). With `axis`, along it: indices, or values when out_max_val.
     """
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -13,6 +13,8 @@ from runner.layers.common import filler_or
 class _Neuron(Layer):
     """A layer applying `self.fn` element-wise."""
 
+    bottom_count = top_count = (1, 1)
+
     def fn(self, x):
         raise NotImplementedError
 

@@ -20,6 +20,8 @@ class LRN(Layer):
     b = a * (1 + alpha * pooled)^-beta; k is not used.
     """
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.lrn_param
@@ -54,6 +56,8 @@ class BatchNorm(Layer):
     mean_acc/s and var_acc/s (s == 0 gives 0). use_global_stats defaults to evaluation
     mode (`not self.training`), Caffe's "phase == TEST".
     """
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -122,6 +126,8 @@ class MVN(Layer):
     """Mean-variance normalisation per (sample, channel), or per sample across channels;
     eps is added to the standard deviation, as Caffe does."""
 
+    bottom_count = top_count = (1, 1)
+
     def forward(self, x):
         p = self.lp.mvn_param
         rows = x.shape[0] if p.across_channels else x.shape[0] * x.shape[1]
@@ -169,6 +175,8 @@ class Normalize(Layer):
     """SSD's Normalize (weiliu89/caffe): L2-normalise each sample across channels and
     space, or across channels at each position, then multiply by a learned scale (one,
     or one per channel); eps is added to the sum of squares."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

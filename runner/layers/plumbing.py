@@ -18,6 +18,8 @@ class Eltwise(Layer):
     later bottoms win only when strictly greater.
     """
 
+    bottom_count, top_count = (2, None), (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.eltwise_param
@@ -58,6 +60,8 @@ class Eltwise(Layer):
 class Concat(Layer):
     """Concatenate bottoms along `axis` (or legacy concat_dim)."""
 
+    bottom_count, top_count = (1, None), (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.concat_param
@@ -71,6 +75,8 @@ class Concat(Layer):
 @register("Slice")
 class Slice(Layer):
     """Split one bottom along `axis` at slice_point(s), or into equal parts."""
+
+    bottom_count, top_count = (1, 1), (1, None)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -87,6 +93,8 @@ class Slice(Layer):
 class Split(Layer):
     """The bottom, once per top (gradients of the tops add up)."""
 
+    bottom_count, top_count = (1, 1), (1, None)
+
     def forward(self, x):
         return (x,) * len(self.lp.top)
 
@@ -95,6 +103,8 @@ class Split(Layer):
 class Silence(Layer):
     """Consumes its bottoms; no tops."""
 
+    bottom_count, top_count = (1, None), (0, 0)
+
     def forward(self, *bottoms):
         return ()
 
@@ -102,6 +112,8 @@ class Silence(Layer):
 @register("Flatten")
 class Flatten(Layer):
     """Merge axes [axis, end_axis] into one."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -117,6 +129,8 @@ class Flatten(Layer):
 class Permute(Layer):
     """SSD's Permute: reorder the axes (permute_param.order, then the axes it leaves out);
     the identity order passes the bottom through, as the fork shares the blob."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -135,6 +149,8 @@ class Permute(Layer):
 class Reshape(Layer):
     """Caffe's Reshape: 0 copies a bottom dimension, one -1 is inferred."""
 
+    bottom_count = top_count = (1, 1)
+
     def forward(self, x):
         return (x.reshape(reshape_target(self.lp, tuple(x.shape))),)
 
@@ -143,6 +159,8 @@ class Reshape(Layer):
 class Crop(Layer):
     """Crop bottom 0 to bottom 1's shape on axes >= axis, starting at the given offsets
     (none: 0; one: for every axis; else one per cropped axis)."""
+
+    bottom_count, top_count = (2, 2), (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -173,6 +191,8 @@ class Crop(Layer):
 class Tile(Layer):
     """Repeat the blob `tiles` times along `axis` (each block of axes >= axis is copied)."""
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         n = len(bottom_shapes[0])
@@ -188,6 +208,8 @@ class Tile(Layer):
 @register("Reduction")
 class Reduction(Layer):
     """coeff * SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -17,6 +17,8 @@ from runner.shapes import canonical_axis
 class Softmax(Layer):
     """exp(x) / sum exp(x) along softmax_param.axis."""
 
+    bottom_count = top_count = (1, 1)
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         self.axis = canonical_axis(lp.softmax_param.axis, len(bottom_shapes[0]), lp.name)
@@ -34,19 +36,22 @@ class SoftmaxWithLoss(Layer):
     An optional second top is the softmax (it carries no gradient, as in Caffe).
     """
 
+    bottom_count, top_count = (2, 2), (1, 2)
+
     is_loss = True
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
-        self.axis = split_at_axis(bottom_shapes[0], lp.softmax_param.axis, lp.name)[0]
+        self.axis, _, channels, _ = split_at_axis(bottom_shapes[0], lp.softmax_param.axis, lp.name)
         self.mode = normalization_mode(lp, caffe_pb2.LossParameter.VALID)
         p = lp.loss_param
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.label_limit = (channels, self.ignore_label)
 
     def forward(self, x, label):
         _, outer, channels, inner = split_at_axis(tuple(x.shape), self.axis, self.name)
         log_prob = F.log_softmax(x, dim=self.axis)
-        labels = label_index(label, outer, inner, self.name)
+        labels = label_index(label, outer, inner, self.name, channels, self.ignore_label)
         valid = None if self.ignore_label is None else labels != self.ignore_label
         index = labels if valid is None else torch.where(valid, labels, 0)
         picked = log_prob.reshape(outer, channels, inner).gather(1, index.unsqueeze(1)).squeeze(1)

@@ -20,6 +20,9 @@ class Convolution(Layer):
     Every bottom is convolved with the same weights (one top per bottom), as in Caffe.
     """
 
+    bottom_count = top_count = (1, None)
+    same_bottom_top_count = True
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.convolution_param
@@ -140,6 +143,8 @@ class Pooling(Layer):
     """Caffe's MAX/AVE pooling: ceil (or floor) output size with the last-window clip,
     AVE divided by the window clipped to the padded input; optional MAX mask top."""
 
+    bottom_count, top_count = (1, 1), (1, 2)  # MAX only: the mask top
+
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         p = lp.pooling_param
@@ -177,6 +182,8 @@ class Pooling(Layer):
 class SPP(Layer):
     """Spatial pyramid pooling: level i pools into 2^i x 2^i bins (Caffe's kernel, stride
     and pad per level), each flattened, all concatenated; one level is plain pooling."""
+
+    bottom_count = top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 from typing import TypeVar
 
 from google.protobuf import unknown_fields
@@ -16,12 +16,31 @@ from runner.proto.upgrade import upgrade_net
 M = TypeVar("M", bound=Message)
 
 
-def read_file_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or a ProtoError naming the path."""
+# protobuf refuses messages past 2 GiB (Caffe's kProtoReadBytesLimit is INT_MAX too).
+MAX_FILE_BYTES = 2**31 - 1
+
+
+def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file `path` (at most `limit`), or a ProtoError naming it.
+
+    Devices, pipes and directories are refused before anything is read, and no more than
+    the size the file declares is read, so /dev/zero or a growing file cannot exhaust memory.
+    """
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block the open
     except OSError as err:
-        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from err
+        raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ProtoError(f"{path}: cannot read: not a regular file")
+        if info.st_size > limit:
+            raise ProtoError(f"{path}: {info.st_size} bytes, more than the {limit} "
+                             "this file may have")
+        try:
+            return f.read(info.st_size)
+        except OSError as err:
+            raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
@@ -43,7 +62,27 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
         raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "
                          f"{unknown} that {type_name} does not define)")
     check_required_fields(msg, str(path))
+    bad = _undecodable_string(msg)
+    if bad:
+        raise ProtoError(f"{path}: not a binary {type_name} (its string field {bad} "
+                         "is not UTF-8 text)")
     return msg
+
+
+def _undecodable_string(msg: Message, where: str = "") -> str | None:
+    """The path of the first string field holding bytes that are not UTF-8 (protobuf
+    hands such proto2 strings back as bytes), or None."""
+    for field, value in msg.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        items = enumerate(value) if field.is_repeated else [(None, value)]
+        for i, item in items:
+            name = f"{where}{field.name}" + ("" if i is None else f"[{i}]")
+            found = (name if isinstance(item, bytes) else None) \
+                if field.type == field.TYPE_STRING else _undecodable_string(item, name + ".")
+            if found:
+                return found
+    return None
 
 
 def write_binary(msg: Message, path: str | os.PathLike) -> None:

@@ -1,6 +1,8 @@
 """BlobProto <-> numpy: Caffe's Blob::FromProto / ToProto for float data."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from runner.proto import caffe_pb2
@@ -33,7 +35,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto, what: str = "blob", diff: bool = Fa
     if len(getattr(blob, "double_" + field)):
         field = "double_" + field
     values = getattr(blob, field)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(values) != count:
         raise ProtoError(f"{what}: shape {shape} holds {count} values but {field} has {len(values)}")
     return np.array(values, dtype=np.float32).reshape(shape)

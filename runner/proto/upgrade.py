@@ -215,7 +215,7 @@ def snapshot_prefix_for(solver: caffe_pb2.SolverParameter, solver_path: str | os
     path = Path(solver_path)
     if not solver.HasField("snapshot_prefix"):
         return str(path.with_suffix(""))
-    if Path(solver.snapshot_prefix).is_dir():
+    if os.path.isdir(solver.snapshot_prefix):   # False, not an error, for an impossible name
         return str(Path(solver.snapshot_prefix) / path.stem)
     return solver.snapshot_prefix
 

@@ -47,6 +47,11 @@ def check_solver_param(param, where: str = "solver") -> None:
         fail("snapshot_format HDF5 is not supported; use snapshot_format: BINARYPROTO")
     if param.snapshot < 0:
         fail("snapshot should be >= 0")
+    if param.max_iter < 0:
+        fail(f"max_iter should be >= 0, got {param.max_iter}")
+    for i, n in enumerate(param.test_iter):
+        if n <= 0:
+            fail(f"test_iter[{i}] should be > 0, got {n}")
     n_train = sum(param.HasField(f) for f in ("net", "net_param", "train_net", "train_net_param"))
     if n_train != 1:
         fail("specify exactly one train net with one of the fields net, net_param, "

@@ -108,7 +108,9 @@ class Solver:
         self.iter = self.start_iter = 0   # start_iter: where the last step() began
         self.requested_early_exit = False
         self.request = NONE          # the signal request taken at the last iteration
-        self.last_snapshot = None
+        self.last_snapshot = None        # the last one written
+        self.last_good_snapshot = None   # the last one whose own weights gave a finite loss
+        self._unchecked_snapshot = None  # (iter, path) written, its forward not yet run
         self.smoothed_loss = float("nan")
         self.scores = []      # (iteration, test net, mean of each output element) per test
         self.snapshots = []   # the .caffemodel files written
@@ -247,7 +249,9 @@ class Solver:
         if diverged:
             raise SolverDiverged(
                 f"Iteration {self.iter}: the loss is {cfloat(loss)}; stopping before the "
-                f"update. Last good snapshot: {self.last_snapshot or 'none written'}")
+                f"update. Last good snapshot (its weights gave a finite loss): "
+                f"{self.last_good_snapshot or 'none'}")
+        self._confirm_snapshot()
         self._update_smoothed_loss(loss, self.start_iter)
         p = self.param
         if p.display and self.iter % p.display == 0:
@@ -345,11 +349,18 @@ class Solver:
         if not finite:
             raise SolverDiverged(
                 f"Iteration {self.iter}: the weights contain NaN/inf; not snapshotting over the "
-                f"last good snapshot ({self.last_snapshot or 'none written'})")
+                f"last good snapshot ({self.last_good_snapshot or 'none'})")
         paths = write_snapshot(self.net, self.update.history, self.iter,
                                self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
         self.last_snapshot = paths.state
         self.snapshots.append(paths.model)
+        self._unchecked_snapshot = (self.iter, paths.state)
+
+    def _confirm_snapshot(self) -> None:
+        """After a finite forward at self.iter: a snapshot of this iteration is good."""
+        if self._unchecked_snapshot and self._unchecked_snapshot[0] == self.iter:
+            self.last_good_snapshot = self._unchecked_snapshot[1]
+            self._unchecked_snapshot = None
 
     def restore(self, state_file: str) -> None:
         """Weights, history, iter, current_step; data and aux weights follow from iter."""
@@ -357,10 +368,13 @@ class Solver:
         self.net.load_caffemodel(state.learned_net)
         self.update.load_history(state.history)
         self.iter = state.iter
+        self._unchecked_snapshot = (state.iter, state_file)
         self.lr_policy.current_step = state.current_step
-        self.train_batches.skip(self.iter * self.param.iter_size)
+        # A state past max_iter trains no more: its streams need not be wound that far.
+        done = min(self.iter, self.param.max_iter)
+        self.train_batches.skip(done * self.param.iter_size)
         for stream, n in zip(self.test_batches, self.param.test_iter):
-            stream.skip(self.tests_before(self.iter) * n)
+            stream.skip(self.tests_before(done) * n)
 
     def tests_before(self, it: int) -> int:
         """How many test rounds the loop ran before reaching iteration `it`."""

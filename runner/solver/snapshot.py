@@ -62,11 +62,22 @@ def load_solverstate(path: str) -> RestoredState:
             f"{path}: HDF5 solver states are not supported; snapshot with "
             "snapshot_format: BINARYPROTO")
     state = read_solverstate(path)
+    if state.iter < 0:
+        raise SolverConfigError(f"{path}: iter is {state.iter}; a solver state's iteration "
+                                "must be >= 0")
+    if state.current_step < 0:
+        raise SolverConfigError(f"{path}: current_step is {state.current_step}; it must be >= 0")
     learned = state.learned_net
-    if learned and not os.path.exists(learned):
+    if not learned:
+        raise SolverConfigError(f"{path}: learned_net is empty; a solver state names the "
+                                ".caffemodel of its weights")
+    if not os.path.exists(learned):
         beside = os.path.join(os.path.dirname(path), os.path.basename(learned))
         if os.path.exists(beside):
             learned = beside
-    return RestoredState(state.iter, state.current_step, learned,
-                         [blob_to_array(b, f"{path} history blob {i}")
-                          for i, b in enumerate(state.history)])
+    history = [blob_to_array(b, f"{path} history blob {i}") for i, b in enumerate(state.history)]
+    for i, h in enumerate(history):
+        if not np.isfinite(h).all():
+            raise SolverConfigError(f"{path}: history blob {i} holds NaN or inf values; "
+                                    "resume from an earlier snapshot")
+    return RestoredState(state.iter, state.current_step, learned, history)

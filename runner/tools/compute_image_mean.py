@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         write_image_mean(args.db, args.output)
     except DataError as exc:
         print(f"compute_image_mean: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

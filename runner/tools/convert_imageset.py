@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             encoded=args.encoded or bool(args.encode_type), encode_type=args.encode_type)
     except DataError as exc:
         print(f"convert_imageset: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"Processed {count} files into {args.db}.")
     return 0
 

@@ -21,14 +21,13 @@ import gzip
 import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from runner.atomic import atomic_write_text
+from runner.atomic import atomic_write_text, temporary_dir_beside
 from runner.data.datum import DataError, image_to_datum
 from runner.data.lmdb_store import replace_dir, write_lmdb
 from runner.tools.compute_image_mean import write_image_mean
@@ -91,8 +90,7 @@ def export_images(split: str, images: np.ndarray, labels: np.ndarray, images_dir
                   list_file: Path) -> None:
     """Write the images as PNG files in images_dir/SPLIT/ (a folder built aside and renamed
     into place) and a "NAME LABEL" list file."""
-    images_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}.", suffix=".tmp", dir=images_dir))
+    tmp = temporary_dir_beside(images_dir / split)
     try:
         for index, image in enumerate(tqdm(images, desc="png", unit="img")):
             cv2.imwrite(str(tmp / Path(image_name(split, index)).name), image)
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                       list_file=args.list_file, export_split=args.export_split)
     except DataError as exc:
         print(f"fashion_mnist: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"Fashion-MNIST: {counts['train']} train and {counts['test']} test images "
           f"in {args.out}")
     return 0

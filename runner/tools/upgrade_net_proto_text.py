@@ -28,7 +28,7 @@ def run_upgrade(module: str, doc: str, parse: Callable, upgrade: Callable,
         write_text(msg, args.output)
     except (ProtoError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     status = f"upgraded ({'; '.join(applied)})" if applied else "already in the latest format"
     print(f"{args.input}: {status}\nwrote {args.output}", file=sys.stderr)
     return 0

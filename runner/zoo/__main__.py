@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from runner import console
+from runner.graph import LayerMemoryError
 from runner.proto import ProtoError
 from runner.zoo.frontmatter import ZooError, read_readme
 
@@ -70,9 +71,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         print(args.run(args))
-    except (ZooError, ProtoError, ValueError, OSError) as exc:
+    except (ZooError, ProtoError, ValueError, OSError, LayerMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

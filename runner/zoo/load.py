@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.proto import ProtoError, blob_to_array, filter_net, read_blobproto, read_net
-from runner.zoo.frontmatter import ZooError, read_readme
-from runner.zoo.verify import DEPLOY, caffemodel_path
+from runner.proto import (ProtoError, blob_to_array, filter_net, read_blobproto, read_file_bytes,
+                          read_net)
+from runner.zoo.frontmatter import ZooError, inside_folder, read_readme
+from runner.zoo.verify import DEPLOY, caffemodel_path, check_sha1
 
 MEAN_NAMES = ("mean.binaryproto",)
 LABEL_NAMES = ("labels.txt", "synset_words.txt")
+LABELS_LIMIT = 64 << 20   # bytes of a labels file read at most
 
 
 @dataclass
@@ -47,8 +49,11 @@ class ZooModel:
 def load(path: str | os.PathLike, weights: str | os.PathLike | None = None, *,
          mean_file: str | os.PathLike | None = None, mean_value: list[float] | None = None,
          labels_file: str | os.PathLike | None = None,
-         image_dims: tuple[int, int] | None = None):
-    """(Net, ZooModel) for a zoo folder or a deploy.prototxt (then `weights` is needed)."""
+         image_dims: tuple[int, int] | None = None, verify_sha1: bool = True):
+    """(Net, ZooModel) for a zoo folder or a deploy.prototxt (then `weights` is needed).
+
+    A folder's own caffemodel is used only if its sha1 is readme.md's (unless
+    `verify_sha1` is False); files the folder names must lie inside it."""
     from runner.net import Net
 
     path = Path(path)
@@ -57,8 +62,13 @@ def load(path: str | os.PathLike, weights: str | os.PathLike | None = None, *,
         if not front.get("caffemodel"):
             raise ZooError(f"{path / 'readme.md'}: front matter lacks 'caffemodel'")
         name = front.get("name") or path.name
-        weights = Path(weights) if weights else caffemodel_path(path, front)
-        deploy = path / DEPLOY
+        if weights:
+            weights = Path(weights)
+        else:
+            weights = caffemodel_path(path, front)
+            if verify_sha1:
+                check_sha1(path, front, weights)
+        deploy = inside_folder(path, DEPLOY)
     elif path.is_file():
         if weights is None:
             raise ZooError(f"{path}: a deploy prototxt needs its weights (--weights)")
@@ -100,7 +110,7 @@ def _set_mean(info: ZooModel, mean_file, mean_value, folder: Path) -> None:
         if mean_file is None:
             found = [folder / n for n in MEAN_NAMES if (folder / n).is_file()]
             found = found or sorted(folder.glob("*.binaryproto"))
-            mean_file = found[0] if len(found) == 1 else None
+            mean_file = inside_folder(folder, found[0].name) if len(found) == 1 else None
         if mean_file is None:
             info.notes.append(f"no mean file in {folder}: no mean is subtracted "
                               "(pass --mean or --mean-value)")
@@ -109,6 +119,8 @@ def _set_mean(info: ZooModel, mean_file, mean_value, folder: Path) -> None:
             mean = blob_to_array(read_blobproto(mean_file)).astype(np.float32)
         except (OSError, ProtoError) as exc:
             raise ZooError(f"{mean_file}: cannot read mean: {exc}") from None
+        if not np.isfinite(mean).all():
+            raise ZooError(f"{mean_file}: the mean holds NaN or inf values")
         mean = mean.reshape(mean.shape[-3:]) if mean.ndim == 4 else mean
         if mean.ndim != 3:
             raise ZooError(f"{mean_file}: mean blob has shape {mean.shape}, "
@@ -125,6 +137,7 @@ def _train_val_transform(folder: Path):
     train_val = folder / "train_val.prototxt"
     if not train_val.is_file():
         return None
+    inside_folder(folder, train_val.name)
     try:
         net = read_net(train_val)
     except ProtoError as exc:
@@ -139,15 +152,17 @@ def _labels(labels_file, folder: Path, classes: int, notes: list[str]) -> list[s
     """Labels, one per line in class order; `class <i>` when the folder has none."""
     if labels_file is None:
         found = [folder / n for n in LABEL_NAMES if (folder / n).is_file()]
-        labels_file = found[0] if found else None
+        labels_file = inside_folder(folder, found[0].name) if found else None
     if labels_file is None:
         notes.append(f"no labels file in {folder}: classes are shown as 'class <i>' "
                      "(pass --labels)")
         return [f"class {i}" for i in range(classes)]
     try:
-        lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZooError(f"{labels_file}: cannot read labels: {exc}") from None
+        lines = read_file_bytes(labels_file, LABELS_LIMIT).decode("utf-8").splitlines()
+    except ProtoError as exc:
+        raise ZooError(f"cannot read labels: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"{labels_file}: cannot read labels: not UTF-8 text (byte {exc.start})") from None
     labels = [line.strip() for line in lines if line.strip()]
     if len(labels) != classes:
         raise ZooError(f"{labels_file}: {len(labels)} labels, but the net outputs "

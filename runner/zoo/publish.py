@@ -13,10 +13,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from runner.atomic import atomic_write_bytes, atomic_write_text
+from runner.atomic import atomic_write_bytes, atomic_write_text, temporary_dir_beside
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
 from runner.zoo.describe import architecture_table, last_test_outputs, solver_table
 from runner.zoo.frontmatter import ZooError, render_readme, sha1_of_file
@@ -57,8 +56,7 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
     mean, labels = dataset_files(train_val, files["train_val"])
     log, curve = run_outputs(weights, log, curve)
 
-    zoo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".publishing", dir=zoo))
+    staging = temporary_dir_beside(target, suffix=".tmp")
     try:
         caffemodel = f"{name}.caffemodel"
         atomic_write_bytes(staging / caffemodel, deploy_weights.SerializeToString())
@@ -240,7 +238,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = temporary_dir_beside(target, suffix=".old")
     os.rename(target, old / target.name)
     try:
         os.rename(staging, target)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.proto import ProtoError, read_caffemodel, read_net, read_solver
-from runner.zoo.frontmatter import (ZooError, plain_file_name, read_readme,
+from runner.zoo.frontmatter import (ZooError, inside_folder, plain_file_name, read_readme,
                                     require_fields, sha1_of_file)
 
 DEPLOY = "deploy.prototxt"
@@ -39,7 +39,18 @@ def caffemodel_path(folder: Path, front: dict[str, str]) -> Path:
     if not path.is_file():
         url = front.get("caffemodel_url") or "no caffemodel_url given"
         raise ZooError(f"{path}: caffemodel named in readme.md is missing ({url})")
-    return path
+    return inside_folder(folder, path.name)
+
+
+def check_sha1(folder: Path, front: dict[str, str], weights: Path) -> str:
+    """The caffemodel's sha1 if it is the one readme.md gives; a ZooError otherwise."""
+    expected = front.get("sha1", "").strip().lower()
+    if not SHA1.fullmatch(expected):
+        raise ZooError(f"{folder / 'readme.md'}: sha1 '{front.get('sha1', '')}' is not 40 hex digits")
+    actual = sha1_of_file(weights)
+    if actual != expected:
+        raise ZooError(f"{weights}: sha1 {actual} does not match readme.md's {expected}")
+    return actual
 
 
 def verify(folder: str | os.PathLike) -> Verified:
@@ -48,16 +59,12 @@ def verify(folder: str | os.PathLike) -> Verified:
     front, _ = read_readme(folder)
     require_fields(front, folder)
     weights = caffemodel_path(folder, front)
-    expected = front["sha1"].strip().lower()
-    if not SHA1.fullmatch(expected):
-        raise ZooError(f"{folder / 'readme.md'}: sha1 '{front['sha1']}' is not 40 hex digits")
-    actual = sha1_of_file(weights)
-    if actual != expected:
-        raise ZooError(f"{weights}: sha1 {actual} does not match readme.md's {expected}")
+    actual = check_sha1(folder, front, weights)
     prototxts = sorted(p.name for p in folder.glob("*.prototxt"))
     if DEPLOY not in prototxts:
         raise ZooError(f"{folder}: no {DEPLOY}")
     for name in prototxts:
+        inside_folder(folder, name)
         try:
             (read_solver if "solver" in name else read_net)(folder / name)
         except ProtoError as exc:

@@ -1,0 +1,288 @@
+"""The fuzz suite's formats: seed files (a small net, solver, weights, snapshot, mean, LMDB
+of Datums, zoo folder), how each is mutated, and the public entry point that reads it.
+
+`make_seeds(folder)` writes the seeds once; each input then runs in a copy of them with one
+file replaced (for Datums, one record of the LMDB), through `run(format, folder)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fuzz_mutators import BYTE_MUTATORS, TEXT_MUTATORS, YAML_MUTATORS, message_mutator
+from runner import Net
+from runner.data.datum import encoded_datum, image_to_datum
+from runner.data.lmdb_store import LmdbReader, write_lmdb
+from runner.data.mean import compute_image_mean, load_mean
+from runner.proto import array_to_blob, caffe_pb2, write_binary
+from runner.solver import Solver, SolverOptions, load_solver_param
+
+SIDE, CLASSES, BATCH = 8, 3, 2
+MAX_BLOB_BYTES = 64 << 20   # inputs whose blobs would be larger are built, not run
+QUIET = SolverOptions(progress=False, log_path=os.devnull)   # no log file, so no plot
+
+TRAIN_VAL = f"""name: "fuzz"
+layer {{ name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param {{ shape {{ dim: {BATCH} dim: 1 dim: {SIDE} dim: {SIDE} }} shape {{ dim: {BATCH} }}
+    data_filler {{ type: "gaussian" std: 1 }} data_filler {{ type: "constant" value: 1 }} }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param {{ lr_mult: 1 }} param {{ lr_mult: 2 }}
+  convolution_param {{ num_output: 2 kernel_size: 3 pad: 1 stride: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip"
+  inner_product_param {{ num_output: {CLASSES} weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "ip" bottom: "label" top: "accuracy"
+  include {{ phase: TEST }} }}
+"""
+
+DEPLOY = f"""name: "fuzz"
+layer {{ name: "data" type: "Input" top: "data"
+  input_param {{ shape {{ dim: 1 dim: 1 dim: {SIDE} dim: {SIDE} }} }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 2 kernel_size: 3 pad: 1 }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip"
+  inner_product_param {{ num_output: {CLASSES} }} }}
+layer {{ name: "prob" type: "Softmax" bottom: "ip" top: "prob" }}
+"""
+
+SOLVER = """net: "train_val.prototxt"
+test_iter: 1
+test_interval: 1
+base_lr: 0.01
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "step"
+gamma: 0.1
+stepsize: 1
+display: 1
+max_iter: 2
+snapshot: 1
+snapshot_prefix: "snap"
+type: "SGD"
+random_seed: 1
+"""
+
+DATA_NET = f"""name: "fuzz-data"
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ mean_file: "mean.binaryproto" crop_size: 6 mirror: true scale: 0.0039 }}
+  data_param {{ source: "db" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param {{ num_output: {CLASSES} weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+"""
+
+README = """---
+name: fuzz
+caffemodel: fuzz.caffemodel
+caffemodel_url: http://example.org/fuzz.caffemodel
+license: CC-BY-4.0
+sha1: {sha1}
+caffe_commit: 0123456789abcdef0123456789abcdef01234567
+gist_id: ''
+---
+
+# fuzz
+
+A small net for the fuzz suite.
+"""
+
+
+@dataclass
+class Format:
+    """A file format: the seed file it mutates, the mutators, the entry point."""
+    seed: str
+    mutators: list
+    run: object
+
+
+# ---- seeds --------------------------------------------------------------------------------
+
+def _datum_records() -> list[tuple[str, bytes]]:
+    """Raw, float_data and PNG-encoded Datums of one size, labels in range."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(6):
+        image = rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8)
+        if i % 3 == 0:
+            datum = image_to_datum(image, i % CLASSES)
+        elif i % 3 == 1:
+            datum = caffe_pb2.Datum(channels=1, height=SIDE, width=SIDE, label=i % CLASSES,
+                                    float_data=image.ravel().astype(float).tolist())
+        else:
+            datum = encoded_datum(cv2.imencode(".png", image)[1].tobytes(), i % CLASSES)
+        records.append((f"{i:08d}_img{i}.png", datum.SerializeToString()))
+    return records
+
+
+def make_seeds(folder: Path) -> None:
+    """Every seed file, consistent with each other (a snapshot of the net, its zoo folder)."""
+    from runner.zoo.frontmatter import sha1_of_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train_val.prototxt").write_text(TRAIN_VAL)
+    (folder / "deploy.prototxt").write_text(DEPLOY)
+    (folder / "solver.prototxt").write_text(SOLVER)
+    (folder / "data_net.prototxt").write_text(DATA_NET)
+    torch.manual_seed(0)
+    Net(folder / "deploy.prototxt").save_caffemodel(folder / "deploy.caffemodel")
+    with _inside(folder):
+        param = load_solver_param("solver.prototxt")
+        param.max_iter, param.test_interval = 1, 0
+        param.ClearField("test_iter")
+        Solver(param, SolverOptions(progress=False)).solve()
+    records = _datum_records()
+    (folder / "records.bin").write_bytes(b"".join(len(v).to_bytes(4, "little") + v
+                                                  for _, v in records))
+    write_lmdb(folder / "db", records)
+    mean = np.full((1, 1, SIDE, SIDE), 127.5, np.float32)
+    write_binary(array_to_blob(mean), folder / "mean.binaryproto")
+    zoo = folder / "zoo"
+    zoo.mkdir()
+    shutil.copyfile(folder / "deploy.prototxt", zoo / "deploy.prototxt")
+    shutil.copyfile(folder / "deploy.caffemodel", zoo / "fuzz.caffemodel")
+    (zoo / "labels.txt").write_text("".join(f"class{i}\n" for i in range(CLASSES)))
+    (zoo / "readme.md").write_text(README.format(sha1=sha1_of_file(zoo / "fuzz.caffemodel")))
+    (zoo / "image.png").write_bytes(cv2.imencode(".png", np.zeros((SIDE, SIDE), np.uint8))[1])
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
+    """Run with `folder` as the working directory (Caffe's paths are relative to it)."""
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+# ---- entry points ---------------------------------------------------------------------------
+
+def _forward(net: Net) -> None:
+    """One forward (and the objective) from the net's sources, when the blobs are small."""
+    if 4 * sum(int(np.prod(s)) for s in net.blob_shapes.values()) > MAX_BLOB_BYTES:
+        return
+    batch = {}
+    for source in net.sources:
+        batch.update(next(iter(source)))
+    net.objective(net(batch))
+
+
+def run_net(folder: Path) -> str | None:
+    """The TEST net through the API, the TRAIN net through `solve.py time` (2: its error exit)."""
+    from runner.solve import main as solve
+
+    _forward(Net("train_val.prototxt", phase="TEST"))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = solve(["time", "--model", "train_val.prototxt", "--iterations", "1"])
+    if code not in (0, 2):
+        raise RuntimeError(f"solve.py time exited {code}: expected 0 or 2")
+    return "ours" if code == 2 else None
+
+
+def run_solver(folder: Path) -> None:
+    param = load_solver_param("solver.prototxt")
+    param.max_iter = min(param.max_iter, 2)      # a long run is not a hang
+    param.test_iter[:] = [min(n, 2) for n in param.test_iter]
+    param.snapshot_prefix = "out/snap"
+    Solver(param, QUIET).solve()
+
+
+def run_caffemodel(folder: Path) -> None:
+    _forward(Net("deploy.prototxt", phase="TEST", weights="deploy.caffemodel"))
+
+
+def run_solverstate(folder: Path) -> None:
+    param = load_solver_param("solver.prototxt")
+    param.snapshot_prefix = "out/snap"
+    Solver(param, QUIET).solve("snap_iter_1.solverstate")
+
+
+def run_mean(folder: Path) -> None:
+    load_mean("mean.binaryproto")
+    net = Net("data_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    _forward(net)
+    net.sources[0].close()
+
+
+def run_datum(folder: Path) -> None:
+    data = Path("records.bin").read_bytes()
+    records, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 4], "little")
+        records.append((f"{len(records):08d}", data[at + 4:at + 4 + size]))
+        at += 4 + size
+    shutil.rmtree("db")
+    write_lmdb("db", records)
+    with LmdbReader("db"):
+        pass
+    compute_image_mean("db")
+    net = Net("data_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    for _ in range(2):
+        _forward(net)
+    net.sources[0].close()
+
+
+def run_zoo(folder: Path) -> str | None:
+    """`python -m runner.zoo verify` and `classify.py` on the folder: "ours" when either
+    exits 2, their error exit."""
+    from runner.classify import main as classify
+    from runner.zoo.__main__ import main as zoo
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        codes = [zoo(["verify", "zoo"]), classify(["zoo", "zoo/image.png"])]
+    if any(code not in (0, 2) for code in codes):
+        raise RuntimeError(f"exit codes {codes}: expected 0 or 2")
+    return "ours" if 2 in codes else None
+
+
+FORMATS = {
+    "net prototxt": Format("train_val.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_net),
+    "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
+    "caffemodel": Format("deploy.caffemodel",
+                         BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,
+                         run_caffemodel),
+    "solverstate": Format("snap_iter_1.solverstate",
+                          BYTE_MUTATORS + [message_mutator(caffe_pb2.SolverState)] * 6,
+                          run_solverstate),
+    "mean binaryproto": Format("mean.binaryproto",
+                               BYTE_MUTATORS + [message_mutator(caffe_pb2.BlobProto)] * 6,
+                               run_mean),
+    "datum": Format("records.bin", None, run_datum),   # see `datum_input`
+    "zoo readme.md": Format("zoo/readme.md",
+                            BYTE_MUTATORS + TEXT_MUTATORS + YAML_MUTATORS * 3, run_zoo),
+}
+DATUM_MUTATORS = BYTE_MUTATORS + [message_mutator(caffe_pb2.Datum)] * 6
+
+
+def datum_input(seed: bytes, rng, mutate) -> tuple[bytes, str]:
+    """records.bin with one record mutated (length-prefixed records)."""
+    records, at = [], 0
+    while at < len(seed):
+        size = int.from_bytes(seed[at:at + 4], "little")
+        records.append(seed[at + 4:at + 4 + size])
+        at += 4 + size
+    i = int(rng.integers(len(records)))
+    records[i], names = mutate(records[i], DATUM_MUTATORS, rng)
+    return b"".join(len(r).to_bytes(4, "little") + r for r in records), f"record {i}: {names}"
+
+
+def run(name: str, folder: Path) -> str | None:
+    """The entry point of format `name`, run in `folder` (a copy of the seeds); "ours" when
+    a command line reported an error, else None (exceptions propagate)."""
+    with _inside(folder):
+        return FORMATS[name].run(folder)
