@@ -58,6 +58,9 @@ def test_datum_round_trips():
     assert back.dtype == np.float64 and np.array_equal(back, floats)
     with pytest.raises(ValueError, match=r"C x H x W array, got shape \(3, 4\)"):
         caffe.io.array_to_datum(np.zeros((3, 4)))
+    nan = caffe_pb2.Datum(channels=1, height=1, width=2, float_data=[1, np.nan])
+    with pytest.raises(ValueError, match="1 NaN or inf values"):
+        caffe.io.datum_to_array(nan)
 
 
 def test_encoded_datum_decodes_to_bgr_chw():
