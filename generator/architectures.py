@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, replace
 
 from generator.datasets import DATASETS, Dataset
+from runner.deep_supervision import VARIANTS, aux_suffix, model_name
 from runner.shapes import conv_out, pool_out
 
 DEPTHS = range(5, 20)             # 5 is the CNN-5 family, 6..19 the stage family
-VARIANTS = ("cnds", "cnn")
 INITS = ("released", "vanilla", "msra")
 STAGE_WIDTHS = (128, 256, 512, 512)   # 3x3 stages conv2..conv5 after the 7x7 conv1
 BRANCH_CONV, BRANCH_FC = 64, 1024
@@ -38,7 +38,7 @@ class NetConfig:
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.variant}{self.depth}"
+        return model_name(self.dataset, self.variant, self.depth)
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ class Branch:
     conv_bias: float
     fc_bias: float
     kind: str = "branch"
+
+    @property
+    def suffix(self) -> str:
+        return aux_suffix(self.index)
 
 
 @dataclass(frozen=True)

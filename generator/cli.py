@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from generator.architectures import ConfigError, NetConfig, build, catalogue
 from generator.make import prepare
-from generator.output import write_model_folder
+from generator.model_folder import write_model_folder
 from generator.render import parse, render
 from generator.schedule import ScheduleOverrides, with_data_sizes
 from runner import console
@@ -109,7 +109,7 @@ def config_from_settings(settings: list[str]) -> tuple[NetConfig, bool]:
 
 def probe_branches(config: NetConfig) -> tuple[int, ...]:
     """BRANCHES=auto: ask generator.probe.suggest_branches(train_val NetParameter of the
-    plain CNN with the same settings) for the conv layers (1-based) to tap."""
+    plain CNN with the same settings, and those settings) for the conv layers (1-based) to tap."""
     if config.variant != "cnds":
         raise ConfigError("BRANCHES=auto: only VARIANT=cnds has supervision branches")
     try:
@@ -123,7 +123,7 @@ def probe_branches(config: NetConfig) -> tuple[int, ...]:
                           "which is not available; give BRANCHES=k,... instead")
     plain = build(replace(config, variant="cnn", branches=None))
     text = render(plain)["train_val.prototxt"]
-    taps = tuple(int(k) for k in suggest(parse("train_val.prototxt", text)))
+    taps = tuple(int(k) for k in suggest(parse("train_val.prototxt", text), plain.config))
     if not taps:
         raise ConfigError("BRANCHES=auto: the probe suggests no branch; use VARIANT=cnn")
     return taps

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from generator.architectures import Net, NetConfig, build
-from generator.output import write_model_folder
+from generator.model_folder import write_model_folder
 from generator.render import parse, render
 from generator.schedule import Schedule, ScheduleOverrides, schedule
 from generator.summary import aux_cost, format_table, shape_table

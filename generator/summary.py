@@ -1,18 +1,17 @@
 """Per-layer tables of a prototxt net: top shapes, learnable parameters, multiply-adds.
 
-Layers are followed in prototxt order for one phase, with runner/shapes.py giving each
-layer's shapes; Data layers take their top shapes from the caller (the dataset).
+Layers are followed in prototxt order for one phase by runner.graph.infer_net_shapes;
+Data layers take their top shapes from the caller (the dataset).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from runner.deep_supervision import aux_branch
+from runner.graph import infer_net_shapes
 from runner.proto import caffe_pb2, check_bottoms, filter_net
-from runner.shapes import Shape, ShapeError, infer_layer
-
-AUX = re.compile(r"_ds\d+$")   # layers of supervision branches (team naming convention)
+from runner.shapes import LayerShapes, Shape, ShapeError
 
 
 @dataclass(frozen=True)
@@ -37,20 +36,17 @@ def shape_table(net: caffe_pb2.NetParameter, phase: str,
     net = filter_net(net, phase)
     check_bottoms(net)
     data_shapes = data_shapes or {}
-    blobs: dict[str, Shape] = {}
-    rows = []
-    for lp in net.layer:
-        if lp.type == "Data":
-            missing = [t for t in lp.top if t not in data_shapes]
-            if missing:
-                raise ShapeError(f"layer '{lp.name}': no data shape given for top(s) {missing}")
-            tops, learnable, macs = [data_shapes[t] for t in lp.top], [], 0
-        else:
-            shapes = infer_layer(lp, [blobs[b] for b in lp.bottom])
-            tops, learnable, macs = shapes.tops, shapes.blobs, shapes.macs
-        blobs.update(zip(lp.top, tops))
-        rows.append(Row(lp.name, lp.type, tuple(map(tuple, tops)), tuple(map(tuple, learnable)), macs))
-    return rows
+
+    def data_tops(lp, _bottoms) -> LayerShapes | None:
+        if lp.type != "Data":
+            return None
+        missing = [t for t in lp.top if t not in data_shapes]
+        if missing:
+            raise ShapeError(f"layer '{lp.name}': no data shape given for top(s) {missing}")
+        return LayerShapes([data_shapes[t] for t in lp.top])
+
+    return [Row(lp.name, lp.type, tuple(map(tuple, s.tops)), tuple(map(tuple, s.blobs)), s.macs)
+            for lp, s in infer_net_shapes(net, data_tops).layers]
 
 
 def _shape(shape: Shape) -> str:
@@ -76,6 +72,6 @@ def format_table(rows: list[Row], title: str) -> str:
 
 def aux_cost(rows: list[Row], batch: int) -> tuple[int, int, int]:
     """(branches, learnable parameters, multiply-adds per image) of the supervision branches."""
-    aux = [r for r in rows if AUX.search(r.name)]
-    branches = {AUX.search(r.name).group() for r in aux}
+    aux = [r for r in rows if aux_branch(r.name) is not None]
+    branches = {aux_branch(r.name) for r in aux}
     return len(branches), sum(r.params for r in aux), sum(r.macs for r in aux) // batch

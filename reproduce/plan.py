@@ -14,6 +14,7 @@ from generator.architectures import NetConfig, build
 from generator.make import make_net
 from generator.schedule import Schedule, ScheduleOverrides, schedule, with_data_sizes
 from reproduce.config import NetRow, Protocol
+from runner.deep_supervision import model_name
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Run:
     @property
     def name(self) -> str:
         """The generator's folder name: <dataset>-<variant><depth>."""
-        return f"{self.dataset}-{self.row.variant}{self.row.depth}"
+        return model_name(self.dataset, self.row.variant, self.row.depth)
 
     @property
     def model(self) -> Path:

@@ -1,11 +1,12 @@
-"""Caffe's Net::Init bookkeeping, free of torch modules: blob shapes as layers are wired,
-net outputs, and loss weights per top.
+"""Caffe's Net::Init bookkeeping, free of torch modules: every blob's shape as layers are
+wired, net outputs, and loss weights per top.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from runner.shapes import Shape
+from runner.shapes import LayerShapes, Shape, ShapeError, infer_layer
 
 
 class NetBuildError(ValueError):
@@ -45,22 +46,49 @@ def loss_weights_for(lp, is_loss: bool) -> list[float]:
 
 
 @dataclass
-class Wiring:
-    """Blob names as Net::Init tracks them: shapes, which are still unconsumed, and checks."""
+class NetShapes:
+    """Every layer with its Caffe shapes, in order, and every blob's shape (an in-place
+    top: its last)."""
+    layers: list[tuple[object, LayerShapes]]
+    blobs: dict[str, Shape]
 
-    shapes: dict[str, Shape] = field(default_factory=dict)
+
+def infer_net_shapes(net, make: Callable[[object, list[Shape]], LayerShapes | None] | None = None
+                     ) -> NetShapes:
+    """Follow the layers of `net` (a phase-filtered NetParameter) in order, as Net::Init
+    does, each given its bottoms' shapes. `make(lp, bottom_shapes)` supplies a layer's
+    shapes where the caller knows them (a data layer's source, a built layer), None for
+    Caffe's rule (runner/shapes.py). A bottom no earlier layer produces raises ShapeError."""
+    blobs: dict[str, Shape] = {}
+    layers = []
+    for lp in net.layer:
+        missing = [b for b in lp.bottom if b not in blobs]
+        if missing:
+            raise ShapeError(f"layer '{lp.name}' reads blob '{missing[0]}', "
+                             "which no earlier layer produces")
+        bottoms = [blobs[b] for b in lp.bottom]
+        shapes = make(lp, bottoms) if make is not None else None
+        if shapes is None:
+            shapes = infer_layer(lp, bottoms)
+        blobs.update((name, tuple(shape)) for name, shape in zip(lp.top, shapes.tops))
+        layers.append((lp, shapes))
+    return NetShapes(layers, blobs)
+
+
+@dataclass
+class Wiring:
+    """Blob names as Net::Init tracks them: which are still unconsumed, and checks."""
+
     available: dict[str, None] = field(default_factory=dict)  # ordered set
     loss_weighted: dict[str, str] = field(default_factory=dict)  # top -> layer that weighs it
 
-    def bottom_shapes(self, lp) -> list[Shape]:
-        """Shapes of a layer's bottoms (already checked to exist); consumes them."""
+    def consume_bottoms(self, lp) -> None:
+        """Mark a layer's bottoms (already checked to exist) as consumed."""
         if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
             raise NetBuildError(f"{layer_label(lp)}: propagate_down must be specified either 0 "
                                 f"or bottom_size times ({len(lp.propagate_down)} for {len(lp.bottom)})")
-        shapes = [self.shapes[name] for name in lp.bottom]
         for name in lp.bottom:
             self.available.pop(name, None)
-        return shapes
 
     def add_tops(self, lp, shapes: list[Shape], weights: list[float]) -> None:
         """Record a layer's tops; a top rewritten in place keeps its name."""
@@ -72,7 +100,6 @@ class Wiring:
                 raise NetBuildError(f"{layer_label(lp)}: rewrites '{name}' in place after "
                                     f"{self.loss_weighted[name]} gave it a loss weight; the objective "
                                     "reads each weighted top once, so give this layer a new top")
-            self.shapes[name] = tuple(shape)
             self.available[name] = None
             if weight:
                 self.loss_weighted[name] = f"layer '{lp.name}'"

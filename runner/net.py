@@ -17,12 +17,12 @@ import runner.input_sources  # noqa: F401  (registers the Input and DummyData so
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
 from runner.fillers import FillerError, fill_
-from runner.graph import (LayerMemoryError, NetBuildError, Wiring, is_out_of_memory, layer_label,
-                          loss_weights_for)
+from runner.graph import (LayerMemoryError, NetBuildError, Wiring, infer_net_shapes,
+                          is_out_of_memory, layer_label, loss_weights_for)
 from runner.layers.base import UnsupportedLayerError, layer_class
-from runner.net_params import ParamTable
+from runner.net_params import BlobSlot, ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
-from runner.shapes import ShapeError
+from runner.shapes import LayerShapes, ShapeError
 from runner.sources import is_source_type, source_factory
 
 if importlib.util.find_spec("runner.data") is not None:
@@ -92,20 +92,24 @@ class Net(nn.Module):
         self._layer_keys: list[str | None] = []  # per layer of net_param: module key, None for sources
         wiring, table = Wiring(), ParamTable(self.force_backward)
         from_source: dict[str, object] = {}   # blob name -> the source whose top it still is
+
+        def build(lp, bottom_shapes: list[tuple[int, ...]]) -> LayerShapes:
+            if is_source_type(lp.type):
+                shapes = self._add_source(lp, wiring, source_kwargs or {})
+                from_source.update(dict.fromkeys(lp.top, self.sources[-1]))
+                return shapes
+            shapes = self._add_layer(lp, bottom_shapes, wiring, table)
+            self._limit_source_labels(lp, from_source)
+            return shapes
+
         try:
-            for lp in self.net_param.layer:
-                if is_source_type(lp.type):
-                    self._add_source(lp, wiring, source_kwargs or {})
-                    from_source.update(dict.fromkeys(lp.top, self.sources[-1]))
-                else:
-                    self._add_layer(lp, wiring, table)
-                    self._limit_source_labels(lp, from_source)
+            shapes = infer_net_shapes(self.net_param, build)
         except (NetBuildError, ShapeError, UnsupportedLayerError) as err:
             raise type(err)(f"{self.origin}: {err}") from err.__cause__
         table.finish()
         self._learnable = table.learnable
         self._slots = table.slots
-        self.blob_shapes: dict[str, tuple[int, ...]] = dict(wiring.shapes)
+        self.blob_shapes: dict[str, tuple[int, ...]] = shapes.blobs
         self.output_names: list[str] = wiring.outputs()
         self.train(self.phase == caffe_pb2.TRAIN)
         if weights is not None:
@@ -118,7 +122,7 @@ class Net(nn.Module):
 
     # ---- building -------------------------------------------------------------------
 
-    def _add_source(self, lp, wiring: Wiring, source_kwargs: dict) -> None:
+    def _add_source(self, lp, wiring: Wiring, source_kwargs: dict) -> LayerShapes:
         if lp.bottom:
             raise NetBuildError(f"{layer_label(lp)}: a data layer takes no bottoms")
         try:
@@ -134,10 +138,11 @@ class Net(nn.Module):
         if lp.type in _FIXED_SHAPE_SOURCES:
             self._fixed_input_shapes.update(zip(lp.top, shapes))
         self._layer_keys.append(None)
+        return LayerShapes(shapes)
 
-    def _add_layer(self, lp, wiring: Wiring, table: ParamTable) -> None:
+    def _add_layer(self, lp, bottom_shapes, wiring: Wiring, table: ParamTable) -> LayerShapes:
         cls = layer_class(lp)
-        bottom_shapes = wiring.bottom_shapes(lp)
+        wiring.consume_bottoms(lp)
         try:
             layer = cls(lp, bottom_shapes, self.phase)
         except (ShapeError, NetBuildError):
@@ -168,6 +173,7 @@ class Net(nn.Module):
         detach = blocked if any(blocked) and not self.force_backward else None
         self._steps.append((tuple(lp.bottom), tuple(lp.top), detach))
         self._layer_keys.append(key)
+        return LayerShapes(layer.top_shapes)
 
     def _limit_source_labels(self, lp, from_source: dict) -> None:
         """Where a source's label top meets a loss or accuracy layer, the source checks
@@ -237,6 +243,12 @@ class Net(nn.Module):
     def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
         """Caffe's learnable_params: (name, parameter, lr_mult, decay_mult), shared blobs once."""
         return [(p.name, p.param, p.lr_mult, p.decay_mult) for p in self._learnable]
+
+    def layer_blobs(self) -> list[tuple[caffe_pb2.LayerParameter, nn.Module | None, list[BlobSlot]]]:
+        """Each layer of `net_param` in order with its module (None for a data layer) and its
+        blobs as .caffemodel files see them (a shared blob through its owner), in Caffe's order."""
+        return [(lp, None, []) if key is None else (lp, self.layers[key], self._slots[key])
+                for lp, key in zip(self.net_param.layer, self._layer_keys)]
 
     # ---- weights --------------------------------------------------------------------
 

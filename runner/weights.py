@@ -71,10 +71,10 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
     """
     if isinstance(sources, (str, os.PathLike, caffe_pb2.NetParameter)):
         sources = [sources]
-    targets: dict[str, str] = {}
-    for lp, key in zip(net.net_param.layer, net._layer_keys):
-        if key is not None:
-            targets.setdefault(lp.name, key)
+    targets: dict[str, list] = {}
+    for lp, layer, slots in net.layer_blobs():
+        if layer is not None:
+            targets.setdefault(lp.name, slots)
     provided: set[str] = set()
     labels = []
     for source in sources:
@@ -82,11 +82,10 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
         labels.append(label)
         pending = []
         for entry in param.layer:
-            key = targets.get(entry.name)
-            if key is None:
+            slots = targets.get(entry.name)
+            if slots is None:
                 log.debug("%s: ignoring layer '%s' (not in the net)", label, entry.name)
                 continue
-            slots = net._slots[key]
             if len(entry.blobs) != len(slots):
                 raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
                                    f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
@@ -100,8 +99,7 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
             for slots, values in pending:
                 for slot, value in zip(slots, values):
                     slot.param.copy_(value.reshape(slot.param.shape))
-    missing = [lp.name for lp, key in zip(net.net_param.layer, net._layer_keys)
-               if key is not None and net._slots[key] and lp.name not in provided]
+    missing = [lp.name for lp, _, slots in net.layer_blobs() if slots and lp.name not in provided]
     if missing and not allow_missing:
         raise WeightsError(f"{', '.join(labels)}: no blobs for layer(s) {missing} of the net; "
                            "pass allow_missing=True to keep their filler values")
@@ -115,16 +113,15 @@ def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
     definition (phase filled in, a loss layer's default loss_weight and BatchNorm's fixed
     lr_mult 0 made explicit, as Caffe's layers record them) with its blobs."""
     out = caffe_pb2.NetParameter(name=net.net_param.name)
-    for lp, key in zip(net.net_param.layer, net._layer_keys):
+    for lp, layer, slots in net.layer_blobs():
         entry = out.layer.add()
         entry.CopyFrom(lp)
         entry.ClearField("blobs")
         if not entry.HasField("phase"):
             entry.phase = net.phase
-        if key is None:
+        if layer is None:
             continue
-        slots = net._slots[key]
-        if net.layers[key].is_loss and not len(entry.loss_weight):
+        if layer.is_loss and not len(entry.loss_weight):
             entry.loss_weight.append(1.0)
         if lp.type in FIXED_STATISTICS:
             while len(entry.param) < len(slots):

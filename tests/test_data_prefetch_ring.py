@@ -203,3 +203,18 @@ def test_a_slot_being_sent_to_the_gpu_is_not_rewritten(jpeg_db, monkeypatch):
     for i, (batch, want) in enumerate(zip(got, expected)):
         for k, t in batch.items():
             assert torch.equal(t, want[k]), f"batch {i} {k}"
+
+
+def test_a_two_stage_maker_is_a_configured_copy_its_layout_changes_nothing(jpeg_db):
+    with source(jpeg_db, 0) as stream:
+        maker = stream.maker
+        two = maker.staged(True)
+        assert two is not maker and not maker.device_finish and not maker.interleaved
+        assert two.device_finish and two.interleaved        # colour JPEGs decode as h x w x C
+        layout = two.layout()
+        assert layout["pixels"] == ((3, 7, 7, 3), np.dtype(np.uint8))   # cropped, N x h x w x C
+        assert (two.device_finish, two.interleaved, maker.device_finish, maker.interleaved) == \
+            (True, True, False, False)
+        assert maker.layout() == {"data": ((3, 3, 7, 7), np.dtype(np.float32)),
+                                  "label": ((3,), np.dtype(np.float32))}
+        assert not maker.staged(False).device_finish

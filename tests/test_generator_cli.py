@@ -106,8 +106,9 @@ def test_rewrite_keeps_other_files_and_failure_leaves_folder_untouched(tmp_path,
 def test_branches_auto_asks_the_probe_with_the_plain_net(tmp_path, capsys, monkeypatch):
     seen = []
 
-    def suggest_branches(train_val):
+    def suggest_branches(train_val, config):
         seen.append(train_val)
+        assert config.name == train_val.name and config.variant == "cnn"   # the settings travel
         return [3, 6]
 
     monkeypatch.setitem(sys.modules, "generator.probe", types.SimpleNamespace(suggest_branches=suggest_branches))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

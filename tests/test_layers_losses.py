@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from runner.layers.common import LOG_THRESHOLD, layer_from_text
+from runner.layers.common import LOG_THRESHOLD
 from runner.proto import caffe_pb2
+
+from layer_helpers import layer_from_text
 
 
 def loss_layer(text, shapes):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 
 
 def accuracy_reference(scores, labels, top_k, ignore):

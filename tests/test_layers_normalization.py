@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_layers_pooling import caffe_pool_reference
 
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -3,7 +3,7 @@ types we do not implement fail with the layer's name, its type and the supported
 import pytest
 
 from runner.layers.base import UnsupportedLayerError, layer_class, supported_types
-from runner.layers.common import layer_from_text
+from layer_helpers import layer_from_text
 from runner.proto import caffe_pb2
 from runner.shapes import known_types
 

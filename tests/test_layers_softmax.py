@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from runner.layers.common import FLT_MIN, layer_from_text
+from runner.layers.common import FLT_MIN
+
+from layer_helpers import layer_from_text
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

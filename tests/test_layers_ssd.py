@@ -8,10 +8,11 @@ import torch
 
 from runner import Net
 from runner.layers import bbox
-from runner.layers.common import layer_from_text
 from runner.layers.normalization import _NormalizeFunction
 from runner.proto import caffe_pb2, read_caffemodel
 from runner.shapes import ShapeError
+
+from layer_helpers import layer_from_text
 
 
 # ---- Normalize ---------------------------------------------------------------------

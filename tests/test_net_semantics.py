@@ -157,6 +157,19 @@ def test_learnable_params_order_multipliers_and_gradients():
         net_of(body.replace('"BatchNorm" bottom: "conv" top: "conv"', '"BatchNorm" bottom: "conv" top: "conv" param { lr_mult: 1 }'))
 
 
+def test_layer_blobs_list_every_layer_with_shared_blobs_through_their_owner():
+    body = INPUT + ip("a", "data", "a", extra='param { name: "w" } param { name: "b" }') \
+        + ip("b", "data", "b", extra='param { name: "w" } param { name: "b" }') \
+        + 'layer { name: "relu" type: "ReLU" bottom: "a" top: "a" }\n'
+    net = net_of(body)
+    entries = net.layer_blobs()
+    assert [(lp.name, layer is None, len(slots)) for lp, layer, slots in entries] == \
+        [("data", True, 0), ("a", False, 2), ("b", False, 2), ("relu", False, 0)]
+    (_, a, a_slots), (_, _, b_slots) = entries[1], entries[2]
+    assert [s.param is p for s, p in zip(b_slots, a.blobs)] == [True, True]
+    assert [tuple(s.shape) for s in a_slots] == [(3, 6), (3,)]
+
+
 def test_force_backward_fills_input_gradients():
     body = "force_backward: true\n" + INPUT + ip("fc", "data", "fc", extra="loss_weight: 1")
     net = net_of(body)

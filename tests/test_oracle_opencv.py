@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from runner import Net
+from runner.graph import infer_net_shapes
 from runner.proto import read_net, to_text
-from runner.shapes import ShapeError, infer_layer
+from runner.shapes import ShapeError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_NETS = sorted((ROOT / "tests" / "data" / "nets").glob("*_like.prototxt")) + [
@@ -97,20 +98,18 @@ def fits(param) -> bool:
     """Shapes infer for every layer and every pooling window fits inside its input.
     Caffe's ceil rounding also accepts a window larger than the input (one output);
     OpenCV rejects that, so the oracle avoids it."""
-    shapes = {}
-    for lp in param.layer:
-        try:
-            tops = infer_layer(lp, [shapes[b] for b in lp.bottom]).tops
-        except ShapeError:
-            return False
-        if min((d for top in tops for d in top), default=1) <= 0:
-            return False
+    def pooling_fits(lp, bottoms):
         p = lp.pooling_param
         if lp.type == "Pooling" and not p.global_pooling:
-            if min(shapes[lp.bottom[0]][2:]) < max(p.kernel_size, p.kernel_h, p.kernel_w):
-                return False
-        shapes.update(zip(lp.top, tops))
-    return True
+            if min(bottoms[0][2:]) < max(p.kernel_size, p.kernel_h, p.kernel_w):
+                raise ShapeError(f"layer '{lp.name}': window larger than its input")
+        return None   # Caffe's rule gives the shapes
+
+    try:
+        shapes = infer_net_shapes(param, pooling_fits)
+    except ShapeError:
+        return False
+    return all(d > 0 for _, layer in shapes.layers for top in layer.tops for d in top)
 
 
 def smallest_input(prototxt: Path, tmp_path: Path) -> Path:

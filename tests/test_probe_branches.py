@@ -16,9 +16,9 @@ from generator.cli import main as generator_main
 from generator.probe.__main__ import main as probe_main
 from generator.probe.gradients import GradientRecord
 from generator.probe.placement import ProbeRound, place_branches
-from generator.probe.prepare import conv_layers, is_aux
 from generator.probe.report import panel_convs
-from generator.probe.target import ProbeTarget, generated_config, render_train_val
+from generator.probe.probed_net import ProbedNet, conv_layers, generated_config, render_train_val
+from runner.deep_supervision import is_aux
 from runner.proto import read_net
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _tapped_convs(net) -> list[str]:
 def test_committed_cnds_net_is_recognised_and_rendered_with_branches():
     net = read_net(ROOT / "models/fashion-mnist-cnds13/train_val.prototxt")
     net.layer[0].data_param.batch_size = 8          # the given data layers are kept
-    target = ProbeTarget(net)
+    target = ProbedNet(net)
     assert target.config == NetConfig(dataset="fashion-mnist", variant="cnn", depth=13, width=0.25)
     assert target.depth == 13
     plain = target.net_with(())
@@ -155,7 +155,7 @@ def test_make_net_branches_auto_runs_the_probe_and_uses_its_taps(tmp_path, monke
     def probe_then_fixed(net, config=None, **options):
         """The real probe (one quick round), then taps standing in for its suggestion."""
         calls.append(generator.probe.search(
-            ProbeTarget(net, config), generator.probe.ProbeOptions(
+            ProbedNet(net, config), generator.probe.ProbeOptions(
                 iters=1, synthetic=True, batch=2, max_branches=0), log=lambda _: None))
         return (3,)
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from generator.probe.gradients import initial_blobs, record_gradients
-from generator.probe.prepare import plain_variant
 from runner import Net
+from runner.deep_supervision import without_aux
 from runner.proto import caffe_pb2, parse_net_text
 
 TINY = """
@@ -83,7 +83,7 @@ def test_rounds_share_the_trunk_start_so_layers_above_a_branch_match_the_plain_n
     trunk = [lp for lp in layers if "_ds1" not in lp]
     text = "\nlayer".join(trunk[:3] + branch + trunk[3:])
     branched = parse_net_text(text, "tiny-branched")
-    plain = plain_variant(branched)
+    plain = without_aux(branched)
     gen = torch.Generator().manual_seed(5)
     batch = {"data": torch.randn(3, 2, 6, 6, generator=gen), "label": torch.tensor([1.0, 2.0, 0.0])}
     solver = caffe_pb2.SolverParameter(type="SGD", base_lr=LR, lr_policy="fixed")

@@ -7,9 +7,8 @@ import pytest
 
 from generator.probe.gradients import GradientRecord, record_gradients
 from generator.probe.placement import ProbeRound, place_branches
-from generator.probe.prepare import SyntheticInput, conv_layers, train_net
-from generator.probe.run import ProbeOptions, search
-from generator.probe.target import ProbeTarget
+from generator.probe.probed_net import ProbedNet, SyntheticInput, conv_layers, train_net
+from generator.probe.rounds import ProbeOptions, search
 from runner.proto import caffe_pb2, parse_net_text
 
 N_CONVS = 12
@@ -52,7 +51,7 @@ def test_healthy_init_does_not_vanish(filler):
 def test_plain_init_vanishes_and_is_forced_even_over_msra_fillers():
     net = toy_stack("msra")   # the probe replaces these with gaussian std 0.01, zero bias
     options = ProbeOptions(iters=1, synthetic=True, batch=2, input_shape=(4, 8, 8))
-    placement = search(ProbeTarget(net), options, log=lambda _: None)
+    placement = search(ProbedNet(net), options, log=lambda _: None)
     (plain,) = placement.rounds
     assert plain.vanishing(1e-7) == list(range(1, N_CONVS + 1))
     assert max(plain.conv_means()) < 1e-10

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from runner.solver import SolverOptions
-from runner.solver.schedule import AuxWeightSchedule, aux_weight
+from runner.solver.aux_weight_schedule import AuxWeightSchedule, aux_weight
 
 from solver_helpers import classifier_net, make_lmdb, make_solver
 

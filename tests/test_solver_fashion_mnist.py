@@ -14,7 +14,7 @@ import pytest
 
 from runner.proto import read_net, read_solver
 from runner.solver import Solver, SolverOptions
-from runner.solver.schedule import aux_weight
+from runner.solver.aux_weight_schedule import aux_weight
 from runner.tools.fashion_mnist import SOURCE_DIR, import_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 from runner.proto import blob_to_array, read_blobproto, read_caffemodel, read_net, write_text
 from runner.zoo.frontmatter import ZooError, read_readme
-from runner.zoo.netinfo import AUX_LAYER
+from runner.deep_supervision import is_aux
 from runner.zoo.publish import publish
 from runner.zoo.verify import verify
 from zoo_helpers import LABELS, REPO, publish_fixture
@@ -73,10 +73,10 @@ def test_readme_reports_last_test_architecture_and_settings(published):
 def test_deploy_caffemodel_holds_no_auxiliary_blobs(published):
     folder, _, weights = published
     trained = read_caffemodel(weights)
-    aux = [lp.name for lp in trained.layer if AUX_LAYER.search(lp.name) and lp.blobs]
+    aux = [lp.name for lp in trained.layer if is_aux(lp.name) and lp.blobs]
     assert aux, "the train_val snapshot should carry auxiliary branch blobs"
     deploy_blobs = read_caffemodel(folder / "fashion-mnist-cnds8.caffemodel")
-    assert not [lp.name for lp in deploy_blobs.layer if AUX_LAYER.search(lp.name)]
+    assert not [lp.name for lp in deploy_blobs.layer if is_aux(lp.name)]
     with_blobs = {lp.name for lp in deploy_blobs.layer if lp.blobs}
     assert with_blobs == {lp.name for lp in trained.layer if lp.blobs} - set(aux)
     for lp in deploy_blobs.layer:  # bytes carried over unchanged
@@ -84,7 +84,7 @@ def test_deploy_caffemodel_holds_no_auxiliary_blobs(published):
         assert [b.SerializeToString() for b in lp.blobs] == \
                [b.SerializeToString() for b in src.blobs]
     assert not [lp.name for lp in read_net(folder / "deploy.prototxt").layer
-                if AUX_LAYER.search(lp.name)]
+                if is_aux(lp.name)]
 
 
 def test_train_val_derived_deploy_has_its_branches_cut(published, tmp_path):
@@ -92,7 +92,7 @@ def test_train_val_derived_deploy_has_its_branches_cut(published, tmp_path):
     own = tmp_path / "derived"
     shutil.copytree(model, own)
     deploy, train_val = read_net(own / "deploy.prototxt"), read_net(own / "train_val.prototxt")
-    branch = [lp for lp in train_val.layer if AUX_LAYER.search(lp.name)
+    branch = [lp for lp in train_val.layer if is_aux(lp.name)
               and lp.type not in ("SoftmaxWithLoss", "Accuracy")]
     assert branch
     deploy.layer.extend(branch)
@@ -111,7 +111,7 @@ def test_failed_publish_leaves_nothing_behind(published, tmp_path, monkeypatch):
     # A snapshot that lacks a deploy layer's blobs fails the final check, after every
     # file has been written.
     trained = read_caffemodel(weights)
-    victim = next(lp for lp in trained.layer if lp.blobs and not AUX_LAYER.search(lp.name))
+    victim = next(lp for lp in trained.layer if lp.blobs and not is_aux(lp.name))
     del victim.blobs[:]
     broken = tmp_path / "broken.caffemodel"
     broken.write_bytes(trained.SerializeToString())

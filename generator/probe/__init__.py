@@ -6,6 +6,7 @@ that branch shows it lifts the vanishing conv layers below it.
 `python -m generator.probe TRAIN_VAL.prototxt` runs it; `make net BRANCHES=auto` calls
 `suggest_branches`. docs/probe.md gives the exact statistic and rule.
 """
-from generator.probe.run import NoBranchSuggested, ProbeOptions, search, suggest_branches
+from generator.probe.probed_net import ProbedNet
+from generator.probe.rounds import NoBranchSuggested, ProbeOptions, search, suggest_branches
 
-__all__ = ["NoBranchSuggested", "ProbeOptions", "search", "suggest_branches"]
+__all__ = ["NoBranchSuggested", "ProbedNet", "ProbeOptions", "search", "suggest_branches"]

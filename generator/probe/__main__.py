@@ -10,13 +10,13 @@ from pathlib import Path
 
 from generator.architectures import ConfigError
 from generator.probe.placement import ProbeRound
-from generator.probe.prepare import ProbeError
 from generator.probe.report import (plot_before_after, plot_layers, probe_line, round_table,
                                     write_csv)
+from generator.probe.probed_net import ProbedNet, ProbeError
 from generator.probe.result import probe_record
-from generator.probe.run import ProbeOptions, search
-from generator.probe.target import ProbeTarget
+from generator.probe.rounds import ProbeOptions, search
 from runner.data import DataError
+from runner.deep_supervision import VANISHING_THRESHOLD
 from runner.fillers import FillerError
 from runner.graph import NetBuildError
 from runner.layers.base import UnsupportedLayerError
@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
         "supervision branches after the deepest conv layer whose gradient vanishes."))
     p.add_argument("train_val", help="train_val prototxt (auxiliary *_ds<j> layers are removed)")
     p.add_argument("--iters", type=_positive(int), default=50, help="iterations per probe (50)")
-    p.add_argument("--threshold", type=_positive(float), default=1e-7,
-                   help="a conv layer vanishes below this mean |dE/dW| (1e-7)")
+    p.add_argument("--threshold", type=_positive(float), default=VANISHING_THRESHOLD,
+                   help=f"a conv layer vanishes below this mean |dE/dW| ({VANISHING_THRESHOLD:g})")
     p.add_argument("--solver", help="solver prototxt to train with (default: SGD, base_lr "
                    "0.01, momentum 0.9, weight_decay 0.0005, fixed rate)")
     p.add_argument("--batch", type=_positive(int), help="batch size (default: the data "
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_branches < 0:
             raise ProbeError(f"--max-branches {args.max_branches}: expected 0 or more")
-        target = ProbeTarget(read_net(args.train_val))
+        target = ProbedNet(read_net(args.train_val))
         options = ProbeOptions(iters=args.iters, threshold=threshold, batch=args.batch,
                                synthetic=True if args.synthetic else None,
                                input_shape=args.input_shape, seed=args.seed,

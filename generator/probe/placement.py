@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from generator.probe.gradients import GradientRecord
+from runner.deep_supervision import vanishes
 
 
 def taps_label(taps: tuple[int, ...]) -> str:
@@ -42,7 +43,7 @@ class ProbeRound:
         """The conv layers (1-based) deeper than conv `above` whose averaged statistic is
         below `threshold`."""
         return [k for k, m in enumerate(self.conv_means(), start=1)
-                if k > above and m < threshold]
+                if k > above and vanishes(m, threshold)]
 
 
 @dataclass

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from generator.probe.placement import Placement, ProbeRound, taps_label  # noqa: E402
-from generator.probe.prepare import is_aux  # noqa: E402
 from runner.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from runner.deep_supervision import is_aux, vanishes  # noqa: E402
 from runner.figure_png import figure_png  # noqa: E402
 
 CSV_COLUMNS = ("branches", "iteration", "layer", "mean_abs_grad")
@@ -115,7 +115,7 @@ def plot_before_after(path, placement: Placement, threshold: float, title: str) 
 
 def probe_line(r: ProbeRound, threshold: float) -> str:
     """One line per probe: its taps, time, loss and the conv means (vanishing ones with *)."""
-    means = " ".join(f"{m:.1e}{'*' if m < threshold else ''}" for m in r.conv_means())
+    means = " ".join(f"{m:.1e}{'*' if vanishes(m, threshold) else ''}" for m in r.conv_means())
     return (f"probe with branches {taps_label(r.taps)} ({len(r.record.values)} iterations, "
             f"{r.record.seconds:.1f} s, loss {r.record.losses[0]:.4f} -> "
             f"{r.record.losses[-1]:.4f}); conv means: {means}")
@@ -126,6 +126,6 @@ def round_table(r: ProbeRound, threshold: float) -> str:
     lines = [f"round with branches {taps_label(r.taps)} ({len(r.record.values)} iterations, "
              f"{r.record.seconds:.1f} s, loss {r.record.losses[0]:.4f} -> {r.record.losses[-1]:.4f})"]
     for k, (name, mean) in enumerate(zip(r.convs, r.conv_means()), start=1):
-        mark = "vanishes" if mean < threshold else ""
+        mark = "vanishes" if vanishes(mean, threshold) else ""
         lines.append(f"  conv {k:2d} {name:<10} {mean:.3e} {mark}".rstrip())
     return "\n".join(lines)

@@ -13,9 +13,10 @@ back in order.
 
 For the CPU the arrays are the batch: the caller gets tensors on the slot itself, and the
 slot returns to the ring once nothing references them (a caller that keeps many batches
-gets copies beyond a few). For another device the maker makes the batch in two stages
-(`device_finish`): the arrays are raw (bytes where the data are bytes) and the maker's
-`finish(arrays)` completes the batch on the device, into new tensors. For a GPU the ring
+gets copies beyond a few). For another device the maker, made so by `staged(True)`, makes
+the batch in two stages (`device_finish`): the arrays are raw (bytes where the data are
+bytes) and the maker's `finish(arrays)` completes the batch on the device, into new
+tensors. For a GPU the ring
 is page-locked (registered with CUDA), so a batch is sent by DMA straight from its slot,
 without a CPU copy, and the slot returns to the ring when that copy is done; where CUDA
 refuses the registration, and for other devices, the slot is copied (into pinned memory
@@ -60,6 +61,9 @@ Layout = Mapping[str, tuple[Shape, np.dtype]]
 
 class BatchMaker(Protocol):
     device_finish: bool   # make raw arrays, completed by `finish` on the device
+
+    def staged(self, device_finish: bool) -> BatchMaker:
+        """A copy of this maker that makes batches in one stage, or in two."""
 
     def layout(self) -> Layout: ...
 
@@ -129,14 +133,12 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 class Prefetcher:
     """Iterator over batches start, start+1, ... of `maker`, made for `device`: in two
-    stages with `device_finish` (None: for any device but the CPU)."""
+    stages when the maker was made so (`device_finish`; a maker without it makes one)."""
 
     def __init__(self, maker: BatchMaker, *, workers: int, depth: int, name: str,
-                 start: int = 0, device: torch.device | str = "cpu",
-                 device_finish: bool | None = None):
+                 start: int = 0, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.on_device = self.device.type != "cpu" if device_finish is None else device_finish
-        maker.device_finish = self.on_device
+        self.on_device = getattr(maker, "device_finish", False)
         self.maker, self.layout, self.name = maker, maker.layout(), name
         self.next_batch = self.next_task = start
         self.workers: list[_Worker] = []
@@ -392,10 +394,11 @@ class PrefetchingSource:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self.maker, workers=self.workers, depth=self.depth,
-                                          name=self.name, start=self._next_batch,
-                                          device=self.device,
-                                          device_finish=self.device_finish)
+            two_stages = self.device.type != "cpu" if self.device_finish is None \
+                else self.device_finish
+            self._prefetcher = Prefetcher(self.maker.staged(two_stages), workers=self.workers,
+                                          depth=self.depth, name=self.name,
+                                          start=self._next_batch, device=self.device)
         return next(self._prefetcher)
 
     def to(self, device: torch.device | str) -> PrefetchingSource:

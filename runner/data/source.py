@@ -12,6 +12,7 @@ rank must be given the same seed.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -63,10 +64,10 @@ class StreamBatches:
     """Batch number `index` of a data layer: the items at the rank's stream positions,
     transformed in order with one Generator per (seed, rank, batch). Subclasses read items.
 
-    With `device_finish` the batch is made in two stages (runner.data.prefetch): `make`
-    crops and mirrors the raw pixels, `finish` completes them on the device. Pixels
-    decoded with their channels interleaved stay so (N x h x w x C) until the device
-    transposes them."""
+    A maker made by `staged(True)` (`device_finish`) makes the batch in two stages
+    (runner.data.prefetch): `make` crops and mirrors the raw pixels, `finish` completes
+    them on the device. Pixels decoded with their channels interleaved stay so
+    (N x h x w x C) until the device transposes them."""
 
     transformer: DataTransformer
     tops: list[str]
@@ -88,6 +89,17 @@ class StreamBatches:
             if label != ignore_label and not 0 <= label < classes:
                 raise DataError(f"{where}: label {label} is outside [0, {classes}), the "
                                 f"classes of layer '{layer}'")
+
+    def staged(self, device_finish: bool) -> StreamBatches:
+        """A copy of this maker that makes batches in one stage (the float tops) or, with
+        `device_finish`, in two; the raw pixels' channel order is read off the rank's
+        first item, here, once."""
+        maker = copy.copy(self)
+        maker.device_finish = device_finish
+        if device_finish:
+            _, image, _ = self.item(self.rank)
+            maker.interleaved = image.shape[0] > 1 and image.strides[0] == image.itemsize
+        return maker
 
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         """(where, CxHxW image, label) at stream position `position`."""
@@ -131,7 +143,6 @@ class StreamBatches:
         shapes = self._shapes(image, where)
         if not self.device_finish:
             return {top: (shape, np.dtype(np.float32)) for top, shape in shapes.items()}
-        self.interleaved = image.shape[0] > 1 and image.strides[0] == image.itemsize
         n, c, h, w = shapes[self.tops[0]]
         layout = {"pixels": ((n, h, w, c) if self.interleaved else (n, c, h, w), image.dtype),
                   "crops": ((self.batch_size, CROP_FIELDS), np.dtype(np.int32))}

@@ -49,11 +49,6 @@ def layer_class(lp) -> type["Layer"]:
     return cls
 
 
-def build_layer(lp, bottom_shapes: list[Shape], phase: int) -> "Layer":
-    """Instantiate the registered class for a LayerParameter."""
-    return layer_class(lp)(lp, [tuple(s) for s in bottom_shapes], phase)
-
-
 class Layer(nn.Module):
     """One Caffe layer.
 

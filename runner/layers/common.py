@@ -96,14 +96,3 @@ def broadcast_to_axis(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
     """View a blob covering axes [axis, axis + t.dim()) so it broadcasts over an ndim-D bottom."""
     return t.reshape(tuple(t.shape) + (1,) * (ndim - axis - t.dim()))
 
-
-def layer_from_text(text: str, bottom_shapes, phase: int = 0):
-    """Build one layer from its prototxt text, e.g. 'type: "ReLU" name: "r"'."""
-    from google.protobuf import text_format
-
-    from runner.layers.base import build_layer
-
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    if not lp.top and lp.type != "Silence":
-        lp.top.append(lp.name or "top")
-    return build_layer(lp, [tuple(s) for s in bottom_shapes], phase)

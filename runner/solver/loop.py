@@ -19,14 +19,14 @@ from google.protobuf import text_format
 from tqdm import tqdm
 
 from runner.solver import distributed
-from runner.solver.actions import NONE, SNAPSHOT, STOP, SignalRequests
+from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
 from runner.solver.log_reader import read_history
 from runner.solver.plot import plot_history
-from runner.solver.schedule import AuxWeightSchedule
+from runner.solver.signals import NONE, SNAPSHOT, STOP, SignalRequests
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.step import TrainingStep
 

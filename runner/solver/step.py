@@ -6,7 +6,6 @@ benchmarks all train through it, so they follow the same rules.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -19,15 +18,6 @@ def iteration_seed(seed: int, rank: int, it: int) -> int:
     """torch's RNG is reseeded from (random_seed, rank, iter) every iteration, so a resumed
     run draws the same dropout masks as an uninterrupted one."""
     return (seed * 1_000_003 + rank * 7_919 + it * 104_729) % (2**63)
-
-
-@dataclass
-class StepResult:
-    """What one iteration produced: the mean loss over iter_size passes, the last
-    pass's blobs, and the learning rate of its update."""
-    loss: float
-    blobs: dict[str, torch.Tensor]
-    rate: float
 
 
 class TrainingStep:
@@ -53,15 +43,17 @@ class TrainingStep:
         self.lr_policy = LearningRatePolicy(param)
 
     def __call__(self, batches: Iterator[dict], it: int,
-                 before_update: Callable[[float, dict], None] | None = None) -> StepResult:
-        """Iteration `it` (updates done so far) on `batches`; `before_update(loss, blobs)`
-        sees the accumulated diffs before clipping and the update (and may raise)."""
+                 before_update: Callable[[float, dict], None] | None = None) -> float:
+        """Iteration `it` (updates done so far) on `batches`; returns its mean loss.
+        `before_update(loss, blobs)` sees the accumulated diffs before clipping and the
+        update (and may raise to stop before it)."""
         self.zero_diffs()
         torch.manual_seed(iteration_seed(self.seed, self.rank, it))
         loss, blobs = self.forward_backward(batches)
         if before_update is not None:
             before_update(loss, blobs)
-        return StepResult(loss, blobs, self.apply_update(it))
+        self.apply_update(it)
+        return loss
 
     def zero_diffs(self) -> None:
         """Caffe's ClearParamDiffs (a None grad reads as Caffe's zero diff)."""
@@ -90,10 +82,9 @@ class TrainingStep:
             total += objective.detach()
         return float(total) / n, blobs
 
-    def apply_update(self, it: int) -> float:
-        """Caffe's ApplyUpdate after `it` finished updates; returns the rate used."""
+    def apply_update(self, it: int) -> None:
+        """Caffe's ApplyUpdate after `it` finished updates."""
         rate = self.lr_policy.rate(it)
         if self.on_rate is not None:
             self.on_rate(it, rate)
         self.update.apply(rate, it)
-        return rate

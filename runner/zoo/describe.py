@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 
+from runner.graph import infer_net_shapes
+from runner.proto import filter_net
 from runner.solver.log_reader import read_history
-from runner.zoo.netinfo import layer_shapes
 
 # Fields that are paths on the publishing machine, not training settings.
 _SOLVER_PATHS = {"net", "train_net", "test_net", "snapshot_prefix"}
@@ -14,7 +15,7 @@ def architecture_table(deploy) -> str:
     """Markdown table: layer, type, top shape(s) for one image batch, learnable params."""
     rows = ["| layer | type | top shape | params |", "|---|---|---|---|"]
     total = 0
-    for lp, shapes in layer_shapes(deploy):
+    for lp, shapes in infer_net_shapes(filter_net(deploy, "TEST")).layers:
         params = sum(math.prod(s) for s in shapes.blobs)
         total += params
         tops = ", ".join("×".join(str(d) for d in t) for t in shapes.tops)

@@ -16,10 +16,11 @@ import subprocess
 from pathlib import Path
 
 from runner.atomic import atomic_write_bytes, atomic_write_text, temporary_dir_beside
+from runner.deep_supervision import is_aux, without_aux
+from runner.graph import infer_net_shapes
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
 from runner.zoo.describe import architecture_table, last_test_outputs, solver_table
 from runner.zoo.frontmatter import ZooError, render_readme, sha1_of_file
-from runner.zoo.netinfo import AUX_LAYER, layer_shapes
 from runner.zoo.verify import verify
 
 DEFAULT_LICENSE = "CC-BY-4.0"
@@ -88,13 +89,10 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
 
 def cut_aux_branches(deploy, path: Path) -> tuple[object, list[str]]:
     """A copy of `deploy` without layers named `*_ds<j>`, and the names cut."""
-    kept = caffe_pb2.NetParameter()
-    kept.CopyFrom(deploy)
-    del kept.layer[:]
-    kept.layer.extend(lp for lp in deploy.layer if not AUX_LAYER.search(lp.name))
-    cut = [lp.name for lp in deploy.layer if AUX_LAYER.search(lp.name)]
+    kept = without_aux(deploy)
+    cut = [lp.name for lp in deploy.layer if is_aux(lp.name)]
     try:
-        layer_shapes(kept)
+        infer_net_shapes(filter_net(kept, "TEST"))
     except ValueError as exc:
         raise ZooError(f"{path}: after cutting the auxiliary layers {cut}: {exc}") from None
     return kept, cut

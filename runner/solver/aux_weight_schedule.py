@@ -11,9 +11,9 @@ epoch, so a resumed run recomputes them from its iteration.
 from __future__ import annotations
 
 import math
-import re
 
-AUX_LOSS_PATTERN = re.compile(r"_ds\d+$")
+from runner.deep_supervision import aux_loss_tops
+
 DECAY_MODES = ("eq2", "linear", "none")
 
 
@@ -58,10 +58,10 @@ class AuxWeightSchedule:
     @staticmethod
     def find_aux(loss_weights: dict, names: list[str] | None = None) -> list[str]:
         """Auxiliary loss tops: `names` if given, else the loss tops (non-zero weight)
-        named like r'_ds\\d+$' (loss_ds1, ...)."""
+        named `*_ds<j>` (loss_ds1, ...)."""
         if names:
             return list(names)
-        return [n for n, w in loss_weights.items() if w and AUX_LOSS_PATTERN.search(n)]
+        return aux_loss_tops(loss_weights)
 
     def epoch_of(self, it: int) -> int:
         return it * self.samples_per_iter // self.train_size
