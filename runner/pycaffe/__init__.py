@@ -5,8 +5,6 @@ so each of its modules exists once. It computes nothing itself: every name here 
 runner's Net, solvers, data and schema.
 """
 from . import coord_map, draw, io, proto
-from .classifier import Classifier
-from .detector import Detector
 from .net_spec import NetSpec, layers, params, to_proto
 from .timer import Timer
 
