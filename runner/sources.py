@@ -41,3 +41,7 @@ def is_source_type(type_name: str) -> bool:
 
 def source_factory(type_name: str) -> SourceFactory:
     return _SOURCES[type_name]
+
+
+def source_types() -> list[str]:
+    return sorted(_SOURCES)

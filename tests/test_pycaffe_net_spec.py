@@ -156,3 +156,14 @@ def test_item_access_matches_attributes():
     assert [l.name for l in n.to_proto().layer] == ["data", "relu"]
     assert np.array_equal(list(n.to_proto().layer[0].input_param.shape[0].dim), [1, 1, 2, 2])
 
+
+def test_netspec_file_loads_in_caffe_net(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text(str(small_net().to_proto()))
+    net = caffe.Net(str(path), caffe.TEST)
+    assert list(net._layer_names) == ["data", "conv", "pool", "relu", "ip", "prob"]
+    assert net.inputs == ["data"] and net.outputs == ["prob"]
+    x = np.random.default_rng(0).random((2, 1, 6, 6)).astype(np.float32)
+    out = net.forward(data=x)
+    expected = Net(small_net().to_proto(), phase="TEST")({"data": torch.from_numpy(x)})
+    assert np.allclose(out["prob"], expected["prob"].detach().numpy(), atol=1e-6)
