@@ -20,7 +20,12 @@ DATA ?=
 
 setup: $(STAMP)
 
+# Graphviz's dot draws nets (caffe.draw, draw_net); installed when run as root.
+GRAPHVIZ_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz
 $(STAMP): pyproject.toml
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && { $(GRAPHVIZ_INSTALL) || \
+	  { apt-get update -qq && $(GRAPHVIZ_INSTALL); }; }; } || \
+	  echo "note: Graphviz's dot is missing (caffe.draw needs it): apt-get install graphviz" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -8,11 +8,16 @@ from runner.blob import Blob
 from runner.data.prefetch import set_default_workers
 from runner.layers.python_layer import PythonLayer as Layer
 
+from . import coord_map, draw, io, proto
 from .layer_types import layer_type_list
 from .mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .net import TEST, TRAIN, Net
+from .classifier import Classifier
+from .detector import Detector
+from .net_spec import NetSpec, layers, params, to_proto
 from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
                      SGDSolver, get_solver)
+from .timer import Timer
 
 __version__ = "1.0.0"
 
