@@ -296,6 +296,7 @@ def test_only_the_layers_behind_the_outputs_are_exported():
 NO_ONNX_FORM = {
     "Accuracy": "a metric over labels, not part of inference",
     "DetectionOutput": "NMS into a data-dependent number of rows; export the blobs it reads",
+    "Python": "runs the user's own Python code, which ONNX cannot hold",
 }
 
 
