@@ -68,6 +68,8 @@ class Layer(nn.Module):
     """
 
     is_loss = False  # loss layers weigh their first top by 1 unless loss_weight says otherwise
+    # Bottoms that force_backward does not reach (Caffe's AllowForceBackward false: labels).
+    force_backward_blocked: tuple[int, ...] = ()
     # Caffe's Exact/Min/MaxNumBottomBlobs and ...TopBlobs as (min, max); None: unbounded.
     bottom_count: tuple[int, int | None] = (0, None)
     top_count: tuple[int, int | None] = (0, None)
@@ -96,10 +98,14 @@ class Layer(nn.Module):
         self.phase = phase
         self.lp = lp
         self.bottom_shapes = bottom_shapes
-        shapes: LayerShapes = infer_layer(lp, bottom_shapes)
+        shapes = self.infer_shapes(lp, bottom_shapes)
         self.top_shapes = shapes.tops
         self.blobs = nn.ParameterList(
             [nn.Parameter(torch.zeros(s)) for s in shapes.blobs])
+
+    def infer_shapes(self, lp, bottom_shapes: list[Shape]) -> LayerShapes:
+        """Top and blob shapes (Caffe's rules in runner.shapes; a Python layer asks its code)."""
+        return infer_layer(lp, bottom_shapes)
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
