@@ -297,6 +297,14 @@ NO_ONNX_FORM = {
     "Accuracy": "a metric over labels, not part of inference",
     "DetectionOutput": "NMS into a data-dependent number of rows; export the blobs it reads",
     "Python": "runs the user's own Python code, which ONNX cannot hold",
+    "HDF5Output": "writes a file, a side effect ONNX cannot hold",
+    "Filter": "a data-dependent number of rows; not converted yet",
+    "BatchReindex": "not converted yet (a Gather over the batch axis)",
+    "Im2col": "not converted yet (a convolution with one-hot kernels)",
+    "Parameter": "not converted yet (a constant initializer)",
+    "RNN": "state carried between forwards; not converted yet",
+    "LSTM": "state carried between forwards; not converted yet",
+    "LSTMUnit": "not converted yet",
 }
 
 
