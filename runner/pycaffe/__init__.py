@@ -6,10 +6,10 @@ runner's Net, solvers, data and schema.
 """
 from runner.blob import Blob
 from runner.data.prefetch import set_default_workers
+from runner.layers import layer_type_list
 from runner.layers.python_layer import PythonLayer as Layer
 
 from . import coord_map, draw, io, proto
-from .layer_types import layer_type_list
 from .mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .net import TEST, TRAIN, Net
 from .classifier import Classifier
