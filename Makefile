@@ -112,7 +112,7 @@ reproduce: $(STAMP) $(if $(filter fashion-mnist,$(REPRODUCE_DATASET)),$(FASHION_
 		$(if $(GPU),--gpu $(GPU)) $(if $(JOBS),--jobs $(JOBS))
 
 # Every benchmark in bench/, one table in reports/bench.md.
-bench: $(STAMP)
+bench: $(STAMP) $(FASHION_OUT)/mean.binaryproto
 	$(PY) bench/run_all.py --out reports/bench.md
 
 # The gradient probe (docs/probe.md): train the plain CNN of DATASET/DEPTH for ITERS
