@@ -14,20 +14,29 @@ BRANCHES ?=
 ALPHA ?=
 WIDTH ?=
 INIT ?=
+DATA ?=
 
 .PHONY: setup net demo test
 
 setup: $(STAMP)
 
+# Graphviz's dot draws nets (caffe.draw, draw_net); installed when run as root.
+GRAPHVIZ_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz
 $(STAMP): pyproject.toml
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && { $(GRAPHVIZ_INSTALL) || \
+	  { apt-get update -qq && $(GRAPHVIZ_INSTALL); }; }; } || \
+	  echo "note: Graphviz's dot is missing (caffe.draw needs it): apt-get install graphviz" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# DATA=<folder with train_lmdb, val_lmdb> renders the nets for your own data (DATASET's
+# default then does not apply).
+NET_DATASET = $(if $(and $(DATA),$(filter file,$(origin DATASET))),,$(DATASET))
 net: $(STAMP)
-	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=$(VARIANT) DATASET=$(DATASET) \
-		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH) INIT=$(INIT)
+	$(PY) -m generator DEPTH=$(DEPTH) VARIANT=$(VARIANT) DATASET=$(NET_DATASET) \
+		BRANCHES=$(BRANCHES) ALPHA=$(ALPHA) WIDTH=$(WIDTH) INIT=$(INIT) DATA=$(DATA)
 
 # Train the Fashion-MNIST CNDS-8 for a few minutes on the CPU (the LMDBs are built on
 # first use), then score the final snapshot on the 10000 test images (caffe test).
@@ -73,17 +82,20 @@ $(FASHION_OUT)/mean.binaryproto: | $(STAMP)
 		--source-dir $(FASHION_MNIST_SRC) --overwrite
 
 # Model Zoo folder <ZOO>/<name>/ from a model folder and a trained train_val snapshot;
-# the deploy caffemodel drops the auxiliary branches. LICENSE defaults to CC-BY-4.0.
+# the deploy caffemodel drops the auxiliary branches. LICENSE defaults to CC-BY-4.0. The readme
+# states the weights' accuracy on the TEST net (TEST_ITERS batches, default the solver's test_iter).
 MODEL ?=
 WEIGHTS ?=
 ZOO ?= zoo
 LICENSE ?=
+TEST_ITERS ?=
 .PHONY: publish
 
 publish: $(STAMP)
 	@[ -n "$(MODEL)" ] && [ -n "$(WEIGHTS)" ] || \
 	  { echo "usage: make publish MODEL=models/<net> WEIGHTS=<snapshot>.caffemodel ZOO=<dir> [LICENSE=...]" >&2; exit 2; }
-	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)")
+	$(PY) -m runner.zoo publish "$(MODEL)" "$(WEIGHTS)" "$(ZOO)" $(if $(LICENSE),--license "$(LICENSE)") \
+		$(if $(TEST_ITERS),--test-iterations $(TEST_ITERS))
 
 # The paper's claims on real data (reproduce/config.yaml holds the protocol; docs/reproduce.md).
 # DATASET defaults to fashion-mnist here (its LMDBs are built first); PRESET picks a preset of
@@ -100,7 +112,7 @@ reproduce: $(STAMP) $(if $(filter fashion-mnist,$(REPRODUCE_DATASET)),$(FASHION_
 		$(if $(GPU),--gpu $(GPU)) $(if $(JOBS),--jobs $(JOBS))
 
 # Every benchmark in bench/, one table in reports/bench.md.
-bench: $(STAMP)
+bench: $(STAMP) $(FASHION_OUT)/mean.binaryproto
 	$(PY) bench/run_all.py --out reports/bench.md
 
 # The gradient probe (docs/probe.md): train the plain CNN of DATASET/DEPTH for ITERS

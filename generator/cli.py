@@ -14,15 +14,17 @@ import sys
 from dataclasses import replace
 
 from generator.architectures import ConfigError, NetConfig, build, catalogue
+from generator.datasets import register_dataset
 from generator.make import prepare
 from generator.model_folder import write_model_folder
+from generator.own_data import folder_dataset
 from generator.render import parse, render
 from generator.schedule import ScheduleOverrides, with_data_sizes
 from runner import console
 from runner.proto import ProtoError
 from runner.shapes import ShapeError
 
-KEYS = ("DEPTH", "VARIANT", "DATASET", "BRANCHES", "ALPHA", "WIDTH", "INIT")
+KEYS = ("DEPTH", "VARIANT", "DATASET", "DATA", "BRANCHES", "ALPHA", "WIDTH", "INIT")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help="DEPTH=5..19 VARIANT=cnds|cnn DATASET=imagenet|places205|fashion-mnist "
                         "BRANCHES=4,7,10|none|auto ALPHA=0.3 WIDTH=<multiplier> INIT=released|vanilla|msra "
-                        "(empty values mean the defaults)")
+                        "DATA=<folder with train_lmdb, val_lmdb> (your own data instead of DATASET; "
+                        "empty values mean the defaults)")
     p.add_argument("--all", action="store_true", help="render every net committed under models/")
     p.add_argument("--out", default="models", help="models folder, as the solver's working directory sees it")
     s = p.add_argument_group("schedule overrides (default: the net's own schedule, docs/generator.md)")
@@ -92,6 +95,12 @@ def config_from_settings(settings: list[str]) -> tuple[NetConfig, bool]:
             raise ConfigError(f"{item}: expected KEY=VALUE with KEY one of {', '.join(KEYS)}")
         values[key] = value.strip()
     config = NetConfig()
+    if values.get("DATA"):
+        if values.get("DATASET"):
+            raise ConfigError("give DATASET (a built-in dataset) or DATA (a folder of your own), not both")
+        dataset = folder_dataset(values["DATA"])
+        register_dataset(dataset)
+        config = replace(config, dataset=dataset.name)
     if values.get("DEPTH"):
         config = replace(config, depth=_number("DEPTH", values["DEPTH"], int))
     for key, field in (("VARIANT", "variant"), ("DATASET", "dataset"), ("INIT", "init")):

@@ -28,11 +28,14 @@ class Dataset:
     default_width: float
     default_init: str    # INIT when none is given (see architectures.INITS)
     solver_mode: str
+    crop_images: bool | None = None  # crop_size in the Data layers; None: unless small
+    epochs: int | None = None        # a user's dataset: the solver trains this many epochs
 
     @property
     def crop_size(self) -> int | None:
         """transform_param.crop_size, or None when the images are used whole."""
-        return None if self.small else self.crop
+        crop = (not self.small) if self.crop_images is None else self.crop_images
+        return self.crop if crop else None
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, self.channels, self.crop, self.crop)
@@ -62,3 +65,8 @@ DATASETS: dict[str, Dataset] = {
         mirror=False, scale=0.00390625, small=True, default_width=0.25, default_init="msra",
         solver_mode="CPU"),
 }
+
+
+def register_dataset(dataset: Dataset) -> None:
+    """Make a dataset built at run time (a user's own data) known by its name."""
+    DATASETS[dataset.name] = dataset

@@ -112,6 +112,8 @@ def default_schedule(net: Net) -> Schedule:
     """The solver numbers for `net` on its dataset."""
     ds, cfg = net.dataset, net.config
     test_iter = math.ceil(ds.test_images / ds.test_batch)
+    if ds.epochs is not None:
+        return own_data_schedule(ds)
     sizes = (ds.train_batch, ds.test_batch, ds.train_images, ds.test_images, ds.solver_mode)
     if ds.name == "imagenet":
         max_iter = math.ceil(imagenet_epochs(cfg.variant, cfg.depth) * ds.train_images / ds.train_batch)
@@ -154,3 +156,14 @@ def with_data_sizes(net: Net, overrides: ScheduleOverrides) -> ScheduleOverrides
     train, test = data_sizes(net.dataset)
     return replace(overrides, train_images=overrides.train_images or train,
                    test_images=overrides.test_images or test)
+
+
+def own_data_schedule(ds: Dataset) -> Schedule:
+    """A user's dataset: `ds.epochs` passes over its training set, a test every epoch (of
+    the whole validation set), the lr step at two thirds of the run, five snapshots, a log
+    line about 4 times an epoch."""
+    per_epoch = math.ceil(ds.train_images / ds.train_batch)
+    max_iter = ds.epochs * per_epoch
+    return Schedule(max_iter, max(1, round(max_iter * 2 / 3)), math.ceil(ds.test_images / ds.test_batch),
+                    per_epoch, max(1, min(50, per_epoch // 4)), max(1, math.ceil(max_iter / 5)),
+                    ds.train_batch, ds.test_batch, ds.train_images, ds.test_images, ds.solver_mode)

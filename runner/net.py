@@ -161,6 +161,8 @@ class Net(nn.Module):
         wiring.add_tops(lp, layer.top_shapes, weights)
         self.loss_weights.update(zip(lp.top, weights))
         for i, (blob, filler) in enumerate(zip(layer.blobs, layer.blob_fillers())):
+            if filler is None:  # values set by the layer itself (a Python layer's setup)
+                continue
             try:
                 fill_(blob, filler)
             except FillerError as err:
@@ -223,6 +225,10 @@ class Net(nn.Module):
                                        f"forward does not fit in memory ({_first_line(err)})") from None
         return blobs
 
+    def layer_steps(self) -> list[tuple[nn.Module, tuple[str, ...], tuple[str, ...]]]:
+        """(layer, bottom names, top names) per compute layer, in the order forward runs them."""
+        return [(layer, bottoms, tops) for layer, (bottoms, tops, _) in zip(self.layers.values(), self._steps)]
+
     def objective(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Caffe's loss: sum over tops of loss_weights[top] * sum(top)."""
         terms = []
@@ -278,6 +284,12 @@ class Net(nn.Module):
     def to_net_parameter(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         """The filtered net as Caffe's Net::ToProto writes it, blobs filled if asked."""
         return caffemodel_io.net_to_proto(self, with_blobs=with_blobs)
+
+    def export_onnx(self, path, outputs: list[str] | None = None):
+        """Write this net as an ONNX model (evaluation mode; graph outputs `outputs`, default
+        the net's outputs); returns the onnx.ModelProto. Needs the `onnx` extra."""
+        from runner.onnx_export import export_onnx
+        return export_onnx(self, path, outputs)
 
     def __repr__(self) -> str:
         """One line per layer, torchvision style: `(conv1): Convolution(name='conv1', ...)`."""

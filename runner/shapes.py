@@ -477,5 +477,6 @@ def _accuracy(lp, bottoms):
     return LayerShapes([()] + [(b[axis],)] * (len(lp.top) - 1))
 
 
-# The SSD layers' rules live in their own module; importing it registers them.
-from runner import shapes_detection  # noqa: E402,F401
+# The SSD and the recurrent/indexing layers' rules live in their own modules; importing
+# them registers them.
+from runner import shapes_detection, shapes_sequence  # noqa: E402,F401

@@ -59,6 +59,8 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the nets")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars (loss, lr, "
+                   "test outputs, auxiliary weights) to DIR; needs the tensorboard extra")
     for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
         p.add_argument(f"--{sig}_effect", f"--{sig}-effect", default=default,
                        choices=["stop", "snapshot", "none"],
@@ -108,7 +110,8 @@ def run_train(args) -> None:
         weights=args.weights.split(",") if args.weights else [], aux_decay=args.aux_decay,
         aux_loss=args.aux_loss, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, sigint_effect=args.sigint_effect,
-        sighup_effect=args.sighup_effect, append_log=bool(args.snapshot))
+        sighup_effect=args.sighup_effect, append_log=bool(args.snapshot),
+        tensorboard=args.tensorboard)
     result = (path, args.result)
     if len(gpus) > 1 and not distributed.launched_by_torchrun():
         distributed.spawn(train_rank, len(gpus), param.SerializeToString(), options, gpus,

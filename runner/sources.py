@@ -39,5 +39,13 @@ def is_source_type(type_name: str) -> bool:
     return type_name in _SOURCES
 
 
+def source_types() -> list[str]:
+    return sorted(_SOURCES)
+
+
 def source_factory(type_name: str) -> SourceFactory:
     return _SOURCES[type_name]
+
+
+def source_types() -> list[str]:
+    return sorted(_SOURCES)

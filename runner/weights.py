@@ -4,16 +4,19 @@ Loading matches layers by name (the first of ours with that name, as Caffe), ski
 layers we do not have, and checks every blob's count and shape with Caffe's rules
 (legacy num/channels/height/width blobs match when our shape, padded with leading 1s
 to four axes, equals them). Saving writes the filtered net with each layer's
-definition and its blobs in Caffe's order and shapes.
+definition and its blobs in Caffe's order and shapes. HDF5 weights (Net::ToHDF5,
+CopyTrainedLayersFromHDF5) go through h5py.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 
 import numpy as np
 import torch
 
+from runner.atomic import atomic_write_bytes
 from runner.net_params import FIXED_STATISTICS
 from runner.proto import ProtoError, array_to_blob, blob_shape, blob_to_array, caffe_pb2, read_caffemodel, upgrade_net, write_binary
 
@@ -136,3 +139,51 @@ def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
 def save_caffemodel(net, path) -> None:
     """Write `net`'s definition and blobs as a binary .caffemodel, atomically."""
     write_binary(net_to_proto(net, with_blobs=True), path)
+
+
+def save_hdf5(net, path) -> None:
+    """Caffe's Net::ToHDF5: a group per layer under /data, one dataset per owned blob
+    (named by its index), written atomically."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        data = f.create_group("data")
+        for lp, module, slots in net.layer_blobs():
+            group = data.require_group(lp.name)
+            for j, slot in enumerate(slots):
+                if slot.owner is module and slot.index == j:
+                    group.create_dataset(str(j), data=slot.param.detach().reshape(slot.shape)
+                                         .to("cpu", torch.float32).numpy())
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_hdf5(net, path) -> None:
+    """Caffe's CopyTrainedLayersFromHDF5: layers matched by name; a blob this layer owns
+    must be in the file with the same shape, shared ones may be missing."""
+    import h5py
+
+    targets: dict[str, tuple] = {}
+    for lp, module, slots in net.layer_blobs():
+        if module is not None:
+            targets.setdefault(lp.name, (module, slots))
+    with h5py.File(os.fspath(path), "r") as f, torch.no_grad():
+        if "data" not in f:
+            raise WeightsError(f"{path}: no /data group (not a Caffe HDF5 weights file)")
+        for name, group in f["data"].items():
+            if name not in targets:
+                continue
+            module, slots = targets[name]
+            for j, slot in enumerate(slots):
+                owned = slot.owner is module and slot.index == j
+                if str(j) not in group:
+                    if owned:
+                        raise WeightsError(f"{path}: layer '{name}' has no blob {j} "
+                                           "(incompatible number of blobs)")
+                    continue
+                value = np.asarray(group[str(j)], dtype=np.float32)
+                if tuple(value.shape) != tuple(slot.shape):
+                    raise WeightsError(f"{path}: layer '{name}' blob {j}: shape mismatch: the "
+                                       f"file has {list(value.shape)}, the net expects "
+                                       f"{list(slot.shape)}")
+                slot.param.copy_(torch.from_numpy(value).reshape(slot.param.shape))

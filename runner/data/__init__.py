@@ -1,6 +1,6 @@
-"""Caffe's data path: Datum records in LMDB, the DataTransformer, and the Data and ImageData
-layers as prefetching sources (importing this package registers them)."""
-from runner.data import image_data, source  # noqa: F401  (register the sources)
+"""Caffe's data path: Datum records in LMDB, the DataTransformer, and the Data, ImageData,
+HDF5Data and WindowData layers as sources (importing this package registers them)."""
+from runner.data import hdf5_data, image_data, source, window_data  # noqa: F401  (register the sources)
 from runner.data.datum import DataError
 from runner.data.image_data import ImageDataSource
 from runner.data.source import DataSource

@@ -35,6 +35,46 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     return entries
 
 
+def read_class_names(path: Path) -> list[str]:
+    """labels.txt: one class name per line, in label order."""
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise DataError(f"cannot read class list '{path}': {exc.strerror}") from None
+    names = [n for n in names if n]
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{path}: expected one distinct class name per line")
+    return names
+
+
+def class_folder_list(root: str | os.PathLike, classes: list[str] | None = None
+                      ) -> tuple[list[tuple[str, int]], list[str]]:
+    """A folder tree with one subfolder per class as ("SUBFOLDER/FILE", label) lines (files
+    in name order, subfolders searched too) and the class names. Labels follow `classes`
+    (e.g. the train set's labels.txt), else the subfolders' sorted names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"'{root}' is not a folder of class subfolders")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"'{root}' has no class subfolders (expected ROOT/<class>/<image>)")
+    if classes is None:
+        classes = found
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise DataError(f"'{root}': subfolder(s) {unknown} are not in the class list "
+                        f"{classes}; add them to labels.txt or remove them")
+    lines = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+            lines += [(p.relative_to(root).as_posix(), label) for p in files]
+    if not lines:
+        raise DataError(f"'{root}': the class subfolders hold no files")
+    return lines, classes
+
+
 def check_resize(height: int, width: int, what: str) -> None:
     """Caffe resizes only when both sizes are given; one alone is an error here."""
     if (height > 0) != (width > 0):

@@ -73,9 +73,18 @@ class BatchMaker(Protocol):
         """The batch from raw `arrays` (`device_finish`), in new tensors on their device."""
 
 
+_process_default = {"workers": 1}
+
+
+def set_default_workers(n: int) -> None:
+    """Workers per data layer when $RUNNER_DATA_WORKERS is unset (`import caffe` sets 0:
+    a worker process re-imports the main script, which pycaffe scripts do not guard)."""
+    _process_default["workers"] = int(n)
+
+
 def default_workers() -> int:
-    """Worker processes per data layer: $RUNNER_DATA_WORKERS, else 1."""
-    value = os.environ.get(WORKERS_ENV, "1")
+    """Worker processes per data layer: $RUNNER_DATA_WORKERS, else the process default (1)."""
+    value = os.environ.get(WORKERS_ENV, str(_process_default["workers"]))
     if not value.isdigit():
         raise ValueError(f"{WORKERS_ENV} must be a whole number of workers, got {value!r}")
     return int(value)

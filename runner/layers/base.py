@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runner.layers.known_types import provenance
 from runner.shapes import LayerShapes, Shape, infer_layer
+from runner.sources import source_types
 
 TRAIN, TEST = 0, 1  # caffe.Phase values
 
@@ -37,15 +39,23 @@ def register(*type_names: str):
 
 
 def supported_types() -> list[str]:
+    """The compute layer types (data layers are sources, see layer_type_list)."""
     return sorted(_REGISTRY)
+
+
+def layer_type_list() -> list[str]:
+    """Every type a net may use here, data sources included (pycaffe's layer_type_list)."""
+    import runner.data  # noqa: F401  (registers the data sources, as runner.net does)
+    import runner.input_sources  # noqa: F401
+    return sorted(set(_REGISTRY) | set(source_types()))
 
 
 def layer_class(lp) -> type["Layer"]:
     cls = _REGISTRY.get(lp.type)
     if cls is None:
         raise UnsupportedLayerError(
-            f"layer '{lp.name}' has type '{lp.type}', which is not supported; "
-            f"supported types: {', '.join(supported_types())}")
+            f"layer '{lp.name}' has type '{lp.type}', which is {provenance(lp.type)}; "
+            f"supported types: {', '.join(layer_type_list())}")
     return cls
 
 
@@ -58,6 +68,8 @@ class Layer(nn.Module):
     """
 
     is_loss = False  # loss layers weigh their first top by 1 unless loss_weight says otherwise
+    # Bottoms that force_backward does not reach (Caffe's AllowForceBackward false: labels).
+    force_backward_blocked: tuple[int, ...] = ()
     # Caffe's Exact/Min/MaxNumBottomBlobs and ...TopBlobs as (min, max); None: unbounded.
     bottom_count: tuple[int, int | None] = (0, None)
     top_count: tuple[int, int | None] = (0, None)
@@ -86,10 +98,14 @@ class Layer(nn.Module):
         self.phase = phase
         self.lp = lp
         self.bottom_shapes = bottom_shapes
-        shapes: LayerShapes = infer_layer(lp, bottom_shapes)
+        shapes = self.infer_shapes(lp, bottom_shapes)
         self.top_shapes = shapes.tops
         self.blobs = nn.ParameterList(
             [nn.Parameter(torch.zeros(s)) for s in shapes.blobs])
+
+    def infer_shapes(self, lp, bottom_shapes: list[Shape]) -> LayerShapes:
+        """Top and blob shapes (Caffe's rules in runner.shapes; a Python layer asks its code)."""
+        return infer_layer(lp, bottom_shapes)
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

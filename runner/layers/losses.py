@@ -17,6 +17,7 @@ class _Loss(Layer):
     """Caffe's LossLayer: predictions and labels (or targets) in, one loss top out."""
 
     is_loss = True
+    force_backward_blocked = (1,)  # Caffe's LossLayer: not the labels
     bottom_count, top_count = (2, 2), (1, 1)
 
 
@@ -36,6 +37,8 @@ class _PerSampleLabels:
 @register("EuclideanLoss")
 class EuclideanLoss(_Loss):
     """sum((a - b)^2) / (2 N)."""
+
+    force_backward_blocked = ()  # both bottoms, as Caffe's EuclideanLossLayer
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -183,6 +186,7 @@ class ContrastiveLoss(_Loss):
     max(margin - d, 0)^2 for dissimilar ones (legacy: max(margin - d^2, 0)), over 2N.
     The dissimilar gradient uses Caffe's d + 1e-4 in the denominator."""
 
+    force_backward_blocked = (2,)  # not the similarity labels
     bottom_count, top_count = (3, 3), (1, 1)
 
     def forward(self, a, b, similar):

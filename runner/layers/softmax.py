@@ -39,6 +39,7 @@ class SoftmaxWithLoss(Layer):
     bottom_count, top_count = (2, 2), (1, 2)
 
     is_loss = True
+    force_backward_blocked = (1,)  # Caffe's LossLayer: not the labels
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -70,7 +70,7 @@ def _torch_pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     return out
 
 
-class _PoolPlan:
+class PoolPlan:
     """How to pool one input size exactly as Caffe: torch's kernel directly, or explicit
     padding (so torch's window count equals Caffe's) plus Caffe's AVE divisor."""
 
@@ -113,7 +113,7 @@ class _PoolPlan:
         return self._divisors[key]
 
 
-def caffe_pool(x, plan: _PoolPlan, is_max: bool, with_mask: bool = False) -> tuple:
+def caffe_pool(x, plan: PoolPlan, is_max: bool, with_mask: bool = False) -> tuple:
     """Pool x (N, C, H, W) as Caffe; returns (top,) or, for MAX with a mask, (top, mask)."""
     k, s = plan.kernel, plan.stride
     if is_max:
@@ -159,13 +159,13 @@ class Pooling(Layer):
             raise ValueError(f"layer '{lp.name}': only MAX pooling has a second (mask) top")
         self.is_max = p.pool == P.MAX
         self.with_mask = len(lp.top) > 1
-        self._plans: dict[tuple[int, int], _PoolPlan] = {}
+        self._plans: dict[tuple[int, int], PoolPlan] = {}
 
-    def _plan(self, h: int, w: int) -> _PoolPlan:
+    def _plan(self, h: int, w: int) -> PoolPlan:
         plan = self._plans.get((h, w))
         if plan is None:
             p = self.lp.pooling_param
-            plan = self._plans[(h, w)] = _PoolPlan(pooling_geometry(p, h, w),
+            plan = self._plans[(h, w)] = PoolPlan(pooling_geometry(p, h, w),
                                                    p.round_mode == caffe_pb2.PoolingParameter.CEIL, h, w)
         return plan
 
@@ -192,14 +192,14 @@ class SPP(Layer):
             raise ValueError(f"layer '{lp.name}': SPP pooling method "
                              f"{P.PoolMethod.Name(lp.spp_param.pool)} is not supported (MAX, AVE)")
         self.is_max = lp.spp_param.pool == P.MAX
-        self._plans: dict[tuple[int, int], list[_PoolPlan]] = {}
+        self._plans: dict[tuple[int, int], list[PoolPlan]] = {}
 
     def forward(self, x):
         h, w = x.shape[2], x.shape[3]
         plans = self._plans.get((h, w))
         if plans is None:
             plans = self._plans[(h, w)] = [
-                _PoolPlan(spp_geometry(level, h, w), True, h, w)
+                PoolPlan(spp_geometry(level, h, w), True, h, w)
                 for level in range(self.lp.spp_param.pyramid_height)]
         pooled = [caffe_pool(x, plan, self.is_max)[0] for plan in plans]
         if len(pooled) == 1:

@@ -10,6 +10,7 @@ from runner.proto.errors import ProtoError
 
 _LEGACY_DIMS = ("num", "channels", "height", "width")
 _DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number
+_DIFF_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["diff"].number
 
 
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
@@ -20,18 +21,22 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return tuple(int(d) for d in blob.shape.dim)
 
 
-def blob_to_array(blob: caffe_pb2.BlobProto, what: str = "blob") -> np.ndarray:
-    """The blob's values as float32 in its shape; `data`, or `double_data` when present.
+def blob_to_array(blob: caffe_pb2.BlobProto, what: str = "blob", diff: bool = False
+                  ) -> np.ndarray:
+    """The blob's values as float32 in its shape; `data`, or `double_data` when present
+    (`diff`/`double_diff` with diff=True).
 
     `what` names the blob in errors (e.g. "layer 'conv1' blob 0 in w.caffemodel").
     """
     shape = blob_shape(blob)
     if any(d < 0 for d in shape):
         raise ProtoError(f"{what}: negative dimension in shape {shape}")
-    values = blob.double_data if len(blob.double_data) else blob.data
+    field = "diff" if diff else "data"
+    if len(getattr(blob, "double_" + field)):
+        field = "double_" + field
+    values = getattr(blob, field)
     count = math.prod(shape)
     if len(values) != count:
-        field = "double_data" if len(blob.double_data) else "data"
         raise ProtoError(f"{what}: shape {shape} holds {count} values but {field} has {len(values)}")
     return np.array(values, dtype=np.float32).reshape(shape)
 
@@ -45,15 +50,26 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def array_to_blob(array) -> caffe_pb2.BlobProto:
-    """A BlobProto with shape.dim and float `data` (Caffe's Blob<float>::ToProto; a 0-axis
-    blob, such as a shared Normalize scale, gets no shape field at all, as in Caffe)."""
+def _packed_floats(field_number: int, values: np.ndarray) -> bytes:
+    """A packed repeated float field as wire bytes, for MergeFromString: far faster than
+    extend() for large arrays."""
+    payload = values.tobytes(order="C")  # values are "<f4" already
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def array_to_blob(array, diff=None) -> caffe_pb2.BlobProto:
+    """A BlobProto with shape.dim and float `data` (and `diff`, of the same shape, when
+    given): Caffe's Blob<float>::ToProto. A 0-axis blob, such as a shared Normalize scale,
+    gets no shape field at all, as in Caffe."""
     values = np.asarray(array, dtype="<f4")
     blob = caffe_pb2.BlobProto()
     if values.ndim:
         blob.shape.dim.extend(values.shape)
-    if values.size:
-        # The packed field as wire bytes, merged by protobuf: far faster than extend().
-        payload = values.tobytes(order="C")
-        blob.MergeFromString(_varint(_DATA_FIELD << 3 | 2) + _varint(len(payload)) + payload)
+    wire = _packed_floats(_DATA_FIELD, values) if values.size else b""
+    if diff is not None:
+        diffs = np.asarray(diff, dtype="<f4")
+        if diffs.shape != values.shape:
+            raise ValueError(f"diff has shape {diffs.shape} but the data has {values.shape}")
+        wire += _packed_floats(_DIFF_FIELD, diffs) if diffs.size else b""
+    blob.MergeFromString(wire)
     return blob

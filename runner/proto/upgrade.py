@@ -43,8 +43,11 @@ SOLVER_TYPE_NAMES = {
 # Data layer types whose parameter message still carries transformation fields.
 _DATA_PARAMS = {V1.DATA: "data_param", V1.IMAGE_DATA: "image_data_param",
                 V1.WINDOW_DATA: "window_data_param"}
-_V2_DATA_PARAMS = {"Data": "data_param", "ImageData": "image_data_param"}
 _TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+# In `layer` entries Caffe ignores these fields (WindowData still reads its own scale).
+_V2_IGNORED = {"Data": ("data_param", _TRANSFORM_FIELDS),
+               "ImageData": ("image_data_param", _TRANSFORM_FIELDS),
+               "WindowData": ("window_data_param", _TRANSFORM_FIELDS[1:])}
 
 
 def _needs_data_upgrade(net: caffe_pb2.NetParameter) -> bool:
@@ -163,12 +166,12 @@ def _upgrade_ceil_mode(net: caffe_pb2.NetParameter, origin: str) -> bool:
 
 
 def _warn_ignored_transform_fields(net: caffe_pb2.NetParameter, origin: str) -> None:
-    """Caffe ignores data_param/image_data_param transformation fields in `layer` entries."""
+    """Caffe ignores the data layers' own transformation fields in `layer` entries."""
     for layer in net.layer:
-        param_name = _V2_DATA_PARAMS.get(layer.type)
+        param_name, fields = _V2_IGNORED.get(layer.type, (None, ()))
         if param_name is None or not layer.HasField(param_name):
             continue
-        ignored = [f for f in _TRANSFORM_FIELDS if getattr(layer, param_name).HasField(f)]
+        ignored = [f for f in fields if getattr(layer, param_name).HasField(f)]
         if ignored:
             warnings.warn(f"{origin}: layer '{layer.name}' sets {param_name}."
                           f"{'/'.join(ignored)}, which Caffe ignores; use transform_param",

@@ -29,6 +29,7 @@ from runner.solver.plot import plot_history
 from runner.solver.signals import NONE, SNAPSHOT, STOP, SignalRequests
 from runner.solver.snapshot import load_solverstate, write_snapshot
 from runner.solver.step import TrainingStep
+from runner.solver.tensorboard import scalars_for
 
 
 def train_set_size(net) -> int:
@@ -55,6 +56,7 @@ class SolverOptions:
     log_path: str | None = None      # None: <snapshot_prefix>.log
     append_log: bool = False         # a resumed run continues its log
     plot_path: str | None = None     # None: <snapshot_prefix>_training.png
+    tensorboard: str | None = None   # a directory for TensorBoard scalars, if wanted
 
 
 class Solver:
@@ -73,6 +75,7 @@ class Solver:
         self.plot_path = options.plot_path or f"{prefix}_training.png"
         self.log = CaffeLog(self.log_path if ctx.is_root else None, enabled=ctx.is_root,
                             append=options.append_log)
+        self.scalars = scalars_for(options.tensorboard, ctx.is_root)
         prepare_solver_param(param)
         self.seed = param.random_seed if param.random_seed >= 0 else random.randrange(2**31)
         torch.manual_seed(self.seed + ctx.rank)  # Caffe: random_seed + solver_rank
@@ -204,6 +207,7 @@ class Solver:
         finally:
             self.requests.close()
             self.finish_plot()
+            self.scalars.close()
 
     # ---- Step ----------------------------------------------------------------------------
     def step(self, iters: int) -> None:
@@ -253,6 +257,7 @@ class Solver:
                 f"{self.last_good_snapshot or 'none'}")
         self._confirm_snapshot()
         self._update_smoothed_loss(loss, self.start_iter)
+        self.scalars.add("train/loss", self.smoothed_loss, self.iter)
         p = self.param
         if p.display and self.iter % p.display == 0:
             timer, iterations_last = self.display_clock
@@ -265,6 +270,7 @@ class Solver:
 
     def _log_rate(self, it: int, rate: float) -> None:
         """Caffe logs the rate of a displayed iteration just before its update."""
+        self.scalars.add("train/lr", rate, it)
         if self.param.display and it % self.param.display == 0:
             self.log.info("sgd_solver.cpp:105", f"Iteration {it}, lr = {cfloat(rate)}")
 
@@ -278,6 +284,7 @@ class Solver:
             net.loss_weights.update({k: v for k, v in changed.items() if k in net.loss_weights})
         for name, weight in changed.items():
             self.log.info("solver.cpp:205", f"Iteration {self.iter}, aux {name} weight = {cfloat(weight)}")
+            self.scalars.add(f"aux_weight/{name}", weight, self.iter)
 
     def _agree(self, flags: list[float]) -> list[float]:
         """The same decision on every rank: each flag is the max over ranks."""
@@ -315,7 +322,7 @@ class Solver:
     def test(self, k: int) -> None:
         """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
         self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
-        net, model, n = self.test_nets[k], self.test_models[k], self.param.test_iter[k]
+        net, n = self.test_nets[k], self.param.test_iter[k]
         sums, loss = None, 0.0
         for _ in range(n):
             request = self.requests.pop()
@@ -325,7 +332,7 @@ class Solver:
                 self.requested_early_exit = True
                 break
             with self.train_step.autocast():
-                blobs = model(next(self.test_batches[k]))
+                blobs = self._test_forward(k)
                 if self.param.test_compute_loss:
                     loss += net.objective(blobs).float()
             outs = {name: blobs[name].detach().float() for name in net.output_names}
@@ -336,8 +343,15 @@ class Solver:
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
         self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
-        self.scores.append((self.iter, k, {name: (sums[name] / n).reshape(-1).tolist()
-                                           for name in net.output_names}))
+        means = {name: (sums[name] / n).reshape(-1).tolist() for name in net.output_names}
+        self.scores.append((self.iter, k, means))
+        for name, values in means.items():
+            for i, value in enumerate(values):
+                self.scalars.add(f"test{k}/{name if len(values) == 1 else f'{name}/{i}'}", value, self.iter)
+
+    def _test_forward(self, k: int) -> dict:
+        """One forward of test net k on its next batch."""
+        return self.test_models[k](next(self.test_batches[k]))
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:

@@ -1,9 +1,14 @@
 """Convert a set of images to an LMDB of Datum records, as Caffe's convert_imageset.
 
     python -m runner.tools.convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
+    python -m runner.tools.convert_imageset [FLAGS] CLASSFOLDERS/ DB_NAME
 
 LISTFILE lines are "NAME LABEL" (split at the last space); each image ROOTFOLDER + NAME
-becomes a Datum keyed "%08d_NAME" by its line index (after --shuffle). Images OpenCV cannot
+becomes a Datum keyed "%08d_NAME" by its line index (after --shuffle). Without a LISTFILE
+the folder holds one subfolder per class: its images (subfolders in name order, files in
+name order) get the class's label, and the class names are written, one per line in label
+order, to labels.txt beside DB_NAME (--labels elsewhere). An existing labels.txt is read
+instead, so a validation set converted after the training set gets the same labels. Images OpenCV cannot
 read are skipped with a warning, keeping their index, as in Caffe. The database is written
 in a temporary directory beside DB_NAME and renamed at the end, so an error or Ctrl-C leaves
 no partial database. --shuffle uses --seed (default 0), so it is reproducible.
@@ -11,7 +16,9 @@ no partial database. --shuffle uses --seed (default 0), so it is reproducible.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -19,7 +26,9 @@ from tqdm import tqdm
 
 from runner import console
 from runner.data.datum import DataError
-from runner.data.imageset import check_resize, image_file_datum, read_image, read_image_list
+from runner.atomic import atomic_write_text
+from runner.data.imageset import (check_resize, class_folder_list, image_file_datum, read_class_names,
+                                  read_image, read_image_list)
 from runner.data.lmdb_store import write_lmdb
 
 
@@ -51,14 +60,17 @@ def imageset_records(root: str, lines: list[tuple[str, int]], *, gray: bool = Fa
         yield record_key(index, name), datum.SerializeToString()
 
 
-def convert_imageset(root: str, list_file: str, db: str, *, shuffle: bool = False,
-                     seed: int = 0, overwrite: bool = False, **options) -> int:
-    """Write the images of `list_file` to a new LMDB `db`; returns the number written.
-
-    `options` are those of `imageset_records`.
+def convert_imageset(root: str, list_file: str | None, db: str, *, shuffle: bool = False,
+                     seed: int = 0, overwrite: bool = False, labels: str | None = None,
+                     **options) -> int:
+    """Write the images of `list_file` (None: of the class subfolders of `root`) to a new
+    LMDB `db`; returns the number written. `options` are those of `imageset_records`.
     """
     check_resize(options.get("resize_height", 0), options.get("resize_width", 0),
                  "--resize_height/--resize_width")
+    if list_file is None:
+        return convert_class_folders(root, db, shuffle=shuffle, seed=seed, overwrite=overwrite,
+                                     labels=labels, **options)
     lines = read_image_list(list_file)
     if shuffle:
         lines = [lines[i] for i in np.random.default_rng(seed).permutation(len(lines))]
@@ -69,13 +81,34 @@ def convert_imageset(root: str, list_file: str, db: str, *, shuffle: bool = Fals
     return count
 
 
+def convert_class_folders(root: str, db: str, *, labels: str | None = None, **kwargs) -> int:
+    """The folder-tree form: write the class list to `labels` (default labels.txt beside
+    `db`), or follow it when it exists, and convert the images with those labels."""
+    labels_path = Path(labels) if labels else Path(db).parent / "labels.txt"
+    known = read_class_names(labels_path) if labels_path.is_file() else None
+    lines, classes = class_folder_list(root, known)
+    listed = Path(db).parent / f".{Path(db).name}.list.txt"
+    listed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_text(listed, "".join(f"{name} {label}\n" for name, label in lines))
+        count = convert_imageset(os.path.join(root, ""), str(listed), db, **kwargs)
+    finally:
+        listed.unlink(missing_ok=True)
+    if known is None:
+        atomic_write_text(labels_path, "".join(f"{name}\n" for name in classes))
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=console.prog("python -m runner.tools.convert_imageset"),
         description="Convert a set of images to the LMDB format used as input for Caffe.")
-    parser.add_argument("root", metavar="ROOTFOLDER/", help="prefix of every listed name")
-    parser.add_argument("list_file", metavar="LISTFILE", help='lines "NAME LABEL"')
-    parser.add_argument("db", metavar="DB_NAME", help="LMDB directory to create")
+    parser.add_argument("paths", nargs="+", metavar="ROOTFOLDER/ [LISTFILE] DB_NAME",
+                        help='ROOTFOLDER/ is the prefix of every name in LISTFILE (lines "NAME '
+                             'LABEL"); without LISTFILE it holds one subfolder per class. DB_NAME '
+                             "is the LMDB directory to create")
+    parser.add_argument("--labels", help="class list of the folder form (default: labels.txt "
+                        "beside DB_NAME; read if it exists, else written)")
     parser.add_argument("--gray", action="store_true", help="treat images as grayscale")
     parser.add_argument("--shuffle", action="store_true",
                         help="randomly shuffle the order of images and their labels")
@@ -94,19 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DB_NAME if it exists (Caffe refuses)")
     args = parser.parse_args(argv)
+    if len(args.paths) not in (2, 3):
+        parser.error("expected ROOTFOLDER/ LISTFILE DB_NAME, or CLASSFOLDERS/ DB_NAME")
+    root, list_file, db = args.paths if len(args.paths) == 3 else (args.paths[0], None, args.paths[1])
+    if list_file is not None and args.labels:
+        parser.error("--labels is for the folder form (no LISTFILE)")
     if args.backend.lower() != "lmdb":
         parser.error(f"--backend {args.backend} is not supported: use lmdb (the default), and "
                      "`backend: LMDB` in the net's data_param")
     try:
         count = convert_imageset(
-            args.root, args.list_file, args.db, shuffle=args.shuffle, seed=args.seed,
-            overwrite=args.overwrite, gray=args.gray, resize_height=max(0, args.resize_height),
+            root, list_file, db, shuffle=args.shuffle, seed=args.seed,
+            overwrite=args.overwrite, labels=args.labels, gray=args.gray, resize_height=max(0, args.resize_height),
             resize_width=max(0, args.resize_width), check_size=args.check_size,
             encoded=args.encoded or bool(args.encode_type), encode_type=args.encode_type)
     except DataError as exc:
         print(f"convert_imageset: {exc}", file=sys.stderr)
         return 2
-    print(f"Processed {count} files into {args.db}.")
+    print(f"Processed {count} files into {db}.")
     return 0
 
 

@@ -15,17 +15,18 @@ from runner.proto.textio import read_file_text
 
 
 def run_upgrade(module: str, doc: str, parse: Callable, upgrade: Callable,
-                argv: list[str] | None) -> int:
-    """Read IN without upgrading, apply `upgrade`, write OUT; one-line errors, exit 1."""
+                argv: list[str] | None, read: Callable | None = None, write: Callable = write_text) -> int:
+    """Read IN without upgrading (`read(path)`, default: `parse` of its text), apply
+    `upgrade`, `write` OUT; one-line errors, exit 1."""
     parser = argparse.ArgumentParser(prog=console.prog(f"python -m {module}"), description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="the prototxt to read")
     parser.add_argument("output", help="where to write the upgraded prototxt (atomically)")
     args = parser.parse_args(argv)
     try:
-        msg = parse(read_file_text(args.input), args.input, upgrade=False)
+        msg = read(args.input) if read else parse(read_file_text(args.input), args.input, upgrade=False)
         applied = upgrade(msg, args.input)
-        write_text(msg, args.output)
+        write(msg, args.output)
     except (ProtoError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

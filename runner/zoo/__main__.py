@@ -15,7 +15,7 @@ def _publish(args) -> str:
     folder = publish(args.model, args.weights, args.zoo, name=args.name,
                      license=args.license, url=args.url, gist_id=args.gist_id,
                      caffe_commit=args.caffe_commit, log=args.log, curve=args.curve,
-                     force=args.force)
+                     force=args.force, score=not args.no_score, test_iterations=args.test_iterations)
     return f"published {folder}"
 
 
@@ -57,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--curve", help="training curve PNG (default: <prefix>_training.png "
                      "beside the snapshot)")
     pub.add_argument("--force", action="store_true", help="replace an existing folder")
+    pub.add_argument("--test-iterations", type=int, help="batches to score the weights on the "
+                     "TEST net (default: the solver's test_iter)")
+    pub.add_argument("--no-score", action="store_true", help="do not score the weights; the "
+                     "readme then says they were not measured")
     pub.set_defaults(run=_publish)
     ver = sub.add_parser("verify", help="check sha1, prototxt and blobs of a zoo folder")
     ver.add_argument("folder")

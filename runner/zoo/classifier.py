@@ -36,12 +36,15 @@ def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
     return image.reshape(*image.shape[:2], channels).astype(np.float32)
 
 
-def resize(image: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an H x W x K image to dims = (height, width)."""
+def resize(image: np.ndarray, dims: tuple[int, int], interpolation: int = cv2.INTER_LINEAR
+           ) -> np.ndarray:
+    """Resize an H x W x K image to dims = (height, width), bilinear unless told otherwise
+    (OpenCV takes at most 512 channels a call, so wider images go in slices)."""
     if image.shape[:2] == tuple(dims):
         return image
-    out = cv2.resize(image, (dims[1], dims[0]), interpolation=cv2.INTER_LINEAR)
-    return out.reshape(dims[0], dims[1], image.shape[2])
+    slices = [cv2.resize(image[:, :, k:k + 512], (dims[1], dims[0]), interpolation=interpolation)
+              for k in range(0, image.shape[2], 512)]
+    return np.concatenate([s.reshape(dims[0], dims[1], -1) for s in slices], axis=2)
 
 
 def centre_crop(images: np.ndarray, crop: tuple[int, int]) -> np.ndarray:

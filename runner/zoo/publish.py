@@ -19,7 +19,8 @@ from runner.atomic import atomic_write_bytes, atomic_write_text, temporary_dir_b
 from runner.deep_supervision import is_aux, without_aux
 from runner.graph import infer_net_shapes
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
-from runner.zoo.describe import architecture_table, last_test_outputs, solver_table
+from runner.zoo.accuracy import accuracy_text, score_weights, solver_test_iterations
+from runner.zoo.describe import architecture_table, solver_table
 from runner.zoo.frontmatter import ZooError, render_readme, sha1_of_file
 from runner.zoo.verify import verify
 
@@ -34,11 +35,14 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
             zoo: str | os.PathLike, *, name: str | None = None,
             license: str = DEFAULT_LICENSE, url: str = "", gist_id: str = "",
             caffe_commit: str | None = None, log: str | os.PathLike | None = None,
-            curve: str | os.PathLike | None = None, force: bool = False) -> Path:
+            curve: str | os.PathLike | None = None, force: bool = False,
+            score: bool = True, test_iterations: int | None = None) -> Path:
     """Write `<zoo>/<name>/` from `model_dir` (train_val/deploy/solver) and trained weights.
 
     `log`/`curve` default to the solver's `<prefix>.log` / `<prefix>_training.png`
-    beside the snapshot. Returns the folder. `force` replaces an existing folder of the same name.
+    beside the snapshot. The readme's accuracy is the weights scored on the TEST net for
+    `test_iterations` batches (default: the solver's test_iter) unless `score` is False.
+    Returns the folder. `force` replaces an existing folder of the same name.
     """
     model_dir, weights, zoo = Path(model_dir), Path(weights), Path(zoo)
     name = name or model_dir.name
@@ -56,6 +60,8 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
     deploy_weights = deploy_caffemodel(read_caffemodel(weights), deploy)
     mean, labels = dataset_files(train_val, files["train_val"])
     log, curve = run_outputs(weights, log, curve)
+    iterations = test_iterations or solver_test_iterations(files["solver"])
+    measured = score_weights(files["train_val"], weights, iterations) if score else None
 
     staging = temporary_dir_beside(target, suffix=".tmp")
     try:
@@ -76,7 +82,8 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
         front = {"name": name, "caffemodel": caffemodel, "caffemodel_url": url,
                  "license": license, "sha1": sha1_of_file(staging / caffemodel),
                  "caffe_commit": caffe_commit or project_commit(), "gist_id": gist_id}
-        body = readme_body(name, deploy, train_val, solver, cut, extras, log, license)
+        accuracy = accuracy_text(measured, weights, log)
+        body = readme_body(name, deploy, train_val, solver, cut, extras, accuracy, license)
         atomic_write_text(staging / "readme.md", render_readme(front, body))
         _share(staging)
         verify(staging)
@@ -162,7 +169,7 @@ def project_commit() -> str:
         return "unknown"
 
 
-def readme_body(name, deploy, train_val, solver, cut, extras, log, license) -> str:
+def readme_body(name, deploy, train_val, solver, cut, extras, accuracy, license) -> str:
     """The Markdown description below the front matter."""
     parts = [f"# {name}\n",
              f"Net `{train_val.name}`, published with its deploy net and trained weights.",
@@ -171,7 +178,7 @@ def readme_body(name, deploy, train_val, solver, cut, extras, log, license) -> s
               "as they are only used in training." if cut else
               "deploy.prototxt has no auxiliary branches; the caffemodel holds only the "
               "blobs it uses."),
-             "\n## Measured accuracy\n", _accuracy_text(log),
+             "\n## Measured accuracy\n", accuracy,
              "\n## Architecture (deploy.prototxt)\n", architecture_table(deploy),
              "\n## Training settings (solver.prototxt)\n", solver_table(solver),
              _batch_sizes(train_val)]
@@ -180,19 +187,6 @@ def readme_body(name, deploy, train_val, solver, cut, extras, log, license) -> s
     parts += ["\n## Preprocessing\n", _preprocessing_text(train_val, extras),
               "\n## License\n", f"Weights: {license}.", ""]
     return "\n".join(parts)
-
-
-def _accuracy_text(log: Path | None) -> str:
-    if log is None:
-        return "Not measured: no training log was given."
-    last = last_test_outputs(log)
-    if last is None:
-        return f"Not measured: the training log {log.name} has no test results."
-    iteration, outputs = last
-    lines = [f"Last test in the training log ({log.name}), iteration {iteration}:\n",
-             "| output | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in outputs.items()]
-    return "\n".join(lines)
 
 
 def _batch_sizes(train_val) -> str:

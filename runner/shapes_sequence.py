@@ -1,0 +1,111 @@
+"""Shape rules of the recurrent, indexing and patch layers (RNN, LSTM, LSTMUnit, Filter,
+BatchReindex, Parameter, Im2col, HDF5Output); registered with runner.shapes on import."""
+from __future__ import annotations
+
+import math
+
+from runner.shapes import LayerShapes, canonical_axis, conv_out, count, rule, spatial_params
+
+
+def recurrent_geometry(lp, bottoms) -> tuple[int, int, int, bool, int]:
+    """(T, N, num_output, static_input, exposed hidden blobs) of an RNN or LSTM layer,
+    checked as Caffe's RecurrentLayer::LayerSetUp does."""
+    p = lp.recurrent_param
+    if p.num_output <= 0:
+        raise ValueError("recurrent_param.num_output must be positive")
+    if len(bottoms) < 2:
+        raise ValueError("needs bottoms x (T x N x ...) and cont (T x N)")
+    x, cont = bottoms[0], bottoms[1]
+    if len(x) < 2:
+        raise ValueError(f"bottom x must have at least 2 axes (T, N, ...), got {list(x)}")
+    if len(cont) != 2 or tuple(cont) != tuple(x[:2]):
+        raise ValueError(f"bottom cont must be T x N = {list(x[:2])}, got {list(cont)}")
+    hidden = (2 if lp.type == "LSTM" else 1) if p.expose_hidden else 0
+    static = len(bottoms) > 2 + hidden
+    if len(bottoms) > 3 + hidden:
+        raise ValueError(f"takes x, cont, an optional static input and {hidden} hidden "
+                         f"state bottom(s); got {len(bottoms)} bottoms")
+    if static and (len(bottoms[2]) < 1 or bottoms[2][0] != x[1]):
+        raise ValueError(f"static input must be N x ... with N = {x[1]}, got {list(bottoms[2])}")
+    T, N, H = x[0], x[1], p.num_output
+    for b in bottoms[2 + static:]:
+        if tuple(b) != (1, N, H):
+            raise ValueError(f"exposed hidden state bottoms must be 1 x N x num_output = "
+                             f"{[1, N, H]}, got {list(b)}")
+    return T, N, H, static, hidden
+
+
+@rule("RNN", "LSTM")
+def _recurrent(lp, bottoms):
+    T, N, H, static, hidden = recurrent_geometry(lp, bottoms)
+    gates = 4 * H if lp.type == "LSTM" else H
+    x_dim = count(bottoms[0], 2)
+    blobs = [(gates, x_dim), (gates,)]
+    if static:
+        blobs.append((gates, count(bottoms[2], 1)))
+    blobs.append((gates, H))
+    if lp.type == "RNN":
+        blobs += [(H, H), (H,)]
+    return LayerShapes([(T, N, H)] + [(1, N, H)] * hidden, blobs)
+
+
+@rule("LSTMUnit")
+def _lstm_unit(lp, bottoms):
+    if len(bottoms) != 3:
+        raise ValueError("needs bottoms c_prev (1 x N x D), gates (1 x N x 4D), cont (1 x N)")
+    c, x, cont = bottoms
+    if len(c) != 3 or len(x) != 3 or len(cont) != 2 or c[0] != 1 or x[0] != 1 or cont[0] != 1:
+        raise ValueError(f"expected 1 x N x D, 1 x N x 4D and 1 x N bottoms, got "
+                         f"{[list(b) for b in bottoms]}")
+    if not c[1] == x[1] == cont[1] or x[2] != 4 * c[2]:
+        raise ValueError(f"bottom shapes {[list(b) for b in bottoms]} disagree (N, or 4D)")
+    return LayerShapes([c, c])
+
+
+@rule("Filter")
+def _filter(lp, bottoms):
+    if len(bottoms) < 2:
+        raise ValueError("needs the blobs to filter and a selector bottom (last)")
+    selector = bottoms[-1]
+    if any(d != 1 for d in selector[1:]):
+        raise ValueError(f"selector blob dimensions must be 1 except the first, got {list(selector)}")
+    if any(b[0] != selector[0] for b in bottoms[:-1]):
+        raise ValueError("each bottom must have the selector's first dimension")
+    return LayerShapes(list(bottoms[:-1]))
+
+
+@rule("BatchReindex")
+def _batch_reindex(lp, bottoms):
+    if len(bottoms) != 2 or len(bottoms[1]) != 1:
+        raise ValueError("needs bottoms data and a 1-D index blob")
+    return LayerShapes([(bottoms[1][0], *bottoms[0][1:])])
+
+
+@rule("Parameter")
+def _parameter(lp, bottoms):
+    shape = tuple(lp.parameter_param.shape.dim)
+    return LayerShapes([shape], [shape])
+
+
+def im2col_geometry(lp, bottom) -> tuple[int, list[int], list[int], list[int], list[int]]:
+    """(channel axis, kernel, stride, pad, dilation) of an Im2col layer."""
+    p = lp.convolution_param
+    axis = canonical_axis(p.axis, len(bottom), lp.name)
+    n_spatial = len(bottom) - axis - 1
+    if n_spatial < 1:
+        raise ValueError(f"needs at least one spatial axis after axis {axis}")
+    kernel, stride, pad, dilation = spatial_params(p, n_spatial)
+    return axis, kernel, stride, pad, dilation
+
+
+@rule("Im2col")
+def _im2col(lp, bottoms):
+    b = bottoms[0]
+    axis, kernel, stride, pad, dilation = im2col_geometry(lp, b)
+    out = [conv_out(*g) for g in zip(b[axis + 1:], kernel, stride, pad, dilation)]
+    return LayerShapes([(*b[:axis], b[axis] * math.prod(kernel), *out)])
+
+
+@rule("HDF5Output")
+def _hdf5_output(lp, bottoms):
+    return LayerShapes([])
