@@ -118,9 +118,10 @@ class Passes:
                 continue
             step = self.steps[i]
             if step.kind == SPLIT:
-                total = self.blobs[step.tops[0]].diff_tensor().clone()
-                for top in step.tops[1:]:
-                    total += self.blobs[top].diff_tensor()
+                diffs = [self.blobs[top].diff_tensor() for top in step.tops]
+                total = diffs[0] + diffs[1] if len(diffs) > 1 else diffs[0].clone()
+                for diff in diffs[2:]:
+                    total += diff
                 self.blobs[step.bottoms[0]].assign_diff(total)
             elif step.kind == PYTHON:
                 bottom, top = self._blobs(step)
