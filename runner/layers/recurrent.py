@@ -107,6 +107,7 @@ class _Recurrent(Layer):
         return (out, *final)
 
     def unroll(self, x_proj, cont, static_proj, state, blobs):
+        """Run the T steps (RNN and LSTM each define theirs); returns (outputs, final state)."""
         raise NotImplementedError
 
 
