@@ -156,3 +156,24 @@ def test_forward_restores_the_thread_count():
     fast = net.for_inference(threads=1)
     fast({"data": torch.randn(net.blob_shapes["data"])})
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not packed.available(), reason="this torch has no oneDNN ops")
+def test_weights_are_packed_for_each_thread_count_a_forward_runs_at():
+    """oneDNN's layout depends on the thread count: a forward at a count the weights were
+    not packed for packs them again (shared by the fused variants) and gives the same result."""
+    net = Net(ROOT / "tests/data/nets/resnet_block.prototxt", phase="TEST")
+    randomize(net, torch.Generator().manual_seed(5))
+    x = {"data": torch.randn(net.blob_shapes["data"])}
+    with torch.no_grad():
+        want = net(x)
+    fast = net.for_inference(threads=None)
+    convs = [s.layer for s in fast.steps if isinstance(s.layer, PackedConv)]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert max_difference(fast(x), want, fast.output_names) <= TOL
+            assert all(threads in c.weights.by_threads for c in convs)
+    finally:
+        torch.set_num_threads(before)

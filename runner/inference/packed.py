@@ -2,7 +2,10 @@
 prepacked weights and fused ReLU / sum, on channels_last activations (CPU, float32).
 
 oneDNN reorders a convolution's weights into its blocked layout on every call of
-F.conv2d; here that happens once. A ReLU that is the only reader of a convolution's top,
+F.conv2d; here that happens once per thread count: the layout oneDNN picks depends on the
+threads it runs on, and weights packed for 2 threads ran 3.4x slower at 1 (ResNet-50,
+batch 1), so each thread count a forward runs at gets its own packed copy, made at its
+first use (runner/threads.py changes the count under load). A ReLU that is the only reader of a convolution's top,
 and an Eltwise SUM (coefficients 1) of it with a blob computed earlier, run inside the
 convolution as oneDNN post-ops, as torch.compile's CPU backend does with the same ops.
 An InnerProduct at batch 1 stays on MKL's matrix-vector product (measured faster than
@@ -29,42 +32,60 @@ def available() -> bool:
             and hasattr(_MKLDNN, "_linear_pointwise") and hasattr(_MKLDNN, "_reorder_linear_weight"))
 
 
+class PackedWeights:
+    """A weight reordered by `pack(weight)` for each torch thread count it is used at.
+    Shared by the fused variants of one layer."""
+
+    def __init__(self, weight: torch.Tensor, pack):
+        self.dense = weight.detach().contiguous()
+        self.pack = pack
+        self.by_threads: dict[int, torch.Tensor] = {}
+
+    def get(self) -> torch.Tensor:
+        """The weight packed for torch's current thread count."""
+        threads = torch.get_num_threads()
+        packed = self.by_threads.get(threads)
+        if packed is None:
+            packed = self.by_threads[threads] = self.pack(self.dense)
+        return packed
+
+
 class PackedConv(nn.Module):
     """One oneDNN convolution: weight prepacked for the input shape, optional bias, optional
     fused add of a second input and then optional relu. Returns channels_last tensors."""
 
-    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, kw: dict,
-                 input_shape, add: bool = False, relu: bool = False):
+    def __init__(self, name: str, weight: torch.Tensor | PackedWeights, bias: torch.Tensor | None,
+                 kw: dict, input_shape, add: bool = False, relu: bool = False):
         super().__init__()
         self.name = name
         self.geometry = ([int(v) for v in kw["padding"]], [int(v) for v in kw["stride"]],
                          [int(v) for v in kw["dilation"]], int(kw["groups"]))
-        if not weight.is_mkldnn:
+        if not isinstance(weight, PackedWeights):
             padding, stride, dilation, groups = self.geometry
-            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight.detach().contiguous().to_mkldnn(), padding, stride, dilation, groups,
-                list(input_shape))
-        self.register_buffer("weight", weight, persistent=False)
+            weight = PackedWeights(weight, lambda w: torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.to_mkldnn(), padding, stride, dilation, groups, list(input_shape)))
+        self.weights = weight
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous(),
                              persistent=False)
         self.kw, self.input_shape = kw, input_shape
         self.add, self.relu = add, relu
 
     def fused(self, name: str, add: bool = False, relu: bool = False) -> "PackedConv":
-        """This convolution (the same packed weight) with one more post-op."""
-        return PackedConv(f"{self.name}+{name}", self.weight, self.bias, self.kw,
+        """This convolution (the same packed weights) with one more post-op."""
+        return PackedConv(f"{self.name}+{name}", self.weights, self.bias, self.kw,
                           self.input_shape, self.add or add, self.relu or relu)
 
     def forward(self, x, *other):
         x = x.contiguous(memory_format=CHANNELS_LAST)
         padding, stride, dilation, groups = self.geometry
+        weight = self.weights.get()
         if self.add:
             other = other[0].contiguous(memory_format=CHANNELS_LAST)
             y = _MKLDNN._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, padding, stride, dilation, groups, "add", None,
+                x, other, weight, self.bias, padding, stride, dilation, groups, "add", None,
                 "relu" if self.relu else None, [], None)
             return (y,)
-        return (_MKLDNN._convolution_pointwise(x, self.weight, self.bias, padding, stride,
+        return (_MKLDNN._convolution_pointwise(x, weight, self.bias, padding, stride,
                                                 dilation, groups, "relu" if self.relu else "none",
                                                 [], None),)
 
@@ -75,24 +96,24 @@ class PackedConv(nn.Module):
 class PackedLinear(nn.Module):
     """One oneDNN inner product: weight prepacked for the batch size, optional fused relu."""
 
-    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, batch: int,
-                 relu: bool = False):
+    def __init__(self, name: str, weight: torch.Tensor | PackedWeights, bias: torch.Tensor | None,
+                 batch: int, relu: bool = False):
         super().__init__()
         self.name, self.batch, self.relu = name, batch, relu
-        if weight.device.type == "cpu" and not weight.is_mkldnn and weight.dim() == 2:
-            weight = _MKLDNN._reorder_linear_weight(weight.detach().contiguous(), batch)
-        self.register_buffer("weight", weight, persistent=False)
+        if not isinstance(weight, PackedWeights):
+            weight = PackedWeights(weight, lambda w: _MKLDNN._reorder_linear_weight(w, batch))
+        self.weights = weight
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous(),
                              persistent=False)
 
     def fused(self, name: str, relu: bool = False) -> "PackedLinear":
-        """This inner product (the same packed weight) with a fused relu."""
-        return PackedLinear(f"{self.name}+{name}", self.weight, self.bias, self.batch, relu)
+        """This inner product (the same packed weights) with a fused relu."""
+        return PackedLinear(f"{self.name}+{name}", self.weights, self.bias, self.batch, relu)
 
     def forward(self, x):
         if x.dim() != 2:
             x = x.reshape(x.shape[0], -1)
-        return (_MKLDNN._linear_pointwise(x, self.weight, self.bias,
+        return (_MKLDNN._linear_pointwise(x, self.weights.get(), self.bias,
                                           "relu" if self.relu else "none", [], ""),)
 
     def extra_repr(self) -> str:
