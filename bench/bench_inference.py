@@ -10,7 +10,10 @@ run interleaved in this process; each figure is the median of `--iters` forwards
 second process spinning on one core.
 
     python -m bench.bench_inference [--iters 15] [--warmup 3] [--threads N] [--nets ...]
-        [--batches 1,8] [--no-busy]
+        [--batches 1,8] [--no-busy] [--layers]
+
+`--layers` also prints, per net and batch, each layer's median time in both (ours: each
+step of the inference form timed alone; OpenCV: its own per-layer profile).
 """
 from __future__ import annotations
 
@@ -94,6 +97,8 @@ def bench_net(name: str, batch: int, threads: int, args, folder: Path) -> None:
     report(label, medians["ours"], medians["cv"], note)
     report(f"{label}, adaptive threads", medians["auto"], medians["cv"],
            f" ({adaptive.threads.count} threads)")
+    if args.layers:
+        print_layers(label, *layer_times(fixed, opencv, {net.input_names[0]: x}, blob, args.iters))
     if not args.busy:
         return
     spinner = multiprocessing.get_context("spawn").Process(target=spin, args=(allowed_cpus()[0],),
@@ -110,6 +115,33 @@ def bench_net(name: str, batch: int, threads: int, args, folder: Path) -> None:
            f" ({adaptive.threads.count} threads)")
 
 
+def layer_times(fixed, opencv, inputs: dict, blob, iters: int) -> tuple[dict, dict]:
+    """Median ms per step of our inference form, and OpenCV's per-layer profile (ms)."""
+    ours: dict[str, list[float]] = {}
+    for _ in range(iters):
+        blobs = fixed._check_inputs(inputs)
+        with torch.no_grad(), fixed.threads.applied():
+            for step in fixed.steps:
+                start = time.perf_counter()
+                blobs.update(zip(step.tops, step.layer(*[blobs[n] for n in step.bottoms])))
+                ours.setdefault(step.key, []).append(time.perf_counter() - start)
+        opencv.setInput(blob)
+        opencv.forward()
+    _, per_layer = opencv.getPerfProfile()
+    ms = 1e3 / cv2.getTickFrequency()
+    theirs = dict(zip(opencv.getLayerNames(), (float(t) * ms for t in per_layer.ravel())))
+    return {k: statistics.median(v) * 1e3 for k, v in ours.items()}, theirs
+
+
+def print_layers(label: str, ours: dict, theirs: dict, least_ms: float = 0.3) -> None:
+    print(f"  {label}: layers over {least_ms} ms in either (ms, ours / OpenCV)")
+    for name in dict.fromkeys([*ours, *theirs]):
+        a, b = ours.get(name), theirs.get(name)
+        if max(a or 0, b or 0) >= least_ms:
+            print(f"    {name:24s} {'-' if a is None else f'{a:7.2f}':>7s} {'-' if b is None else f'{b:7.2f}':>7s}")
+    print(f"    {'sum':24s} {sum(ours.values()):7.2f} {sum(theirs.values()):7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iters", type=int, default=15)
@@ -120,6 +152,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--no-busy", dest="busy", action="store_false",
                     help="skip the runs with a second process busy on one core")
+    ap.add_argument("--layers", action="store_true", help="also print per-layer times of both")
     args = ap.parse_args()
     names = args.nets.split(",")
     unknown = [n for n in names if n not in NETS]
