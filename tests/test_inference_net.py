@@ -56,9 +56,10 @@ def test_every_committed_deploy_net_matches_the_plain_net(prototxt, tmp_path):
 
 
 @pytest.mark.skipif(not packed.available(), reason="this torch has no oneDNN ops")
-def test_inner_products_above_batch_1_are_packed_with_their_relu():
+@pytest.mark.parametrize("batch", [1, 4])
+def test_inner_products_are_packed_with_their_relu(batch):
     param = read_net(ROOT / "models/fashion-mnist-cnds8/deploy.prototxt")
-    param.layer[0].input_param.shape[0].dim[0] = 4
+    param.layer[0].input_param.shape[0].dim[0] = batch
     fast = check_equal(Net(param, phase="TEST"), scale=50.0)
     linear = [s.layer for s in fast.steps if isinstance(s.layer, PackedLinear)]
     assert len(linear) == 3 and [p.relu for p in linear] == [True, True, False]

@@ -2,7 +2,7 @@
 interface (inputs by name in, the kept blobs by name out).
 
 1. BatchNorm/Scale/Bias are folded into the Convolution/InnerProduct before them (fold.py).
-2. On the CPU, 2-D convolutions (and inner products at batches above 1) become oneDNN
+2. On the CPU, 2-D convolutions and inner products become oneDNN
    primitives with prepacked weights on channels_last activations, with a following ReLU
    and residual sum fused in (packed.py). Every other layer runs as it is.
 3. The result is checked against the plain net on an example input; where it differs by

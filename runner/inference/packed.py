@@ -1,16 +1,16 @@
-"""2-D convolutions and (for batches above 1) inner products as oneDNN primitives with
-prepacked weights and fused ReLU / sum, on channels_last activations (CPU, float32).
+"""2-D convolutions and inner products as oneDNN primitives with prepacked weights and fused ReLU / sum, on channels_last activations (CPU, float32).
 
 oneDNN reorders a convolution's weights into its blocked layout on every call of
 F.conv2d; here that happens once per thread count: the layout oneDNN picks depends on the
 threads it runs on, and weights packed for 2 threads ran 3.4x slower at 1 (ResNet-50,
 batch 1), so each thread count a forward runs at gets its own packed copy, made at its
-first use (runner/threads.py changes the count under load). A ReLU that is the only reader of a convolution's top,
-and an Eltwise SUM (coefficients 1) of it with a blob computed earlier, run inside the
-convolution as oneDNN post-ops, as torch.compile's CPU backend does with the same ops.
-An InnerProduct at batch 1 stays on MKL's matrix-vector product (measured faster than
-oneDNN's there; oneDNN's is about 2.5x faster at batch 8). Where the ops are missing
-(a torch without oneDNN) nothing is packed.
+first use (runner/threads.py changes the count under load). A ReLU that is the only
+reader of a convolution's or inner product's top, and an Eltwise SUM (coefficients 1) of a
+convolution's top with a blob computed earlier, run inside it as oneDNN post-ops, as
+torch.compile's CPU backend does with the same ops. oneDNN's inner product was about 2.5x
+faster than MKL's matrix product at batch 8, and at batch 1 as fast (an Intel CPU) or
+faster (AMD EPYC: 4.8 against 5.6 ms for 8192 -> 4096). Where the ops are missing (a torch
+without oneDNN) nothing is packed.
 """
 from __future__ import annotations
 
@@ -152,14 +152,14 @@ def _conv_parts(layer: nn.Module):
 
 def pack_layers(steps: list[Step], blob_shapes: dict) -> list[Step]:
     """Every 2-D float32 CPU convolution with one bottom as a PackedConv, every
-    InnerProduct with a batch above 1 as a PackedLinear."""
+    axis-1 float32 CPU InnerProduct as a PackedLinear."""
     out = []
     for step in steps:
         packed = None
         if len(step.bottoms) == 1 == len(step.tops):
             conv = _conv_parts(step.layer)
             top_shape = blob_shapes[step.tops[0]]
-            linear = _linear_parts(step.layer, top_shape) if top_shape[0] > 1 else None
+            linear = _linear_parts(step.layer, top_shape)
             if conv is not None:
                 weight, bias, kw = conv
                 packed = PackedConv(step.layer.name, weight, bias, kw, blob_shapes[step.bottoms[0]])
