@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from runner.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,11 +187,23 @@ def run_benchmark(script: Path, timeout: float) -> tuple[list[Row], str, float]:
     return rows, output, seconds
 
 
+def cpu_description() -> str:
+    """The CPU's model name (/proc/cpuinfo) and the vector ISA torch's kernels use."""
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def markdown(rows: list[Row], outputs: list[tuple[str, str, float]]) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = ["# Benchmarks", "",
              f"`make bench` on {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPU cores, "
-             f"{platform.machine()}, Python {platform.python_version()}; load average "
+             f"{cpu_description()}, Python {platform.python_version()}; load average "
              f"{load:.1f} when it started (other work on the machine lowers the figures).", "",
              "| Benchmark | Case | Ratio | Figure | Target | Result |", "|---|---|---|---|---|---|"]
     for r in rows:
