@@ -82,6 +82,27 @@ def test_pooling_matches_caffe_loops(case, method):
     np.testing.assert_allclose(top.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_no_grad_cpu_pooling_through_channels_last_is_caffe_and_the_nchw_path(case, method):
+    """Without autograd, wide CPU inputs pool through channels_last: Caffe's values and
+    mask (ties included: integer inputs), bit for bit what the NCHW kernels give."""
+    text, kernel, stride, pad, ceil, h, w = case
+    x = torch.randint(-3, 4, (2, 16, h, w)).float()
+    tops = 2 if method == "MAX" else 1
+    layer = pool_layer(f"pool: {method} {text}", x.shape, tops=tops)
+    with torch.no_grad():
+        fast = layer(x)
+    nchw = layer(x.requires_grad_())
+    x.requires_grad_(False)
+    ref_top, ref_mask = caffe_pool_reference(x.double().numpy(), kernel, stride, pad, method, ceil)
+    np.testing.assert_allclose(fast[0].numpy(), ref_top, rtol=1e-6, atol=1e-6)
+    if method == "MAX":
+        np.testing.assert_array_equal(fast[1].numpy(), ref_mask)
+    for a, b in zip(fast, nchw):
+        assert a.is_contiguous() and torch.equal(a, b.detach())
+
+
 def test_pool_output_sizes_by_hand():
     # 5 + 2 - 2 = 5, ceil(5/2) + 1 = 4, but window 3 would start at 6 >= 5 + 1: clipped to 3
     assert pool_layer("pool: MAX kernel_size: 2 stride: 2 pad: 1", (1, 1, 5, 5)).top_shapes[0] == (1, 1, 3, 3)

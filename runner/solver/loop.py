@@ -24,6 +24,7 @@ from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
+from runner.solver.layout import faster_memory_format
 from runner.solver.log_reader import read_history
 from runner.solver.plot import plot_history
 from runner.solver.signals import NONE, SNAPSHOT, STOP, SignalRequests
@@ -105,7 +106,8 @@ class Solver:
         self.log.info("caffe.cpp:219", where + (f" (rank 0 of {ctx.world_size}, torch.distributed)"
                                                 if ctx.distributed else ""))
 
-        memory_format = torch.channels_last if options.channels_last else torch.preserve_format
+        self.channels_last = options.channels_last and self._channels_last_pays()
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
             net.to(self.device, memory_format=memory_format)
         self.iter = self.start_iter = 0   # start_iter: where the last step() began
@@ -132,12 +134,25 @@ class Solver:
         self.update.on_clip = lambda norm, clip, scale: self.log.info(
             "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
             f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
-        stream_kwargs = {"device": self.device, "channels_last": options.channels_last}
+        stream_kwargs = {"device": self.device, "channels_last": self.channels_last}
         self.train_batches = BatchStream(self.net.sources, **stream_kwargs)
         self.test_batches = [BatchStream(n.sources, **stream_kwargs) for n in self.test_nets]
         self.requests = SignalRequests(options.sigint_effect, options.sighup_effect)
 
     # ---- setup helpers -----------------------------------------------------------------
+    def _channels_last_pays(self) -> bool:
+        """--channels-last: on a GPU yes; on the CPU only where this net's training pass
+        measured faster in channels_last than in NCHW (runner/solver/layout.py)."""
+        if self.device.type != "cpu":
+            return True
+        _, medians = faster_memory_format(self.net, self.device)
+        medians = dict(zip(medians, distributed.agree_max(list(medians.values()), self.ctx)))
+        chosen = min(medians, key=medians.get)
+        times = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in medians.items())
+        self.log.info("layout.py", f"--channels-last: a training pass took {times} on this CPU; "
+                                   f"training in {chosen}")
+        return chosen == "channels_last"
+
     def _check_snapshot_prefix(self, prefix: str) -> None:
         folder = os.path.dirname(prefix) or "."
         os.makedirs(folder, exist_ok=True)

@@ -1,0 +1,52 @@
+"""`--channels-last` on the CPU: train in the memory format that runs this net faster.
+
+oneDNN's CPU convolutions are not faster in channels_last everywhere: on an AVX2 CPU (AMD
+EPYC, 2 threads) the ImageNet CNDS-8 forward+backward at batch 8 was slower in
+channels_last than in NCHW (its convolutions' backward 8% slower, more than its pooling
+gained), where on CPUs with AVX-512 it was faster. So on the CPU the solver times a copy
+of the net in both formats on a synthetic batch of the net's input shapes and trains in
+the faster. Both formats compute the same function (tests/test_training_cpu_paths.py).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+FORMATS = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
+
+
+def synthetic_batch(net, device) -> dict[str, torch.Tensor]:
+    """The net's inputs at their shapes: normal noise for 4-D blobs, zeros (a valid label
+    for any loss) for the others."""
+    return {name: (torch.randn if len(net.blob_shapes[name]) == 4 else torch.zeros)(
+        net.blob_shapes[name], device=device) for name in net.input_names}
+
+
+def time_training_pass(net, batch: dict) -> float:
+    """Seconds of one forward + backward (gradients dropped afterwards)."""
+    start = time.perf_counter()
+    net.objective(net(batch)).backward()
+    seconds = time.perf_counter() - start
+    net.zero_grad(set_to_none=True)
+    return seconds
+
+
+def faster_memory_format(net, device, rounds: int = 3) -> tuple[str, dict[str, float]]:
+    """(name of the faster format, median seconds per format) for training `net` on
+    `device`, timed on a copy (the net's weights and BatchNorm statistics stay as they
+    are), the formats alternating, after one pass each."""
+    trial = copy.deepcopy(net, memo={id(s): s for s in net.sources}).to(device)  # sources shared
+    batch = synthetic_batch(net, device)
+    times: dict[str, list[float]] = {name: [] for name in FORMATS}
+    for r in range(rounds + 1):
+        for name, fmt in FORMATS.items():
+            trial.to(memory_format=fmt)
+            seconds = time_training_pass(trial, {k: v.contiguous(memory_format=fmt) if v.dim() == 4
+                                                 else v for k, v in batch.items()})
+            if r:
+                times[name].append(seconds)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return min(medians, key=medians.get), medians
