@@ -159,7 +159,7 @@ def main() -> None:
           f"SGD iterations (base_lr {SGD.base_lr:g}); weight gaps (channels_last, NCHW perturbed "
           "1e-7) per iteration: " + ", ".join(f"{a:.2g}/{b:.2g}" for a, b in gaps))
     emit("channels_last vs NCHW weights after 1 SGD iteration", gaps[0][0],
-         "max |difference| / max |weight|", "<= 1e-05")
+         "largest difference / largest weight", "<= 1e-05")
     cl_gap, noise_gap = gaps[-1]
     emit(f"channels_last vs NCHW / NCHW vs NCHW perturbed by 1e-7, {args.sgd_iters} SGD iterations",
          cl_gap / noise_gap, f"{cl_gap:.2g} / {noise_gap:.2g} (weight gaps)", "<= 2")
