@@ -5,7 +5,8 @@
 Each script runs as its own process with its default settings. Its stdout is read in
 this order of preference:
   1. lines `BENCH {"case": ..., "ratio": 1.02, "figure": "...", "target": "<= 1.05"}`
-     (JSON; every key but "ratio" optional);
+     (JSON; every key but "ratio" optional; a case that cannot run where the benchmark
+     ran gives `"ratio": null, "not_applicable": "why"` instead: an n/a row, not a failure);
   2. fixed-width tables whose header has a column named `ratio` (columns separated by
      two or more spaces in the header, values by whitespace in the rows);
   3. any other line with `ratio` followed by a number, e.g.
@@ -74,9 +75,17 @@ class Row:
     ratio: float | None
     figure: str
     target: Target | None
+    not_applicable: str = ""      # why the case did not run here (then no ratio)
+
+    @property
+    def failed(self) -> bool:
+        """No ratio, and no reason why the case does not apply here."""
+        return self.ratio is None and not self.not_applicable
 
     @property
     def result(self) -> str:
+        if self.not_applicable:
+            return f"n/a: {self.not_applicable}"
         if self.ratio is None:
             return "FAIL (no result)"
         if self.target is None or not self.target.applies(self.case):
@@ -84,15 +93,21 @@ class Row:
         return "pass" if self.target.met(self.ratio) else "FAIL"
 
 
-def json_rows(lines: list[str]) -> list[tuple[str, float, str, Target | None]]:
+# what a line gives: (case, ratio, figure, target, why it does not apply here or "")
+Found = tuple[str, float | None, str, Target | None, str]
+
+
+def json_rows(lines: list[str]) -> list[Found]:
     out = []
     for line in lines:
         m = _JSON.match(line.strip())
         if m:
             record = json.loads(m.group(1))
             target = parse_target(f"target {record['target']}") if record.get("target") else None
-            out.append((str(record.get("case", "")), float(record["ratio"]),
-                        str(record.get("figure", "")), target))
+            na = str(record.get("not_applicable") or "")
+            ratio = None if record.get("ratio") is None else float(record["ratio"])
+            out.append((str(record.get("case", "")), ratio, str(record.get("figure", "")),
+                        target, na))
     return out
 
 
@@ -105,7 +120,7 @@ def _measured(label: str) -> bool:
     return re.search(r"/|\b(ms|s|%)$|ratio", label, re.IGNORECASE) is not None
 
 
-def table_rows(lines: list[str]) -> tuple[list[tuple[str, float, str, Target | None]], set[int]]:
+def table_rows(lines: list[str]) -> tuple[list[Found], set[int]]:
     """Rows of fixed-width tables with a `ratio` column; also the line numbers used."""
     out, used = [], set()
     for i, line in enumerate(lines):
@@ -124,11 +139,11 @@ def table_rows(lines: list[str]) -> tuple[list[tuple[str, float, str, Target | N
             case = ", ".join(f"{labels[k]} {values[k]}" for k in range(first))
             figure = ", ".join(f"{labels[k]} {values[k]}" for k in range(first, len(values))
                                if k != ratio_col)
-            out.append((case, float(values[ratio_col]), figure, parse_target(lines[j])))
+            out.append((case, float(values[ratio_col]), figure, parse_target(lines[j]), ""))
     return out, used
 
 
-def line_rows(lines: list[str], skip: set[int]) -> list[tuple[str, float, str, Target | None]]:
+def line_rows(lines: list[str], skip: set[int]) -> list[Found]:
     out = []
     for i, line in enumerate(lines):
         if i in skip:
@@ -140,7 +155,7 @@ def line_rows(lines: list[str], skip: set[int]) -> list[tuple[str, float, str, T
             prefix = line[:m.start()].strip()
             case = re.split(r"\s{2,}", prefix)[0] if prefix else m.group(1).strip(" :")
             figure = " ".join(line.strip()[len(case) if prefix else 0:].split())
-            out.append((case, float(m.group(2)), figure, parse_target(line)))
+            out.append((case, float(m.group(2)), figure, parse_target(line), ""))
     return out
 
 
@@ -151,8 +166,8 @@ def parse_output(benchmark: str, stdout: str, doc_target: Target | None) -> list
     if not found:
         found, used = table_rows(lines)
         found += line_rows(lines, used)
-    return [Row(benchmark, case, ratio, figure, target or doc_target)
-            for case, ratio, figure, target in found]
+    return [Row(benchmark, case, ratio, figure, target or doc_target, na)
+            for case, ratio, figure, target, na in found]
 
 
 def docstring_target(script: Path) -> Target | None:
@@ -199,6 +214,13 @@ def cpu_description() -> str:
     return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
 
 
+def shown(ratio: float | None) -> str:
+    """A ratio for the table: 3 decimals, 2 significant digits below 0.001, "-" for none."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3f}" if ratio == 0 or abs(ratio) >= 0.001 else f"{ratio:.2g}"
+
+
 def markdown(rows: list[Row], outputs: list[tuple[str, str, float]]) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = ["# Benchmarks", "",
@@ -207,9 +229,8 @@ def markdown(rows: list[Row], outputs: list[tuple[str, str, float]]) -> str:
              f"{load:.1f} when it started (other work on the machine lowers the figures).", "",
              "| Benchmark | Case | Ratio | Figure | Target | Result |", "|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
         target = str(r.target) if r.target and r.target.applies(r.case) else "-"
-        lines.append(f"| {r.benchmark} | {r.case or '-'} | {ratio} | {r.figure} | {target} | {r.result} |")
+        lines.append(f"| {r.benchmark} | {r.case or '-'} | {shown(r.ratio)} | {r.figure} | {target} | {r.result} |")
     lines += ["", "## Output of each benchmark", ""]
     for name, output, seconds in outputs:
         lines += [f"### {name} ({seconds:.0f} s)", "", "```", output.rstrip(), "```", ""]
@@ -236,13 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += found
         outputs.append((script.stem.removeprefix("bench_"), output, seconds))
         for r in found:
-            ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
-            print(f"  {r.case or r.benchmark}: ratio {ratio}, target {r.target or '-'}: {r.result}", flush=True)
+            print(f"  {r.case or r.benchmark}: ratio {shown(r.ratio)}, target {r.target or '-'}: {r.result}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, markdown(rows, outputs) + "\n")
     print(f"wrote {out}")
-    return 1 if any(r.ratio is None for r in rows) else 0
+    return 1 if any(r.failed for r in rows) else 0
 
 
 if __name__ == "__main__":

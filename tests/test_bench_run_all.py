@@ -58,6 +58,10 @@ def fake_bench(tmp_path, monkeypatch):
         "bench_crash.py": 'raise SystemExit("no such device")\n',
         "bench_quiet.py": 'print("nothing to compare")\n',
         "bench_slow.py": 'import time\ntime.sleep(30)\n',
+        "bench_na.py": 'print(\'BENCH {"case": "bf16 / fp32", "ratio": null, "target": "<= 0.5", '
+                       '"not_applicable": "this CPU has no native bf16"}\')\n'
+                       'print(\'BENCH {"case": "fp32", "ratio": 1.0, "target": "<= 1.05"}\')\n'
+                       'print(\'BENCH {"case": "gap", "ratio": 5.21e-07, "target": "<= 1e-5"}\')\n',
     }
     for name, text in scripts.items():
         (tmp_path / name).write_text(text)
@@ -75,6 +79,17 @@ def test_one_command_runs_every_benchmark_into_one_table(fake_bench, tmp_path, c
     assert "| quiet | printed no ratio | - |" in text
     assert "| slow | failed | - |" in text and "[stopped after 5 s]" in text
     assert "running bench_fast.py" in capsys.readouterr().out
+
+
+def test_a_case_that_cannot_run_here_is_an_n_a_row_not_a_failure(fake_bench, tmp_path):
+    out = tmp_path / "na.md"
+    assert run_all.main(["--out", str(out), "--only", "na"]) == 0
+    text = out.read_text()
+    assert "| na | bf16 / fp32 | - |  | <= 0.5 | n/a: this CPU has no native bf16 |" in text
+    assert "| na | fp32 | 1.000 |  | <= 1.05 | pass |" in text
+    assert "| na | gap | 5.2e-07 |  | <= 1e-05 | pass |" in text    # small ratios keep their digits
+    (row,) = run_all.parse_output("x", 'BENCH {"case": "a", "ratio": null}', None)
+    assert row.failed and row.result == "FAIL (no result)"    # no ratio and no reason
 
 
 def test_only_picks_benchmarks_by_name(fake_bench, tmp_path):

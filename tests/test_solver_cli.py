@@ -155,14 +155,22 @@ def test_diverging_run_stops_and_keeps_the_last_good_snapshot(files, tmp_path):
     assert str(last[-1]).replace(".caffemodel", ".solverstate") in str(err.value)
 
 
-def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path, monkeypatch, native_bf16):
     """--amp (bf16 autocast) and --channels-last (here measured faster): same loop, float32
-    weights, finite loss."""
+    weights, finite loss; on a CPU without native bf16, fp32 and one warning line in the
+    log saying why."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(loop, "faster_memory_format",
                         lambda net, device: ("channels_last", {"channels_last": 1.0, "NCHW": 2.0}))
     solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
                          SolverOptions(progress=False, amp=True, channels_last=True),
                          max_iter=3, display=1)
+    assert solver.train_step.amp is native_bf16
+    warnings = [line for line in (tmp_path / "s.log").read_text().splitlines()
+                if line.startswith("W") and "bf16" in line]
+    assert len(warnings) == (0 if native_bf16 else 1)
+    assert native_bf16 or "no native bf16" in warnings[0] and "training in fp32" in warnings[0]
     start = [w.detach().clone() for _, w, _, _ in solver.net.learnable_params()]
     solver.solve()
     conv = solver.net.layers["conv1"].blobs[0]

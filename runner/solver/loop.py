@@ -129,7 +129,8 @@ class Solver:
             self.test_models = [torch.compile(n) for n in self.test_nets]
         self.train_step = TrainingStep(
             self.net, param, seed=self.seed, rank=ctx.rank, model=self.model, amp=options.amp,
-            no_sync=self.ddp.no_sync if ctx.distributed else None, on_rate=self._log_rate)
+            no_sync=self.ddp.no_sync if ctx.distributed else None, on_rate=self._log_rate,
+            on_warning=lambda msg: self.log.warning("solver.cpp:48", msg))
         self.update.on_clip = lambda norm, clip, scale: self.log.info(
             "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
             f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")

@@ -6,11 +6,12 @@ benchmarks all train through it, so they follow the same rules.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator
 
 import torch
 
-from runner.precision import inner_products_in_fp32_under_cpu_autocast
+from runner.precision import NO_CPU_BF16, cpu_bf16_supported, inner_products_in_fp32_under_cpu_autocast
 from runner.solver.lr_policy import LearningRatePolicy
 from runner.solver.updates import make_update
 
@@ -27,24 +28,29 @@ class TrainingStep:
     `model` is what runs the forward (the net itself, or its DDP/compiled wrapper);
     `no_sync` (DDP's) defers the gradient all-reduce to the last of iter_size passes;
     `amp` runs forward and objective under bf16 autocast (on the CPU with InnerProducts
-    in fp32, runner/precision.py). `on_rate(it, rate)` is called
+    in fp32, runner/precision.py; on a CPU without native bf16 it trains in fp32 and passes
+    why to `on_warning`, a Python warning by default). `on_rate(it, rate)` is called
     before the update, where Caffe logs the rate.
     """
 
     def __init__(self, net, param, *, seed: int, rank: int = 0, model=None, amp: bool = False,
                  no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 on_rate: Callable[[int, float], None] | None = None):
+                 on_rate: Callable[[int, float], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None):
         self.net = net
         self.model = net if model is None else model
         self.iter_size = param.iter_size
         self.seed, self.rank = seed, rank
-        self.amp = amp
-        if amp:
-            inner_products_in_fp32_under_cpu_autocast(net)
         self.no_sync = no_sync
         self.on_rate = on_rate
         self.update = make_update(param.type, net.learnable_params(), param)
         self.lr_policy = LearningRatePolicy(param)
+        if amp and self.device().type == "cpu" and not cpu_bf16_supported():
+            (on_warning or warnings.warn)(f"--amp: {NO_CPU_BF16}; training in fp32")
+            amp = False
+        self.amp = amp
+        if amp:
+            inner_products_in_fp32_under_cpu_autocast(net)
 
     def __call__(self, batches: Iterator[dict], it: int,
                  before_update: Callable[[float, dict], None] | None = None) -> float:
@@ -64,12 +70,15 @@ class TrainingStep:
         for w in self.update.weights:
             w.grad = None
 
+    def device(self) -> torch.device:
+        """Where the trained weights are (the CPU for a net without any)."""
+        return self.update.weights[0].device if self.update.weights else torch.device("cpu")
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the net's device when `amp`, else nothing."""
         if not self.amp:
             return contextlib.nullcontext()
-        device = self.update.weights[0].device if self.update.weights else torch.device("cpu")
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device().type, dtype=torch.bfloat16)
 
     def forward_backward(self, batches: Iterator[dict]) -> tuple[float, dict]:
         """iter_size passes with accumulated diffs; returns (mean loss, last pass's blobs)."""
