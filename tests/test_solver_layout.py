@@ -59,3 +59,9 @@ def test_without_the_flag_nothing_is_timed(train_db, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "faster_memory_format", fail)
     solver = make_solver(classifier_net(train_db, batch=4), tmp_path / "s", max_iter=1)
     assert solver.net.layers["conv1"].blobs[0].is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last,nchw,chosen", [
+    (0.96, 1.0, "channels_last"), (0.98, 1.0, "NCHW"), (1.2, 1.0, "NCHW")])
+def test_channels_last_must_win_by_the_margin(channels_last, nchw, chosen):
+    assert layout.choose({"channels_last": channels_last, "NCHW": nchw}) == chosen

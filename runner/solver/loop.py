@@ -18,7 +18,7 @@ import torch
 from google.protobuf import text_format
 from tqdm import tqdm
 
-from runner.solver import distributed
+from runner.solver import distributed, layout
 from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
@@ -147,7 +147,7 @@ class Solver:
             return True
         _, medians = faster_memory_format(self.net, self.device)
         medians = dict(zip(medians, distributed.agree_max(list(medians.values()), self.ctx)))
-        chosen = min(medians, key=medians.get)
+        chosen = layout.choose(medians)
         times = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in medians.items())
         self.log.info("layout.py", f"--channels-last: a training pass took {times} on this CPU; "
                                    f"training in {chosen}")
