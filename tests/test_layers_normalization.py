@@ -47,6 +47,16 @@ def test_lrn_across_channels_matches_caffe(size, alpha, beta, k):
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_float32_power_is_within_a_few_ulps(beta):
+    """beta 0.75 takes rsqrt(s) * rsqrt(sqrt(s)), others torch.pow: both within 3e-7."""
+    x = torch.randn(2, 9, 5, 5, dtype=torch.float64) * 30
+    layer = layer_from_text(f'name: "norm" type: "LRN" lrn_param {{ local_size: 5 alpha: 0.01 beta: {beta} }}',
+                            [x.shape])
+    want = lrn_across_reference(x.numpy(), 5, *f32(0.01, beta, 1.0))
+    np.testing.assert_allclose(layer(x.float())[0].double().numpy(), want, rtol=3e-7, atol=0)
+
+
 def test_lrn_across_channels_keeps_channels_last():
     x = torch.randn(2, 7, 3, 4, dtype=torch.float64) * 3
     layer = lrn("local_size: 5 alpha: 0.01 beta: 0.75 k: 2", x.shape)
