@@ -145,10 +145,10 @@ class Solver:
         measured faster in channels_last than in NCHW (runner/solver/layout.py)."""
         if self.device.type != "cpu":
             return True
-        _, medians = faster_memory_format(self.net, self.device)
-        medians = dict(zip(medians, distributed.agree_max(list(medians.values()), self.ctx)))
-        chosen = layout.choose(medians)
-        times = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in medians.items())
+        _, seconds = faster_memory_format(self.net, self.device)
+        seconds = dict(zip(seconds, distributed.agree_max(list(seconds.values()), self.ctx)))
+        chosen = layout.choose(seconds)
+        times = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         self.log.info("layout.py", f"--channels-last: a training pass took {times} on this CPU; "
                                    f"training in {chosen}")
         return chosen == "channels_last"
