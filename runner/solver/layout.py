@@ -12,6 +12,7 @@ formats compute the same function (tests/test_training_cpu_paths.py).
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import torch
@@ -37,22 +38,23 @@ def time_training_pass(net, batch: dict) -> float:
 
 
 def faster_memory_format(net, device, rounds: int = 5) -> tuple[str, dict[str, float]]:
-    """(the format to train in, fastest seconds per format) for `net` on `device`: timed on
-    a copy (the net's weights and BatchNorm statistics stay as they are), the formats
-    alternating, after one pass each; channels_last only if faster by MARGIN. The fastest
-    of the rounds, not the median: other work on the machine only ever adds time."""
+    """(the format to train in, median seconds per format) for `net` on `device`: timed on
+    a copy (the net's weights and BatchNorm statistics stay as they are), after one pass
+    each, in rounds that alternate which format goes first; channels_last only if faster
+    by MARGIN."""
     trial = copy.deepcopy(net, memo={id(s): s for s in net.sources}).to(device)  # sources shared
     batch = synthetic_batch(net, device)
     times: dict[str, list[float]] = {name: [] for name in FORMATS}
     for r in range(rounds + 1):
-        for name, fmt in FORMATS.items():
+        for name in (list(FORMATS) if r % 2 else list(FORMATS)[::-1]):
+            fmt = FORMATS[name]
             trial.to(memory_format=fmt)
             seconds = time_training_pass(trial, {k: v.contiguous(memory_format=fmt) if v.dim() == 4
                                                  else v for k, v in batch.items()})
             if r:
                 times[name].append(seconds)
-    fastest = {name: min(t) for name, t in times.items()}
-    return choose(fastest), fastest
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return choose(medians), medians
 
 
 def choose(seconds: dict[str, float]) -> str:
