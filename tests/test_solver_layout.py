@@ -65,3 +65,14 @@ def test_without_the_flag_nothing_is_timed(train_db, tmp_path, monkeypatch):
     (0.94, 1.0, "channels_last"), (0.97, 1.0, "NCHW"), (1.2, 1.0, "NCHW")])
 def test_channels_last_must_win_by_the_margin(channels_last, nchw, chosen):
     assert layout.choose({"channels_last": channels_last, "NCHW": nchw}) == chosen
+
+
+def test_a_net_that_cannot_be_timed_trains_in_channels_last_as_asked(train_db, tmp_path, monkeypatch):
+    def fails(net, batch):
+        raise RuntimeError("index 0 is out of bounds")
+    monkeypatch.setattr(layout, "time_training_pass", fails)
+    solver = make_solver(classifier_net(train_db, batch=4), tmp_path / "s",
+                         SolverOptions(progress=False, channels_last=True), max_iter=1)
+    assert solver.channels_last and solver.train_batches.channels_last
+    assert ("--channels-last: a training pass on synthetic inputs failed (index 0 is out of "
+            "bounds); training in channels_last as asked") in (tmp_path / "s.log").read_text()

@@ -145,7 +145,12 @@ class Solver:
         measured faster in channels_last than in NCHW (runner/solver/layout.py)."""
         if self.device.type != "cpu":
             return True
-        _, seconds = faster_memory_format(self.net, self.device)
+        try:
+            _, seconds = faster_memory_format(self.net, self.device)
+        except (RuntimeError, ValueError, IndexError, KeyError) as err:
+            self.log.warning("layout.py", f"--channels-last: a training pass on synthetic inputs "
+                                          f"failed ({err}); training in channels_last as asked")
+            return True
         seconds = dict(zip(seconds, distributed.agree_max(list(seconds.values()), self.ctx)))
         chosen = layout.choose(seconds)
         times = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
