@@ -1,4 +1,5 @@
-"""2-D convolutions and inner products as oneDNN primitives with prepacked weights and fused ReLU / sum, on channels_last activations (CPU, float32).
+"""2-D convolutions and inner products as oneDNN primitives with prepacked weights and
+fused ReLU / sum, on channels_last activations (CPU, float32).
 
 oneDNN reorders a convolution's weights into its blocked layout on every call of
 F.conv2d; here that happens once per thread count: the layout oneDNN picks depends on the

@@ -1,11 +1,12 @@
 """`--channels-last` on the CPU: train in the memory format that runs this net faster.
 
 oneDNN's CPU convolutions are not faster in channels_last everywhere: on an AVX2 CPU (AMD
-EPYC, 2 threads) the ImageNet CNDS-8 forward+backward at batch 8 was slower in
-channels_last than in NCHW (its convolutions' backward 8% slower, more than its pooling
-gained), where on CPUs with AVX-512 it was faster. So on the CPU the solver times a copy
-of the net in both formats on a synthetic batch of the net's input shapes and trains in
-the faster, NCHW (Caffe's layout) unless channels_last wins by `MARGIN`: the two are often
+EPYC, 2 threads) the ImageNet CNDS-8 forward+backward at batch 8 was no faster in
+channels_last (0.97-1.13 of NCHW's time: its convolutions' backward 3-10% slower, its
+first convolution and poolings faster), while the Fashion-MNIST CNDS-8 was 17% faster and
+another CPU ran both 7-13% faster in it on one core. So on the CPU the solver times a copy of the
+net in both formats on a synthetic batch of the net's input shapes and trains in the
+faster, NCHW (Caffe's layout) unless channels_last wins by `MARGIN`: the two are often
 within noise of each other, and a choice that flips between runs helps no one. Both
 formats compute the same function (tests/test_training_cpu_paths.py).
 """
