@@ -9,7 +9,7 @@ import torch
 
 NO_CPU_BF16 = ("this CPU has no native bf16 (oneDNN finds none of AVX512-BF16, AMX, "
                "AVX-NE-CONVERT), so bf16 convolutions would run on PyTorch's reference path, "
-               "measured ~25x slower than fp32 on an AVX2 CPU")
+               "measured 10-18x slower than fp32 on an AVX2 CPU")
 
 
 def cpu_bf16_supported() -> bool:
