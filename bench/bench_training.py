@@ -38,7 +38,7 @@ import torch
 from bench.bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand
 from runner.precision import cpu_bf16_supported, inner_products_in_fp32_under_cpu_autocast
 from runner.proto import caffe_pb2
-from runner.solver.layout import faster_memory_format
+from runner.solver.layout import choose, training_pass_seconds
 from runner.solver.step import TrainingStep
 
 CL = torch.channels_last
@@ -146,7 +146,7 @@ def main() -> None:
     hand_ms = ms["hand-written fp32"]
     for key in runs:
         print(f"  {key:20s} {ms[key]:8.1f} ms")
-    chosen, _ = faster_memory_format(nchw, torch.device("cpu"))
+    chosen = choose(training_pass_seconds(nchw, torch.device("cpu")))
     flag_ms = ms["channels_last fp32" if chosen == "channels_last" else "NCHW fp32"]
     print(f"  --channels-last chose {chosen} (its own timing of the net)")
     fastest = min(("NCHW fp32", "channels_last fp32"), key=ms.get)

@@ -16,7 +16,7 @@ import pytest
 
 from runner.proto import blob_to_array, read_caffemodel
 from runner.solve import main
-from runner.solver import SolverDiverged, SolverOptions, loop
+from runner.solver import SolverDiverged, SolverOptions, layout
 
 from solver_helpers import classifier_net, make_lmdb, make_solver
 
@@ -161,8 +161,8 @@ def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path, monkeypatch, na
     weights, finite loss; on a CPU without native bf16, fp32 and one warning line in the
     log saying why."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
-    monkeypatch.setattr(loop, "faster_memory_format",
-                        lambda net, device: ("channels_last", {"channels_last": 1.0, "NCHW": 2.0}))
+    monkeypatch.setattr(layout, "training_pass_seconds",
+                        lambda net, device: {"channels_last": 1.0, "NCHW": 2.0})
     solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
                          SolverOptions(progress=False, amp=True, channels_last=True),
                          max_iter=3, display=1)

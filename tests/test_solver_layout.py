@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from runner.solver import SolverOptions, layout, loop
+from runner.solver import SolverOptions, layout
 from solver_helpers import classifier_net, make_lmdb, make_solver
 
 BN_NET = '''
@@ -27,8 +27,8 @@ def test_timing_both_formats_leaves_the_net_as_it_was(train_db, tmp_path):
     solver = make_solver(BN_NET % train_db, tmp_path / "s", max_iter=1)
     net = solver.net
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    chosen, medians = layout.faster_memory_format(net, torch.device("cpu"), rounds=1)
-    assert chosen in layout.FORMATS and set(medians) == set(layout.FORMATS)
+    medians = layout.training_pass_seconds(net, torch.device("cpu"), rounds=1)
+    assert layout.choose(medians) in layout.FORMATS and set(medians) == set(layout.FORMATS)
     assert all(seconds > 0 for seconds in medians.values())
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key]), f"{key} changed (BatchNorm statistics included)"
@@ -40,7 +40,7 @@ def test_timing_both_formats_leaves_the_net_as_it_was(train_db, tmp_path):
 def test_channels_last_flag_trains_in_the_faster_format(train_db, tmp_path, monkeypatch, faster):
     medians = {"channels_last": 0.02, "NCHW": 0.03} if faster == "channels_last" else \
         {"channels_last": 0.03, "NCHW": 0.02}
-    monkeypatch.setattr(loop, "faster_memory_format", lambda net, device: (faster, medians))
+    monkeypatch.setattr(layout, "training_pass_seconds", lambda net, device: medians)
     solver = make_solver(classifier_net(train_db, batch=4), tmp_path / "s",
                          SolverOptions(progress=False, channels_last=True), max_iter=2, display=1)
     solver.solve()
@@ -56,7 +56,7 @@ def test_channels_last_flag_trains_in_the_faster_format(train_db, tmp_path, monk
 def test_without_the_flag_nothing_is_timed(train_db, tmp_path, monkeypatch):
     def fail(*args):
         raise AssertionError("timed without --channels-last")
-    monkeypatch.setattr(loop, "faster_memory_format", fail)
+    monkeypatch.setattr(layout, "training_pass_seconds", fail)
     solver = make_solver(classifier_net(train_db, batch=4), tmp_path / "s", max_iter=1)
     assert solver.net.layers["conv1"].blobs[0].is_contiguous()
 

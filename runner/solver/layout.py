@@ -38,11 +38,10 @@ def time_training_pass(net, batch: dict) -> float:
     return seconds
 
 
-def faster_memory_format(net, device, rounds: int = 5) -> tuple[str, dict[str, float]]:
-    """(the format to train in, median seconds per format) for `net` on `device`: timed on
-    a copy (the net's weights and BatchNorm statistics stay as they are), after one pass
-    each, in rounds that alternate which format goes first; channels_last only if faster
-    by MARGIN."""
+def training_pass_seconds(net, device, rounds: int = 5) -> dict[str, float]:
+    """Median seconds of a training pass of `net` on `device` per format: timed on a copy
+    (the net's weights and BatchNorm statistics stay as they are), after one pass each, in
+    rounds that alternate which format goes first. `choose` picks from them."""
     trial = copy.deepcopy(net, memo={id(s): s for s in net.sources}).to(device)  # sources shared
     batch = synthetic_batch(net, device)
     times: dict[str, list[float]] = {name: [] for name in FORMATS}
@@ -54,8 +53,7 @@ def faster_memory_format(net, device, rounds: int = 5) -> tuple[str, dict[str, f
                                                  else v for k, v in batch.items()})
             if r:
                 times[name].append(seconds)
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    return choose(medians), medians
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def choose(seconds: dict[str, float]) -> str:

@@ -24,7 +24,6 @@ from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
 from runner.solver.errors import SolverDiverged
-from runner.solver.layout import faster_memory_format
 from runner.solver.log_reader import read_history
 from runner.solver.plot import plot_history
 from runner.solver.signals import NONE, SNAPSHOT, STOP, SignalRequests
@@ -146,7 +145,7 @@ class Solver:
         if self.device.type != "cpu":
             return True
         try:
-            _, seconds = faster_memory_format(self.net, self.device)
+            seconds = layout.training_pass_seconds(self.net, self.device)
         except (RuntimeError, ValueError, IndexError, KeyError) as err:
             self.log.warning("layout.py", f"--channels-last: a training pass on synthetic inputs "
                                           f"failed ({err}); training in channels_last as asked")
