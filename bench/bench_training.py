@@ -3,7 +3,13 @@ converted net in fp32 NCHW, fp32 channels_last and bf16 autocast + channels_last
 --channels-last: InnerProducts stay fp32), against a hand-written eager fp32 NCHW module
 of the same architecture (bench/bench_converter.py's).
 
-All run in one process, interleaved in rounds; each figure is the median step time.
+All run in one process, interleaved in rounds; each figure is the median step time. The
+converted net runs as the solver trains it: InnerProducts on oneDNN
+(runner/layers/onednn_linear.py) and freed memory kept for reuse (runner/memory.py, which
+the solver turns on for CPU training); the hand-written module runs as a plain PyTorch
+process does (F.linear, glibc's malloc settings restored and its freed memory returned
+before each of its steps). A hand-written step with freed memory kept is printed too, to
+show how much of the gain is the allocator's.
 The solver's --channels-last trains on the CPU in the format its own timing of the net
 found faster (runner/solver/layout.py); that choice is made here too, and the
 --channels-last row is the chosen format's time over NCHW's (1 when it chose NCHW).
@@ -21,7 +27,7 @@ the channels_last gap over the gap between NCHW and NCHW started from weights pe
 by 1e-7 (relative, seeded), target <= 2: a fast path may differ from the reference no
 more than the reference differs from itself under a rounding-sized change.
 
-    python -m bench.bench_training [--iters 6] [--warmup 2] [--threads N] [--batch 8]
+    python -m bench.bench_training [--iters 12] [--warmup 2] [--threads N] [--batch 8]
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import time
 import torch
 
 from bench.bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand
+from runner.memory import keep_freed_memory
 from runner.precision import cpu_bf16_supported, inner_products_in_fp32_under_cpu_autocast
 from runner.proto import caffe_pb2
 from runner.solver.layout import choose, training_pass_seconds
@@ -103,7 +110,7 @@ def emit(case: str, ratio: float | None, figure: str, target: str, not_applicabl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--batch", type=int, default=8)
@@ -131,6 +138,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, load average {load:.1f}; median of {args.iters} "
           f"interleaved forward+backward steps after {args.warmup}")
     runs = {"hand-written fp32": lambda: step_hand(hand, x, label, aux_weight),
+            "hand-written, kept": lambda: step_hand(hand, x, label, aux_weight),
             "NCHW fp32": lambda: step(nchw, inputs),
             "channels_last fp32": lambda: step(nhwc, cl_inputs)}
     if bf16:
@@ -138,6 +146,7 @@ def main() -> None:
     times = {k: [] for k in runs}
     for i in range(args.warmup + args.iters):
         for key in (list(runs) if i % 2 else list(runs)[::-1]):
+            keep_freed_memory(key != "hand-written fp32")
             start = time.perf_counter()
             runs[key]()
             if i >= args.warmup:
@@ -146,6 +155,7 @@ def main() -> None:
     hand_ms = ms["hand-written fp32"]
     for key in runs:
         print(f"  {key:20s} {ms[key]:8.1f} ms")
+    keep_freed_memory(True)
     chosen = choose(training_pass_seconds(nchw, torch.device("cpu")))
     flag_ms = ms["channels_last fp32" if chosen == "channels_last" else "NCHW fp32"]
     print(f"  --channels-last chose {chosen} (its own timing of the net)")
@@ -160,6 +170,9 @@ def main() -> None:
     emit(f"--channels-last (trains in {chosen}) / NCHW fp32", flag_ms / ms["NCHW fp32"],
          f"{flag_ms:.0f} / {ms['NCHW fp32']:.0f} ms", "<= 1.0")
     print(f"  channels_last itself / NCHW: {ms['channels_last fp32'] / ms['NCHW fp32']:.3f}")
+    print(f"  hand-written with freed memory kept / as a plain process: "
+          f"{ms['hand-written, kept'] / hand_ms:.3f}; fastest fp32 / that: "
+          f"{ms[fastest] / ms['hand-written, kept']:.3f}")
     emit("converted NCHW / hand-written fp32", ms["NCHW fp32"] / hand_ms,
          f"{ms['NCHW fp32']:.0f} / {hand_ms:.0f} ms", "<= 1.05")
     gaps, losses = gaps_during_sgd([(nchw, inputs), (nhwc, cl_inputs), (perturbed(nchw), inputs)],

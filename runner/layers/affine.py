@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
+from runner.layers.onednn_linear import linear
 from runner.layers.common import broadcast_to_axis, filler_or
 from runner.shapes import canonical_axis
 
@@ -29,7 +30,7 @@ class InnerProduct(Layer):
         if x.dim() != self.axis + 1:
             x = x.reshape(*x.shape[:self.axis], -1)
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
-        return (F.linear(x, weight, self.blobs[1] if self.bias_term else None),)
+        return (linear(x, weight, self.blobs[1] if self.bias_term else None),)
 
     def extra_repr(self):
         return f"name={self.name!r}, num_output={self.lp.inner_product_param.num_output}"

@@ -18,6 +18,7 @@ import torch
 from google.protobuf import text_format
 from tqdm import tqdm
 
+from runner.memory import keep_freed_memory
 from runner.solver import distributed, layout
 from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.batches import BatchStream, share_trained_layers
@@ -105,6 +106,8 @@ class Solver:
         self.log.info("caffe.cpp:219", where + (f" (rank 0 of {ctx.world_size}, torch.distributed)"
                                                 if ctx.distributed else ""))
 
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.channels_last = options.channels_last and self._channels_last_pays()
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
