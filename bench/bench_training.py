@@ -10,6 +10,7 @@ the solver turns on for CPU training); the hand-written module runs as a plain P
 process does (F.linear, glibc's malloc settings restored and its freed memory returned
 before each of its steps). A hand-written step with freed memory kept is printed too, to
 show how much of the gain is the allocator's.
+
 The solver's --channels-last trains on the CPU in the format its own timing of the net
 found faster (runner/solver/layout.py); that choice is made here too, and the
 --channels-last row is the chosen format's time over NCHW's (1 when it chose NCHW).
@@ -17,21 +18,24 @@ Targets: fastest fp32 path / hand-written <= 0.8, bf16 / hand-written <= 0.5,
 --channels-last / NCHW <= 1.0. On a CPU where oneDNN has no bf16 the bf16 step is not run
 (its convolutions would take PyTorch's reference path) and its row says so.
 
-The numbers check trains the NCHW and the channels_last net with the solver's SGD
-(TrainingStep: base_lr 0.001, momentum 0.9, weight decay 5e-4) from the same weights on
-one repeated batch. At base_lr 0.01 the loss of the randomly initialised net diverges
-there, and any rounding difference grows as fast as channels_last's does, so the gap
-would measure chaos, not faithfulness. Reported: the weight gap (largest difference over
-the blob's largest weight) after 1 iteration, target <= 1e-5; and after 10 iterations
-the channels_last gap over the gap between NCHW and NCHW started from weights perturbed
-by 1e-7 (relative, seeded), target <= 2: a fast path may differ from the reference no
-more than the reference differs from itself under a rounding-sized change.
+The numbers check trains, with the solver's SGD (TrainingStep: base_lr 0.001, momentum
+0.9, weight decay 5e-4) from the same weights on one repeated batch, the reference (NCHW,
+InnerProducts on F.linear, the sgemm Caffe calls) and the fastest fp32 path (oneDNN inner
+products, in the faster format). At base_lr 0.01 the loss of the randomly initialised net
+diverges there, and any rounding difference grows as fast as the fast path's does, so the
+gap would measure chaos, not faithfulness. Reported: the weight gap (largest difference
+over the blob's largest weight) after 1 iteration, target <= 1e-5; and after 10
+iterations the fast path's gap over the gap between the reference and the reference
+started from weights perturbed by 1e-7 (relative, seeded), target <= 2: a fast path may
+differ from the reference no more than the reference differs from itself under a
+rounding-sized change.
 
     python -m bench.bench_training [--iters 12] [--warmup 2] [--threads N] [--batch 8]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -42,6 +46,7 @@ import time
 import torch
 
 from bench.bench_converter import CASES, HandWrittenCNDS8, converted_net, copy_weights, step_hand
+from runner.layers import onednn_linear
 from runner.memory import keep_freed_memory
 from runner.precision import cpu_bf16_supported, inner_products_in_fp32_under_cpu_autocast
 from runner.proto import caffe_pb2
@@ -86,14 +91,20 @@ def perturbed(net, scale: float = 1e-7, seed: int = 0):
 
 
 def gaps_during_sgd(runs, iters: int) -> tuple[list[list[float]], list[float]]:
-    """Train each (net, batch) of `runs` in step for `iters` SGD iterations (TrainingStep,
-    `SGD`); returns gaps[i][k], weights_gap(runs[0] net, runs[k + 1] net) after iteration
-    i + 1, and the first net's loss at each iteration."""
-    steps = [(TrainingStep(net, SGD, seed=1), itertools.repeat(batch)) for net, batch in runs]
+    """Train each (net, batch, plain) of `runs` in step for `iters` SGD iterations
+    (TrainingStep, `SGD`; `plain`: InnerProducts on F.linear); returns gaps[i][k],
+    weights_gap(runs[0] net, runs[k + 1] net) after iteration i + 1, and the first net's
+    loss at each iteration."""
+    steps = [(TrainingStep(net, SGD, seed=1), itertools.repeat(batch), plain)
+             for net, batch, plain in runs]
     gaps, losses = [], []
     for it in range(iters):
-        losses.append([train(batches, it) for train, batches in steps][0])
-        gaps.append([weights_gap(runs[0][0], net) for net, _ in runs[1:]])
+        step_losses = []
+        for train, batches, plain in steps:
+            with onednn_linear.disabled() if plain else contextlib.nullcontext():
+                step_losses.append(train(batches, it))
+        losses.append(step_losses[0])
+        gaps.append([weights_gap(runs[0][0], net) for net, _, _ in runs[1:]])
     return gaps, losses
 
 
@@ -175,16 +186,20 @@ def main() -> None:
           f"{ms[fastest] / ms['hand-written, kept']:.3f}")
     emit("converted NCHW / hand-written fp32", ms["NCHW fp32"] / hand_ms,
          f"{ms['NCHW fp32']:.0f} / {hand_ms:.0f} ms", "<= 1.05")
-    gaps, losses = gaps_during_sgd([(nchw, inputs), (nhwc, cl_inputs), (perturbed(nchw), inputs)],
-                                   args.sgd_iters)
-    print(f"numbers check: NCHW loss {losses[0]:.3g} -> {losses[-1]:.3g} over {len(losses)} "
-          f"SGD iterations (base_lr {SGD.base_lr:g}); weight gaps (channels_last, NCHW perturbed "
-          "1e-7) per iteration: " + ", ".join(f"{a:.2g}/{b:.2g}" for a, b in gaps))
-    emit("channels_last vs NCHW weights after 1 SGD iteration", gaps[0][0],
+    fast = (nhwc, cl_inputs) if fastest == "channels_last fp32" else (copy.deepcopy(nchw), inputs)
+    gaps, losses = gaps_during_sgd([(copy.deepcopy(nchw), inputs, True), (*fast, False),
+                                    (perturbed(nchw), inputs, True)], args.sgd_iters)
+    label = fastest.replace(" fp32", "")
+    print(f"numbers check: reference (NCHW, F.linear) loss {losses[0]:.3g} -> {losses[-1]:.3g} "
+          f"over {len(losses)} SGD iterations (base_lr {SGD.base_lr:g}); weight gaps ({label} "
+          "with oneDNN inner products, reference perturbed 1e-7) per iteration: "
+          + ", ".join(f"{a:.2g}/{b:.2g}" for a, b in gaps))
+    emit(f"fastest fp32 ({label}) vs reference weights after 1 SGD iteration", gaps[0][0],
          "largest difference / largest weight", "<= 1e-05")
-    cl_gap, noise_gap = gaps[-1]
-    emit(f"channels_last vs NCHW / NCHW vs NCHW perturbed by 1e-7, {args.sgd_iters} SGD iterations",
-         cl_gap / noise_gap, f"{cl_gap:.2g} / {noise_gap:.2g} (weight gaps)", "<= 2")
+    fast_gap, noise_gap = gaps[-1]
+    emit(f"fastest fp32 vs reference / reference vs itself perturbed by 1e-7, "
+         f"{args.sgd_iters} SGD iterations",
+         fast_gap / noise_gap, f"{fast_gap:.2g} / {noise_gap:.2g} (weight gaps)", "<= 2")
 
 
 if __name__ == "__main__":

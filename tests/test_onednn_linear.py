@@ -105,3 +105,11 @@ def test_an_inner_product_layer_takes_the_path_and_matches_float64():
     w, b = net.layers["ip"].blobs
     reference = x.double().reshape(8, -1) @ w.detach().double().t() + b.detach().double()
     assert relative_gap(top, reference) < 1e-6
+
+
+def test_disabled_runs_f_linear_and_restores():
+    x, w, b = operands()
+    with onednn_linear.disabled():
+        assert not uses_onednn(x, w, b)
+        assert "OneDnn" not in type(linear(x, w, b).grad_fn).__name__
+    assert uses_onednn(x, w, b)

@@ -1,19 +1,20 @@
-"""InnerProduct's y = x W^T + b with oneDNN's inner product for the forward and the input
-gradient on the CPU.
+"""InnerProduct's y = x W^T + b and its gradients as oneDNN inner products on the CPU.
 
 F.linear runs MKL's sgemm forward and backward. For the skinny products of training
 batches (a few to a few hundred rows against a weight of millions) oneDNN's inner product
-is the faster kernel for y and for the input gradient; the weight gradient (a product
-over the batch) stays MKL's, which inside a training step ran in half the time of
-oneDNN's (50 against 101 ms per ImageNet CNDS-8 step). Forward + backward took 0.57-0.83
-of F.linear's time at batch 8 to 256 on weights of 1M to 44M elements (AMD EPYC with
-AVX-512, 2 threads; CNDS-8's fc6, 4096 x 8192 at batch 8: 40 against 57 ms), within 2e-6
-(relative) of it: the same fp32 arithmetic summed in another order. At batch 1 and on
-small weights oneDNN's fixed cost per call (about 0.2 ms) loses, so those stay on
-F.linear, as does anything not float32 on the CPU, a torch without the ops, and a torch
-told to let oneDNN round fp32 products (torch.backends.mkldnn.matmul.fp32_precision).
+is the faster kernel for y, for the input gradient, and for the weight gradient taken as
+an inner product over the batch (grad^T x: fc6's in 7 against MKL's 18 ms). Forward +
+backward took 0.43-0.86 of F.linear's time at batch 8 to 256 on weights of 1M to 44M
+elements (AMD EPYC with AVX-512, 2 threads; the ImageNet CNDS-8's fc6, 4096 x 8192 at
+batch 8: 26 against 54 ms), within 2e-6 (relative) of it: the same fp32 arithmetic summed
+in another order. At batch 1 and on small weights oneDNN's fixed cost per call (about
+0.2 ms) loses, so those stay on F.linear, as does anything not float32 on the CPU, a torch
+without the ops, and a torch told to let oneDNN round fp32 products
+(torch.backends.mkldnn.fp32_precision and matmul's).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,18 @@ def _ops_available() -> bool:
 
 
 _AVAILABLE = _ops_available()
+_enabled = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block every InnerProduct runs on F.linear (MKL), the reference path."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def _fp32_kept_exact() -> bool:
@@ -49,7 +62,7 @@ def _fp32_kept_exact() -> bool:
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether linear(x, weight, bias) runs on oneDNN: a 2-D float32 CPU x of at least
     MIN_ROWS rows, a contiguous float32 weight of at least MIN_WEIGHT_ELEMENTS."""
-    return (_AVAILABLE and x.dim() == 2 and x.shape[0] >= MIN_ROWS
+    return (_AVAILABLE and _enabled and x.dim() == 2 and x.shape[0] >= MIN_ROWS
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and weight.device.type == "cpu"
             and weight.is_contiguous() and weight.numel() >= MIN_WEIGHT_ELEMENTS
@@ -58,8 +71,8 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 class _OneDnnLinear(torch.autograd.Function):
-    """y and the input gradient by oneDNN (dense weight, not prepacked: it changes every
-    iteration), the weight and bias gradients by MKL."""
+    """y and the input and weight gradients by oneDNN (dense weight, not prepacked: it
+    changes every iteration); the bias gradient is a sum over the batch."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
