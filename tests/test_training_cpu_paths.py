@@ -1,7 +1,7 @@
-"""CPU training paths: channels_last keeps Caffe's numbers (the solver's SGD from the same
-weights and batches: within 1e-5 of the NCHW net's weights after 1 iteration and after 6,
-relative to the blob's largest, and no farther than NCHW from itself under a 1e-7
-perturbation); under --amp on a CPU with native bf16 convolutions run in bf16 and
+"""CPU training paths: channels_last with InnerProducts on oneDNN keeps Caffe's numbers
+(the solver's SGD from the same weights and batches: within 1e-5 of the reference's
+weights, NCHW with F.linear, after 1 iteration and after 6, relative to the blob's
+largest, and no farther than the reference from itself under a 1e-7 perturbation); under --amp on a CPU with native bf16 convolutions run in bf16 and
 InnerProducts in fp32, on one without, training is fp32 and says why."""
 import types
 
@@ -10,27 +10,30 @@ import torch
 
 from bench.bench_converter import converted_net
 from bench.bench_training import channels_last_net, gaps_during_sgd, perturbed
+from runner.layers import onednn_linear
 from runner.precision import cpu_bf16_supported
 from runner.proto import caffe_pb2
 from runner.solver.step import TrainingStep
 
 
-def test_fashion_mnist_cnds8_channels_last_matches_nchw_over_6_iterations():
+def test_fashion_mnist_cnds8_fast_path_matches_the_reference_over_6_iterations():
     torch.manual_seed(0)
     nchw = converted_net("models/fashion-mnist-cnds8/train_val.prototxt", 8, 1, 28)
     nhwc = channels_last_net(nchw)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(8, 1, 28, 28, generator=gen)
     label = torch.randint(0, 10, (8,), generator=gen).float()
+    fc7 = nchw.layers["fc7"].blobs[0]
+    assert fc7.numel() >= onednn_linear.MIN_WEIGHT_ELEMENTS, "no InnerProduct takes oneDNN at batch 8"
     before = nchw.learnable_params()[0][1].detach().clone()
-    gaps, losses = gaps_during_sgd([(nchw, {"data": x, "label": label}),
+    gaps, losses = gaps_during_sgd([(nchw, {"data": x, "label": label}, True),
                                     (nhwc, {"data": x.contiguous(memory_format=torch.channels_last),
-                                            "label": label}),
-                                    (perturbed(nchw), {"data": x, "label": label})], 6)
+                                            "label": label}, False),
+                                    (perturbed(nchw), {"data": x, "label": label}, True)], 6)
     assert not torch.equal(before, nchw.learnable_params()[0][1].detach()), "training moved nothing"
     assert losses[-1] < losses[0], f"the loss did not fall: {losses}"
     assert nhwc.learnable_params()[0][1].is_contiguous(memory_format=torch.channels_last)
-    assert gaps[0][0] <= 1e-5 and gaps[-1][0] <= 1e-5, f"channels_last drifted from NCHW: {gaps}"
+    assert gaps[0][0] <= 1e-5 and gaps[-1][0] <= 1e-5, f"the fast path drifted: {gaps}"
     assert 0 < gaps[-1][1], "the perturbation changed nothing"
     assert gaps[-1][0] <= 2 * gaps[-1][1], f"channels_last / perturbed NCHW gap: {gaps[-1]}"
 
