@@ -221,10 +221,16 @@ def shown(ratio: float | None) -> str:
     return f"{ratio:.3f}" if ratio == 0 or abs(ratio) >= 0.001 else f"{ratio:.2g}"
 
 
-def markdown(rows: list[Row], outputs: list[tuple[str, str, float]]) -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def markdown(rows: list[Row], outputs: list[tuple[str, str, float]], command: str = "make bench",
+             load: float | None = None) -> str:
+    """The report: `command` and the 1-minute load average `load` when it started."""
+    load = load_average() if load is None else load
     lines = ["# Benchmarks", "",
-             f"`make bench` on {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPU cores, "
+             f"`{command}` on {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPU cores, "
              f"{cpu_description()}, Python {platform.python_version()}; load average "
              f"{load:.1f} when it started (other work on the machine lowers the figures).", "",
              "| Benchmark | Case | Ratio | Figure | Target | Result |", "|---|---|---|---|---|---|"]
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"no benchmark named {', '.join(sorted(unknown))} in {BENCH}")
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
-    rows, outputs = [], []
+    rows, outputs, load = [], [], load_average()
     for script in scripts:
         print(f"running {script.name} ...", flush=True)
         found, output, seconds = run_benchmark(script, args.timeout)
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r.case or r.benchmark}: ratio {shown(r.ratio)}, target {r.target or '-'}: {r.result}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, markdown(rows, outputs) + "\n")
+    command = "make bench" if not args.only else f"python bench/run_all.py --only {args.only}"
+    atomic_write_text(out, markdown(rows, outputs, command, load) + "\n")
     print(f"wrote {out}")
     return 1 if any(r.failed for r in rows) else 0
 
