@@ -113,3 +113,19 @@ def test_disabled_runs_f_linear_and_restores():
         assert not uses_onednn(x, w, b)
         assert "OneDnn" not in type(linear(x, w, b).grad_fn).__name__
     assert uses_onednn(x, w, b)
+
+
+def test_torch_compile_traces_f_linear_and_matches_eager():
+    torch._dynamo.reset()
+    net = Net(parse_net_text(NET), phase="TRAIN")
+    x = torch.randn(8, 16, 8, 8)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    top = compiled({"data": x})["ip"]
+    top.sum().backward()
+    grad = net.layers["ip"].blobs[0].grad.clone()
+    net.zero_grad()
+    eager = net({"data": x})["ip"]
+    assert "OneDnn" in type(eager.grad_fn).__name__
+    eager.sum().backward()
+    assert relative_gap(top, eager.double()) < 1e-6
+    assert relative_gap(grad, net.layers["ip"].blobs[0].grad.double()) < 1e-6

@@ -9,8 +9,9 @@ elements (AMD EPYC with AVX-512, 2 threads; the ImageNet CNDS-8's fc6, 4096 x 81
 batch 8: 26 against 54 ms), within 2e-6 (relative) of it: the same fp32 arithmetic summed
 in another order. At batch 1 and on small weights oneDNN's fixed cost per call (about
 0.2 ms) loses, so those stay on F.linear, as does anything not float32 on the CPU, a torch
-without the ops, and a torch told to let oneDNN round fp32 products
-(torch.backends.mkldnn.fp32_precision and matmul's).
+without the ops, a torch told to let oneDNN round fp32 products
+(torch.backends.mkldnn.fp32_precision and matmul's), and code being traced by
+torch.compile (whose CPU backend packs its own oneDNN inner products).
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def _fp32_kept_exact() -> bool:
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether linear(x, weight, bias) runs on oneDNN: a 2-D float32 CPU x of at least
-    MIN_ROWS rows, a contiguous float32 weight of at least MIN_WEIGHT_ELEMENTS."""
-    return (_AVAILABLE and _enabled and x.dim() == 2 and x.shape[0] >= MIN_ROWS
+    MIN_ROWS rows, a contiguous float32 weight of at least MIN_WEIGHT_ELEMENTS, outside
+    torch.compile's tracing and `disabled()`."""
+    return (_AVAILABLE and _enabled and not torch.compiler.is_compiling() and x.dim() == 2 and x.shape[0] >= MIN_ROWS
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and weight.device.type == "cpu"
             and weight.is_contiguous() and weight.numel() >= MIN_WEIGHT_ELEMENTS
