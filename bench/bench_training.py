@@ -14,21 +14,21 @@ show how much of the gain is the allocator's.
 The solver's --channels-last trains on the CPU in the format its own timing of the net
 found faster (runner/solver/layout.py); that choice is made here too, and the
 --channels-last row is the chosen format's time over NCHW's (1 when it chose NCHW).
-Targets: fastest fp32 path / hand-written <= 0.8, bf16 / hand-written <= 0.5,
---channels-last / NCHW <= 1.0. On a CPU where oneDNN has no bf16 the bf16 step is not run
-(its convolutions would take PyTorch's reference path) and its row says so.
+Targets: the fastest fp32 path that keeps Caffe's numbers (below) / hand-written <= 0.8,
+bf16 / hand-written <= 0.5, --channels-last / NCHW <= 1.0. On a CPU where oneDNN has no
+bf16 the bf16 step is not run (its convolutions would take PyTorch's reference path) and
+its row says so.
 
 The numbers check trains, with the solver's SGD (TrainingStep: base_lr 0.001, momentum
 0.9, weight decay 5e-4) from the same weights on one repeated batch, the reference (NCHW,
-InnerProducts on F.linear, the sgemm Caffe calls) and the fastest fp32 path (oneDNN inner
-products, in the faster format). At base_lr 0.01 the loss of the randomly initialised net
-diverges there, and any rounding difference grows as fast as the fast path's does, so the
-gap would measure chaos, not faithfulness. Reported: the weight gap (largest difference
-over the blob's largest weight) after 1 iteration, target <= 1e-5; and after 10
-iterations the fast path's gap over the gap between the reference and the reference
-started from weights perturbed by 1e-7 (relative, seeded), target <= 2: a fast path may
-differ from the reference no more than the reference differs from itself under a
-rounding-sized change.
+InnerProducts on F.linear, the sgemm Caffe calls), the fp32 paths in channels_last and in
+NCHW (oneDNN inner products), and the reference started from weights perturbed by 1e-7
+(relative, seeded). Reported for each path: the weight gap to the reference (largest
+difference over the blob's largest weight) after 1 and after 10 iterations, target <=
+1e-5 (a path within both keeps Caffe's numbers), and the 10-iteration gap over the
+perturbed reference's, which says how much of the gap any rounding-sized change would
+make (target <= 2). At base_lr 0.01 the loss of the randomly initialised net diverges
+there and every gap measures chaos, not faithfulness.
 
     python -m bench.bench_training [--iters 12] [--warmup 2] [--threads N] [--batch 8]
 """
@@ -168,38 +168,49 @@ def main() -> None:
         print(f"  {key:20s} {ms[key]:8.1f} ms")
     keep_freed_memory(True)
     chosen = choose(training_pass_seconds(nchw, torch.device("cpu")))
-    flag_ms = ms["channels_last fp32" if chosen == "channels_last" else "NCHW fp32"]
     print(f"  --channels-last chose {chosen} (its own timing of the net)")
-    fastest = min(("NCHW fp32", "channels_last fp32"), key=ms.get)
-    emit(f"fastest fp32 ({fastest}) / hand-written", ms[fastest] / hand_ms,
-         f"{ms[fastest]:.0f} / {hand_ms:.0f} ms", "<= 0.8")
+    print(f"  hand-written with freed memory kept / as a plain process: "
+          f"{ms['hand-written, kept'] / hand_ms:.3f}")
+
+    fast_runs = {"channels_last": (nhwc, cl_inputs), "NCHW": (copy.deepcopy(nchw), inputs)}
+    gaps, losses = gaps_during_sgd(
+        [(copy.deepcopy(nchw), inputs, True), *[(net, batch, False) for net, batch in fast_runs.values()],
+         (perturbed(nchw), inputs, True)], args.sgd_iters)
+    print(f"numbers check: reference (NCHW, F.linear) loss {losses[0]:.3g} -> {losses[-1]:.3g} "
+          f"over {len(losses)} SGD iterations (base_lr {SGD.base_lr:g}); weight gaps (channels_last, "
+          "NCHW, both with oneDNN inner products; reference perturbed 1e-7) per iteration: "
+          + ", ".join("/".join(f"{g:.2g}" for g in row) for row in gaps))
+    kept_numbers = []
+    for k, fmt in enumerate(fast_runs):
+        first, last = gaps[0][k], gaps[-1][k]
+        emit(f"{fmt} fp32 vs reference weights after 1 SGD iteration", first,
+             "largest difference / largest weight", "<= 1e-05")
+        emit(f"{fmt} fp32 vs reference weights after {args.sgd_iters} SGD iterations", last,
+             f"reference vs itself perturbed by 1e-7: {gaps[-1][-1]:.2g}", "<= 1e-05")
+        emit(f"{fmt} fp32 vs reference / reference vs itself perturbed by 1e-7, "
+             f"{args.sgd_iters} SGD iterations", last / gaps[-1][-1],
+             f"{last:.2g} / {gaps[-1][-1]:.2g} (weight gaps)", "<= 2")
+        if first <= 1e-5 and last <= 1e-5:
+            kept_numbers.append(f"{fmt} fp32")
+
+    for key, case in (("NCHW fp32", "converted NCHW / hand-written fp32"),
+                      ("channels_last fp32", "converted channels_last / hand-written fp32")):
+        emit(case, ms[key] / hand_ms, f"{ms[key]:.0f} / {hand_ms:.0f} ms", "<= 1.05")
+    if kept_numbers:
+        fastest = min(kept_numbers, key=ms.get)
+        emit(f"fastest fp32 within 1e-5 of the reference ({fastest}) / hand-written",
+             ms[fastest] / hand_ms, f"{ms[fastest]:.0f} / {hand_ms:.0f} ms", "<= 0.8")
+    else:
+        emit("fastest fp32 within 1e-5 of the reference / hand-written", None, "none was",
+             "<= 0.8", "no fp32 path stayed within 1e-5")
     if bf16:
         emit(BF16_CASE, ms["channels_last bf16"] / hand_ms,
              f"{ms['channels_last bf16']:.0f} / {hand_ms:.0f} ms", BF16_TARGET)
     else:
         emit(BF16_CASE, None, "not run", BF16_TARGET, "this CPU has no native bf16")
+    flag_ms = ms["channels_last fp32" if chosen == "channels_last" else "NCHW fp32"]
     emit(f"--channels-last (trains in {chosen}) / NCHW fp32", flag_ms / ms["NCHW fp32"],
          f"{flag_ms:.0f} / {ms['NCHW fp32']:.0f} ms", "<= 1.0")
-    print(f"  channels_last itself / NCHW: {ms['channels_last fp32'] / ms['NCHW fp32']:.3f}")
-    print(f"  hand-written with freed memory kept / as a plain process: "
-          f"{ms['hand-written, kept'] / hand_ms:.3f}; fastest fp32 / that: "
-          f"{ms[fastest] / ms['hand-written, kept']:.3f}")
-    emit("converted NCHW / hand-written fp32", ms["NCHW fp32"] / hand_ms,
-         f"{ms['NCHW fp32']:.0f} / {hand_ms:.0f} ms", "<= 1.05")
-    fast = (nhwc, cl_inputs) if fastest == "channels_last fp32" else (copy.deepcopy(nchw), inputs)
-    gaps, losses = gaps_during_sgd([(copy.deepcopy(nchw), inputs, True), (*fast, False),
-                                    (perturbed(nchw), inputs, True)], args.sgd_iters)
-    label = fastest.replace(" fp32", "")
-    print(f"numbers check: reference (NCHW, F.linear) loss {losses[0]:.3g} -> {losses[-1]:.3g} "
-          f"over {len(losses)} SGD iterations (base_lr {SGD.base_lr:g}); weight gaps ({label} "
-          "with oneDNN inner products, reference perturbed 1e-7) per iteration: "
-          + ", ".join(f"{a:.2g}/{b:.2g}" for a, b in gaps))
-    emit(f"fastest fp32 ({label}) vs reference weights after 1 SGD iteration", gaps[0][0],
-         "largest difference / largest weight", "<= 1e-05")
-    fast_gap, noise_gap = gaps[-1]
-    emit(f"fastest fp32 vs reference / reference vs itself perturbed by 1e-7, "
-         f"{args.sgd_iters} SGD iterations",
-         fast_gap / noise_gap, f"{fast_gap:.2g} / {noise_gap:.2g} (weight gaps)", "<= 2")
 
 
 if __name__ == "__main__":

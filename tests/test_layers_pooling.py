@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from runner.layers.common import FLT_MAX
+from runner.layers.vision import _caffe_pool
 
 from layer_helpers import layer_from_text
 
@@ -101,6 +102,33 @@ def test_no_grad_cpu_pooling_through_channels_last_is_caffe_and_the_nchw_path(ca
         np.testing.assert_array_equal(fast[1].numpy(), ref_mask)
     for a, b in zip(fast, nchw):
         assert a.is_contiguous() and torch.equal(a, b.detach())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_max_pooling_with_a_gradient_through_channels_last_is_caffe_and_the_nchw_path(case):
+    """With autograd, wide CPU MAX pooling runs forward and backward in channels_last where
+    torch's kernel takes the geometry as it is: the top and the bottom gradient are bit
+    for bit the NCHW kernels', and Caffe's (the top's diff added at the mask, ties
+    included)."""
+    text, kernel, stride, pad, ceil, h, w = case
+    x = torch.randint(-3, 4, (2, 16, h, w)).float().requires_grad_()
+    layer = pool_layer(f"pool: MAX {text}", x.shape)
+    (top,) = layer(x)
+    plan = layer._plan(h, w)
+    assert ("MaxPoolThroughChannelsLast" in type(top.grad_fn).__name__) == plan.native
+    grad = torch.randn(top.shape, generator=torch.Generator().manual_seed(0))
+    top.backward(grad)
+    x_nchw = x.detach().clone().requires_grad_()
+    (top_nchw,) = _caffe_pool(x_nchw, plan, is_max=True, with_mask=False)
+    top_nchw.backward(grad)
+    assert top.is_contiguous() and torch.equal(top, top_nchw)
+    assert x.grad.is_contiguous() and torch.equal(x.grad, x_nchw.grad)
+    _, mask = caffe_pool_reference(x.detach().double().numpy(), kernel, stride, pad, "MAX", ceil)
+    caffe_grad = np.zeros((2, 16, h * w))
+    for n in range(2):
+        for c in range(16):
+            np.add.at(caffe_grad[n, c], mask[n, c].astype(int).ravel(), grad[n, c].double().numpy().ravel())
+    np.testing.assert_allclose(x.grad.reshape(2, 16, -1).numpy(), caffe_grad, rtol=1e-6, atol=1e-6)
 
 
 def test_pool_output_sizes_by_hand():
