@@ -7,7 +7,9 @@ an inner product over the batch (grad^T x: fc6's in 7 against MKL's 18 ms). Forw
 backward took 0.43-0.86 of F.linear's time at batch 8 to 256 on weights of 1M to 44M
 elements (AMD EPYC with AVX-512, 2 threads; the ImageNet CNDS-8's fc6, 4096 x 8192 at
 batch 8: 26 against 54 ms), within 2e-6 (relative) of it: the same fp32 arithmetic summed
-in another order. At batch 1 and on small weights oneDNN's fixed cost per call (about
+in another order. With both libraries held to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2,
+MKL_ENABLE_INSTRUCTIONS=AVX2) it took 0.52-0.82 on weights of 4M elements and more, and
+0.7-1.1 (within the noise) on 1M-element ones. At batch 1 and on small weights oneDNN's fixed cost per call (about
 0.2 ms) loses, so those stay on F.linear, as does anything not float32 on the CPU, a torch
 without the ops, a torch told to let oneDNN round fp32 products
 (torch.backends.mkldnn.fp32_precision and matmul's), and code being traced by
