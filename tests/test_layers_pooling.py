@@ -127,7 +127,8 @@ def test_max_pooling_with_a_gradient_through_channels_last_is_caffe_and_the_nchw
     caffe_grad = np.zeros((2, 16, h * w))
     for n in range(2):
         for c in range(16):
-            np.add.at(caffe_grad[n, c], mask[n, c].astype(int).ravel(), grad[n, c].double().numpy().ravel())
+            np.add.at(caffe_grad[n, c], mask[n, c].astype(int).ravel(),
+                      grad[n, c].double().numpy().ravel())
     np.testing.assert_allclose(x.grad.reshape(2, 16, -1).numpy(), caffe_grad, rtol=1e-6, atol=1e-6)
 
 

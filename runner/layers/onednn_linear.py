@@ -9,10 +9,10 @@ elements (AMD EPYC with AVX-512, 2 threads; the ImageNet CNDS-8's fc6, 4096 x 81
 batch 8: 26 against 54 ms), within 2e-6 (relative) of it: the same fp32 arithmetic summed
 in another order. With both libraries held to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2,
 MKL_ENABLE_INSTRUCTIONS=AVX2) it took 0.52-0.82 on weights of 4M elements and more, and
-0.7-1.1 (within the noise) on 1M-element ones. At batch 1 and on small weights oneDNN's fixed cost per call (about
-0.2 ms) loses, so those stay on F.linear, as does anything not float32 on the CPU, a torch
-without the ops, a torch told to let oneDNN round fp32 products
-(torch.backends.mkldnn.fp32_precision and matmul's), and code being traced by
+0.7-1.1 (within the noise) on 1M-element ones. At batch 1 and on small weights oneDNN's
+fixed cost per call (about 0.2 ms) loses, so those stay on F.linear, as does anything not
+float32 on the CPU, a torch without the ops, a torch told to let oneDNN round fp32
+products (torch.backends.mkldnn.fp32_precision and matmul's), and code being traced by
 torch.compile (whose CPU backend packs its own oneDNN inner products).
 """
 from __future__ import annotations
@@ -66,12 +66,12 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """Whether linear(x, weight, bias) runs on oneDNN: a 2-D float32 CPU x of at least
     MIN_ROWS rows, a contiguous float32 weight of at least MIN_WEIGHT_ELEMENTS, outside
     torch.compile's tracing and `disabled()`."""
-    return (_AVAILABLE and _enabled and not torch.compiler.is_compiling() and x.dim() == 2 and x.shape[0] >= MIN_ROWS
+    return (_AVAILABLE and _enabled and x.dim() == 2 and x.shape[0] >= MIN_ROWS
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and weight.device.type == "cpu"
             and weight.is_contiguous() and weight.numel() >= MIN_WEIGHT_ELEMENTS
             and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"))
-            and _fp32_kept_exact())
+            and not torch.compiler.is_compiling() and _fp32_kept_exact())
 
 
 class _OneDnnLinear(torch.autograd.Function):

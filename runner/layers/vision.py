@@ -116,13 +116,12 @@ class PoolPlan:
 
 def caffe_pool(x, plan: PoolPlan, is_max: bool, with_mask: bool = False) -> tuple:
     """Pool x (N, C, H, W) as Caffe; returns (top,) or, for MAX with a mask, (top, mask)."""
-    if _pool_channels_last(x):
-        if torch.is_grad_enabled() and x.requires_grad:
-            if is_max and plan.native and not with_mask:
-                return (_MaxPoolThroughChannelsLast.apply(x, plan),)
-            return _caffe_pool(x, plan, is_max, with_mask)
+    through_channels_last = _pool_channels_last(x)
+    if through_channels_last and not (torch.is_grad_enabled() and x.requires_grad):
         tops = _caffe_pool(x.contiguous(memory_format=torch.channels_last), plan, is_max, with_mask)
         return tuple(t.contiguous() for t in tops)
+    if through_channels_last and is_max and plan.native and not with_mask:
+        return (_MaxPoolThroughChannelsLast.apply(x, plan),)
     return _caffe_pool(x, plan, is_max, with_mask)
 
 
