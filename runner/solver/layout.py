@@ -20,6 +20,7 @@ import torch
 
 FORMATS = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
 MARGIN = 0.05   # channels_last must take at most 95% of NCHW's time
+WARMUP_ROUNDS = 2   # untimed: the allocator's heap grows over the first passes of each format
 
 
 def synthetic_batch(net, device) -> dict[str, torch.Tensor]:
@@ -40,18 +41,19 @@ def time_training_pass(net, batch: dict) -> float:
 
 def training_pass_seconds(net, device, rounds: int = 5) -> dict[str, float]:
     """Median seconds of a training pass of `net` on `device` per format: timed on a copy
-    (the net's weights and BatchNorm statistics stay as they are), after one pass each, in
-    rounds that alternate which format goes first. `choose` picks from them."""
+    (the net's weights and BatchNorm statistics stay as they are), after `WARMUP_ROUNDS`
+    untimed rounds, in rounds that alternate which format goes first. `choose` picks from
+    them."""
     trial = copy.deepcopy(net, memo={id(s): s for s in net.sources}).to(device)  # sources shared
     batch = synthetic_batch(net, device)
     times: dict[str, list[float]] = {name: [] for name in FORMATS}
-    for r in range(rounds + 1):
+    for r in range(WARMUP_ROUNDS + rounds):
         for name in (list(FORMATS) if r % 2 else list(FORMATS)[::-1]):
             fmt = FORMATS[name]
             trial.to(memory_format=fmt)
             seconds = time_training_pass(trial, {k: v.contiguous(memory_format=fmt) if v.dim() == 4
                                                  else v for k, v in batch.items()})
-            if r:
+            if r >= WARMUP_ROUNDS:
                 times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
 
