@@ -228,8 +228,10 @@ def main() -> None:
     for key in runs:
         print(f"  {key:20s} {ms[key]:8.1f} ms")
     keep_freed_memory(True)
-    chosen = choose(training_pass_seconds(nchw, torch.device("cpu")))
-    print(f"  --channels-last chose {chosen} (its own timing of the net)")
+    layout_seconds = training_pass_seconds(nchw, torch.device("cpu"))
+    chosen = choose(layout_seconds)
+    print(f"  --channels-last chose {chosen} (its own timing of the net: "
+          + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in layout_seconds.items()) + ")")
     print(f"  hand-written with freed memory kept / as a plain process: "
           f"{ms['hand-written, kept'] / hand_ms:.3f}")
 
