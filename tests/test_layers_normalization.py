@@ -94,6 +94,22 @@ def test_lrn_gradient_float64(region, device):
     assert torch.autograd.gradcheck(lambda t: layer(t)[0], (x,))
 
 
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (1, 0.75), (3, 0.6)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lrn_without_a_graph_gives_the_same_bits_and_leaves_its_input(region, size, beta, layout):
+    """Without autograd the temporaries are reused in place: the values must not move."""
+    x = (torch.randn(2, 6, 5, 4) * 4).contiguous(memory_format=layout)
+    layer = layer_from_text(f'name: "norm" type: "LRN" lrn_param {{ local_size: {size} '
+                            f'alpha: 0.3 beta: {beta} k: 1.5 norm_region: {region} }}', [x.shape])
+    kept = x.clone()
+    with torch.no_grad():
+        (fast,) = layer(x)
+    (graphed,) = layer(x.clone().requires_grad_())
+    assert graphed.grad_fn is not None
+    assert torch.equal(fast, graphed.detach()) and torch.equal(x, kept)
+
+
 def batch_norm(params, shape):
     return layer_from_text(f'name: "bn" type: "BatchNorm" batch_norm_param {{ {params} }}', [shape]).double()
 
