@@ -86,6 +86,11 @@ def loss_normalizer(mode: int, outer: int, inner: int,
     return 1.0
 
 
+def records_graph(x: torch.Tensor) -> bool:
+    """Whether an op on `x` now records autograd history (so its temporaries must stay)."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def clip_value_keep_grad(x: torch.Tensor, min_value: float) -> torch.Tensor:
     """max(x, min_value) in value while the gradient stays that of x (Caffe's backward
     ignores the clip it applies in forward)."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
-from runner.layers.common import constant_filler, filler_or
+from runner.layers.common import constant_filler, filler_or, records_graph
 from runner.proto import caffe_pb2
 
 
@@ -35,8 +35,7 @@ class LRN(Layer):
 
     def forward(self, x):
         n = self.size
-        # without a graph to keep, the temporaries are reused in place (the same values)
-        fresh = torch.is_grad_enabled() and x.requires_grad
+        fresh = records_graph(x)   # else the temporaries are reused in place (same values)
         if not self.within:
             # the window sum as n shifted adds along the channels: 3-4x faster than
             # F.local_response_norm's 3-D average pool, in NCHW and channels_last alike

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from runner.layers.base import Layer, register
-from runner.layers.common import FLT_MAX, filler_or
+from runner.layers.common import FLT_MAX, filler_or, records_graph
 from runner.proto import caffe_pb2
 from runner.shapes import canonical_axis, pool_out, pooling_geometry, spatial_params, spp_geometry
 
@@ -117,7 +117,7 @@ class PoolPlan:
 def caffe_pool(x, plan: PoolPlan, is_max: bool, with_mask: bool = False) -> tuple:
     """Pool x (N, C, H, W) as Caffe; returns (top,) or, for MAX with a mask, (top, mask)."""
     through_channels_last = _pool_channels_last(x)
-    if through_channels_last and not (torch.is_grad_enabled() and x.requires_grad):
+    if through_channels_last and not records_graph(x):
         tops = _caffe_pool(x.contiguous(memory_format=torch.channels_last), plan, is_max, with_mask)
         return tuple(t.contiguous() for t in tops)
     if through_channels_last and is_max and plan.native and not with_mask:
