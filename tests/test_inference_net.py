@@ -2,13 +2,15 @@
 and the outputs within 1e-4 of the plain Net on every committed deploy net and on
 BatchNorm + Scale + Eltwise nets; a merge that would change what another layer reads is
 not made."""
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
 from runner import Net
-from runner.inference import InferenceNet, max_difference, packed
+from runner.inference import InferenceNet, freed_after, max_difference, packed
+from runner.inference.fold import Step
 from runner.inference.packed import PackedConv, PackedLinear
 from runner.proto import parse_net_text, read_net
 from test_oracle_opencv import MODEL_NETS, SAMPLE_NETS, randomize, smallest_input
@@ -178,3 +180,31 @@ def test_weights_are_packed_for_each_thread_count_a_forward_runs_at():
             assert all(threads in c.weights.by_threads for c in convs)
     finally:
         torch.set_num_threads(before)
+
+
+def test_each_blob_is_dropped_after_its_last_use_and_kept_ones_never():
+    identity = torch.nn.Identity()
+    steps = [Step("s0", identity, ("data",), ("a",)), Step("s1", identity, ("a",), ("a",)),
+             Step("s2", identity, ("a",), ("b",)), Step("s3", identity, ("a",), ("c",)),
+             Step("s4", identity, ("b", "c"), ("d",)), Step("s5", identity, ("d",), ("e",))]
+    assert freed_after(steps, keep=["d"]) == [("data",), (), (), ("a",), ("b", "c"), ("e",)]
+    assert freed_after(steps, keep=["a", "e"]) == [("data",), (), (), (), ("b", "c"), ("d",)]
+
+
+def test_a_forward_frees_what_no_later_layer_reads():
+    net = Net(ROOT / "tests/data/nets/resnet_block.prototxt", phase="TEST")
+    randomize(net, torch.Generator().manual_seed(4))
+    fast = net.for_inference()
+    freed_before_the_end = {name for names in fast._freed[:-1] for name in names}
+    producer = next(s for s in fast.steps if freed_before_the_end & set(s.tops))
+    which = next(k for k, top in enumerate(producer.tops) if top in freed_before_the_end)
+    seen = {}
+    producer.layer.register_forward_hook(
+        lambda m, args, out: seen.update(early=weakref.ref(out[which])))
+    fast.steps[-1].layer.register_forward_hook(
+        lambda m, args, out: seen.update(alive=seen["early"]() is not None))
+    x = {"data": torch.randn(net.blob_shapes["data"])}
+    got = fast(x)
+    assert seen["alive"] is False
+    with torch.no_grad():
+        assert max_difference(got, net(x), fast.output_names) <= TOL

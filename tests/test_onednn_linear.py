@@ -1,5 +1,7 @@
 """InnerProduct on oneDNN (runner/layers/onednn_linear.py): the forward and every gradient
 equal a float64 reference, and only the shapes it pays for take that path."""
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,3 +131,57 @@ def test_torch_compile_traces_f_linear_and_matches_eager():
     eager.sum().backward()
     assert relative_gap(top, eager.double()) < 1e-6
     assert relative_gap(grad, net.layers["ip"].blobs[0].grad.double()) < 1e-6
+
+
+@pytest.fixture
+def fresh_weight_gradient_choice(monkeypatch):
+    """An empty choice cache, and kernels that can be replaced per test."""
+    monkeypatch.setattr(onednn_linear, "_weight_gradient_choice", {})
+    monkeypatch.setattr(onednn_linear, "WEIGHT_GRADIENT_KERNELS",
+                        dict(onednn_linear.WEIGHT_GRADIENT_KERNELS))
+    return onednn_linear.WEIGHT_GRADIENT_KERNELS
+
+
+def _slowed(kernel, seconds):
+    def slow(grad, x):
+        time.sleep(seconds)
+        return kernel(grad, x)
+    return slow
+
+
+@pytest.mark.parametrize("slow", ["oneDNN", "MKL"])
+def test_the_faster_weight_gradient_kernel_is_chosen_once_per_shape(fresh_weight_gradient_choice, slow):
+    kernels = fresh_weight_gradient_choice
+    kernels[slow] = _slowed(kernels[slow], 0.02)
+    gen = torch.Generator().manual_seed(2)
+    grad, x = torch.randn(8, 64, generator=gen), torch.randn(8, 96, generator=gen)
+    first = onednn_linear.weight_gradient(grad, x)
+    assert torch.equal(first, onednn_linear._weight_gradient_onednn(grad, x))
+    faster = "MKL" if slow == "oneDNN" else "oneDNN"
+    key = ((8, 64), (8, 96), torch.get_num_threads())
+    assert onednn_linear._weight_gradient_choice == {key: faster}
+    calls = []
+    kernels[faster] = lambda g, a, kernel=kernels[faster]: calls.append(1) or kernel(g, a)
+    assert torch.equal(onednn_linear.weight_gradient(grad, x), first)
+    assert calls == [1]
+    onednn_linear.weight_gradient(grad[:4], x[:4])                      # another shape: timed anew
+    assert len(onednn_linear._weight_gradient_choice) == 2
+
+
+def test_a_kernel_with_other_bits_is_never_chosen(fresh_weight_gradient_choice):
+    kernels = fresh_weight_gradient_choice
+    kernels["oneDNN"] = _slowed(kernels["oneDNN"], 0.02)
+    kernels["MKL"] = lambda grad, x: grad.t().mm(x) * (1 + 2 ** -20)   # faster, other bits
+    gen = torch.Generator().manual_seed(3)
+    grad, x = torch.randn(8, 64, generator=gen), torch.randn(8, 96, generator=gen)
+    onednn_linear.weight_gradient(grad, x)
+    assert list(onednn_linear._weight_gradient_choice.values()) == ["oneDNN"]
+
+
+def test_the_weight_gradient_has_onednn_bits_whichever_library_runs():
+    x, w, b = operands(batch=16)
+    grad = torch.randn(16, OUT, generator=torch.Generator().manual_seed(4))
+    for _ in range(2):                       # the first backward chooses, the second uses
+        w.grad = None
+        linear(x, w, b).backward(grad)
+        assert torch.equal(w.grad, onednn_linear._weight_gradient_onednn(grad, x.detach()))

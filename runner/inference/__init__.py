@@ -7,6 +7,8 @@ interface (inputs by name in, the kept blobs by name out).
    and residual sum fused in (packed.py). Every other layer runs as it is.
 3. The result is checked against the plain net on an example input; where it differs by
    more than `tolerance` the next simpler form is used ("packed", "folded", "plain").
+4. A forward drops each blob after the last layer that uses it (only the kept outputs
+   remain), so the next layers' tops reuse memory that is still in cache.
 
 The weights are those of the net when this is built: rebuild after changing them.
 """
@@ -24,11 +26,27 @@ TOLERANCE = 1e-4   # max |optimised - plain|, relative to max |plain| (absolute 
 FORMS = ("packed", "folded", "plain")
 
 
-def run_steps(steps: list[Step], blobs: dict) -> dict:
-    """Run steps in order over a blob dict (updated in place and returned)."""
-    for step in steps:
+def run_steps(steps: list[Step], blobs: dict, freed: list[tuple[str, ...]] | None = None) -> dict:
+    """Run steps in order over a blob dict (updated in place and returned); with `freed`
+    (freed_after's), drop each blob once no later step uses it."""
+    for i, step in enumerate(steps):
         blobs.update(zip(step.tops, step.layer(*[blobs[n] for n in step.bottoms])))
+        for name in freed[i] if freed else ():
+            del blobs[name]
     return blobs
+
+
+def freed_after(steps: list[Step], keep) -> list[tuple[str, ...]]:
+    """For each step, the blobs it is the last to read or write, less those in `keep`:
+    dropped there, their memory (still in cache) serves the next layers' tops."""
+    last_use = {}
+    for i, step in enumerate(steps):
+        last_use.update((name, i) for name in (*step.bottoms, *step.tops))
+    freed = [[] for _ in steps]
+    for name, i in last_use.items():
+        if name not in keep:
+            freed[i].append(name)
+    return [tuple(names) for names in freed]
 
 
 def max_difference(got: dict, want: dict, names) -> float:
@@ -100,6 +118,7 @@ class InferenceNet(nn.Module):
                 break
         self.form = name
         self.steps = steps
+        self._freed = freed_after(steps, keep)
         self.layers = nn.ModuleList(s.layer for s in steps)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,7 +126,7 @@ class InferenceNet(nn.Module):
         with torch.no_grad():
             blobs = self._check_inputs(inputs)
             with self.threads.applied():
-                run_steps(self.steps, blobs)
+                run_steps(self.steps, blobs, self._freed)
         return {name: blobs[name] for name in self.output_names}
 
     def extra_repr(self) -> str:

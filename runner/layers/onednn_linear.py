@@ -2,8 +2,13 @@
 
 F.linear runs MKL's sgemm forward and backward. For the skinny products of training
 batches (a few to a few hundred rows against a weight of millions) oneDNN's inner product
-is the faster kernel for y, for the input gradient, and for the weight gradient taken as
-an inner product over the batch (grad^T x: fc6's in 7 against MKL's 18 ms). Forward +
+is the faster kernel for y and for the input gradient, and on some CPUs for the weight
+gradient taken as an inner product over the batch (grad^T x: fc6's in 7 against MKL's 18
+ms on an AMD EPYC; on an Intel Xeon with AVX-512 and AMX MKL's took 15 against oneDNN's 40
+ms). So the weight gradient runs on whichever of the two was faster for its shape at its
+first use in the process, and only where both give the same bits (they sum the batch in
+the same order; a kernel that does not is never chosen): the choice never changes a
+number. Forward +
 backward took 0.43-0.86 of F.linear's time at batch 8 to 256 on weights of 1M to 44M
 elements (AMD EPYC with AVX-512, 2 threads; the ImageNet CNDS-8's fc6, 4096 x 8192 at
 batch 8: 26 against 54 ms), within 2e-6 (relative) of it: the same fp32 arithmetic summed
@@ -18,6 +23,8 @@ torch.compile (whose CPU backend packs its own oneDNN inner products).
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +81,49 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             and not torch.compiler.is_compiling() and _fp32_kept_exact())
 
 
+def _weight_gradient_onednn(grad, x):
+    """grad^T x as a oneDNN inner product over the batch."""
+    return _MKLDNN._linear_pointwise(grad.t().contiguous(), x.t().contiguous(), None, "none", [], "")
+
+
+def _weight_gradient_mkl(grad, x):
+    """grad^T x as MKL's sgemm."""
+    return grad.t().mm(x)
+
+
+WEIGHT_GRADIENT_KERNELS = {"oneDNN": _weight_gradient_onednn, "MKL": _weight_gradient_mkl}
+TIMING_ROUNDS = 3
+_weight_gradient_choice: dict[tuple, str] = {}
+
+
+def _faster_kernel_with_the_same_bits(grad, x) -> tuple[str, torch.Tensor]:
+    """(name, result): the fastest of WEIGHT_GRADIENT_KERNELS (median of TIMING_ROUNDS
+    interleaved calls) among those whose result equals oneDNN's bit for bit."""
+    first = {name: kernel(grad, x) for name, kernel in WEIGHT_GRADIENT_KERNELS.items()}
+    same = [name for name, result in first.items() if torch.equal(result, first["oneDNN"])]
+    seconds = {name: [] for name in same}
+    for _ in range(TIMING_ROUNDS):
+        for name in same:
+            start = time.perf_counter()
+            WEIGHT_GRADIENT_KERNELS[name](grad, x)
+            seconds[name].append(time.perf_counter() - start)
+    fastest = min(same, key=lambda name: statistics.median(seconds[name]))
+    return fastest, first["oneDNN"]
+
+
+def weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad^T x (the weight gradient), by the kernel that was fastest for this shape and
+    thread count at its first use in this process, among those giving oneDNN's exact bits:
+    which library runs never changes a number."""
+    key = (tuple(grad.shape), tuple(x.shape), torch.get_num_threads())
+    name = _weight_gradient_choice.get(key)
+    if name is None:
+        name, result = _faster_kernel_with_the_same_bits(grad, x)
+        _weight_gradient_choice[key] = name
+        return result
+    return WEIGHT_GRADIENT_KERNELS[name](grad, x)
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """y and the input and weight gradients by oneDNN (dense weight, not prepacked: it
     changes every iteration); the bias gradient is a sum over the batch."""
@@ -94,9 +144,8 @@ class _OneDnnLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _ATEN.mkldnn_linear_backward_input(
                 list(x.shape), grad.to_mkldnn(), weight).to_dense()
-        if ctx.needs_input_grad[1]:   # grad^T x, as an inner product over the batch
-            grad_weight = _MKLDNN._linear_pointwise(grad.t().contiguous(), x.t().contiguous(),
-                                                    None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_gradient(grad, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
