@@ -1,7 +1,6 @@
 """CPU training paths on the ImageNet CNDS-8 train net, batch 8: forward + backward of the
-converted net in fp32 NCHW, fp32 channels_last, fp32 with each convolution in the format
-it ran faster in alone (when that is a mix; runner/solver/layout.py) and bf16 autocast +
-channels_last (--amp --channels-last: InnerProducts stay fp32), against a hand-written eager fp32 NCHW module
+converted net in fp32 NCHW, fp32 channels_last and bf16 autocast + channels_last (--amp
+--channels-last: InnerProducts stay fp32), against a hand-written eager fp32 NCHW module
 of the same architecture (bench/bench_converter.py's).
 
 All run in one process, interleaved in rounds; each figure is the median step time. The
@@ -12,10 +11,9 @@ process does (F.linear, glibc's malloc settings restored and its freed memory re
 before each of its steps). A hand-written step with freed memory kept is printed too, to
 show how much of the gain is the allocator's.
 
-The solver's --channels-last trains on the CPU in the format (NCHW, channels_last or the
-per-layer mix) its own timing of the net found fastest (runner/solver/layout.py); that
-choice is made here too, and the --channels-last row is the chosen format's time over
-NCHW's (1 when it chose NCHW).
+The solver's --channels-last trains on the CPU in the format its own timing of the net
+found faster (runner/solver/layout.py); that choice is made here too, and the
+--channels-last row is the chosen format's time over NCHW's (1 when it chose NCHW).
 Targets: the fastest fp32 path that keeps Caffe's numbers (below) / hand-written <= 0.8,
 bf16 / hand-written <= 0.5, --channels-last / NCHW <= 1.0. On a CPU where oneDNN has no
 bf16 the bf16 step is not run (its convolutions would take PyTorch's reference path) and
@@ -23,8 +21,8 @@ its row says so.
 
 The numbers check trains, with the solver's SGD (TrainingStep: base_lr 0.001, momentum
 0.9, weight decay 5e-4) from the same weights on one repeated batch, the reference (NCHW,
-InnerProducts on F.linear, the sgemm Caffe calls), the fp32 paths (NCHW, channels_last and
-the per-layer mix, with oneDNN inner products), and the reference started from weights perturbed by 1e-7
+InnerProducts on F.linear, the sgemm Caffe calls), the fp32 paths in channels_last and in
+NCHW (oneDNN inner products), and the reference started from weights perturbed by 1e-7
 (relative, seeded), on each of --sgd-batches seeded batches. A path keeps Caffe's numbers
 when, on every batch, the loss it reports at each of the 10 iterations is within 1e-5
 (relative) of the reference's and its weights after the first are within 1e-5 of the
@@ -56,8 +54,7 @@ from runner.layers import onednn_linear
 from runner.memory import keep_freed_memory
 from runner.precision import cpu_bf16_supported, inner_products_in_fp32_under_cpu_autocast
 from runner.proto import caffe_pb2
-from runner.solver.layout import (PER_LAYER, apply_conv_formats, choose, conv_seconds,
-                                  training_pass_seconds)
+from runner.solver.layout import choose, training_pass_seconds
 from runner.solver.step import TrainingStep
 
 CL = torch.channels_last
@@ -135,12 +132,11 @@ def emit(case: str, ratio: float | None, figure: str, target: str | None,
     print("BENCH " + json.dumps(record), flush=True)
 
 
-def numbers_check(paths: dict, channels: int, side: int, classes: int, args) -> list[str]:
-    """Run the numbers check (module docstring) of each fp32 path ({name: (net, whether it
-    takes channels_last input)}; the first is trained from NCHW weights as the reference)
-    on `args.sgd_batches` seeded batches, print its rows; returns the paths that kept the
+def numbers_check(nchw, channels: int, side: int, classes: int, args) -> list[str]:
+    """Run the numbers check (module docstring) on `args.sgd_batches` seeded batches, print
+    its rows; returns the fp32 paths ("NCHW fp32", "channels_last fp32") that kept the
     reference's numbers on every batch."""
-    nchw = paths["NCHW"][0]
+    paths = ("channels_last", "NCHW")
     first, last, loss = ({p: [] for p in paths} for _ in range(3))
     noise = []
     for seed in range(args.sgd_batches):
@@ -149,9 +145,9 @@ def numbers_check(paths: dict, channels: int, side: int, classes: int, args) -> 
         label = torch.randint(0, classes, (args.batch,), generator=gen).float()
         batch = {"data": x, "label": label}
         cl_batch = {"data": x.contiguous(memory_format=CL), "label": label}
-        runs = [(copy.deepcopy(nchw), batch, True)]
-        runs += [(copy.deepcopy(net), cl_batch if cl else batch, False) for net, cl in paths.values()]
-        gaps, losses = sgd_trajectories(runs + [(perturbed(nchw), batch, True)], args.sgd_iters)
+        gaps, losses = sgd_trajectories(
+            [(copy.deepcopy(nchw), batch, True), (channels_last_net(nchw), cl_batch, False),
+             (copy.deepcopy(nchw), batch, False), (perturbed(nchw), batch, True)], args.sgd_iters)
         loss_gap = loss_gaps(losses)
         for k, path in enumerate(paths):
             first[path].append(gaps[0][k])
@@ -160,7 +156,7 @@ def numbers_check(paths: dict, channels: int, side: int, classes: int, args) -> 
         noise.append(gaps[-1][-1])
         print(f"numbers check, batch {seed}: reference (NCHW, F.linear) loss {losses[0][0]:.3g} -> "
               f"{losses[-1][0]:.3g} in {args.sgd_iters} SGD iterations (base_lr {SGD.base_lr:g}); "
-              + " / ".join(paths) + " (oneDNN inner products) / reference perturbed by 1e-7: "
+              "channels_last / NCHW (oneDNN inner products) / reference perturbed by 1e-7: "
               "largest relative loss difference " + "/".join(f"{g:.2g}" for g in loss_gap)
               + ", weight gaps per iteration "
               + ", ".join("/".join(f"{g:.2g}" for g in row) for row in gaps), flush=True)
@@ -175,7 +171,7 @@ def numbers_check(paths: dict, channels: int, side: int, classes: int, args) -> 
              max(last[path]), f"{_span(last[path])}; reference vs itself perturbed by 1e-7: "
              f"{_span(noise)}", None)
         if max(loss[path]) <= TOLERANCE and max(first[path]) <= TOLERANCE:
-            kept.append(path)
+            kept.append(f"{path} fp32")
     return kept
 
 
@@ -200,14 +196,6 @@ def main() -> None:
     hand = HandWrittenCNDS8(channels, side, *arch).train()
     copy_weights(nchw, hand)
     nhwc = channels_last_net(nchw)
-    cpu = torch.device("cpu")
-    keep_freed_memory(True)
-    mix = {conv: choose(seconds) for conv, seconds in conv_seconds(nchw, cpu).items()}
-    paths = {"NCHW": (nchw, False), "channels_last": (nhwc, True)}
-    if len(set(mix.values())) > 1:
-        mixed = copy.deepcopy(nchw)
-        apply_conv_formats(mixed, mix)
-        paths[PER_LAYER] = (mixed, False)
     bf16 = cpu_bf16_supported()
     if bf16:
         amp = copy.deepcopy(nhwc)
@@ -221,11 +209,10 @@ def main() -> None:
     print(f"{name} train net, batch {args.batch}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {load:.1f}; median of {args.iters} "
           f"interleaved forward+backward steps after {args.warmup}")
-    print("  convolutions, each timed alone: " + ", ".join(f"{c} {f}" for c, f in mix.items()))
     runs = {"hand-written fp32": lambda: step_hand(hand, x, label, aux_weight),
-            "hand-written, kept": lambda: step_hand(hand, x, label, aux_weight)}
-    for path, (net, cl) in paths.items():
-        runs[f"{path} fp32"] = lambda net=net, cl=cl: step(net, cl_inputs if cl else inputs)
+            "hand-written, kept": lambda: step_hand(hand, x, label, aux_weight),
+            "NCHW fp32": lambda: step(nchw, inputs),
+            "channels_last fp32": lambda: step(nhwc, cl_inputs)}
     if bf16:
         runs["channels_last bf16"] = lambda: step(amp, cl_inputs, amp=True)
     times = {k: [] for k in runs}
@@ -239,21 +226,20 @@ def main() -> None:
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     hand_ms = ms["hand-written fp32"]
     for key in runs:
-        print(f"  {key:24s} {ms[key]:8.1f} ms")
+        print(f"  {key:20s} {ms[key]:8.1f} ms")
     keep_freed_memory(True)
-    layout_seconds = training_pass_seconds(nchw, cpu, mix=mix)
+    layout_seconds = training_pass_seconds(nchw, torch.device("cpu"))
     chosen = choose(layout_seconds)
     print(f"  --channels-last chose {chosen} (its own timing of the net: "
           + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in layout_seconds.items()) + ")")
     print(f"  hand-written with freed memory kept / as a plain process: "
           f"{ms['hand-written, kept'] / hand_ms:.3f}")
 
-    kept_numbers = [f"{path} fp32" for path in numbers_check(paths, channels, side, arch[-1], args)]
+    kept_numbers = numbers_check(nchw, channels, side, arch[-1], args)
 
-    for path in paths:
-        key = f"{path} fp32"
-        emit(f"converted {path} / hand-written fp32", ms[key] / hand_ms,
-             f"{ms[key]:.0f} / {hand_ms:.0f} ms", "<= 1.05")
+    for key, case in (("NCHW fp32", "converted NCHW / hand-written fp32"),
+                      ("channels_last fp32", "converted channels_last / hand-written fp32")):
+        emit(case, ms[key] / hand_ms, f"{ms[key]:.0f} / {hand_ms:.0f} ms", "<= 1.05")
     if kept_numbers:
         fastest = min(kept_numbers, key=ms.get)
         emit(f"fastest fp32 keeping the reference's numbers ({fastest}) / hand-written",
@@ -266,7 +252,7 @@ def main() -> None:
              f"{ms['channels_last bf16']:.0f} / {hand_ms:.0f} ms", BF16_TARGET)
     else:
         emit(BF16_CASE, None, "not run", BF16_TARGET, "this CPU has no native bf16")
-    flag_ms = ms[f"{chosen} fp32"]
+    flag_ms = ms["channels_last fp32" if chosen == "channels_last" else "NCHW fp32"]
     emit(f"--channels-last (trains in {chosen}) / NCHW fp32", flag_ms / ms["NCHW fp32"],
          f"{flag_ms:.0f} / {ms['NCHW fp32']:.0f} ms", "<= 1.0")
 

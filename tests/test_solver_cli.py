@@ -162,7 +162,7 @@ def test_amp_and_channels_last_train_on_the_cpu(files, tmp_path, monkeypatch, na
     log saying why."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(layout, "training_pass_seconds",
-                        lambda net, device, mix=None: {"channels_last": 1.0, "NCHW": 2.0})
+                        lambda net, device: {"channels_last": 1.0, "NCHW": 2.0})
     solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "s",
                          SolverOptions(progress=False, amp=True, channels_last=True),
                          max_iter=3, display=1)

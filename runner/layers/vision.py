@@ -19,13 +19,10 @@ class Convolution(Layer):
     """Caffe's (de)convolution: group, dilation, per-axis pad/kernel/stride, channel `axis`.
 
     Every bottom is convolved with the same weights (one top per bottom), as in Caffe.
-    `memory_format`, where set (runner/solver/layout.py), is the format the bottoms are
-    convolved in.
     """
 
     bottom_count = top_count = (1, None)
     same_bottom_top_count = True
-    memory_format: torch.memory_format | None = None
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -53,8 +50,6 @@ class Convolution(Layer):
         bias = self.blobs[1] if self.bias_term else None
         tops = []
         for x in bottoms:
-            if self.memory_format is not None:
-                x = x.contiguous(memory_format=self.memory_format)
             if self.axis == 1:
                 tops.append(self._op(x, weight, bias, **self._kw))
                 continue

@@ -108,13 +108,10 @@ class Solver:
 
         if self.device.type == "cpu":
             keep_freed_memory()
-        chosen, mix = self._training_layout() if options.channels_last else ("NCHW", {})
-        self.channels_last = chosen == "channels_last"
+        self.channels_last = options.channels_last and self._channels_last_pays()
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in [self.net, *self.test_nets]:
             net.to(self.device, memory_format=memory_format)
-            if chosen == layout.PER_LAYER:
-                layout.apply_conv_formats(net, {k: v for k, v in mix.items() if k in net.layers})
         self.iter = self.start_iter = 0   # start_iter: where the last step() began
         self.requested_early_exit = False
         self.request = NONE          # the signal request taken at the last iteration
@@ -145,33 +142,23 @@ class Solver:
         self.requests = SignalRequests(options.sigint_effect, options.sighup_effect)
 
     # ---- setup helpers -----------------------------------------------------------------
-    def _training_layout(self) -> tuple[str, dict[str, str]]:
-        """--channels-last: (format, per-layer mix). On a GPU channels_last; on the CPU the
-        fastest of NCHW, channels_last and each convolution in the format it ran faster in,
-        as this net's timed training passes found (runner/solver/layout.py)."""
+    def _channels_last_pays(self) -> bool:
+        """--channels-last: on a GPU yes; on the CPU only where this net's training pass
+        measured faster in channels_last than in NCHW (runner/solver/layout.py)."""
         if self.device.type != "cpu":
-            return "channels_last", {}
+            return True
         try:
-            mix = {name: layout.choose(self._agreed(seconds))
-                   for name, seconds in layout.conv_seconds(self.net, self.device).items()}
-            seconds = self._agreed(layout.training_pass_seconds(self.net, self.device, mix=mix))
+            seconds = layout.training_pass_seconds(self.net, self.device)
         except (RuntimeError, ValueError, IndexError, KeyError) as err:
             self.log.warning("layout.py", f"--channels-last: a training pass on synthetic inputs "
                                           f"failed ({err}); training in channels_last as asked")
-            return "channels_last", {}
+            return True
+        seconds = dict(zip(seconds, distributed.agree_max(list(seconds.values()), self.ctx)))
         chosen = layout.choose(seconds)
         times = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
         self.log.info("layout.py", f"--channels-last: a training pass took {times} on this CPU; "
                                    f"training in {chosen}")
-        if chosen == layout.PER_LAYER:
-            by_format = {f: [n for n, g in mix.items() if g == f] for f in layout.FORMATS}
-            self.log.info("layout.py", "--channels-last: convolutions in " + "; in ".join(
-                f"{f}: {', '.join(names)}" for f, names in by_format.items() if names))
-        return chosen, mix
-
-    def _agreed(self, seconds: dict[str, float]) -> dict[str, float]:
-        """Timings every rank agrees on (the slowest rank's), so all choose alike."""
-        return dict(zip(seconds, distributed.agree_max(list(seconds.values()), self.ctx)))
+        return chosen == "channels_last"
 
     def _check_snapshot_prefix(self, prefix: str) -> None:
         folder = os.path.dirname(prefix) or "."
