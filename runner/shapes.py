@@ -459,8 +459,23 @@ def _argmax(lp, bottoms):
 
 # ---- losses and metrics ------------------------------------------------------------
 
+def _check_label_count(lp, bottoms, axis_field: int) -> int:
+    """Caffe's Reshape check of SoftmaxWithLoss and Accuracy: one label per prediction
+    (all axes of the predictions but the class axis); returns the class axis."""
+    b = bottoms[0]
+    axis = canonical_axis(axis_field, len(b), lp.name)
+    wanted = math.prod(b[:axis]) * math.prod(b[axis + 1:])
+    if len(bottoms) > 1 and math.prod(bottoms[1]) != wanted:
+        raise ShapeError(
+            f"layer '{lp.name}' ({lp.type}): bottom '{lp.bottom[1]}' holds "
+            f"{math.prod(bottoms[1])} labels for predictions of shape {list(b)} (class axis "
+            f"{axis}), which need {wanted}: one per prediction")
+    return axis
+
+
 @rule("SoftmaxWithLoss")
 def _softmax_loss(lp, bottoms):
+    _check_label_count(lp, bottoms, lp.softmax_param.axis)
     return LayerShapes([()] + [bottoms[0]] * (len(lp.top) - 1))
 
 
@@ -472,9 +487,8 @@ def _loss(lp, bottoms):
 
 @rule("Accuracy")
 def _accuracy(lp, bottoms):
-    b = bottoms[0]
-    axis = canonical_axis(lp.accuracy_param.axis, len(b), lp.name)
-    return LayerShapes([()] + [(b[axis],)] * (len(lp.top) - 1))
+    axis = _check_label_count(lp, bottoms, lp.accuracy_param.axis)
+    return LayerShapes([()] + [(bottoms[0][axis],)] * (len(lp.top) - 1))
 
 
 # The SSD and the recurrent/indexing layers' rules live in their own modules; importing

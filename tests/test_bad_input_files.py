@@ -84,6 +84,17 @@ def test_duplicate_caffemodel_key_is_refused(files):
         read_readme(files / "zoo")
 
 
+def test_caffemodel_name_too_long_for_the_file_system_is_named(files):
+    readme = files / "zoo" / "readme.md"
+    long_name = "w" * 600 + ".caffemodel"
+    readme.write_text(readme.read_text().replace("caffemodel: fuzz.caffemodel\n",
+                                                 f"caffemodel: {long_name}\n"))
+    for entry in (load, verify):
+        with pytest.raises(ZooError, match=r"readme.md: front matter 'caffemodel' is a file "
+                                           r"name of 611 bytes; this file system allows 255"):
+            entry(files / "zoo")
+
+
 def test_caffemodel_symlinked_outside_fails_verify_without_hashing_it(files, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside") / "w.caffemodel"
     shutil.move(files / "zoo" / "fuzz.caffemodel", outside)
@@ -125,6 +136,15 @@ def test_device_files_are_refused_before_reading(files):
     with pytest.raises(DataError, match="/dev/zero: cannot read: not a regular file"):
         load_mean("/dev/zero")
     assert time.monotonic() - start < 1
+
+
+def test_a_directory_is_refused_by_name_without_leaking_its_descriptor(files):
+    (files / "weights.caffemodel").mkdir()
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ProtoError, match="weights.caffemodel: cannot read: not a regular file"):
+            read_caffemodel(files / "weights.caffemodel")
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_cli_model_dev_zero_exits_2_at_once():

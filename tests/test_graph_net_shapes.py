@@ -37,6 +37,24 @@ layer { name: "conv" type: "Convolution" bottom: "dat" top: "conv"
         infer_net_shapes(net)
 
 
+@pytest.mark.parametrize("loss, axis_field", [("SoftmaxWithLoss", "softmax_param"),
+                                              ("Accuracy", "accuracy_param")])
+def test_a_label_count_that_does_not_match_the_predictions_is_refused_at_build(loss, axis_field):
+    """Caffe's Reshape CHECK: one label per prediction, all axes but the class axis."""
+    def net(label_dims, axis=1):
+        return parse_net_text(f'''
+layer {{ name: "data" type: "Input" top: "scores" top: "label"
+  input_param {{ shape {{ dim: 4 dim: 3 dim: 5 }} shape {{ {" ".join(f"dim: {d}" for d in label_dims)} }} }} }}
+layer {{ name: "loss" type: "{loss}" bottom: "scores" bottom: "label" top: "out"
+  {axis_field} {{ axis: {axis} }} }}''', "labels")
+    infer_net_shapes(net([4, 5]))            # 4 x 5 predictions of 3 classes
+    infer_net_shapes(net([4, 3], axis=2))    # 4 x 3 predictions of 5 classes
+    with pytest.raises(ShapeError, match=rf"layer 'loss' \({loss}\): bottom 'label' holds 2 "
+                                         r"labels for predictions of shape \[4, 3, 5\] \(class "
+                                         r"axis 1\), which need 20: one per prediction"):
+        infer_net_shapes(net([2]))
+
+
 def test_an_in_place_top_keeps_its_last_shape_and_make_overrides_the_rule():
     net = parse_net_text('''
 layer { name: "data" type: "Data" top: "data" top: "label" }

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from runner import Net
-from runner.proto import parse_solver_text
+from runner.proto import caffe_pb2, parse_solver_text
 from runner.solver import Solver, SolverOptions
+from runner.solver.lr_policy import LearningRatePolicy
+from runner.solver.updates import SGD, as_caffe_float
 
 NET = """
 name: "linear2"
@@ -235,3 +237,29 @@ def test_legacy_solver_type_enum_selects_the_rule(tmp_path):
     solver = Solver(param, SolverOptions(progress=False))
     assert type(solver.update).__name__ == "Adam"
     assert len(solver.update.history) == 2 * len(solver.net.learnable_params())
+
+
+def test_rates_past_float_range_overflow_to_inf_as_caffes_floats_do():
+    """GetLearningRate computes in C floats: what overflows there is inf (or 0 under the
+    sigmoid's 1 / (1 + inf)), where Python's float power and exp raise OverflowError."""
+    def policy(**fields):
+        return LearningRatePolicy(caffe_pb2.SolverParameter(**fields))
+    with np.errstate(over="ignore"):
+        want_exp = float(np.float32(0.01) * np.float32(10.0) ** 400)
+        want_sigmoid = float(np.float32(0.01) / (1 + np.exp(np.float32(1000.0))))
+    assert want_exp == math.inf and want_sigmoid == 0.0
+    assert policy(base_lr=0.01, lr_policy="exp", gamma=10).rate(400) == want_exp
+    assert policy(base_lr=-0.01, lr_policy="exp", gamma=10).rate(400) == -math.inf
+    assert policy(base_lr=0.01, lr_policy="sigmoid", gamma=1000, stepsize=2).rate(1) == want_sigmoid
+    assert policy(base_lr=0.01, lr_policy="exp", gamma=10).rate(3) == pytest.approx(10.0)
+
+
+def test_a_local_rate_past_float_range_updates_with_inf_as_caffe_does():
+    """base_lr 3.4e38 (a float) times lr_mult 2 is inf in Caffe's float product; the
+    update goes on with it (the solver then stops on the non-finite weights)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    w.grad = torch.tensor([0.5, -0.5])
+    update = SGD([("b", w, 2.0, 0.0)], caffe_pb2.SolverParameter(momentum=0.9))
+    update.apply(3.4e38, 0)
+    assert w.detach().tolist() == [-math.inf, math.inf]
+    assert as_caffe_float(3.4e38) == 3.4e38 and as_caffe_float(-6.8e38) == -math.inf

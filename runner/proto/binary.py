@@ -30,13 +30,18 @@ def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> byt
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block the open
     except OSError as err:
         raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode):   # checked before fdopen, which refuses directories
             raise ProtoError(f"{path}: cannot read: not a regular file")
         if info.st_size > limit:
             raise ProtoError(f"{path}: {info.st_size} bytes, more than the {limit} "
                              "this file may have")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         try:
             return f.read(info.st_size)
         except OSError as err:

@@ -37,7 +37,16 @@ class LearningRatePolicy:
         self.current_step = 0
 
     def rate(self, it: int) -> float:
-        """The learning rate for the update that follows `it` finished updates."""
+        """The learning rate for the update that follows `it` finished updates; +-inf
+        where it overflows (Caffe's float arithmetic gives inf there, Python raises)."""
+        try:
+            return self._rate(it)
+        except OverflowError:
+            if self.policy == "sigmoid":   # base_lr / (1 + exp(overflow)) is 0 in floats
+                return 0.0 * self.base_lr
+            return math.copysign(math.inf, self.base_lr)
+
+    def _rate(self, it: int) -> float:
         p = self.policy
         if p == "fixed":
             return self.base_lr

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from runner.solver.errors import SolverConfigError
+
+
+def as_caffe_float(x: float) -> float:
+    """`x`, or +-inf where it lies past float32's range: Caffe computes its rates and
+    decays in C floats, which overflow to inf; torch would refuse such a scalar."""
+    with np.errstate(over="ignore"):
+        narrowed = float(np.float32(x))
+    return narrowed if math.isinf(narrowed) else x
 
 
 class CaffeUpdate:
@@ -58,11 +67,11 @@ class CaffeUpdate:
             hist = [[self.history[s * n + i] for i in idx] for s in range(self.history_sets)]
             if self.iter_size > 1:
                 torch._foreach_mul_(g, 1.0 / self.iter_size)
-            local_decay = self.weight_decay * decay_mult
+            local_decay = as_caffe_float(self.weight_decay * decay_mult)
             if local_decay:
                 reg = w if self.regularization == "L2" else torch._foreach_sign(w)
                 torch._foreach_add_(g, reg, alpha=local_decay)
-            update = self.compute(g, hist, rate * lr_mult, it)
+            update = self.compute(g, hist, as_caffe_float(rate * lr_mult), it)
             torch._foreach_sub_(w, update)
 
     def _clip(self, grads: list[torch.Tensor]) -> None:
@@ -194,7 +203,7 @@ class Adam(CaffeUpdate):
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, self.delta)
         step = torch._foreach_div(m1, denom)
-        torch._foreach_mul_(step, local_rate * correction)
+        torch._foreach_mul_(step, as_caffe_float(local_rate * correction))
         return step
 
 

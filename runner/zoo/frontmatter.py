@@ -144,7 +144,19 @@ def plain_file_name(value: str, field: str, folder: str | os.PathLike) -> str:
     if "/" in value or "\\" in value or ".." in value:
         raise ZooError(f"{where} leaves the folder or names a subfolder; refusing it: "
                        "it must be a plain file name inside the folder")
+    longest = _longest_file_name(folder)
+    if len(os.fsencode(value)) > longest:
+        raise ZooError(f"{Path(folder) / README}: front matter '{field}' is a file name of "
+                       f"{len(os.fsencode(value))} bytes; this file system allows {longest}")
     return value
+
+
+def _longest_file_name(folder: str | os.PathLike) -> int:
+    """The longest file name, in bytes, the folder's file system takes (255 if unknown)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def sha1_of_file(path: str | os.PathLike) -> str:

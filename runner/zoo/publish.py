@@ -141,8 +141,11 @@ def _find(value: str, prototxt: Path) -> Path | None:
     """A file named in a prototxt: from the working directory, as Caffe reads it, else
     from the repository root or the prototxt's folder; None if in none of them."""
     for root in (Path.cwd(), REPO_ROOT, prototxt.parent):
-        if (root / value).is_file():
-            return root / value
+        try:
+            if (root / value).is_file():
+                return root / value
+        except OSError:   # a name too long for a path, say: not there
+            continue
     return None
 
 
