@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from runner.shapes import check_blob_size
+
 _DEVICE, _HOST, _SYNCED = 0, 1, 2
 
 
@@ -120,8 +122,7 @@ class Blob:
     def reshape(self, *shape: int) -> None:
         """Caffe's Blob::Reshape: values kept when the count is unchanged, else zeros."""
         shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
-            raise ValueError(f"blob dimensions must be >= 0, got {list(shape)}")
+        check_blob_size(shape, "Blob.reshape")
         for synced in (self._data, self.diff_tensor_holder()):
             t = synced.tensor()
             if t.numel() == math.prod(shape):

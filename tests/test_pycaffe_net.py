@@ -212,6 +212,37 @@ def test_reshape_propagates_input_shapes(net_file):
     assert net.blobs["out"].data.shape == (5, 2)
 
 
+def test_blob_reshape_refuses_what_caffes_blob_reshape_refuses(net_file):
+    """Negative dimensions, and more than INT_MAX elements ("blob size exceeds INT_MAX"),
+    named before any memory is asked for; the blob keeps its shape."""
+    blob = caffe.Net(net_file(), caffe.TEST).blobs["data"]
+    before = blob.shape
+    with pytest.raises(ValueError, match=r"shape \[2, -1\] has a negative dimension"):
+        blob.reshape(2, -1)
+    with pytest.raises(ValueError, match=r"holds 100000000000000 elements, more than "
+                                         r"Caffe's limit of 2147483647"):
+        blob.reshape(100000, 1000, 1000, 1000)
+    assert blob.shape == before
+
+
+def test_a_batch_of_zero_runs_as_caffes_blobs_allow_it(tmp_path):
+    """Caffe's Blob::Reshape takes 0 dimensions; a forward then gives empty tops."""
+    path = tmp_path / "deploy.prototxt"
+    path.write_text('''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }''')
+    net = caffe.Net(str(path), caffe.TEST)
+    net.blobs["data"].reshape(0, 1, 8, 8)
+    net.reshape()
+    assert net.forward()["prob"].shape == (0, 3)
+    net.blobs["data"].reshape(2, 1, 8, 8)
+    net.reshape()
+    assert net.forward()["prob"].shape == (2, 3)
+
+
 def test_weights_save_copy_share_and_hdf5(net_file, tmp_path):
     net = caffe.Net(net_file(), caffe.TRAIN)
     model, h5 = str(tmp_path / "w.caffemodel"), str(tmp_path / "w.h5")

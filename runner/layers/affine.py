@@ -28,7 +28,7 @@ class InnerProduct(Layer):
 
     def forward(self, x):
         if x.dim() != self.axis + 1:
-            x = x.reshape(*x.shape[:self.axis], -1)
+            x = x.flatten(self.axis)
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
         return (linear(x, weight, self.blobs[1] if self.bias_term else None),)
 
