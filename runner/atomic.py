@@ -70,22 +70,29 @@ def temporary_dir_beside(target: str | os.PathLike, suffix: str = ".tmp") -> Pat
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename over `path`.
 
-    The file gets the permissions a plain open() would give (0666 less the umask).
+    The file gets the permissions a plain open() would give (0666 less the umask). An
+    An OSError that would name the temporary names `path` instead ("[Errno 21] Is a
+    directory: 'out'").
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        if err.errno is None or not Path(str(err.filename)).name.startswith(_prefix(path)):
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

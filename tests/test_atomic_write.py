@@ -31,3 +31,16 @@ def test_failed_write_keeps_old_file(tmp_path):
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_an_unwritable_target_is_named_not_its_temporary(tmp_path):
+    """A directory in the way: the error names the path the caller gave, not the
+    temporary, and no temporary is left behind; a file in place of the folder is named as
+    mkdir names it."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^\[Errno 21\] Is a directory: '[^']*/out'$"):
+        atomic_write_bytes(tmp_path / "out", b"x")
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(tmp_path / "out") == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError, match=r"File exists: '.*/file'$"):   # as mkdir says
+        atomic_write_bytes(tmp_path / "file" / "w.onnx", b"x")
