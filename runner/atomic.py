@@ -71,7 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename over `path`.
 
     The file gets the permissions a plain open() would give (0666 less the umask). An
-    An OSError that would name the temporary names `path` instead ("[Errno 21] Is a
+    OSError that would name the temporary names `path` instead ("[Errno 21] Is a
     directory: 'out'").
     """
     path = Path(path)

@@ -465,11 +465,12 @@ def _check_label_count(lp, bottoms, axis_field: int) -> int:
     b = bottoms[0]
     axis = canonical_axis(axis_field, len(b), lp.name)
     wanted = math.prod(b[:axis]) * math.prod(b[axis + 1:])
-    if len(bottoms) > 1 and math.prod(bottoms[1]) != wanted:
+    labels = math.prod(bottoms[1]) if len(bottoms) > 1 else wanted
+    if labels != wanted:
         raise ShapeError(
-            f"layer '{lp.name}' ({lp.type}): bottom '{lp.bottom[1]}' holds "
-            f"{math.prod(bottoms[1])} labels for predictions of shape {list(b)} (class axis "
-            f"{axis}), which need {wanted}: one per prediction")
+            f"layer '{lp.name}' ({lp.type}): bottom '{lp.bottom[1]}' holds {labels} labels "
+            f"for predictions of shape {list(b)} (class axis {axis}), which need {wanted}: "
+            "one per prediction")
     return axis
 
 

@@ -144,10 +144,10 @@ def plain_file_name(value: str, field: str, folder: str | os.PathLike) -> str:
     if "/" in value or "\\" in value or ".." in value:
         raise ZooError(f"{where} leaves the folder or names a subfolder; refusing it: "
                        "it must be a plain file name inside the folder")
-    longest = _longest_file_name(folder)
-    if len(os.fsencode(value)) > longest:
+    size, longest = len(os.fsencode(value)), _longest_file_name(folder)
+    if size > longest:
         raise ZooError(f"{Path(folder) / README}: front matter '{field}' is a file name of "
-                       f"{len(os.fsencode(value))} bytes; this file system allows {longest}")
+                       f"{size} bytes; this file system allows {longest}")
     return value
 
 
