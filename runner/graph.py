@@ -93,9 +93,10 @@ class Wiring:
     def add_tops(self, lp, shapes: list[Shape], weights: list[float]) -> None:
         """Record a layer's tops; a top rewritten in place keeps its name."""
         for name, shape, weight in zip(lp.top, shapes, weights):
-            if any(d <= 0 for d in shape):
+            if any(d <= 0 for d in shape[1:]) or (shape and shape[0] < 0):
+                why = " (its bottoms are too small for it)" if lp.bottom else ""
                 raise NetBuildError(f"{layer_label(lp)}: top '{name}' would be empty, shape "
-                                    f"{list(shape)} (its bottoms are too small for it)")
+                                    f"{list(shape)}{why}: only the first axis (the batch) may be 0")
             if name in self.loss_weighted:
                 raise NetBuildError(f"{layer_label(lp)}: rewrites '{name}' in place after "
                                     f"{self.loss_weighted[name]} gave it a loss weight; the objective "

@@ -89,7 +89,7 @@ class FoldedAffine(nn.Module):
         if self.type == "Convolution":
             return (self._op(x, self.weight, self.bias, **self._kw),)
         if x.dim() != 2:
-            x = x.reshape(x.shape[0], -1)
+            x = x.flatten(1)
         return (F.linear(x, self.weight, self.bias),)
 
     def extra_repr(self) -> str:

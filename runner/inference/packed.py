@@ -113,7 +113,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x):
         if x.dim() != 2:
-            x = x.reshape(x.shape[0], -1)
+            x = x.flatten(1)
         return (_MKLDNN._linear_pointwise(x, self.weights.get(), self.bias,
                                           "relu" if self.relu else "none", [], ""),)
 

@@ -23,6 +23,13 @@ def filler_or(param, field: str, default_value: float = 0.0) -> caffe_pb2.Filler
     return getattr(param, field) if param.HasField(field) else constant_filler(default_value)
 
 
+def flatten_from(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """`x` as shape[:axis] + (count of the axes from `axis` on,): Caffe's outer x inner view.
+    Unlike reshape's -1 it is defined on a blob with a 0 dimension (a batch of 0, which
+    Caffe runs), and on fewer than axis + 1 dimensions (the count is then 1)."""
+    return x.reshape(*x.shape[:axis], math.prod(x.shape[axis:]))
+
+
 def split_at_axis(shape, axis: int, name: str = "") -> tuple[int, int, int, int]:
     """(canonical axis, outer count, axis size, inner count) of a blob shape around `axis`."""
     axis = canonical_axis(axis, len(shape), name)

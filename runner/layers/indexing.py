@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
-from runner.layers.common import constant_filler
+from runner.layers.common import constant_filler, flatten_from
 from runner.shapes_sequence import im2col_geometry
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -22,7 +22,7 @@ class Filter(Layer):
     bottom_count, top_count = (2, None), (1, None)
 
     def forward(self, *bottoms):
-        selector = bottoms[-1].detach().reshape(bottoms[-1].shape[0], -1)[:, 0]
+        selector = flatten_from(bottoms[-1].detach(), 1)[:, 0]
         keep = torch.nonzero(selector != 0).flatten()
         return tuple(b.index_select(0, keep) for b in bottoms[:-1])
 

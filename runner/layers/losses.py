@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from google.protobuf.message import DecodeError
 
 from runner.layers.base import Layer, register
-from runner.layers.common import (LOG_THRESHOLD, clip_value_keep_grad, label_index,
-                                  loss_normalizer, normalization_mode, split_at_axis)
+from runner.layers.common import (LOG_THRESHOLD, clip_value_keep_grad, flatten_from,
+                                  label_index, loss_normalizer, normalization_mode,
+                                  split_at_axis)
 from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
@@ -19,11 +20,6 @@ class _Loss(Layer):
     is_loss = True
     force_backward_blocked = (1,)  # Caffe's LossLayer: not the labels
     bottom_count, top_count = (2, 2), (1, 1)
-
-
-def _per_sample(x: torch.Tensor) -> torch.Tensor:
-    """The bottom as (num, count / num), Caffe's num x dim view."""
-    return x.reshape(x.shape[0], -1)
 
 
 class _PerSampleLabels:
@@ -88,7 +84,7 @@ class HingeLoss(_PerSampleLabels, _Loss):
     class and -1 elsewhere; p = 1 (L1, default) or 2 (L2)."""
 
     def forward(self, x, label):
-        scores = _per_sample(x)
+        scores = flatten_from(x, 1)
         labels = label_index(label, scores.shape[0], 1, self.name, scores.shape[1])
         sign = torch.ones_like(scores).scatter_(1, labels, -1.0)
         margin = F.relu(1 + sign * scores)
@@ -171,7 +167,7 @@ class MultinomialLogisticLoss(_PerSampleLabels, _Loss):
     is -1 / max(p, 1e-20) / N, as Caffe's."""
 
     def forward(self, prob, label):
-        p = _per_sample(prob)
+        p = flatten_from(prob, 1)
         labels = label_index(label, p.shape[0], 1, self.name, p.shape[1])
         picked = p.gather(1, labels).squeeze(1)
         floor = picked.detach().clamp(min=LOG_THRESHOLD)
@@ -192,7 +188,7 @@ class ContrastiveLoss(_Loss):
     def forward(self, a, b, similar):
         p = self.lp.contrastive_loss_param
         n = a.shape[0]
-        diff = _per_sample(a) - _per_sample(b)
+        diff = flatten_from(a, 1) - flatten_from(b, 1)
         dist_sq = (diff * diff).sum(1)
         same = similar.reshape(-1).long() != 0
         if p.legacy_version:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from runner.layers.base import Layer, register
-from runner.layers.common import label_index, split_at_axis
+from runner.layers.common import flatten_from, label_index, split_at_axis
 from runner.shapes import canonical_axis
 
 
@@ -87,7 +87,7 @@ class ArgMax(Layer):
         if self.axis is not None:
             values, index = caffe_top_k(x, p.top_k, self.axis)
             return (values if p.out_max_val else index.to(x.dtype),)
-        values, index = caffe_top_k(x.reshape(x.shape[0], -1), p.top_k, 1)
+        values, index = caffe_top_k(flatten_from(x, 1), p.top_k, 1)
         parts = [index.to(x.dtype)] + ([values] if p.out_max_val else [])
         top = torch.stack(parts, dim=1)
         return (top.reshape(*top.shape, *([1] * (x.dim() - 3))),)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
-from runner.layers.common import constant_filler, filler_or, records_graph
+from runner.layers.common import constant_filler, filler_or, flatten_from, records_graph
 from runner.proto import caffe_pb2
 
 
@@ -156,8 +156,7 @@ class MVN(Layer):
 
     def forward(self, x):
         p = self.lp.mvn_param
-        rows = x.shape[0] if p.across_channels else x.shape[0] * x.shape[1]
-        flat = x.reshape(rows, -1)
+        flat = flatten_from(x, 1 if p.across_channels else 2).flatten(0, -2)
         if p.normalize_variance:
             y = _MVNFunction.apply(flat, p.eps)
         else:
@@ -213,7 +212,7 @@ class Normalize(Layer):
         return [filler_or(self.lp.norm_param, "scale_filler", 1.0)]
 
     def forward(self, x):
-        y = _NormalizeFunction.apply(x.reshape(x.shape[0], x.shape[1], -1), self.blobs[0],
+        y = _NormalizeFunction.apply(flatten_from(x, 2), self.blobs[0],
                                      self.across_spatial, self.eps)
         return (y.reshape(x.shape),)
 

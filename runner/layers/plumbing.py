@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from runner.layers.base import Layer, register
+from runner.layers.common import flatten_from
 from runner.proto import caffe_pb2
 from runner.shapes import canonical_axis, reshape_target, slice_sizes
 from runner.shapes_detection import permute_order
@@ -218,7 +219,7 @@ class Reduction(Layer):
     def forward(self, x):
         p = self.lp.reduction_param
         R = caffe_pb2.ReductionParameter
-        flat = x.reshape(*x.shape[:self.axis], -1)
+        flat = flatten_from(x, self.axis)
         if p.operation == R.SUM:
             y = flat.sum(-1)
         elif p.operation == R.ASUM:
