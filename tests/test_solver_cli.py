@@ -45,6 +45,16 @@ solver_mode: CPU
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(files):
+    """The weights after 10 iterations of `files`' solver, in a folder of their own (so
+    that tests reading them do not depend on another test's run, wherever pytest runs it)."""
+    solver = (files / "solver.prototxt").read_text().replace(f"{files}/snap/", f"{files}/trained/")
+    (files / "trained_solver.prototxt").write_text(solver)
+    assert main([str(files / "trained_solver.prototxt")]) == 0
+    return files / "trained" / "small_iter_10.caffemodel"
+
+
 def test_script_trains_and_resumes_from_the_repo_root(files):
     """`python runner/solve.py` as a script (runner/ must not shadow stdlib modules)."""
     run = subprocess.run([sys.executable, "runner/solve.py", str(files / "solver.prototxt"),
@@ -84,30 +94,30 @@ def test_weights_and_snapshot_together_are_refused(files, capsys):
     assert "Give a snapshot to resume training or weights to finetune but not both" in capsys.readouterr().err
 
 
-def test_finetune_starts_from_the_given_weights(files, tmp_path):
-    source = read_caffemodel(files / "snap" / "small_iter_10.caffemodel")
+def test_finetune_starts_from_the_given_weights(files, trained, tmp_path):
+    source = read_caffemodel(trained)
     solver = make_solver(classifier_net(files / "train_lmdb", batch=4), tmp_path / "ft",
-                         SolverOptions(progress=False, weights=[str(files / "snap" / "small_iter_10.caffemodel")]),
+                         SolverOptions(progress=False, weights=[str(trained)]),
                          max_iter=0)
     got = [w.detach().numpy() for _, w, _, _ in solver.net.learnable_params()]
     want = [blob_to_array(b) for layer in source.layer for b in layer.blobs]
     assert all(np.array_equal(g.reshape(-1), w.reshape(-1)) for g, w in zip(got, want))
 
 
-def test_test_command_scores_the_weights(files, capsys):
+def test_test_command_scores_the_weights(files, trained, capsys):
     assert main(["test", "--model", str(files / "net.prototxt"), "--weights",
-                 str(files / "snap" / "small_iter_10.caffemodel"), "--iterations", "2"]) == 0
+                 str(trained), "--iterations", "2"]) == 0
     err = capsys.readouterr().err
     batches = [float(v) for v in re.findall(r"Batch \d, accuracy = ([\d.e+-]+)", err)]
     assert len(batches) == 2
     mean = float(re.search(r"\] accuracy = ([\d.e+-]+)", err).group(1))
     assert mean == pytest.approx(sum(batches) / 2, rel=1e-5)
     assert re.search(r"\] loss = [\d.e+-]+ \(\* 1 = [\d.e+-]+ loss\)", err)
-    result = json.loads((files / "snap" / "small_iter_10_test.json").read_text())
+    result = json.loads((trained.parent / "small_iter_10_test.json").read_text())
     assert result["outputs"]["accuracy"] == pytest.approx(mean, rel=1e-5)
-    assert result["iterations"] == 2 and result["weights"] == [str(files / "snap" / "small_iter_10.caffemodel")]
+    assert result["iterations"] == 2 and result["weights"] == [str(trained)]
     assert main(["test", "--model", str(files / "net.prototxt"), "--weights",
-                 str(files / "snap" / "small_iter_10.caffemodel"), "--iterations", "1",
+                 str(trained), "--iterations", "1",
                  "--result", str(files / "one.json")]) == 0
     assert json.loads((files / "one.json").read_text())["iterations"] == 1
 
