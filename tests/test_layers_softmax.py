@@ -1,6 +1,8 @@
 """Softmax and SoftmaxWithLoss against a numpy transcription of Caffe's
 softmax_loss_layer.cpp: normalisation modes, ignore_label, spatial labels, the FLT_MIN
 clip (value only), the gradient (p - onehot) / normaliser and the prob top."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +78,7 @@ def test_all_labels_ignored_gives_zero_loss():
     (loss,) = loss_layer("loss_param { ignore_label: 7 }", [x.shape, label.shape])(x, label)
     loss.backward()
     assert loss.item() == 0 and torch.all(x.grad == 0)
+    assert math.copysign(1.0, loss.item()) == 1.0   # Caffe's 0, which its log prints as 0, not -0
 
 
 def test_log_is_clipped_at_flt_min_but_gradient_is_not():

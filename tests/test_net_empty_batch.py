@@ -110,6 +110,8 @@ def test_each_loss_gives_caffes_value_at_a_batch_of_zero(kind):
     _, blobs = _run(text)
     value = float(blobs["out"].detach())
     assert (math.isnan(value) if math.isnan(expected) else value == expected), value
+    if not math.isnan(expected):
+        assert math.copysign(1.0, value) == 1.0   # +0: Caffe's log prints 0, not -0
 
 
 @pytest.mark.parametrize("model", ["models/fashion-mnist-cnds8/deploy.prototxt",

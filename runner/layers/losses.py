@@ -75,7 +75,7 @@ class SigmoidCrossEntropyLoss(_Loss):
             count = valid.sum().to(x.dtype)
         outer = x.shape[0]
         norm = loss_normalizer(self.mode, outer, x.numel() // max(outer, 1), count)
-        return (-log_likelihood.sum() / norm,)
+        return ((0 - log_likelihood.sum()) / norm,)   # +0 where nothing counts, as Caffe
 
 
 @register("HingeLoss")
@@ -155,7 +155,7 @@ class InfogainLoss(_Loss):
         if valid is not None:
             per_position = torch.where(valid, per_position, torch.zeros_like(per_position))
             count = valid.sum().to(x.dtype)
-        loss = -per_position.sum() / loss_normalizer(self.mode, outer, inner, count)
+        loss = (0 - per_position.sum()) / loss_normalizer(self.mode, outer, inner, count)  # +0, as Caffe
         if len(self.lp.top) > 1:
             return loss, F.softmax(x.detach(), dim=self.axis)
         return (loss,)

@@ -60,7 +60,8 @@ class SoftmaxWithLoss(Layer):
         if valid is not None:
             picked = torch.where(valid, picked, torch.zeros_like(picked))
         count = None if valid is None else valid.sum().to(x.dtype)
-        loss = -picked.sum() / loss_normalizer(self.mode, outer, inner, count)
+        # 0 - sum, as Caffe's `loss -= ...` from 0: +0 where nothing counts (negation gives -0)
+        loss = (0 - picked.sum()) / loss_normalizer(self.mode, outer, inner, count)
         if len(self.lp.top) > 1:
             return loss, F.softmax(x.detach(), dim=self.axis)
         return (loss,)
