@@ -8,6 +8,7 @@ at forward/backward/update boundaries) sends a newer host copy back to the devic
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -121,7 +122,10 @@ class Blob:
 
     def reshape(self, *shape: int) -> None:
         """Caffe's Blob::Reshape: values kept when the count is unchanged, else zeros."""
-        shape = tuple(int(d) for d in shape)
+        try:
+            shape = tuple(operator.index(d) for d in shape)   # ints, numpy's included
+        except TypeError:
+            raise TypeError(f"Blob.reshape takes integer dimensions, got {shape}") from None
         check_blob_size(shape, "Blob.reshape")
         for synced in (self._data, self.diff_tensor_holder()):
             t = synced.tensor()

@@ -40,6 +40,7 @@ def known_types() -> list[str]:
 
 
 INT_MAX = 2**31 - 1   # Caffe's Blob::Reshape refuses a count above it ("blob size exceeds INT_MAX")
+MAX_BLOB_AXES = 32    # Caffe's kMaxBlobAxes: Blob::Reshape refuses more axes
 
 
 def infer_layer(lp, bottoms: list[Shape]) -> LayerShapes:
@@ -61,7 +62,11 @@ def infer_layer(lp, bottoms: list[Shape]) -> LayerShapes:
 
 
 def check_blob_size(shape: Shape, what: str) -> None:
-    """Refuse negative dimensions and more than INT_MAX elements, as Caffe's Blob::Reshape."""
+    """Refuse more than 32 axes, negative dimensions and more than INT_MAX elements, as
+    Caffe's Blob::Reshape."""
+    if len(shape) > MAX_BLOB_AXES:
+        raise ShapeError(f"{what}: shape has {len(shape)} axes, more than Caffe's limit of "
+                         f"{MAX_BLOB_AXES}")
     if any(d < 0 for d in shape):
         raise ShapeError(f"{what}: shape {list(shape)} has a negative dimension")
     if math.prod(shape) > INT_MAX:

@@ -5,7 +5,8 @@ layers we do not have, and checks every blob's count and shape with Caffe's rule
 (legacy num/channels/height/width blobs match when our shape, padded with leading 1s
 to four axes, equals them). Saving writes the filtered net with each layer's
 definition and its blobs in Caffe's order and shapes. HDF5 weights (Net::ToHDF5,
-CopyTrainedLayersFromHDF5) go through h5py.
+CopyTrainedLayersFromHDF5) go through h5py; wherever weights are loaded, an HDF5 file is
+told from a .caffemodel by its content, as Caffe's CopyTrainedLayersFrom does.
 """
 from __future__ import annotations
 
@@ -34,24 +35,32 @@ def _legacy_matches(ours: tuple[int, ...], blob) -> bool:
     return len(ours) <= 4 and (1,) * (4 - len(ours)) + ours == blob_shape(blob)
 
 
-def _blob_values(blob, ours: tuple[int, ...], what: str, allow_nonfinite: bool) -> torch.Tensor:
-    legacy = any(blob.HasField(name) for name in _LEGACY_DIMS)
-    matches = _legacy_matches(ours, blob) if legacy else tuple(blob.shape.dim) == ours
-    if not matches:
-        raise WeightsError(f"{what}: shape mismatch: the file has {list(blob_shape(blob))}"
-                           f"{' (legacy num/channels/height/width)' if legacy else ''}, the net "
-                           f"expects {list(ours)}; to learn this layer from scratch instead, rename it")
-    try:
-        values = blob_to_array(blob, what)
-    except ProtoError as err:
-        raise WeightsError(str(err)) from None
+def _finite(values: np.ndarray, what: str, allow_nonfinite: bool) -> np.ndarray:
     bad = np.count_nonzero(~np.isfinite(values))
     if bad:
         message = f"{what}: {bad} of its {values.size} values are NaN or inf"
         if not allow_nonfinite:
             raise WeightsError(f"{message}; pass allow_nonfinite=True to load them anyway")
         log.warning("%s", message)
-    return torch.from_numpy(values.reshape(ours))
+    return values
+
+
+def _shape_mismatch(what: str, theirs, ours, legacy: bool = False) -> WeightsError:
+    return WeightsError(f"{what}: shape mismatch: the file has {list(theirs)}"
+                        f"{' (legacy num/channels/height/width)' if legacy else ''}, the net "
+                        f"expects {list(ours)}; to learn this layer from scratch instead, rename it")
+
+
+def _blob_values(blob, ours: tuple[int, ...], what: str, allow_nonfinite: bool) -> torch.Tensor:
+    legacy = any(blob.HasField(name) for name in _LEGACY_DIMS)
+    matches = _legacy_matches(ours, blob) if legacy else tuple(blob.shape.dim) == ours
+    if not matches:
+        raise _shape_mismatch(what, blob_shape(blob), ours, legacy)
+    try:
+        values = blob_to_array(blob, what)
+    except ProtoError as err:
+        raise WeightsError(str(err)) from None
+    return torch.from_numpy(_finite(values, what, allow_nonfinite).reshape(ours))
 
 
 def _read(source) -> tuple[caffe_pb2.NetParameter, str]:
@@ -64,44 +73,115 @@ def _read(source) -> tuple[caffe_pb2.NetParameter, str]:
     return read_caffemodel(path), path
 
 
+def is_hdf5(source) -> bool:
+    """Whether `source` names an HDF5 file (Caffe's H5Fis_hdf5 test in CopyTrainedLayersFrom)."""
+    if isinstance(source, caffe_pb2.NetParameter):
+        return False
+    import h5py
+
+    try:
+        return os.path.isfile(source) and h5py.is_hdf5(os.fspath(source))
+    except (OSError, ValueError):
+        return False
+
+
+def _proto_values(source, targets: dict, allow_nonfinite: bool):
+    """(label, [(slots, values)]) from a .caffemodel or NetParameter: Caffe's
+    CopyTrainedLayersFrom(NetParameter), each matched layer's blob count exactly the net's."""
+    param, label = _read(source)
+    pending = []
+    for entry in param.layer:
+        if entry.name not in targets:
+            log.debug("%s: ignoring layer '%s' (not in the net)", label, entry.name)
+            continue
+        _, slots = targets[entry.name]
+        if len(entry.blobs) != len(slots):
+            raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
+                               f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
+                               "(incompatible number of blobs)")
+        values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}",
+                               allow_nonfinite)
+                  for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
+        pending.append((entry.name, slots, values))
+    return label, pending
+
+
+def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
+    """(label, [(name, slots, values)]) from HDF5 weights: Caffe's CopyTrainedLayersFromHDF5.
+    /data/<layer>/<j> holds blob j; a layer may not hold more blobs than the net's, and may
+    leave out only the blobs it shares from another layer. Each dataset's shape is checked
+    before it is read."""
+    import h5py
+
+    label = os.fspath(path)
+    pending = []
+    try:
+        with h5py.File(label, "r") as f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                raise WeightsError(f"{label}: no /data group (not a Caffe HDF5 weights file)")
+            for name in data:
+                if name not in targets:
+                    log.debug("%s: ignoring layer '%s' (not in the net)", label, name)
+                    continue
+                module, slots = targets[name]
+                group = data[name]
+                if not isinstance(group, h5py.Group):
+                    raise WeightsError(f"{label}: /data/{name} is not a group of blobs "
+                                       "(/data/<layer>/<index>)")
+                if len(group) > len(slots):
+                    raise WeightsError(f"{label}: layer '{name}' has {len(group)} blob(s), the "
+                                       f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
+                                       "(incompatible number of blobs)")
+                chosen, values = [], []
+                for j, slot in enumerate(slots):
+                    what = f"{label}: layer '{name}' blob {j}"
+                    dataset = group.get(str(j))
+                    if dataset is None:
+                        if slot.owner is module and slot.index == j:
+                            raise WeightsError(f"{what} is missing (incompatible number of blobs)")
+                        continue   # shared from another layer, as Caffe allows
+                    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiu":
+                        raise WeightsError(f"{what}: expected a numeric dataset, got "
+                                           f"{getattr(dataset, 'dtype', type(dataset).__name__)}")
+                    if tuple(dataset.shape) != tuple(slot.shape):
+                        raise _shape_mismatch(what, dataset.shape, slot.shape)
+                    value = np.asarray(dataset, dtype=np.float32)
+                    chosen.append(slot)
+                    values.append(torch.from_numpy(_finite(value, what, allow_nonfinite)))
+                pending.append((name, chosen, values))
+    except (OSError, KeyError) as err:   # h5py's errors: not readable, a broken link or chunk
+        raise WeightsError(f"{label}: cannot read HDF5 weights: {err}") from None
+    return label, pending
+
+
 def load_caffemodel(net, sources, allow_missing: bool = False,
                     allow_nonfinite: bool = False) -> list[str]:
-    """Copy blobs from one or more .caffemodel files (or NetParameters), in order, into `net`.
+    """Copy blobs from one or more .caffemodel files, HDF5 weights files (told apart by
+    their content, as Caffe does) or NetParameters, in order, into `net`.
 
     Returns our layers with blobs that no source provided; unless allow_missing, those
     are an error (with allow_missing they keep their filler values). A blob holding NaN
-    or inf is an error naming it; with allow_nonfinite, a warning.
+    or inf is an error naming it; with allow_nonfinite, a warning. Each source is checked
+    whole before any of its blobs is copied.
     """
     if isinstance(sources, (str, os.PathLike, caffe_pb2.NetParameter)):
         sources = [sources]
-    targets: dict[str, list] = {}
+    targets: dict[str, tuple] = {}
     for lp, layer, slots in net.layer_blobs():
         if layer is not None:
-            targets.setdefault(lp.name, slots)
+            targets.setdefault(lp.name, (layer, slots))
     provided: set[str] = set()
     labels = []
     for source in sources:
-        param, label = _read(source)
+        read = _hdf5_values if is_hdf5(source) else _proto_values
+        label, pending = read(source, targets, allow_nonfinite)
         labels.append(label)
-        pending = []
-        for entry in param.layer:
-            slots = targets.get(entry.name)
-            if slots is None:
-                log.debug("%s: ignoring layer '%s' (not in the net)", label, entry.name)
-                continue
-            if len(entry.blobs) != len(slots):
-                raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
-                                   f"net's has {len(slots)} {[list(s.shape) for s in slots]} "
-                                   "(incompatible number of blobs)")
-            values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}",
-                                   allow_nonfinite)
-                      for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
-            pending.append((slots, values))
-            provided.add(entry.name)
         with torch.no_grad():
-            for slots, values in pending:
+            for name, slots, values in pending:
                 for slot, value in zip(slots, values):
                     slot.param.copy_(value.reshape(slot.param.shape))
+                provided.add(name)
     missing = [lp.name for lp, _, slots in net.layer_blobs() if slots and lp.name not in provided]
     if missing and not allow_missing:
         raise WeightsError(f"{', '.join(labels)}: no blobs for layer(s) {missing} of the net; "
@@ -159,31 +239,9 @@ def save_hdf5(net, path) -> None:
 
 
 def load_hdf5(net, path) -> None:
-    """Caffe's CopyTrainedLayersFromHDF5: layers matched by name; a blob this layer owns
-    must be in the file with the same shape, shared ones may be missing."""
-    import h5py
-
-    targets: dict[str, tuple] = {}
-    for lp, module, slots in net.layer_blobs():
-        if module is not None:
-            targets.setdefault(lp.name, (module, slots))
-    with h5py.File(os.fspath(path), "r") as f, torch.no_grad():
-        if "data" not in f:
-            raise WeightsError(f"{path}: no /data group (not a Caffe HDF5 weights file)")
-        for name, group in f["data"].items():
-            if name not in targets:
-                continue
-            module, slots = targets[name]
-            for j, slot in enumerate(slots):
-                owned = slot.owner is module and slot.index == j
-                if str(j) not in group:
-                    if owned:
-                        raise WeightsError(f"{path}: layer '{name}' has no blob {j} "
-                                           "(incompatible number of blobs)")
-                    continue
-                value = np.asarray(group[str(j)], dtype=np.float32)
-                if tuple(value.shape) != tuple(slot.shape):
-                    raise WeightsError(f"{path}: layer '{name}' blob {j}: shape mismatch: the "
-                                       f"file has {list(value.shape)}, the net expects "
-                                       f"{list(slot.shape)}")
-                slot.param.copy_(torch.from_numpy(value).reshape(slot.param.shape))
+    """Caffe's Net::CopyTrainedLayersFromHDF5 (pycaffe's load_hdf5): `path` must be HDF5;
+    layers it does not hold keep their values."""
+    if not is_hdf5(path):
+        raise WeightsError(f"{os.fspath(path)}: not an HDF5 file (Caffe's HDF5 weights, as "
+                           "save_hdf5 writes them)")
+    load_caffemodel(net, path, allow_missing=True)

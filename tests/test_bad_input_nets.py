@@ -111,6 +111,15 @@ def test_huge_input_dim_names_the_layer():
         net('layer { name: "in" type: "Input" top: "d" input_param { shape { dim: 1 dim: 2147483648 } } }')
 
 
+def test_more_than_32_axes_names_the_layer():
+    """Caffe's kMaxBlobAxes; torch would take up to 64."""
+    dims = "dim: 1 " * 33
+    with pytest.raises(NetBuildError, match=r"layer 'in' \(Input\): top 0: shape has 33 axes, "
+                                            r"more than Caffe's limit of 32"):
+        net(f'layer {{ name: "in" type: "Input" top: "d" input_param {{ shape {{ {dims} }} }} }}')
+    net(f'layer {{ name: "in" type: "Input" top: "d" input_param {{ shape {{ {"dim: 1 " * 32} }} }} }}')
+
+
 def test_allocation_failure_in_forward_names_the_layer(monkeypatch):
     model = net(INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
 

@@ -200,3 +200,5 @@ def test_transformer_setters_check_their_input():
         t.set_mean("data", np.zeros(2))
     with pytest.raises(ValueError, match="Mean shape invalid"):
         t.set_mean("data", np.zeros((1, 1, 3, 4, 5)))
+    with pytest.raises(ValueError, match="Mean channels incompatible with input: mean has 2, the input 3"):
+        t.set_mean("data", np.zeros((2, 8, 8)))   # pycaffe resizes it, then preprocess fails

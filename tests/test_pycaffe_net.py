@@ -222,7 +222,13 @@ def test_blob_reshape_refuses_what_caffes_blob_reshape_refuses(net_file):
     with pytest.raises(ValueError, match=r"holds 100000000000000 elements, more than "
                                          r"Caffe's limit of 2147483647"):
         blob.reshape(100000, 1000, 1000, 1000)
+    with pytest.raises(ValueError, match=r"shape has 33 axes, more than Caffe's limit of 32"):
+        blob.reshape(*[1] * 33)
+    with pytest.raises(TypeError, match=r"Blob.reshape takes integer dimensions, got \(1.5, 6\)"):
+        blob.reshape(1.5, 6)           # pycaffe's bp::extract<int> refuses a float too
     assert blob.shape == before
+    blob.reshape(np.int64(3), 6)       # numpy integers are integers
+    assert blob.shape == (3, 6)
 
 
 def test_a_batch_of_zero_runs_as_caffes_blobs_allow_it(tmp_path):

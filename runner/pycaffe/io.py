@@ -163,6 +163,9 @@ class Transformer:
             if len(ms) != 3:
                 raise ValueError(f"Mean shape invalid: {mean.shape} (expected K, K x H x W "
                                  "or H x W)")
+            if ms[0] != shape[0]:   # Caffe's preprocess would fail on it later
+                raise ValueError(f"Mean channels incompatible with input: mean has {ms[0]}, "
+                                 f"the input {shape[0]}")
             mean = mean.reshape(ms)
             if ms != shape:
                 mean = resize_image(mean.transpose(1, 2, 0), shape[1:]).transpose(2, 0, 1)
