@@ -61,7 +61,6 @@ def test_train_net_and_test_net_files(tmp_path):
     (f"train_net_param {{ {NET} }}\ntest_iter: 1\ntest_interval: 1",
      "test_iter must be specified for each test network"),
     (f"net_param {{ {NET} }}\ntrain_net_param {{ {NET} }}", "exactly one train net"),
-    (f"net_param {{ {NET} }}\nsnapshot_format: HDF5", "HDF5 is not supported"),
     (f"net_param {{ {NET} }}\naverage_loss: 0", "average_loss should be >= 1"),
     (f"net_param {{ {NET} }}\ntest_iter: 1\ntest_interval: 2\ntest_state {{}}\ntest_state {{}}",
      "test_state must be unspecified or specified once per test net"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from runner import Net
+from runner.proto import ProtoError, read_caffemodel
 from runner.solve import main
 from runner.weights import WeightsError
 
@@ -89,11 +90,11 @@ def test_hdf5_and_caffemodel_give_the_same_forward_and_test_command(files, tmp_p
         'data_filler { type: "constant" value: 0.5 } } }'))
     scores = []
     for path in (str(weights), model):
-        assert main(["test", "--model", str(train_val), "--weights", path, "--iterations", "1",
-                     "--result", str(tmp_path / "r.json")]) == 0
+        assert main(["test", "--model", str(train_val), "--weights", path, "--iterations", "1"]) == 0
         scores.append(sorted(line.split("] ")[-1] for line in capsys.readouterr().err.splitlines()
                              if "] ip = " in line))
     assert scores[0] == scores[1] and scores[0]
+    assert (weights.parent / "small_iter_10_test.json").exists()   # <name>.caffemodel.h5's
 
 
 def _write(path, build):
@@ -160,6 +161,8 @@ def test_truncated_hdf5_and_load_hdf5_of_a_caffemodel_are_clear_errors(files, tm
     net.save(model)
     with pytest.raises(WeightsError, match=rf"^{model}: not an HDF5 file"):
         net.load_hdf5(model)
+    with pytest.raises(ProtoError, match=rf"^{weights}: not a binary caffe.NetParameter \(an HDF5 file\)"):
+        read_caffemodel(weights)   # what reads only .caffemodel files (zoo publish) says why
 
 
 def test_a_layer_absent_from_the_file_keeps_its_values_only_where_allowed(files, tmp_path):

@@ -48,6 +48,9 @@ def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> byt
             raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"   # the first bytes of an HDF5 file
+
+
 def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     """Parse a binary protobuf file into a new `message_class`.
 
@@ -60,8 +63,9 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     try:
         msg = message_class.FromString(data)
     except DecodeError:
-        raise ProtoError(f"{path}: not a binary {type_name} "
-                         f"({len(data)} bytes of corrupt protobuf wire data)") from None
+        what = ("an HDF5 file" if data.startswith(HDF5_SIGNATURE)
+                else f"{len(data)} bytes of corrupt protobuf wire data")
+        raise ProtoError(f"{path}: not a binary {type_name} ({what})") from None
     unknown = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(msg)})
     if unknown:
         raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "

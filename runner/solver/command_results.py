@@ -14,9 +14,12 @@ def train_result_path(snapshot_prefix: str) -> str:
 
 
 def test_result_path(weights: str) -> str:
-    """Beside the (first) weights scored: `<name>_test.json` for `<name>.caffemodel`."""
-    base = weights[:-len(".caffemodel")] if weights.endswith(".caffemodel") else weights
-    return f"{base}_test.json"
+    """Beside the (first) weights scored: `<name>_test.json` for `<name>.caffemodel` or
+    `<name>.caffemodel.h5`."""
+    for ext in (".caffemodel", ".caffemodel.h5"):
+        if weights.endswith(ext):
+            return f"{weights[:-len(ext)]}_test.json"
+    return f"{weights}_test.json"
 
 
 def best_scores(scores: list[tuple[int, dict[str, list[float]]]]) -> dict[str, dict]:

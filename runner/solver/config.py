@@ -43,8 +43,6 @@ def check_solver_param(param, where: str = "solver") -> None:
         fail("average_loss should be >= 1")
     if param.iter_size < 1:
         fail("iter_size should be >= 1")
-    if param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-        fail("snapshot_format HDF5 is not supported; use snapshot_format: BINARYPROTO")
     if param.snapshot < 0:
         fail("snapshot should be >= 0")
     if param.max_iter < 0:

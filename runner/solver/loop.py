@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tqdm import tqdm
 
 from runner.memory import keep_freed_memory
+from runner.proto import caffe_pb2
 from runner.solver import distributed, layout
 from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.batches import BatchStream, share_trained_layers
@@ -378,7 +379,8 @@ class Solver:
 
     # ---- Snapshot / Restore ----------------------------------------------------------------
     def snapshot(self) -> None:
-        """Write <prefix>_iter_<N>.caffemodel/.solverstate (rank 0), never NaN weights."""
+        """Write <prefix>_iter_<N>.caffemodel/.solverstate (.h5 with snapshot_format HDF5;
+        rank 0), never NaN weights."""
         if not self.ctx.is_root:
             return
         with torch.no_grad():
@@ -388,7 +390,8 @@ class Solver:
                 f"Iteration {self.iter}: the weights contain NaN/inf; not snapshotting over the "
                 f"last good snapshot ({self.last_good_snapshot or 'none'})")
         paths = write_snapshot(self.net, self.update.history, self.iter,
-                               self.lr_policy.current_step, self.param.snapshot_prefix, self.log)
+                               self.lr_policy.current_step, self.param.snapshot_prefix, self.log,
+                               hdf5=self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5)
         self.last_snapshot = paths.state
         self.snapshots.append(paths.model)
         self._unchecked_snapshot = (self.iter, paths.state)
@@ -401,7 +404,7 @@ class Solver:
 
     def restore(self, state_file: str) -> None:
         """Weights, history, iter, current_step; data and aux weights follow from iter."""
-        state = load_solverstate(state_file)
+        state = load_solverstate(state_file, [tuple(h.shape) for h in self.update.history])
         self.net.load_caffemodel(state.learned_net)
         self.update.load_history(state.history)
         self.iter = state.iter
