@@ -30,6 +30,11 @@ class WeightsError(ValueError):
     """Trained blobs that do not fit the net (names the file, layer and blob)."""
 
 
+# What h5py raises on a file it cannot read: not HDF5 or truncated (OSError), a corrupt
+# object header or heap, or a link loop (RuntimeError), a broken link (KeyError).
+H5PY_ERRORS = (OSError, RuntimeError, KeyError)
+
+
 def _legacy_matches(ours: tuple[int, ...], blob) -> bool:
     """Caffe's Blob::ShapeEquals for a BlobProto with legacy 4-D dimensions."""
     return len(ours) <= 4 and (1,) * (4 - len(ours)) + ours == blob_shape(blob)
@@ -150,7 +155,7 @@ def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
                     chosen.append(slot)
                     values.append(torch.from_numpy(_finite(value, what, allow_nonfinite)))
                 pending.append((name, chosen, values))
-    except (OSError, KeyError) as err:   # h5py's errors: not readable, a broken link or chunk
+    except H5PY_ERRORS as err:
         raise WeightsError(f"{label}: cannot read HDF5 weights: {err}") from None
     return label, pending
 

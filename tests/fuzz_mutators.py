@@ -3,7 +3,8 @@
 Byte-level ones (flips, truncation, insertion, empty, non-UTF-8) apply to every format;
 text ones (huge and negative numbers, wrong types, deep nesting) to prototxt and YAML;
 message ones set a protobuf field anywhere in a binary file to an extreme value; YAML ones
-add alias bombs and duplicate keys to a readme's front matter.
+add alias bombs and duplicate keys to a readme's front matter; the HDF5 one edits an HDF5
+file's structure.
 """
 from __future__ import annotations
 
@@ -207,6 +208,51 @@ def message_mutator(message_class):
         return msg.SerializeToString()
     mutate.__name__ = f"{message_class.DESCRIPTOR.name}_field"
     return mutate
+
+
+# ---- HDF5 ------------------------------------------------------------------------------
+
+HDF5_SHAPES = [(), (0,), (1,), (3,), (2, 2), (1,) * 33, (2**40,)]   # the last declared, never written
+HDF5_DTYPES = ["f4", "f8", "i8", "u1", "S3", "bool"]
+
+
+def hdf5_edit(data: bytes, rng) -> bytes:
+    """One structural edit of an HDF5 file through h5py: delete or rename a member, put a
+    dataset of another shape (up to 2**40 elements, declared only) or dtype in its place,
+    turn it into a group, or replace it by a soft or external link that leads nowhere or
+    to itself. Bytes h5py cannot open come back unchanged."""
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO(data)
+    try:
+        with h5py.File(buffer, "r+") as f:
+            names: list[str] = []
+            f.visit(names.append)
+            if not names:
+                return data
+            name = _pick(rng, names)
+            edit = int(rng.integers(6))
+            if edit == 0:
+                del f[name]
+            elif edit == 1:
+                f.move(name, name.rsplit("/", 1)[0] + "/x" if "/" in name else "x")
+            elif edit in (2, 3):
+                del f[name]
+                shape = _pick(rng, HDF5_SHAPES) if edit == 2 else (2,)
+                dtype = "f4" if edit == 2 else _pick(rng, HDF5_DTYPES)
+                f.create_dataset(name, shape=shape, dtype=dtype, chunks=True if shape and 0 not in shape else None)
+            elif edit == 4:
+                del f[name]
+                f.create_group(name)
+            else:
+                del f[name]
+                f[name] = _pick(rng, [h5py.SoftLink("/" + name), h5py.SoftLink("/nowhere"),
+                                      h5py.ExternalLink("/nonexistent.h5", "/data")])
+    except Exception:   # h5py on a file an earlier mutator broke (its file-object driver too)
+        return data
+    return buffer.getvalue()
 
 
 def mutate(data: bytes, mutators: list, rng) -> tuple[bytes, str]:

@@ -1,5 +1,6 @@
 """The fuzz suite's formats: seed files (a small net, solver, weights, snapshot, mean, LMDB
-of Datums, zoo folder), how each is mutated, and the public entry point that reads it.
+of Datums, zoo folder; weights and snapshot in HDF5 too), how each is mutated, and the public
+entry point that reads it.
 
 `make_seeds(folder)` writes the seeds once; each input then runs in a copy of them with one
 file replaced (for Datums, one record of the LMDB), through `run(format, folder)`.
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from fuzz_mutators import BYTE_MUTATORS, TEXT_MUTATORS, YAML_MUTATORS, message_mutator
+from fuzz_mutators import BYTE_MUTATORS, TEXT_MUTATORS, YAML_MUTATORS, hdf5_edit, message_mutator
 from runner import Net
 from runner.data.datum import encoded_datum, image_to_datum
 from runner.data.lmdb_store import LmdbReader, write_lmdb
@@ -144,6 +145,8 @@ def make_seeds(folder: Path) -> None:
         param.max_iter, param.test_interval = 1, 0
         param.ClearField("test_iter")
         Solver(param, SolverOptions(progress=False)).solve()
+        param.snapshot_format, param.snapshot_prefix = caffe_pb2.SolverParameter.HDF5, "snap_h5"
+        Solver(param, SolverOptions(progress=False)).solve()   # snap_h5_iter_1.*.h5
     records = _datum_records()
     (folder / "records.bin").write_bytes(b"".join(len(v).to_bytes(4, "little") + v
                                                   for _, v in records))
@@ -212,6 +215,17 @@ def run_solverstate(folder: Path) -> None:
     Solver(param, QUIET).solve("snap_iter_1.solverstate")
 
 
+def run_caffemodel_h5(folder: Path) -> None:
+    _forward(Net("deploy.prototxt", phase="TEST", weights="snap_h5_iter_1.caffemodel.h5",
+                 allow_missing=True))
+
+
+def run_solverstate_h5(folder: Path) -> None:
+    param = load_solver_param("solver.prototxt")
+    param.snapshot_prefix, param.snapshot_format = "out/snap", caffe_pb2.SolverParameter.HDF5
+    Solver(param, QUIET).solve("snap_h5_iter_1.solverstate.h5")
+
+
 def run_mean(folder: Path) -> None:
     load_mean("mean.binaryproto")
     net = Net("data_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
@@ -259,6 +273,10 @@ FORMATS = {
     "solverstate": Format("snap_iter_1.solverstate",
                           BYTE_MUTATORS + [message_mutator(caffe_pb2.SolverState)] * 6,
                           run_solverstate),
+    "caffemodel.h5": Format("snap_h5_iter_1.caffemodel.h5", BYTE_MUTATORS + [hdf5_edit] * 6,
+                            run_caffemodel_h5),
+    "solverstate.h5": Format("snap_h5_iter_1.solverstate.h5", BYTE_MUTATORS + [hdf5_edit] * 6,
+                             run_solverstate_h5),
     "mean binaryproto": Format("mean.binaryproto",
                                BYTE_MUTATORS + [message_mutator(caffe_pb2.BlobProto)] * 6,
                                run_mean),

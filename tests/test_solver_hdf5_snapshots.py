@@ -90,6 +90,15 @@ def _replace(name, value):
     return change
 
 
+def _declare(name, shape):
+    """A float dataset of `shape` declared in `name`'s place, its 4 bytes per element never
+    written (a file of a few KiB that would read as terabytes)."""
+    def change(f):
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype="f4", chunks=True)
+    return change
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda f: f.__delitem__("iter"), r"dataset 'iter' is missing or not an integer dataset"),
     (_replace("iter", np.float32(2.5)), r"dataset 'iter' is missing or not an integer dataset"),
@@ -98,6 +107,8 @@ def _replace(name, value):
     (_replace("iter", np.int32(-1)), r"iter is -1; a solver state's iteration must be >= 0"),
     (_replace("learned_net", np.arange(3)), r"'learned_net' is not a string dataset"),
     (_replace("learned_net", np.bytes_(b"\xff\xfe")), r"'learned_net' is not UTF-8 text"),
+    (_declare("learned_net", (2**40,)), r"'learned_net' is not a string dataset"),   # never read
+    (_declare("history/0", (2**40,)), r"history blob 0 has shape \[1099511627776\], expected"),
     (lambda f: f.__delitem__("history"), r"no history group"),
     (lambda f: f["history"].move("0", "x"), r"history holds .*expected datasets named 0, 1"),
     (lambda f: f["history"].__delitem__("3"), r"3 history blobs, this net and solver type need 4"),

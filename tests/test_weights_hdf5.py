@@ -131,6 +131,25 @@ def test_malformed_hdf5_weights_name_the_file_layer_and_blob(files, tmp_path, bu
         Net(str(net_path), weights=str(bad), allow_missing=True)
 
 
+def test_link_loops_and_corrupt_headers_are_clear_errors(files, tmp_path):
+    """h5py raises RuntimeError for these (found by `make fuzz`)."""
+    net_path, weights, _ = files
+
+    def looped(f):
+        _copy_of(weights)(f)
+        del f["data/ip"]
+        f["data/ip"] = h5py.SoftLink("/data/ip")
+    loop = _write(tmp_path / "loop.h5", looped)
+    with pytest.raises(WeightsError, match=rf"^{loop}: cannot read HDF5 weights: .*too many links"):
+        Net(str(net_path), weights=str(loop))
+    raw = weights.read_bytes()
+    second = raw.index(b"SNOD", raw.index(b"SNOD") + 1)   # /data's symbol table node
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(raw[:second] + b"XXXX" + raw[second + 4:])
+    with pytest.raises(WeightsError, match=rf"^{corrupt}: cannot read HDF5 weights: .*signature"):
+        Net(str(net_path), weights=str(corrupt))
+
+
 def test_nan_in_hdf5_weights_is_refused_unless_allowed(files, tmp_path, caplog):
     net_path, weights, _ = files
 

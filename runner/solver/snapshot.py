@@ -19,7 +19,7 @@ from runner.atomic import atomic_write_bytes
 from runner.proto import array_to_blob, blob_to_array, caffe_pb2, read_solverstate, write_binary
 from runner.shapes import INT_MAX
 from runner.solver.errors import SolverConfigError
-from runner.weights import save_hdf5
+from runner.weights import H5PY_ERRORS, save_hdf5
 
 
 @dataclass
@@ -137,7 +137,8 @@ def _read_hdf5_state(path: str, history_shapes) -> RestoredState:
         with h5py.File(path, "r") as f:
             learned = ""
             if "learned_net" in f:
-                raw = f["learned_net"][()] if isinstance(f["learned_net"], h5py.Dataset) else None
+                d = f["learned_net"]
+                raw = d[()] if isinstance(d, h5py.Dataset) and d.size == 1 and d.ndim == 0 else None
                 if not isinstance(raw, (bytes, str)):
                     raise SolverConfigError(f"{path}: 'learned_net' is not a string dataset")
                 try:
@@ -163,5 +164,5 @@ def _read_hdf5_state(path: str, history_shapes) -> RestoredState:
                                             f"expected {list(history_shapes[i])}")
                 history.append(np.asarray(d, dtype=np.float32))
             return RestoredState(integer(f, "iter"), integer(f, "current_step"), learned, history)
-    except (OSError, KeyError) as err:   # h5py's: not HDF5, truncated, a broken link
+    except H5PY_ERRORS as err:
         raise SolverConfigError(f"{path}: cannot read HDF5 solver state: {err}") from None
