@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from runner.atomic import atomic_write_bytes
+from runner.hdf5_files import H5PY_ERRORS, StoredSizeError, stored_array
 from runner.net_params import FIXED_STATISTICS
 from runner.proto import ProtoError, array_to_blob, blob_shape, blob_to_array, caffe_pb2, read_caffemodel, upgrade_net, write_binary
 
@@ -28,11 +29,6 @@ _LEGACY_DIMS = ("num", "channels", "height", "width")
 
 class WeightsError(ValueError):
     """Trained blobs that do not fit the net (names the file, layer and blob)."""
-
-
-# What h5py raises on a file it cannot read: not HDF5 or truncated (OSError), a corrupt
-# object header or heap, or a link loop (RuntimeError), a broken link (KeyError).
-H5PY_ERRORS = (OSError, RuntimeError, KeyError)
 
 
 def _legacy_matches(ours: tuple[int, ...], blob) -> bool:
@@ -151,10 +147,15 @@ def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
                                            f"{getattr(dataset, 'dtype', type(dataset).__name__)}")
                     if tuple(dataset.shape) != tuple(slot.shape):
                         raise _shape_mismatch(what, dataset.shape, slot.shape)
-                    value = np.asarray(dataset, dtype=np.float32)
+                    try:
+                        value = stored_array(dataset, what)
+                    except StoredSizeError as err:
+                        raise WeightsError(str(err)) from None
                     chosen.append(slot)
                     values.append(torch.from_numpy(_finite(value, what, allow_nonfinite)))
                 pending.append((name, chosen, values))
+    except WeightsError:
+        raise
     except H5PY_ERRORS as err:
         raise WeightsError(f"{label}: cannot read HDF5 weights: {err}") from None
     return label, pending

@@ -1,6 +1,6 @@
 """The fuzz suite's formats: seed files (a small net, solver, weights, snapshot, mean, LMDB
-of Datums, zoo folder; weights and snapshot in HDF5 too), how each is mutated, and the public
-entry point that reads it.
+of Datums, zoo folder; weights, snapshot and HDF5Data rows in HDF5 too), how each is
+mutated, and the public entry point that reads it.
 
 `make_seeds(folder)` writes the seeds once; each input then runs in a copy of them with one
 file replaced (for Datums, one record of the LMDB), through `run(format, folder)`.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import torch
 
@@ -86,6 +87,14 @@ layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
 """
 
+HDF5_NET = f"""name: "fuzz-hdf5"
+layer {{ name: "data" type: "HDF5Data" top: "data" top: "label"
+  hdf5_data_param {{ source: "h5list.txt" batch_size: 4 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param {{ num_output: {CLASSES} weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+"""
+
 README = """---
 name: fuzz
 caffemodel: fuzz.caffemodel
@@ -151,6 +160,12 @@ def make_seeds(folder: Path) -> None:
     (folder / "records.bin").write_bytes(b"".join(len(v).to_bytes(4, "little") + v
                                                   for _, v in records))
     write_lmdb(folder / "db", records)
+    rng = np.random.default_rng(0)
+    with h5py.File(folder / "rows.h5", "w") as f:
+        f.create_dataset("data", data=rng.normal(size=(6, 1, SIDE, SIDE)).astype(np.float32))
+        f.create_dataset("label", data=np.arange(6) % CLASSES, dtype=np.float32)
+    (folder / "h5list.txt").write_text("rows.h5\n")
+    (folder / "hdf5_net.prototxt").write_text(HDF5_NET)
     mean = np.full((1, 1, SIDE, SIDE), 127.5, np.float32)
     write_binary(array_to_blob(mean), folder / "mean.binaryproto")
     zoo = folder / "zoo"
@@ -226,6 +241,12 @@ def run_solverstate_h5(folder: Path) -> None:
     Solver(param, QUIET).solve("snap_h5_iter_1.solverstate.h5")
 
 
+def run_hdf5_data(folder: Path) -> None:
+    net = Net("hdf5_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0})
+    for _ in range(2):
+        _forward(net)
+
+
 def run_mean(folder: Path) -> None:
     load_mean("mean.binaryproto")
     net = Net("data_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
@@ -277,6 +298,7 @@ FORMATS = {
                             run_caffemodel_h5),
     "solverstate.h5": Format("snap_h5_iter_1.solverstate.h5", BYTE_MUTATORS + [hdf5_edit] * 6,
                              run_solverstate_h5),
+    "hdf5 data": Format("rows.h5", BYTE_MUTATORS + [hdf5_edit] * 6, run_hdf5_data),
     "mean binaryproto": Format("mean.binaryproto",
                                BYTE_MUTATORS + [message_mutator(caffe_pb2.BlobProto)] * 6,
                                run_mean),

@@ -119,6 +119,32 @@ def test_hdf5_data_errors_name_the_file_and_what_is_wrong(two_files, tmp_path):
         net_of(hdf5_layer(tmp_path / "odd.txt", 2))
 
 
+def _listed(tmp_path, name, build):
+    with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+        build(f)
+    (tmp_path / f"{name}.txt").write_text(str(tmp_path / f"{name}.h5"))
+    return tmp_path / f"{name}.txt"
+
+
+@pytest.mark.parametrize("build, message", [
+    # 2**28 rows declared in a few KiB, never written: refused before anything is read
+    (lambda f: (f.create_dataset("data", shape=(2**28, 2), dtype="f4", chunks=True),
+                f.create_dataset("label", data=np.zeros(3))),
+     r"dataset 'data' of '.*declared.h5': declares 2147483648 bytes of values but stores 0"),
+    (lambda f: (f.create_dataset("data", shape=(2**31, 1), dtype="f4", chunks=True),
+                f.create_dataset("label", data=np.zeros(3))),
+     r"dataset 'data' of '.*declared.h5': 2147483648 values, more than Caffe's blob limit"),
+    (lambda f: (f.create_group("data"), f.create_dataset("label", data=np.zeros(3))),
+     r"HDF5 file '.*declared.h5' has no dataset 'data' \(one dataset per top; 'data' is a group or link\)"),
+    (lambda f: (f.__setitem__("data", h5py.SoftLink("/data")), f.create_dataset("label", data=np.zeros(3))),
+     r"cannot read HDF5 file '.*declared.h5': .*too many links"),
+])
+def test_hostile_hdf5_data_files_are_clear_errors(tmp_path, build, message):
+    listed = _listed(tmp_path, "declared", build)
+    with pytest.raises(ValueError, match=rf"layer 'h5' \(HDF5Data\): {message}"):
+        net_of(hdf5_layer(listed, 2))
+
+
 def test_hdf5_output_writes_caffes_datasets_atomically(tmp_path):
     out = tmp_path / "out.h5"
     text = f'''layer {{ name: "in" type: "Input" top: "data" top: "label"

@@ -90,6 +90,17 @@ def _replace(name, value):
     return change
 
 
+def _odd_float(name):
+    """A float dataset whose type has an exponent bias numpy cannot represent (h5py raises
+    ValueError for its dtype; found by `make fuzz`)."""
+    def change(f):
+        del f[name]
+        odd = h5py.h5t.IEEE_F32LE.copy()
+        odd.set_ebias(33554559)
+        h5py.h5d.create(f.id, name.encode(), odd, h5py.h5s.create_simple((2,)))
+    return change
+
+
 def _declare(name, shape):
     """A float dataset of `shape` declared in `name`'s place, its 4 bytes per element never
     written (a file of a few KiB that would read as terabytes)."""
@@ -108,6 +119,7 @@ def _declare(name, shape):
     (_replace("learned_net", np.arange(3)), r"'learned_net' is not a string dataset"),
     (_replace("learned_net", np.bytes_(b"\xff\xfe")), r"'learned_net' is not UTF-8 text"),
     (_declare("learned_net", (2**40,)), r"'learned_net' is not a string dataset"),   # never read
+    (_odd_float("history/1"), r"cannot read HDF5 solver state: Insufficient precision"),
     (_declare("history/0", (2**40,)), r"history blob 0 has shape \[1099511627776\], expected"),
     (lambda f: f.__delitem__("history"), r"no history group"),
     (lambda f: f["history"].move("0", "x"), r"history holds .*expected datasets named 0, 1"),

@@ -123,6 +123,8 @@ def _copy_of(weights):
      r"layer 'ip' blob 0: shape mismatch: the file has \[4, 47\], the net expects \[4, 48\]"),
     (lambda f: f.create_dataset("data/ip/0", data=np.array([b"abc"] * 4)),
      r"layer 'ip' blob 0: expected a numeric dataset, got \|S3"),
+    (lambda f: f.create_dataset("data/ip/0", shape=(4, 48), dtype="f4"),   # declared, never written
+     r"layer 'ip' blob 0: declares 768 bytes of values but stores 0"),
 ])
 def test_malformed_hdf5_weights_name_the_file_layer_and_blob(files, tmp_path, build, message):
     net_path = files[0]

@@ -20,6 +20,7 @@ import torch
 
 from runner.data.datum import DataError
 from runner.data.source import SHUFFLE_STREAM, generator, resolve_seed
+from runner.hdf5_files import H5PY_ERRORS, StoredSizeError, stored_array
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -41,15 +42,21 @@ def load_hdf5_file(path: str, tops: list[str], where: str) -> list[np.ndarray]:
         with h5py.File(path, "r") as f:
             arrays = []
             for name in tops:
-                if name not in f or not isinstance(f[name], h5py.Dataset):
+                if not isinstance(f.get(name), h5py.Dataset):
+                    found = f"'{name}' is a group or link" if name in f else f"it has {sorted(f.keys())}"
                     raise DataError(f"{where}: HDF5 file '{path}' has no dataset '{name}' "
-                                    f"(one dataset per top; it has {sorted(f.keys())})")
+                                    f"(one dataset per top; {found})")
                 data = f[name]
                 if data.ndim < 1 or data.dtype.kind not in "fiu":
                     raise DataError(f"{where}: dataset '{name}' of '{path}' must be a numeric "
                                     f"array with at least one axis, got {data.dtype} {data.shape}")
-                arrays.append(np.asarray(data, dtype=np.float32))
-    except OSError as err:
+                try:
+                    arrays.append(stored_array(data, f"{where}: dataset '{name}' of '{path}'"))
+                except StoredSizeError as err:
+                    raise DataError(str(err)) from None
+    except DataError:
+        raise
+    except H5PY_ERRORS as err:
         raise DataError(f"{where}: cannot read HDF5 file '{path}': {err}") from None
     rows = {a.shape[0] for a in arrays}
     if len(rows) != 1 or 0 in rows:
@@ -84,10 +91,12 @@ class HDF5DataSource:
         self.num_records = sum(self._rows_in(path) for path in self.files)  # one pass, all ranks
 
     def _rows_in(self, path: str) -> int:
+        """Rows of the first top's dataset in `path` (0 if it has none; a later load says so)."""
         try:
             with h5py.File(path, "r") as f:
-                return int(f[self.tops[0]].shape[0]) if self.tops[0] in f else 0
-        except OSError as err:
+                data = f.get(self.tops[0])
+                return int(data.shape[0]) if isinstance(data, h5py.Dataset) and data.ndim else 0
+        except H5PY_ERRORS as err:
             raise DataError(f"{self.where}: cannot read HDF5 file '{path}': {err}") from None
 
     def _check_shapes(self, arrays, path):
