@@ -1,7 +1,8 @@
 """Train, score and time Caffe nets as Caffe's `caffe` tool does (`caffe-ds`).
 
   caffe-ds solver.prototxt [--weights W[,W2]] [--snapshot S] [--gpu G] ...
-  caffe-ds train --solver solver.prototxt ...     (same, Caffe's spelling)
+  caffe-ds train --solver solver.prototxt ...     (same, Caffe's spelling; -solver, -weights,
+                                                    -gpu=0 ... as Caffe's gflags take them too)
   caffe-ds test --model M --weights W --iterations N [--gpu G]
   caffe-ds time --model M --iterations N [--gpu G]
   torchrun --nproc_per_node=K runner/solve.py solver.prototxt ...   (data parallel)
@@ -31,8 +32,13 @@ def _count(low: int):
     return parse
 
 
+def _flag(parser: argparse.ArgumentParser, name: str, *more: str, **kw) -> None:
+    """--name, and -name as Caffe's gflags spell it (`caffe train -solver s.prototxt`)."""
+    parser.add_argument(f"--{name}", f"-{name}", *more, **kw)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu", help="GPU ids: 0, 0,1 or all (default: the CPU; a solver's "
+    _flag(parser, "gpu", help="GPU ids: 0, 0,1 or all (default: the CPU; a solver's "
                         "solver_mode: GPU picks device_id when this is absent)")
 
 
@@ -46,10 +52,10 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                "Data parallel: torchrun --nproc_per_node=K runner/solve.py solver.prototxt "
                "(gloo on the CPU, nccl with --gpu), or --gpu 0,1 to start one process per GPU.")
     p.add_argument("solver", nargs="?", help="solver prototxt")
-    p.add_argument("--solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
-    p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from, in order")
-    p.add_argument("--snapshot", help=".solverstate to resume from")
-    p.add_argument("--iterations", type=_count(0), help="override max_iter")
+    _flag(p, "solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
+    _flag(p, "weights", help="comma-separated .caffemodel files to fine-tune from, in order")
+    _flag(p, "snapshot", help=".solverstate to resume from")
+    _flag(p, "iterations", type=_count(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
                    help="decay of auxiliary loss weights per epoch (default eq2: "
                         "alpha <- alpha * (1 - t/N))")
@@ -64,7 +70,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars (loss, lr, "
                    "test outputs, auxiliary weights) to DIR; needs the tensorboard extra")
     for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
-        p.add_argument(f"--{sig}_effect", f"--{sig}-effect", default=default,
+        _flag(p, f"{sig}_effect", f"--{sig}-effect", default=default,
                        choices=["stop", "snapshot", "none"],
                        help=f"what {sig.upper()} does (default {default})")
     _common(p)
@@ -75,14 +81,12 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
     what = {"test": "Score trained weights on a net (caffe test): outputs per batch and averaged.",
             "time": "Time a net's forward and backward passes per layer (caffe time)."}[command]
     p = argparse.ArgumentParser(prog=f"{prog} {command}", description=what + " " + PATHS_NOTE)
-    p.add_argument("--model", required=True, help="net prototxt")
-    p.add_argument("--weights", required=command == "test",
-                   help="comma-separated .caffemodel files")
-    p.add_argument("--iterations", type=_count(1), default=50, help="batches (default 50)")
-    p.add_argument("--phase", choices=["TRAIN", "TEST"],
-                   default="TEST" if command == "test" else "TRAIN")
-    p.add_argument("--stage", default="", help="comma-separated stages")
-    p.add_argument("--level", type=int, default=0)
+    _flag(p, "model", required=True, help="net prototxt")
+    _flag(p, "weights", required=command == "test", help="comma-separated .caffemodel files")
+    _flag(p, "iterations", type=_count(1), default=50, help="batches (default 50)")
+    _flag(p, "phase", choices=["TRAIN", "TEST"], default="TEST" if command == "test" else "TRAIN")
+    _flag(p, "stage", default="", help="comma-separated stages")
+    _flag(p, "level", type=int, default=0)
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="load weights holding NaN or inf (with a warning) instead of refusing them")
     if command == "test":

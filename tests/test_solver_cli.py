@@ -122,6 +122,22 @@ def test_test_command_scores_the_weights(files, trained, capsys):
     assert json.loads((files / "one.json").read_text())["iterations"] == 1
 
 
+def test_caffes_single_dash_gflags_spelling_is_accepted(files, trained, tmp_path, capsys):
+    """`caffe train -solver s.prototxt -weights w`, `-iterations=2`, as Caffe's tutorials
+    write them; a negative count is still a value, refused as one."""
+    solver = (files / "solver.prototxt").read_text().replace(f"{files}/snap/", f"{tmp_path}/")
+    (tmp_path / "solver.prototxt").write_text(solver)
+    assert main(["train", "-solver", str(tmp_path / "solver.prototxt"), "-weights", str(trained),
+                 "-iterations=2", "-sighup_effect", "none"]) == 0
+    assert (tmp_path / "small_iter_2.caffemodel").exists()
+    assert main(["test", "-model", str(files / "net.prototxt"), f"-weights={trained}",
+                 "-iterations", "1", "-phase", "TEST", "-gpu", "all"]) == 0
+    assert "accuracy = " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["time", "-model", str(files / "net.prototxt"), "-iterations", "-1"])
+    assert "argument --iterations/-iterations: must be >= 1, got -1" in capsys.readouterr().err
+
+
 def test_time_command_reports_every_layer(files, capsys):
     assert main(["time", "--model", str(files / "net.prototxt"), "--iterations", "2"]) == 0
     err = capsys.readouterr().err
