@@ -87,7 +87,7 @@ def is_hdf5(source) -> bool:
 
 
 def _proto_values(source, targets: dict, allow_nonfinite: bool):
-    """(label, [(slots, values)]) from a .caffemodel or NetParameter: Caffe's
+    """(label, [(layer name, slots, values)]) from a .caffemodel or NetParameter: Caffe's
     CopyTrainedLayersFrom(NetParameter), each matched layer's blob count exactly the net's."""
     param, label = _read(source)
     pending = []
@@ -108,10 +108,10 @@ def _proto_values(source, targets: dict, allow_nonfinite: bool):
 
 
 def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
-    """(label, [(name, slots, values)]) from HDF5 weights: Caffe's CopyTrainedLayersFromHDF5.
-    /data/<layer>/<j> holds blob j; a layer may not hold more blobs than the net's, and may
-    leave out only the blobs it shares from another layer. Each dataset's shape is checked
-    before it is read."""
+    """(label, [(layer name, slots, values)]) from HDF5 weights: Caffe's
+    CopyTrainedLayersFromHDF5. /data/<layer>/<j> holds blob j; a layer may not hold more
+    blobs than the net's, and may leave out only the blobs it shares from another layer.
+    Each dataset's shape is checked before it is read."""
     import h5py
 
     label = os.fspath(path)
