@@ -1,6 +1,8 @@
 """convert_imageset and compute_image_mean against Caffe's conventions, checked with OpenCV
 reads of the same files: keys "%08d_NAME", key order, raw/encoded/gray/resize Datums,
 reproducible --shuffle, and the mean BlobProto."""
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -104,6 +106,22 @@ def test_bad_invocations_are_refused_with_reasons(tmp_path, image_folder, capsys
     (tmp_path / "list.txt").write_text("a.png three\n")
     assert convert(tmp_path, db="bad") == 2
     assert "list.txt:1: expected 'NAME LABEL'" in capsys.readouterr().err
+
+
+def test_resize_past_caffes_limit_or_memory_is_refused_naming_it(tmp_path, image_folder, capsys,
+                                                                   monkeypatch):
+    assert convert(tmp_path, "--resize_height", "100000", "--resize_width", "100000", db="huge") == 2
+    assert ("--resize_height/--resize_width: a 100000 x 100000 colour image holds 30000000000 "
+            "values, more than Caffe's limit of 2147483647") in capsys.readouterr().err
+    assert not (tmp_path / "huge").exists()
+
+    def no_memory(*args, **kwargs):
+        raise cv2.error("OpenCV(4.14.0) alloc.cpp:73: error: (-4:Insufficient memory) "
+                        "Failed to allocate 30000000000 bytes in function 'OutOfMemoryError'\n")
+    monkeypatch.setattr(cv2, "resize", no_memory)
+    assert convert(tmp_path, "--resize_height", "30", "--resize_width", "30", db="oom") == 2
+    assert re.search(r"a.png: cannot resize to 30 x 30: .*Insufficient memory",
+                     capsys.readouterr().err)
 
 
 def test_compute_image_mean_matches_numpy_and_caffes_blob(tmp_path, image_folder, capsys):

@@ -64,7 +64,8 @@ class ImageDataSource(PrefetchingSource):
         param = lp.image_data_param
         self.name = lp.name
         where = f"layer '{lp.name}' (ImageData)"
-        check_resize(param.new_height, param.new_width, f"{where} new_height/new_width")
+        check_resize(param.new_height, param.new_width, f"{where} new_height/new_width",
+                     param.is_color)
         if param.batch_size <= 0:
             raise DataError(f"{where}: image_data_param.batch_size must be positive")
         tops = check_tops(lp)

@@ -10,6 +10,7 @@ import numpy as np
 
 from runner.data.datum import DataError, encoded_datum, image_to_datum
 from runner.proto import ProtoError, caffe_pb2, read_file_bytes
+from runner.shapes import INT_MAX
 
 
 def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
@@ -75,11 +76,16 @@ def class_folder_list(root: str | os.PathLike, classes: list[str] | None = None
     return lines, classes
 
 
-def check_resize(height: int, width: int, what: str) -> None:
-    """Caffe resizes only when both sizes are given; one alone is an error here."""
+def check_resize(height: int, width: int, what: str, is_color: bool = True) -> None:
+    """Caffe resizes only when both sizes are given; one alone is an error here, and so is
+    an image of more values than a Datum or blob holds (INT_MAX)."""
     if (height > 0) != (width > 0):
         raise DataError(f"{what}: give both a resize height and width, or neither "
                         f"(got {height} x {width})")
+    values = (3 if is_color else 1) * max(height, 0) * max(width, 0)
+    if values > INT_MAX:
+        raise DataError(f"{what}: a {height} x {width} {'colour' if is_color else 'gray'} "
+                        f"image holds {values} values, more than Caffe's limit of {INT_MAX}")
 
 
 def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True
@@ -88,7 +94,11 @@ def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True
     are > 0; None when OpenCV cannot read the file."""
     image = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if image is not None and height > 0 and width > 0:
-        image = cv2.resize(image, (width, height))
+        try:
+            image = cv2.resize(image, (width, height))
+        except cv2.error as err:   # out of memory, most likely
+            raise DataError(f"{path}: cannot resize to {height} x {width}: "
+                            f"{str(err).strip().splitlines()[-1]}") from None
     return image
 
 

@@ -67,7 +67,7 @@ def convert_imageset(root: str, list_file: str | None, db: str, *, shuffle: bool
     LMDB `db`; returns the number written. `options` are those of `imageset_records`.
     """
     check_resize(options.get("resize_height", 0), options.get("resize_width", 0),
-                 "--resize_height/--resize_width")
+                 "--resize_height/--resize_width", not options.get("gray", False))
     if list_file is None:
         return convert_class_folders(root, db, shuffle=shuffle, seed=seed, overwrite=overwrite,
                                      labels=labels, **options)
