@@ -7,6 +7,7 @@ averaged), subtract the mean averaged per channel, apply the train_val's scale. 
 runs in its inference form (Net.for_inference) unless --plain is given.
 """
 import argparse
+import math
 import sys
 
 import torch
@@ -30,7 +31,7 @@ def parse_args(argv):
     p.add_argument("--labels", help="labels file, one per line (default: the folder's)")
     p.add_argument("--images-dim", help="H,W to resize images to before cropping "
                    "(default: the mean's size, else the net input)")
-    p.add_argument("--top", type=int, default=5, help="labels to print per image (5)")
+    p.add_argument("--top", type=console.at_least(1), default=5, help="labels to print per image (5)")
     p.add_argument("--oversample", action="store_true",
                    help="average 10 crops (corners, centre and mirrors)")
     p.add_argument("--gpu", action="store_true", help="run on the CUDA device")
@@ -47,9 +48,12 @@ def numbers(text: str | None, kind=float) -> list | None:
     if text is None:
         return None
     try:
-        return [kind(v) for v in text.split(",")]
+        values = [kind(v) for v in text.split(",")]
     except ValueError:
         raise ZooError(f"'{text}': expected comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ZooError(f"'{text}': expected finite numbers")
+    return values
 
 
 def main(argv=None) -> int:

@@ -19,19 +19,6 @@ PATHS_NOTE = ("Paths on the command line and inside the prototxt files (net, sna
               "data sources, mean files) resolve relative to the working directory, as Caffe's.")
 
 
-def _count(low: int):
-    """argparse type: an int >= low (iterations of test/time need 1, a max_iter 0)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
-
-
 def _flag(parser: argparse.ArgumentParser, name: str, *more: str, **kw) -> None:
     """--name, and -name as Caffe's gflags spell it (`caffe train -solver s.prototxt`)."""
     parser.add_argument(f"--{name}", f"-{name}", *more, **kw)
@@ -55,7 +42,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     _flag(p, "solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
     _flag(p, "weights", help="comma-separated .caffemodel files to fine-tune from, in order")
     _flag(p, "snapshot", help=".solverstate to resume from")
-    _flag(p, "iterations", type=_count(0), help="override max_iter")
+    _flag(p, "iterations", type=console.at_least(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
                    help="decay of auxiliary loss weights per epoch (default eq2: "
                         "alpha <- alpha * (1 - t/N))")
@@ -83,7 +70,7 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{prog} {command}", description=what + " " + PATHS_NOTE)
     _flag(p, "model", required=True, help="net prototxt")
     _flag(p, "weights", required=command == "test", help="comma-separated .caffemodel files")
-    _flag(p, "iterations", type=_count(1), default=50, help="batches (default 50)")
+    _flag(p, "iterations", type=console.at_least(1), default=50, help="batches (default 50)")
     _flag(p, "phase", choices=["TRAIN", "TEST"], default="TEST" if command == "test" else "TRAIN")
     _flag(p, "stage", default="", help="comma-separated stages")
     _flag(p, "level", type=int, default=0)

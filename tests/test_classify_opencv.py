@@ -1,5 +1,6 @@
 """classify on a published Fashion-MNIST model agrees with OpenCV's own Caffe importer
 (cv2.dnn.readNetFromCaffe on the same folder) on real test images."""
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,38 @@ def test_bad_image_is_one_clear_error(setup, tmp_path, capsys, content, message)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.strip() == f"error: {bad}: {message}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--images-dim", "100000,100000"], "error: images resized to (100000, 100000) hold "
+     "10000000000 values each, more than Caffe's limit of 2147483647"),
+    (["--mean-value", "nan"], "error: 'nan': expected finite numbers"),
+    (["--images-dim", "30,x"], "error: '30,x': expected comma-separated numbers"),
+])
+def test_bad_preprocessing_flags_are_one_clear_error(setup, capsys, flags, message):
+    folder, _, pngs = setup
+    assert classify([str(folder), str(pngs[0]), *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines()[-1] == message
+
+
+def test_opencv_failing_to_resize_is_one_clear_error(setup, capsys, monkeypatch):
+    folder, _, pngs = setup
+
+    def no_memory(*args, **kwargs):
+        raise cv2.error("OpenCV(4.14.0) alloc.cpp:73: error: (-4:Insufficient memory) "
+                        "Failed to allocate 40000000000 bytes in function 'OutOfMemoryError'\n")
+    monkeypatch.setattr(cv2, "resize", no_memory)
+    assert classify([str(folder), str(pngs[0]), "--images-dim", "30,30"]) == 2
+    assert re.search(r"^error: cannot resize an image to \(30, 30\): .*Insufficient memory",
+                     capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_top_must_be_positive(setup, capsys):
+    folder, _, pngs = setup
+    with pytest.raises(SystemExit):
+        classify([str(folder), str(pngs[0]), "--top", "-3"])
+    assert "argument --top: must be >= 1, got -3" in capsys.readouterr().err
 
 
 def test_missing_model_is_one_clear_error(tmp_path, capsys):

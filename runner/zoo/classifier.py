@@ -9,6 +9,7 @@ and raw_scale (255) are already in effect; single-channel nets read images as gr
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from runner.precision import use_caffe_precision
+from runner.shapes import INT_MAX
 from runner.zoo.frontmatter import ZooError
 from runner.zoo.load import ZooModel
 
@@ -42,8 +44,12 @@ def resize(image: np.ndarray, dims: tuple[int, int], interpolation: int = cv2.IN
     (OpenCV takes at most 512 channels a call, so wider images go in slices)."""
     if image.shape[:2] == tuple(dims):
         return image
-    slices = [cv2.resize(image[:, :, k:k + 512], (dims[1], dims[0]), interpolation=interpolation)
-              for k in range(0, image.shape[2], 512)]
+    try:
+        slices = [cv2.resize(image[:, :, k:k + 512], (dims[1], dims[0]), interpolation=interpolation)
+                  for k in range(0, image.shape[2], 512)]
+    except cv2.error as err:   # out of memory, most likely
+        raise ValueError(f"cannot resize an image to {tuple(dims)}: "
+                         f"{str(err).strip().splitlines()[-1]}") from None
     return np.concatenate([s.reshape(dims[0], dims[1], -1) for s in slices], axis=2)
 
 
@@ -94,6 +100,10 @@ class Classifier:
         if min(r - c for r, c in zip(self.info.image_dims, self.info.crop_dims)) < 0:
             raise ZooError(f"images resized to {self.info.image_dims} are smaller than "
                            f"the net input {self.info.crop_dims}")
+        values = math.prod(self.info.image_dims) * self.info.channels
+        if values > INT_MAX:
+            raise ZooError(f"images resized to {self.info.image_dims} hold {values} values each, "
+                           f"more than Caffe's limit of {INT_MAX}")
         resized = np.stack([resize(im, self.info.image_dims) for im in images])
         crops = (oversample if oversampled else centre_crop)(resized, self.info.crop_dims)
         out = self.forward_all(self.preprocess(crops))
