@@ -40,7 +40,8 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                "(gloo on the CPU, nccl with --gpu), or --gpu 0,1 to start one process per GPU.")
     p.add_argument("solver", nargs="?", help="solver prototxt")
     _flag(p, "solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
-    _flag(p, "weights", help="comma-separated .caffemodel files to fine-tune from, in order")
+    _flag(p, "weights", help="comma-separated .caffemodel (or .caffemodel.h5) files to fine-tune "
+          "from, in order")
     _flag(p, "snapshot", help=".solverstate to resume from")
     _flag(p, "iterations", type=console.at_least(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
@@ -69,7 +70,8 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
             "time": "Time a net's forward and backward passes per layer (caffe time)."}[command]
     p = argparse.ArgumentParser(prog=f"{prog} {command}", description=what + " " + PATHS_NOTE)
     _flag(p, "model", required=True, help="net prototxt")
-    _flag(p, "weights", required=command == "test", help="comma-separated .caffemodel files")
+    _flag(p, "weights", required=command == "test",
+          help="comma-separated .caffemodel (or .caffemodel.h5) files")
     _flag(p, "iterations", type=console.at_least(1), default=50, help="batches (default 50)")
     _flag(p, "phase", choices=["TRAIN", "TEST"], default="TEST" if command == "test" else "TRAIN")
     _flag(p, "stage", default="", help="comma-separated stages")

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=console.prog(f"python -m {__spec__.name}"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="deploy prototxt")
-    parser.add_argument("weights", help="trained .caffemodel")
+    parser.add_argument("weights", help="trained .caffemodel (or Caffe's HDF5 weights, .caffemodel.h5)")
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument("--output-blob", action="append", dest="blobs", metavar="BLOB",
                         help="blob to expose as a graph output (repeatable; default: the net's outputs)")
