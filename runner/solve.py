@@ -5,6 +5,7 @@
                                                     -gpu=0 ... as Caffe's gflags take them too)
   caffe-ds test --model M --weights W --iterations N [--gpu G]
   caffe-ds time --model M --iterations N [--gpu G]
+  caffe-ds device_query --gpu G                   (each GPU's properties)
   torchrun --nproc_per_node=K runner/solve.py solver.prototxt ...   (data parallel)
 
 `python runner/solve.py ...` is the same command (runner is imported as the installed
@@ -34,15 +35,16 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog, description="Train a net with Caffe's solver semantics (caffe train). "
         + PATHS_NOTE + " The log goes to stderr and to <snapshot_prefix>.log; the curves "
         "to <snapshot_prefix>_training.png.",
-        epilog="Other commands: `test --model M --weights W --iterations N` (caffe test) and "
-               "`time --model M --iterations N` (caffe time); see `<command> --help`. "
+        epilog="Other commands: `test --model M --weights W --iterations N` (caffe test), "
+               "`time --model M --iterations N` (caffe time) and `device_query --gpu G`; "
+               "see `<command> --help`. "
                "Data parallel: torchrun --nproc_per_node=K runner/solve.py solver.prototxt "
                "(gloo on the CPU, nccl with --gpu), or --gpu 0,1 to start one process per GPU.")
     p.add_argument("solver", nargs="?", help="solver prototxt")
     _flag(p, "solver", dest="solver_flag", help="solver prototxt (Caffe's spelling)")
     _flag(p, "weights", help="comma-separated .caffemodel (or .caffemodel.h5) files to fine-tune "
           "from, in order")
-    _flag(p, "snapshot", help=".solverstate to resume from")
+    _flag(p, "snapshot", help=".solverstate (or .solverstate.h5) to resume from")
     _flag(p, "iterations", type=console.at_least(0), help="override max_iter")
     p.add_argument("--aux-decay", choices=["eq2", "linear", "none"], default="eq2",
                    help="decay of auxiliary loss weights per epoch (default eq2: "
@@ -83,6 +85,44 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
                        "file, <name>_test.json for <name>.caffemodel)")
     _common(p)
     return p
+
+
+def device_query_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} device_query",
+                                description="Show each GPU's properties (caffe device_query).")
+    _common(p)
+    return p
+
+
+# Caffe's DeviceQuery lines, for the properties torch reports (others are left out)
+DEVICE_PROPERTIES = (("Major revision number", "major"), ("Minor revision number", "minor"),
+                     ("Name", "name"), ("Total global memory", "total_memory"),
+                     ("Total shared memory per block", "shared_memory_per_block"),
+                     ("Total registers per block", "regs_per_block"), ("Warp size", "warp_size"),
+                     ("Maximum threads per block", "max_threads_per_block"),
+                     ("Clock rate", "clock_rate"),
+                     ("Number of multiprocessors", "multi_processor_count"))
+
+
+def run_device_query(args) -> None:
+    import torch
+
+    from runner.solver import distributed
+    from runner.solver.caffe_log import CaffeLog
+
+    log = CaffeLog()
+    log.info("caffe.cpp:138", f"Querying GPUs {args.gpu or ''}")
+    if not torch.cuda.is_available():
+        print("No cuda device present.")
+        return
+    gpus, _ = distributed.parse_gpus(args.gpu)
+    for gpu in gpus:
+        props = torch.cuda.get_device_properties(gpu)
+        log.info("common.cpp:178", f"{'Device id:':31s}{gpu}")
+        for label, name in DEVICE_PROPERTIES:
+            value = getattr(props, name, None)
+            if value is not None:
+                log.info("common.cpp:179", f"{label + ':':31s}{value}")
 
 
 def run_train(args) -> None:
@@ -179,16 +219,19 @@ def run_model_command(command: str, args) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = console.prog("python runner/solve.py")
-    command = argv[0] if argv and argv[0] in ("train", "test", "time") else "train"
+    command = argv[0] if argv and argv[0] in ("train", "test", "time", "device_query") else "train"
     if argv and argv[0] == command:
         argv = argv[1:]
-    parser = train_parser(prog) if command == "train" else model_parser(prog, command)
+    parser = {"train": train_parser, "device_query": device_query_parser}.get(
+        command, lambda prog: model_parser(prog, command))(prog)
     args = parser.parse_args(argv)
     from runner.graph import LayerMemoryError
     from runner.solver.errors import SolverDiverged
     try:
         if command == "train":
             run_train(args)
+        elif command == "device_query":
+            run_device_query(args)
         else:
             run_model_command(command, args)
     except (ValueError, OSError, SolverDiverged, LayerMemoryError) as err:

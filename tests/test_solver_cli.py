@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,28 @@ def test_caffes_single_dash_gflags_spelling_is_accepted(files, trained, tmp_path
     with pytest.raises(SystemExit):
         main(["time", "-model", str(files / "net.prototxt"), "-iterations", "-1"])
     assert "argument --iterations/-iterations: must be >= 1, got -1" in capsys.readouterr().err
+
+
+def test_device_query_prints_caffes_lines_per_gpu(capsys, monkeypatch):
+    if not torch.cuda.is_available():
+        assert main(["device_query", "-gpu", "0"]) == 0
+        assert capsys.readouterr().out == "No cuda device present.\n"   # Caffe's words
+    fake = types.SimpleNamespace(major=9, minor=0, name="Fake GPU", total_memory=80 << 30,
+                                 warp_size=32, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: fake)
+    assert main(["device_query", "--gpu", "all"]) == 0
+    err = capsys.readouterr().err
+    assert "caffe.cpp:138] Querying GPUs all" in err
+    for line in ("Device id:                     1", "Major revision number:         9",
+                 "Name:                          Fake GPU",
+                 "Total global memory:           85899345920",
+                 "Number of multiprocessors:     132"):
+        assert line in err, line
+    assert "Clock rate" not in err              # a property torch does not report is left out
+    assert main(["device_query", "-gpu", "5"]) == 2
+    assert "--gpu 5: no CUDA device 5 (this machine has 2)" in capsys.readouterr().err
 
 
 def test_time_command_reports_every_layer(files, capsys):
