@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
@@ -152,3 +153,28 @@ def test_cli_publishes_and_verifies(published, tmp_path):
                            capture_output=True, text=True, cwd=REPO)
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith("OK fm8: fm8.caffemodel sha1 ")
+
+
+def test_an_hdf5_snapshot_publishes_the_same_weights(published, tmp_path):
+    """snapshot_format: HDF5 leaves <prefix>_iter_N.caffemodel.h5 beside <prefix>.log; written
+    here with h5py in Caffe's layout from the binary snapshot's blobs."""
+    folder, model, weights = published
+    h5 = weights.parent / "fashion_iter_200.caffemodel.h5"
+    with h5py.File(h5, "w") as f:
+        for lp in read_caffemodel(weights).layer:
+            for j, blob in enumerate(lp.blobs):
+                f.create_dataset(f"data/{lp.name}/{j}", data=blob_to_array(blob))
+    try:
+        out = publish(model, h5, tmp_path / "zoo", score=False)
+    finally:
+        h5.unlink()
+    ours = {lp.name: [blob_to_array(b) for b in lp.blobs]
+            for lp in read_caffemodel(out / "fashion-mnist-cnds8.caffemodel").layer if lp.blobs}
+    theirs = {lp.name: [blob_to_array(b) for b in lp.blobs]
+              for lp in read_caffemodel(folder / "fashion-mnist-cnds8.caffemodel").layer if lp.blobs}
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        for a, b in zip(ours[name], theirs[name]):
+            np.testing.assert_array_equal(a, b)
+    assert (out / "training_curve.png").exists()      # found beside the .caffemodel.h5
+    verify(out)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from runner.results import ProcessClock, ResultError, read_result, scalar_or_list, write_result
+from runner.solver.snapshot import weights_base
 
 
 def train_result_path(snapshot_prefix: str) -> str:
@@ -16,10 +17,7 @@ def train_result_path(snapshot_prefix: str) -> str:
 def test_result_path(weights: str) -> str:
     """Beside the (first) weights scored: `<name>_test.json` for `<name>.caffemodel` or
     `<name>.caffemodel.h5`."""
-    for ext in (".caffemodel", ".caffemodel.h5"):
-        if weights.endswith(ext):
-            return f"{weights[:-len(ext)]}_test.json"
-    return f"{weights}_test.json"
+    return f"{weights_base(weights)}_test.json"
 
 
 def best_scores(scores: list[tuple[int, dict[str, list[float]]]]) -> dict[str, dict]:

@@ -29,6 +29,19 @@ class SnapshotPaths:
     state: str
 
 
+WEIGHTS_EXTENSIONS = (".caffemodel.h5", ".caffemodel")
+
+
+def weights_base(path: str | os.PathLike) -> str:
+    """`path` without its .caffemodel or .caffemodel.h5 extension (`<prefix>_iter_<N>` for a
+    snapshot); unchanged when it has neither."""
+    path = os.fspath(path)
+    for ext in WEIGHTS_EXTENSIONS:
+        if path.endswith(ext):
+            return path[:-len(ext)]
+    return path
+
+
 def snapshot_paths(prefix: str, it: int, hdf5: bool = False) -> SnapshotPaths:
     base, ext = f"{prefix}_iter_{it}", ".h5" if hdf5 else ""
     return SnapshotPaths(f"{base}.caffemodel{ext}", f"{base}.solverstate{ext}")

@@ -12,6 +12,7 @@ import torch
 
 from runner.proto import read_solver
 from runner.solver.caffe_log import CaffeLog
+from runner.solver.snapshot import weights_base
 from runner.zoo.describe import last_test_outputs
 
 DEFAULT_ITERATIONS = 50  # caffe test's default when the solver gives no test_iter
@@ -49,7 +50,7 @@ def score_weights(train_val: Path, weights: Path, iterations: int) -> Score | st
 
 
 def snapshot_iteration(weights: Path) -> int | None:
-    match = re.search(r"_iter_(\d+)$", weights.stem)
+    match = re.search(r"_iter_(\d+)$", weights_base(weights))
     return int(match.group(1)) if match else None
 
 

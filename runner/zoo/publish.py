@@ -18,7 +18,10 @@ from pathlib import Path
 from runner.atomic import atomic_write_bytes, atomic_write_text, temporary_dir_beside
 from runner.deep_supervision import is_aux, without_aux
 from runner.graph import infer_net_shapes
+from runner.net import Net
 from runner.proto import caffe_pb2, filter_net, read_caffemodel, read_net, read_solver, write_text
+from runner.solver.snapshot import weights_base
+from runner.weights import is_hdf5
 from runner.zoo.accuracy import accuracy_text, score_weights, solver_test_iterations
 from runner.zoo.describe import architecture_table, solver_table
 from runner.zoo.frontmatter import ZooError, render_readme, sha1_of_file
@@ -57,7 +60,7 @@ def publish(model_dir: str | os.PathLike, weights: str | os.PathLike,
             raise ZooError(f"{path}: no such file")
     train_val, solver = read_net(files["train_val"]), read_solver(files["solver"])
     deploy, cut = cut_aux_branches(read_net(files["deploy"]), files["deploy"])
-    deploy_weights = deploy_caffemodel(read_caffemodel(weights), deploy)
+    deploy_weights = deploy_caffemodel(trained_weights(weights, deploy), deploy)
     mean, labels = dataset_files(train_val, files["train_val"])
     log, curve = run_outputs(weights, log, curve)
     iterations = test_iterations or solver_test_iterations(files["solver"])
@@ -103,6 +106,14 @@ def cut_aux_branches(deploy, path: Path) -> tuple[object, list[str]]:
     except ValueError as exc:
         raise ZooError(f"{path}: after cutting the auxiliary layers {cut}: {exc}") from None
     return kept, cut
+
+
+def trained_weights(weights: Path, deploy) -> caffe_pb2.NetParameter:
+    """The trained NetParameter of a .caffemodel; of HDF5 weights (snapshot_format: HDF5),
+    the deploy net's layers with the blobs the file holds for them."""
+    if is_hdf5(weights):
+        return Net(deploy, phase="TEST", weights=str(weights)).to_net_parameter()
+    return read_caffemodel(weights)
 
 
 def deploy_caffemodel(trained, deploy):
@@ -151,8 +162,8 @@ def _find(value: str, prototxt: Path) -> Path | None:
 
 def run_outputs(weights: Path, log, curve) -> tuple[Path | None, Path | None]:
     """The training log and curve PNG: as given, else the solver's `<prefix>.log` and
-    `<prefix>_training.png` beside a `<prefix>_iter_<N>.caffemodel` snapshot, if there."""
-    prefix = re.sub(r"_iter_\d+$", "", weights.stem)
+    `<prefix>_training.png` beside a `<prefix>_iter_<N>.caffemodel(.h5)` snapshot, if there."""
+    prefix = re.sub(r"_iter_\d+$", "", Path(weights_base(weights)).name)
     found = []
     for given, default in ((log, f"{prefix}.log"), (curve, f"{prefix}_training.png")):
         if given is not None and not Path(given).is_file():
