@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="write <ZOO>/<name>/ from a model folder and weights")
     pub.add_argument("model", help="model folder with train_val/deploy/solver.prototxt")
-    pub.add_argument("weights", help="trained caffemodel (a train_val snapshot; .caffemodel or .caffemodel.h5)")
+    pub.add_argument("weights", help="trained caffemodel (a train_val snapshot; .caffemodel "
+                     "or .caffemodel.h5)")
     pub.add_argument("zoo", help="zoo directory; the model goes to <zoo>/<name>/")
     pub.add_argument("--name", help="model name (default: the model folder's name)")
     pub.add_argument("--license", default=DEFAULT_LICENSE,
