@@ -5,7 +5,7 @@
                                                     -gpu=0 ... as Caffe's gflags take them too)
   caffe-ds test --model M --weights W --iterations N [--gpu G]
   caffe-ds time --model M --iterations N [--gpu G]
-  caffe-ds device_query --gpu G                   (each GPU's properties)
+  caffe-ds device_query -gpu G                    (python -m runner.tools.device_query)
   torchrun --nproc_per_node=K runner/solve.py solver.prototxt ...   (data parallel)
 
 `python runner/solve.py ...` is the same command (runner is imported as the installed
@@ -85,44 +85,6 @@ def model_parser(prog: str, command: str) -> argparse.ArgumentParser:
                        "file, <name>_test.json for <name>.caffemodel)")
     _common(p)
     return p
-
-
-def device_query_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{prog} device_query",
-                                description="Show each GPU's properties (caffe device_query).")
-    _common(p)
-    return p
-
-
-# Caffe's DeviceQuery lines, for the properties torch reports (others are left out)
-DEVICE_PROPERTIES = (("Major revision number", "major"), ("Minor revision number", "minor"),
-                     ("Name", "name"), ("Total global memory", "total_memory"),
-                     ("Total shared memory per block", "shared_memory_per_block"),
-                     ("Total registers per block", "regs_per_block"), ("Warp size", "warp_size"),
-                     ("Maximum threads per block", "max_threads_per_block"),
-                     ("Clock rate", "clock_rate"),
-                     ("Number of multiprocessors", "multi_processor_count"))
-
-
-def run_device_query(args) -> None:
-    import torch
-
-    from runner.solver import distributed
-    from runner.solver.caffe_log import CaffeLog
-
-    log = CaffeLog()
-    log.info("caffe.cpp:138", f"Querying GPUs {args.gpu or ''}")
-    if not torch.cuda.is_available():
-        print("No cuda device present.")
-        return
-    gpus, _ = distributed.parse_gpus(args.gpu)
-    for gpu in gpus:
-        props = torch.cuda.get_device_properties(gpu)
-        log.info("common.cpp:178", f"{'Device id:':31s}{gpu}")
-        for label, name in DEVICE_PROPERTIES:
-            value = getattr(props, name, None)
-            if value is not None:
-                log.info("common.cpp:179", f"{label + ':':31s}{value}")
 
 
 def run_train(args) -> None:
@@ -222,16 +184,16 @@ def main(argv=None) -> int:
     command = argv[0] if argv and argv[0] in ("train", "test", "time", "device_query") else "train"
     if argv and argv[0] == command:
         argv = argv[1:]
-    parser = {"train": train_parser, "device_query": device_query_parser}.get(
-        command, lambda prog: model_parser(prog, command))(prog)
+    if command == "device_query":   # Caffe's fourth command; its home is runner.tools
+        from runner.tools import device_query
+        return device_query.main(argv)
+    parser = train_parser(prog) if command == "train" else model_parser(prog, command)
     args = parser.parse_args(argv)
     from runner.graph import LayerMemoryError
     from runner.solver.errors import SolverDiverged
     try:
         if command == "train":
             run_train(args)
-        elif command == "device_query":
-            run_device_query(args)
         else:
             run_model_command(command, args)
     except (ValueError, OSError, SolverDiverged, LayerMemoryError) as err:
