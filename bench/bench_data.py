@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from runner.data.datum import datum_to_array, parse_datum
 from runner.data.lmdb_store import LmdbReader
-from runner.data.source import DataSource, LmdbBatches
+from runner.data.source import DataSource, DatabaseBatches
 from runner.proto import caffe_pb2
 from runner.tools.convert_imageset import convert_imageset
 
@@ -72,7 +72,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class BytesForDevice(LmdbBatches):
+class BytesForDevice(DatabaseBatches):
     """The Data layer's batches for a device, minus the device's work: `finish` returns
     the raw arrays, the ring slot itself (where a GPU's DMA would read)."""
 

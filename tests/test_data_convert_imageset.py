@@ -101,8 +101,9 @@ def test_bad_invocations_are_refused_with_reasons(tmp_path, image_folder, capsys
     assert "e.png: image has 105 values, the first has 144" in capsys.readouterr().err
     assert not (tmp_path / "sized").exists()
     with pytest.raises(SystemExit):
-        convert(tmp_path, "--backend", "leveldb", db="ldb")
-    assert "--backend leveldb is not supported" in capsys.readouterr().err
+        convert(tmp_path, "--backend", "rocksdb", db="rdb")
+    assert "argument --backend: invalid choice: 'rocksdb' (choose from 'leveldb', 'lmdb')" \
+        in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("a.png three\n")
     assert convert(tmp_path, db="bad") == 2
     assert "list.txt:1: expected 'NAME LABEL'" in capsys.readouterr().err

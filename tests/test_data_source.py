@@ -150,8 +150,9 @@ def test_bad_configuration_is_refused_with_the_reason(constant_db, tmp_path):
     make = source_factory("Data")
     leveldb = layer(f'name: "data" type: "Data" top: "data" '
                     f'data_param {{ source: "{constant_db}" batch_size: 2 }}')
-    with pytest.raises(DataError, match=r"LEVELDB .* set `backend: LMDB` .*convert_imageset"):
-        make(leveldb, "TRAIN")
+    with pytest.raises(DataError, match=r"'.*const' is an LMDB database, not a LevelDB: set "
+                                        r"`backend: LMDB` in data_param \(LEVELDB is Caffe's default\)"):
+        make(leveldb, "TRAIN")   # backend left at Caffe's default on an LMDB
     with pytest.raises(DataError, match=r"LMDB database '.*missing' does not exist"):
         make(data_layer(tmp_path / "missing"), "TRAIN")
     with pytest.raises(DataError, match=r"key '00000000_0.png': image is 4 x 5, smaller than "

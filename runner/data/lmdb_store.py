@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from runner.atomic import temporary_dir_beside
 from runner.data.datum import DataError
+from runner.data.record_reader import RecordReader
 
 COMMIT_EVERY = 1000          # records per transaction, as convert_imageset
 _INITIAL_MAP_SIZE = 1 << 30  # grows by doubling when full
@@ -49,6 +50,9 @@ def shared_env(path: Path) -> tuple[tuple[int, str, int], lmdb.Environment]:
     try:
         inode = (path / "data.mdb").stat().st_ino
     except OSError:
+        if (path / "CURRENT").is_file():
+            raise DataError(f"'{path}' is a LevelDB database, not an LMDB: set `backend: LEVELDB` "
+                            "in data_param, or --backend leveldb") from None
         raise DataError(f"'{path}' is not an LMDB database (no data.mdb in it)") from None
     for inherited in [k for k in _SHARED if k[0] != os.getpid()]:
         _SHARED.pop(inherited)[0].close()   # a forked child must not use its parent's handles
@@ -78,7 +82,7 @@ def _end_read(txn: lmdb.Transaction, key: tuple[int, str, int]) -> None:
     release_env(key)
 
 
-class LmdbReader:
+class LmdbReader(RecordReader):
     """Read-only view of an LMDB: `len`, iteration in key order, and `record(i)`, the i-th
     record in key order, reached by stepping a cursor (cheap when i grows steadily)."""
 
@@ -95,18 +99,10 @@ class LmdbReader:
             self.close()
             raise DataError(f"LMDB database '{self.path}' holds no records")
 
-    def __len__(self) -> int:
-        return self.length
-
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         """(key, value) pairs in key order, on a cursor of their own."""
         for key, value in self._txn.cursor():
             yield bytes(key).decode("utf-8", "replace"), bytes(value)
-
-    def record(self, index: int) -> tuple[str, bytes]:
-        """The index-th record in key order (0 <= index < len)."""
-        key, value = self.record_view(index)
-        return key, bytes(value)
 
     def record_view(self, index: int) -> tuple[str, memoryview]:
         """Like `record`, with the value a view of the database's memory map (no copy), valid
@@ -118,17 +114,6 @@ class LmdbReader:
             self._cursor.next()
             self._position += 1
         return bytes(self._cursor.key()).decode("utf-8", "replace"), self._cursor.value()
-
-    def close(self) -> None:
-        """End the read transaction (the process keeps the environment open while its
-        database is in place)."""
-        self._finalizer()
-
-    def __enter__(self) -> LmdbReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _Writer:

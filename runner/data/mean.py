@@ -11,20 +11,20 @@ from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
 from runner.data.datum import DataError, dims, datum_to_array, parse_datum
-from runner.data.lmdb_store import LmdbReader
+from runner.data.databases import LABELS, open_reader
 from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 
 
-def compute_image_mean(db_path: str | os.PathLike) -> caffe_pb2.BlobProto:
-    """Per-pixel mean over every Datum of an LMDB (encoded ones decoded as stored).
+def compute_image_mean(db_path: str | os.PathLike, backend: str = "lmdb") -> caffe_pb2.BlobProto:
+    """Per-pixel mean over every Datum of an LMDB or LevelDB (encoded ones decoded as stored).
 
     Sums are float32 and added one Datum at a time, then divided by the count, as Caffe does,
     so the result matches Caffe's bit for bit.
     """
-    with LmdbReader(db_path) as reader:
+    with open_reader(db_path, backend) as reader:
         total = shape = None
         for key, value in tqdm(reader, total=len(reader), desc="mean", unit="rec"):
-            where = f"LMDB '{db_path}' key '{key}'"
+            where = f"{LABELS[backend]} '{db_path}' key '{key}'"
             pixels = datum_to_array(parse_datum(value, where), where)
             if total is None:
                 shape = pixels.shape

@@ -1,4 +1,4 @@
-"""Caffe's Data layer as a Source: batches of transformed Datums from an LMDB.
+"""Caffe's Data layer as a Source: batches of transformed Datums from an LMDB or LevelDB.
 
 Records are read in key order and the stream wraps around at the end, in TRAIN and TEST
 alike (Caffe's DataLayer). With world_size > 1, rank r takes the stream positions p with
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from runner.data.datum import DataError, parse_datum
-from runner.data.lmdb_store import LmdbReader
+from runner.data.databases import LABELS, backend_name, open_reader
 from runner.data.prefetch import Layout, PrefetchingSource, default_workers
 from runner.data.transformer import CROP_FIELDS, DataTransformer
 from runner.proto import caffe_pb2
@@ -163,24 +163,26 @@ class StreamBatches:
         return shapes
 
 
-class LmdbBatches(StreamBatches):
-    """Items of a Data layer: records in key order (picklable; opens the LMDB per process)."""
+class DatabaseBatches(StreamBatches):
+    """Items of a Data layer: records in key order (picklable; opens the LMDB or LevelDB per
+    process)."""
 
     def __init__(self, path: Path, transformer: DataTransformer, tops: list[str],
                  batch_size: int, *, layer: str, skip: int, seed: int, rank: int,
-                 world_size: int):
+                 world_size: int, backend: str = "lmdb"):
         self.path, self.transformer, self.tops = path, transformer, tops
         self.batch_size, self.layer, self.skip = batch_size, layer, skip
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._reader: LmdbReader | None = None
+        self.backend = backend
+        self._reader = None
         self._pid = None
 
     def __getstate__(self):
         return {**self.__dict__, "_reader": None, "_pid": None}
 
-    def reader(self) -> LmdbReader:
-        if self._pid != os.getpid():   # an LMDB transaction must not cross a fork
-            self._reader, self._pid = LmdbReader(self.path), os.getpid()
+    def reader(self):
+        if self._pid != os.getpid():   # a read transaction must not cross a fork
+            self._reader, self._pid = open_reader(self.path, self.backend), os.getpid()
         return self._reader
 
     def close(self) -> None:
@@ -192,7 +194,7 @@ class LmdbBatches(StreamBatches):
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         reader = self.reader()
         key, value = reader.record_view((self.skip + position) % len(reader))
-        where = f"layer '{self.layer}': LMDB '{self.path}' key '{key}'"
+        where = f"layer '{self.layer}': {LABELS[self.backend]} '{self.path}' key '{key}'"
         datum = parse_datum(value, where)
         return where, self.transformer.decode(datum, where), datum.label
 
@@ -207,10 +209,6 @@ class DataSource(PrefetchingSource):
         param = lp.data_param
         self.name = lp.name
         where = f"layer '{lp.name}' (Data)"
-        if param.backend != caffe_pb2.DataParameter.LMDB:
-            raise DataError(f"{where}: data_param.backend is LEVELDB (Caffe's default), which "
-                            "is not supported; set `backend: LMDB` and convert the images with "
-                            "`python -m runner.tools.convert_imageset`")
         if not param.source:
             raise DataError(f"{where}: data_param.source names no database")
         if param.batch_size <= 0:
@@ -221,16 +219,20 @@ class DataSource(PrefetchingSource):
             if param.rand_skip else 0
         path = Path.cwd() / param.source
         transformer = DataTransformer(lp.transform_param, phase, layer=lp.name)
-        self.maker = LmdbBatches(path, transformer, tops, param.batch_size, layer=lp.name,
-                                 skip=skip, seed=seed, rank=rank, world_size=world_size)
+        backend = backend_name(param.backend)
+        self.maker = DatabaseBatches(path, transformer, tops, param.batch_size, layer=lp.name,
+                                     skip=skip, seed=seed, rank=rank, world_size=world_size,
+                                     backend=backend)
         self.top_shapes = self.maker.top_shapes()
         self.num_records = len(self.maker.reader())   # in the whole database, all ranks
         self.maker.close()
-        self.workers = default_workers() if workers is None else workers
+        # LevelDB lets one process open a database: read it in this one, sharing its handle
+        self.workers = 0 if backend == "leveldb" else (default_workers() if workers is None
+                                                       else workers)
         self.depth = param.prefetch
 
 
 @register_source("Data")
 def data_source(lp, phase, *, rank=0, world_size=1, seed=None, workers=None) -> DataSource:
-    """Source factory for Caffe's Data layer (LMDB backend)."""
+    """Source factory for Caffe's Data layer (LMDB or LevelDB backend)."""
     return DataSource(lp, phase, rank=rank, world_size=world_size, seed=seed, workers=workers)

@@ -1,4 +1,4 @@
-"""Convert a set of images to an LMDB of Datum records, as Caffe's convert_imageset.
+"""Convert a set of images to an LMDB (or LevelDB) of Datum records, as Caffe's convert_imageset.
 
     python -m runner.tools.convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
     python -m runner.tools.convert_imageset [FLAGS] CLASSFOLDERS/ DB_NAME
@@ -29,7 +29,7 @@ from runner.data.datum import DataError
 from runner.atomic import atomic_write_text
 from runner.data.imageset import (check_resize, class_folder_list, image_file_datum, read_class_names,
                                   read_image, read_image_list)
-from runner.data.lmdb_store import write_lmdb
+from runner.data.databases import WRITERS, write_records
 
 
 def record_key(index: int, name: str) -> str:
@@ -62,20 +62,21 @@ def imageset_records(root: str, lines: list[tuple[str, int]], *, gray: bool = Fa
 
 def convert_imageset(root: str, list_file: str | None, db: str, *, shuffle: bool = False,
                      seed: int = 0, overwrite: bool = False, labels: str | None = None,
-                     **options) -> int:
+                     backend: str = "lmdb", **options) -> int:
     """Write the images of `list_file` (None: of the class subfolders of `root`) to a new
-    LMDB `db`; returns the number written. `options` are those of `imageset_records`.
+    LMDB (or LevelDB) `db`; returns the number written. `options` are those of
+    `imageset_records`.
     """
     check_resize(options.get("resize_height", 0), options.get("resize_width", 0),
                  "--resize_height/--resize_width", not options.get("gray", False))
     if list_file is None:
         return convert_class_folders(root, db, shuffle=shuffle, seed=seed, overwrite=overwrite,
-                                     labels=labels, **options)
+                                     labels=labels, backend=backend, **options)
     lines = read_image_list(list_file)
     if shuffle:
         lines = [lines[i] for i in np.random.default_rng(seed).permutation(len(lines))]
-    count = write_lmdb(db, imageset_records(root, lines, **options), total=len(lines),
-                       overwrite=overwrite, desc="convert_imageset")
+    count = write_records(db, imageset_records(root, lines, **options), backend, total=len(lines),
+                          overwrite=overwrite, desc="convert_imageset")
     if count == 0:
         raise DataError(f"none of the {len(lines)} images listed in {list_file} could be read")
     return count
@@ -102,18 +103,19 @@ def convert_class_folders(root: str, db: str, *, labels: str | None = None, **kw
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=console.prog("python -m runner.tools.convert_imageset"),
-        description="Convert a set of images to the LMDB format used as input for Caffe.")
+        description="Convert a set of images to the LMDB (or LevelDB) format used as input for Caffe.")
     parser.add_argument("paths", nargs="+", metavar="ROOTFOLDER/ [LISTFILE] DB_NAME",
                         help='ROOTFOLDER/ is the prefix of every name in LISTFILE (lines "NAME '
                              'LABEL"); without LISTFILE it holds one subfolder per class. DB_NAME '
-                             "is the LMDB directory to create")
+                             "is the database directory to create")
     parser.add_argument("--labels", help="class list of the folder form (default: labels.txt "
                         "beside DB_NAME; read if it exists, else written)")
     parser.add_argument("--gray", action="store_true", help="treat images as grayscale")
     parser.add_argument("--shuffle", action="store_true",
                         help="randomly shuffle the order of images and their labels")
     parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
-    parser.add_argument("--backend", default="lmdb", help="only lmdb is supported")
+    parser.add_argument("--backend", default="lmdb", type=str.lower, choices=sorted(WRITERS),
+                        help="the database to write (default lmdb, as Caffe's)")
     parser.add_argument("--resize_width", type=int, default=0,
                         help="width images are resized to")
     parser.add_argument("--resize_height", type=int, default=0,
@@ -132,15 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     root, list_file, db = args.paths if len(args.paths) == 3 else (args.paths[0], None, args.paths[1])
     if list_file is not None and args.labels:
         parser.error("--labels is for the folder form (no LISTFILE)")
-    if args.backend.lower() != "lmdb":
-        parser.error(f"--backend {args.backend} is not supported: use lmdb (the default), and "
-                     "`backend: LMDB` in the net's data_param")
     try:
         count = convert_imageset(
             root, list_file, db, shuffle=args.shuffle, seed=args.seed,
             overwrite=args.overwrite, labels=args.labels, gray=args.gray, resize_height=max(0, args.resize_height),
             resize_width=max(0, args.resize_width), check_size=args.check_size,
-            encoded=args.encoded or bool(args.encode_type), encode_type=args.encode_type)
+            encoded=args.encoded or bool(args.encode_type), encode_type=args.encode_type,
+            backend=args.backend)
     except DataError as exc:
         print(f"convert_imageset: {exc}", file=sys.stderr)
         return 2
