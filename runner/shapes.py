@@ -321,7 +321,7 @@ def _scale(lp, bottoms):
     if p.bias_term:
         b = bottoms[0]
         if len(bottoms) > 1:
-            axis = canonical_axis(p.axis, len(b), lp.name)
+            canonical_axis(p.axis, len(b), lp.name)   # refuses an axis out of range
             shape = bottoms[1]
         blobs.append(shape)
     return LayerShapes([bottoms[0]], blobs)

@@ -23,7 +23,6 @@ from runner.data.datum import DataError, parse_datum
 from runner.data.databases import LABELS, backend_name, open_reader
 from runner.data.prefetch import Layout, PrefetchingSource, default_workers
 from runner.data.transformer import CROP_FIELDS, DataTransformer
-from runner.proto import caffe_pb2
 from runner.sources import register_source
 
 
