@@ -1,5 +1,5 @@
 """The fuzz suite's formats: seed files (a small net, solver, weights, snapshot, mean, LMDB
-of Datums, zoo folder; weights, snapshot and HDF5Data rows in HDF5 too), how each is
+and LevelDB of Datums, zoo folder; weights, snapshot and HDF5Data rows in HDF5 too), how each is
 mutated, and the public entry point that reads it.
 
 `make_seeds(folder)` writes the seeds once; each input then runs in a copy of them with one
@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import plyvel
 import torch
 
 from fuzz_mutators import BYTE_MUTATORS, TEXT_MUTATORS, YAML_MUTATORS, hdf5_edit, message_mutator
@@ -86,6 +87,9 @@ layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   inner_product_param {{ num_output: {CLASSES} weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
 """
+
+LEVELDB_NET = DATA_NET.replace('source: "db" batch_size: 4 backend: LMDB',
+                               'source: "ldb" batch_size: 4 backend: LEVELDB')
 
 HDF5_NET = f"""name: "fuzz-hdf5"
 layer {{ name: "data" type: "HDF5Data" top: "data" top: "label"
@@ -160,6 +164,11 @@ def make_seeds(folder: Path) -> None:
     (folder / "records.bin").write_bytes(b"".join(len(v).to_bytes(4, "little") + v
                                                   for _, v in records))
     write_lmdb(folder / "db", records)
+    leveldb = plyvel.DB(str(folder / "ldb"), create_if_missing=True)   # its records in ldb/000003.log
+    for key, value in records:
+        leveldb.put(key.encode(), value)
+    leveldb.close()
+    (folder / "leveldb_net.prototxt").write_text(LEVELDB_NET)
     rng = np.random.default_rng(0)
     with h5py.File(folder / "rows.h5", "w") as f:
         f.create_dataset("data", data=rng.normal(size=(6, 1, SIDE, SIDE)).astype(np.float32))
@@ -272,6 +281,13 @@ def run_datum(folder: Path) -> None:
     net.sources[0].close()
 
 
+def run_leveldb(folder: Path) -> None:
+    net = Net("leveldb_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0})
+    for _ in range(2):
+        _forward(net)
+    net.sources[0].close()
+
+
 def run_zoo(folder: Path) -> str | None:
     """`python -m runner.zoo verify` and `classify.py` on the folder: "ours" when either
     exits 2, their error exit."""
@@ -303,6 +319,7 @@ FORMATS = {
                                BYTE_MUTATORS + [message_mutator(caffe_pb2.BlobProto)] * 6,
                                run_mean),
     "datum": Format("records.bin", None, run_datum),   # see `datum_input`
+    "leveldb": Format("ldb/000003.log", BYTE_MUTATORS, run_leveldb),
     "zoo readme.md": Format("zoo/readme.md",
                             BYTE_MUTATORS + TEXT_MUTATORS + YAML_MUTATORS * 3, run_zoo),
 }
