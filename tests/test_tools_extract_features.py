@@ -1,9 +1,11 @@
 """extract_features (Caffe's tools/extract_features): blobs over N mini-batches into an
-LMDB of Datums (10-digit keys, float_data, the blob's legacy C/H/W) or .npy, read back
+LMDB or LevelDB of Datums (10-digit keys, float_data, the blob's legacy C/H/W) or .npy, read back
 equal to the blobs of a direct forward over the same batches."""
 from pathlib import Path
 
 import numpy as np
+import plyvel
+import pytest
 import torch
 from solver_helpers import make_lmdb
 
@@ -58,15 +60,21 @@ def setup_net(tmp_path: Path) -> tuple[Path, Path]:
     return prototxt, weights
 
 
-def test_lmdb_features_equal_a_direct_forward(tmp_path, capsys):
+@pytest.mark.parametrize("db_type", ["lmdb", "leveldb"])
+def test_database_features_equal_a_direct_forward(tmp_path, capsys, db_type):
     prototxt, weights = setup_net(tmp_path)
     status, err = run_tool(capsys, weights, prototxt, "conv1,fc",
-                           f"{tmp_path / 'conv_db'},{tmp_path / 'fc_db'}", 3, "lmdb")
+                           f"{tmp_path / 'conv_db'},{tmp_path / 'fc_db'}", 3, db_type)
     assert status == 0, err
     expected = direct_blobs(prototxt, weights, ["conv1", "fc"], 3)  # 12 items: wraps past the 10 images
     for name, db in (("conv1", "conv_db"), ("fc", "fc_db")):
-        with LmdbReader(tmp_path / db) as reader:
-            records = list(reader)
+        if db_type == "lmdb":
+            with LmdbReader(tmp_path / db) as reader:
+                records = list(reader)
+        else:                            # read with plyvel itself
+            leveldb = plyvel.DB(str(tmp_path / db))
+            records = [(key.decode(), value) for key, value in leveldb]
+            leveldb.close()
         assert [key for key, _ in records] == [f"{i:010d}" for i in range(12)]
         for (_, value), item in zip(records, expected[name]):
             datum = caffe_pb2.Datum.FromString(value)

@@ -1,9 +1,10 @@
 """Extract named blobs of a trained net over N mini-batches, as Caffe's
 tools/extract_features: one Datum per item (float_data, channels/height/width of the
-blob, key = the item's index as 10 digits) into an LMDB per blob, or one .npy per blob.
+blob, key = the item's index as 10 digits) into an LMDB (or LevelDB) per blob, or one .npy
+per blob.
 
 Usage: python -m runner.tools.extract_features WEIGHTS.caffemodel NET.prototxt
-           BLOB1[,BLOB2,...] DB1[,DB2,...] NUM_MINI_BATCHES lmdb|npy [CPU|GPU] [DEVICE_ID]
+           BLOB1[,BLOB2,...] DB1[,DB2,...] NUM_MINI_BATCHES lmdb|leveldb|npy [CPU|GPU] [DEVICE_ID]
 The net runs in the TEST phase and reads its own data layer (e.g. a Data layer over an
 LMDB); NUM_MINI_BATCHES x batch_size items are extracted, through a disk-backed array
 beside each output, so memory stays small.
@@ -19,11 +20,11 @@ import numpy as np
 import torch
 
 from runner import Net, console
-from runner.data.lmdb_store import write_lmdb
+from runner.data.databases import WRITERS, write_records
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream
 
-DB_TYPES = ("lmdb", "npy")
+DB_TYPES = (*sorted(WRITERS), "npy")
 
 
 def feature_datum(item: np.ndarray) -> caffe_pb2.Datum:
@@ -59,7 +60,7 @@ def extract(net: Net, features: dict[str, np.ndarray], num_batches: int, device:
 def extract_to_files(net: Net, outputs: dict[str, str], num_batches: int, db_type: str,
                      device: torch.device) -> dict[str, int]:
     """Extract into a disk-backed array per blob beside its output (memory stays small),
-    then rename it into place (npy) or write the LMDB from it; returns items per blob."""
+    then rename it into place (npy) or write the database from it; returns items per blob."""
     check_blobs(net, list(outputs))
     temps = {name: Path(path).parent / f".{Path(path).name}.{os.getpid()}.npy"
              for name, path in outputs.items()}
@@ -79,7 +80,7 @@ def extract_to_files(net: Net, outputs: dict[str, str], num_batches: int, db_typ
                 os.replace(temps[name], path)
                 continue
             records = ((f"{i:010d}", feature_datum(item).SerializeToString()) for i, item in enumerate(array))
-            write_lmdb(path, records, total=len(array))
+            write_records(path, records, db_type, total=len(array))
         return {name: num_batches * net.blob_shapes[name][0] for name in outputs}
     finally:
         for temp in temps.values():
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", help="trained .caffemodel")
     parser.add_argument("model", help="net prototxt with a data layer (TEST phase)")
     parser.add_argument("blobs", help="blob names, comma-separated")
-    parser.add_argument("outputs", help="one LMDB directory or .npy file per blob, comma-separated")
+    parser.add_argument("outputs", help="one database directory or .npy file per blob, comma-separated")
     parser.add_argument("num_mini_batches", type=int)
     parser.add_argument("db_type", choices=DB_TYPES)
     parser.add_argument("mode", nargs="?", default="CPU", choices=("CPU", "GPU"))
