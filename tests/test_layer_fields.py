@@ -1,6 +1,6 @@
-"""Every field of every LayerParameter `*_param` message is read by runner/ or listed in
-docs/layer-fields.md with its reason; the listed ones exist; WindowData's ignored fields
-warn as Caffe's ignored data_param fields do."""
+"""Every field of every LayerParameter `*_param` message, and of SolverParameter, is read by
+runner/ or listed in docs/layer-fields.md with its reason; the listed ones exist;
+WindowData's ignored fields warn as Caffe's ignored data_param fields do."""
 import re
 from pathlib import Path
 
@@ -29,7 +29,8 @@ def schema_fields():
 
 def listed_fields() -> set[str]:
     text = (REPO / "docs" / "layer-fields.md").read_text()
-    return set(re.findall(r"^\| `([a-z_0-9]+\.[a-z_0-9]+)` \|", text, re.MULTILINE))
+    return {row for row in re.findall(r"^\| `([a-z_0-9]+\.[a-z_0-9]+)` \|", text, re.MULTILINE)
+            if not row.startswith("solver.")}
 
 
 def runner_source() -> str:
@@ -41,6 +42,16 @@ def test_every_layer_field_is_read_or_listed_with_a_reason():
     unaccounted = [full for full, name in schema_fields()
                    if full not in listed and not re.search(rf"[.\"']{name}\b", source)]
     assert unaccounted == []
+
+
+def test_every_solver_field_is_read_or_listed_with_a_reason():
+    text = (REPO / "docs" / "layer-fields.md").read_text()
+    listed = set(re.findall(r"^\| `solver\.([a-z_0-9]+)` \|", text, re.MULTILINE))
+    fields = {f.name for f in caffe_pb2.SolverParameter.DESCRIPTOR.fields}
+    assert listed and listed <= fields
+    source = runner_source()
+    assert [name for name in sorted(fields - listed)
+            if not re.search(rf"[.\"']{name}\b", source)] == []
 
 
 def test_layer_types_whose_fields_go_unchecked_are_refused():

@@ -43,6 +43,13 @@ def train_set_size(net) -> int:
     return 0
 
 
+# SolverParameter switches that only add Caffe's debugging output (docs/layer-fields.md)
+UNHONOURED_FIELDS = {
+    "debug_info": "Caffe's per-layer [Forward]/[Backward]/[Update] statistics are not logged",
+    "snapshot_diff": "snapshots hold the weights, not their diffs",
+}
+
+
 @dataclass
 class SolverOptions:
     """What the command line adds to the SolverParameter."""
@@ -103,6 +110,10 @@ class Solver:
                 share_trained_layers(test_net, self.net)
                 self.test_nets.append(test_net)
         self.log.info("solver.cpp:56", "Solver scaffolding done.")
+        for field, effect in UNHONOURED_FIELDS.items():
+            if getattr(param, field):
+                self.log.warning("solver.cpp:56", f"{field}: true has no effect here: {effect} "
+                                 "(docs/layer-fields.md, Solver fields)")
         where = "Use CPU." if self.device.type == "cpu" else f"Using GPU {self.device.index}"
         self.log.info("caffe.cpp:219", where + (f" (rank 0 of {ctx.world_size}, torch.distributed)"
                                                 if ctx.distributed else ""))
