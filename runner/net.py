@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -82,6 +83,9 @@ class Net(nn.Module):
         self.phase = phase_value(phase)
         self.net_param = filter_net(param, self.phase, stages, level)
         check_bottoms(self.net_param, self.origin)
+        if self.net_param.debug_info:
+            warnings.warn(f"{self.origin}: debug_info: true has no effect here: Caffe's "
+                          "per-layer [Forward]/[Backward] statistics are not logged", stacklevel=2)
         self.force_backward = self.net_param.force_backward
         self.sources: list = []
         self.input_names: list[str] = []

@@ -4,7 +4,8 @@ train net's blobs, and Caffe's checks as errors that name the field."""
 import pytest
 import torch
 
-from runner.proto import parse_solver_text
+from runner import Net
+from runner.proto import parse_net_text, parse_solver_text
 from runner.solver import Solver, SolverOptions
 
 NET = """
@@ -80,3 +81,6 @@ def test_debugging_switches_that_change_nothing_here_say_so(tmp_path):
     assert "snapshot_diff: true has no effect here: snapshots hold the weights" in log
     solver(f'net: "{tmp_path}/net.prototxt"\nlayer_wise_reduce: false', tmp_path / "quiet")
     assert "has no effect here" not in (tmp_path / "quiet" / "s.log").read_text()
+    with pytest.warns(UserWarning, match=r"net 'staged': debug_info: true has no effect here: Caffe's "
+                                         r"per-layer \[Forward\]/\[Backward\] statistics"):
+        Net(parse_net_text("debug_info: true\n" + NET))
