@@ -320,6 +320,7 @@ FORMATS = {
                                run_mean),
     "datum": Format("records.bin", None, run_datum),   # see `datum_input`
     "leveldb": Format("ldb/000003.log", BYTE_MUTATORS, run_leveldb),
+    "leveldb manifest": Format("ldb/MANIFEST-000002", BYTE_MUTATORS, run_leveldb),
     "zoo readme.md": Format("zoo/readme.md",
                             BYTE_MUTATORS + TEXT_MUTATORS + YAML_MUTATORS * 3, run_zoo),
 }
