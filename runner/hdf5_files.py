@@ -13,18 +13,14 @@ from runner.shapes import INT_MAX
 H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
-class StoredSizeError(ValueError):
-    """A dataset larger than Caffe's blob limit, or declaring more values than it stores."""
-
-
-def stored_array(dataset, what: str) -> np.ndarray:
-    """`dataset` as float32, refused (StoredSizeError naming `what`) when it has more than
-    INT_MAX values (Caffe's blob limit) or, uncompressed, stores fewer bytes than it
-    declares (a few KiB of file that would read as terabytes of fill value)."""
+def stored_array(dataset, what: str, error: type[Exception] = ValueError) -> np.ndarray:
+    """`dataset` as float32, refused (`error`, the caller's own, naming `what`) when it has
+    more than INT_MAX values (Caffe's blob limit) or, unfiltered, stores fewer bytes than
+    it declares (a few KiB of file that would read as terabytes of fill value)."""
     if dataset.size > INT_MAX:
-        raise StoredSizeError(f"{what}: {dataset.size} values, more than Caffe's blob limit of {INT_MAX}")
+        raise error(f"{what}: {dataset.size} values, more than Caffe's blob limit of {INT_MAX}")
     stored = dataset.id.get_storage_size()
     unfiltered = dataset.id.get_create_plist().get_nfilters() == 0
     if unfiltered and stored < dataset.nbytes:
-        raise StoredSizeError(f"{what}: declares {dataset.nbytes} bytes of values but stores {stored}")
+        raise error(f"{what}: declares {dataset.nbytes} bytes of values but stores {stored}")
     return np.asarray(dataset, dtype=np.float32)

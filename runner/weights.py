@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from runner.atomic import atomic_write_bytes
-from runner.hdf5_files import H5PY_ERRORS, StoredSizeError, stored_array
+from runner.hdf5_files import H5PY_ERRORS, stored_array
 from runner.net_params import FIXED_STATISTICS
 from runner.proto import ProtoError, array_to_blob, blob_shape, blob_to_array, caffe_pb2, read_caffemodel, upgrade_net, write_binary
 
@@ -147,10 +147,7 @@ def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
                                            f"{getattr(dataset, 'dtype', type(dataset).__name__)}")
                     if tuple(dataset.shape) != tuple(slot.shape):
                         raise _shape_mismatch(what, dataset.shape, slot.shape)
-                    try:
-                        value = stored_array(dataset, what)
-                    except StoredSizeError as err:
-                        raise WeightsError(str(err)) from None
+                    value = stored_array(dataset, what, WeightsError)
                     chosen.append(slot)
                     values.append(torch.from_numpy(_finite(value, what, allow_nonfinite)))
                 pending.append((name, chosen, values))

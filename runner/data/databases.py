@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from runner.data.datum import DataError
 from runner.data.leveldb_store import LeveldbReader, write_leveldb
 from runner.data.lmdb_store import LmdbReader, write_lmdb
 from runner.proto import caffe_pb2
@@ -15,14 +14,9 @@ WRITERS = {"lmdb": write_lmdb, "leveldb": write_leveldb}
 LABELS = {"lmdb": "LMDB", "leveldb": "LevelDB"}
 
 
-def backend_name(value: int | str) -> str:
-    """'lmdb' or 'leveldb', from data_param.backend or a --backend flag (any case)."""
-    if isinstance(value, int):
-        return caffe_pb2.DataParameter.DB.Name(value).lower()
-    name = value.lower()
-    if name not in READERS:
-        raise DataError(f"unknown database backend '{value}': expected lmdb or leveldb")
-    return name
+def backend_name(value: int) -> str:
+    """'lmdb' or 'leveldb', the READERS/WRITERS key of a data_param.backend value."""
+    return caffe_pb2.DataParameter.DB.Name(value).lower()
 
 
 def open_reader(path: str | os.PathLike, backend: str = "lmdb"):

@@ -20,7 +20,7 @@ import torch
 
 from runner.data.datum import DataError
 from runner.data.source import SHUFFLE_STREAM, generator, resolve_seed
-from runner.hdf5_files import H5PY_ERRORS, StoredSizeError, stored_array
+from runner.hdf5_files import H5PY_ERRORS, stored_array
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -50,10 +50,7 @@ def load_hdf5_file(path: str, tops: list[str], where: str) -> list[np.ndarray]:
                 if data.ndim < 1 or data.dtype.kind not in "fiu":
                     raise DataError(f"{where}: dataset '{name}' of '{path}' must be a numeric "
                                     f"array with at least one axis, got {data.dtype} {data.shape}")
-                try:
-                    arrays.append(stored_array(data, f"{where}: dataset '{name}' of '{path}'"))
-                except StoredSizeError as err:
-                    raise DataError(str(err)) from None
+                arrays.append(stored_array(data, f"{where}: dataset '{name}' of '{path}'", DataError))
     except DataError:
         raise
     except H5PY_ERRORS as err:

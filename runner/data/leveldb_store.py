@@ -9,7 +9,6 @@ that says so.
 from __future__ import annotations
 
 import os
-import shutil
 import weakref
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,9 +16,8 @@ from typing import Iterable, Iterator
 import plyvel
 from tqdm import tqdm
 
-from runner.atomic import temporary_dir_beside
 from runner.data.datum import DataError
-from runner.data.lmdb_store import COMMIT_EVERY, replace_dir
+from runner.data.lmdb_store import COMMIT_EVERY, write_dir_atomically
 from runner.data.record_reader import RecordReader
 
 # (pid, resolved path) -> [plyvel.DB, readers using it]
@@ -117,18 +115,13 @@ class LeveldbReader(RecordReader):
 def write_leveldb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
                   total: int | None = None, overwrite: bool = False, desc: str = "") -> int:
     """Write (key, serialized Datum) records to a new LevelDB at `path`; return how many.
-    As write_lmdb: batches of COMMIT_EVERY into a temporary directory, renamed into place
-    when all are written; an existing `path` is an error unless `overwrite`."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
-    tmp = temporary_dir_beside(path)
-    count = 0
-    try:
-        db = plyvel.DB(str(tmp), create_if_missing=True, error_if_exists=False)
+    As write_lmdb: batches of COMMIT_EVERY, into a directory written atomically."""
+    def fill(tmp: Path) -> int:
+        db = plyvel.DB(str(tmp), create_if_missing=True)
+        count = 0
         try:
             batch = db.write_batch()
-            for key, value in tqdm(records, total=total, desc=desc or path.name, unit="rec"):
+            for key, value in tqdm(records, total=total, desc=desc or Path(path).name, unit="rec"):
                 batch.put(key.encode("utf-8"), value)
                 count += 1
                 if count % COMMIT_EVERY == 0:
@@ -137,8 +130,5 @@ def write_leveldb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]],
             batch.write()
         finally:
             db.close()
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return count
+        return count
+    return write_dir_atomically(path, fill, overwrite)

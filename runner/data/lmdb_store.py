@@ -144,30 +144,37 @@ class _Writer:
 def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
                total: int | None = None, overwrite: bool = False, desc: str = "") -> int:
     """Write (key, serialized Datum) records to a new LMDB at `path`; return how many.
-
-    Records go to a temporary directory beside `path`, committed every COMMIT_EVERY puts, and
-    the directory is renamed to `path` only when all are written. An existing `path` is an
-    error unless `overwrite` (Caffe refuses to open an existing database for writing).
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
-    tmp = temporary_dir_beside(path)
-    try:
+    Records are committed every COMMIT_EVERY puts, into a directory written atomically
+    (`write_dir_atomically`)."""
+    def fill(tmp: Path) -> int:
         env = open_env(tmp, readonly=False, map_size=_INITIAL_MAP_SIZE, sync=False)
         try:
             writer = _Writer(env)
-            for key, value in tqdm(records, total=total, desc=desc or path.name, unit="rec"):
+            for key, value in tqdm(records, total=total, desc=desc or Path(path).name, unit="rec"):
                 writer.put(key, value)
             writer.commit()
             env.sync(True)
         finally:
             env.close()
+        return writer.count
+    return write_dir_atomically(path, fill, overwrite)
+
+
+def write_dir_atomically(path: str | os.PathLike, fill, overwrite: bool = False):
+    """`fill(tmp)` on a new temporary directory beside `path`, renamed to `path` only once
+    it returns (removed if it raises); returns what `fill` returns. An existing `path` is an
+    error unless `overwrite` (Caffe refuses to open an existing database for writing)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"'{path}' already exists; remove it or ask to overwrite it")
+    tmp = temporary_dir_beside(path)
+    try:
+        result = fill(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return writer.count
+    return result
 
 
 def replace_dir(new: Path, target: Path) -> None:

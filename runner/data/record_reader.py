@@ -20,9 +20,6 @@ class RecordReader:
         key, value = self.record_view(index)
         return key, bytes(value)
 
-    def record_view(self, index: int):
-        raise NotImplementedError
-
     def close(self) -> None:
         """End the read (the process keeps its handle while other readers use it)."""
         self._finalizer()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runner.atomic import atomic_write_bytes
-from runner.hdf5_files import H5PY_ERRORS, StoredSizeError, stored_array
+from runner.hdf5_files import H5PY_ERRORS, stored_array
 from runner.proto import array_to_blob, blob_to_array, caffe_pb2, read_solverstate, write_binary
 from runner.shapes import INT_MAX
 from runner.solver.errors import SolverConfigError
@@ -176,10 +176,7 @@ def _read_hdf5_state(path: str, history_shapes) -> RestoredState:
                 if history_shapes is not None and tuple(d.shape) != tuple(history_shapes[i]):
                     raise SolverConfigError(f"{path}: history blob {i} has shape {list(d.shape)}, "
                                             f"expected {list(history_shapes[i])}")
-                try:
-                    history.append(stored_array(d, f"{path}: history blob {i}"))
-                except StoredSizeError as err:
-                    raise SolverConfigError(str(err)) from None
+                history.append(stored_array(d, f"{path}: history blob {i}", SolverConfigError))
             return RestoredState(integer(f, "iter"), integer(f, "current_step"), learned, history)
     except SolverConfigError:
         raise
