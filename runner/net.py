@@ -285,9 +285,10 @@ class Net(nn.Module):
         """Write a binary .caffemodel (atomically) with Caffe's layout."""
         caffemodel_io.save_caffemodel(self, path)
 
-    def to_net_parameter(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
-        """The filtered net as Caffe's Net::ToProto writes it, blobs filled if asked."""
-        return caffemodel_io.net_to_proto(self, with_blobs=with_blobs)
+    def to_net_parameter(self, with_blobs: bool = True, with_diffs: bool = False) -> caffe_pb2.NetParameter:
+        """The filtered net as Caffe's Net::ToProto writes it, blobs (and their diffs,
+        Caffe's write_diff) filled if asked."""
+        return caffemodel_io.net_to_proto(self, with_blobs=with_blobs, with_diffs=with_diffs)
 
     def export_onnx(self, path, outputs: list[str] | None = None):
         """Write this net as an ONNX model (evaluation mode; graph outputs `outputs`, default

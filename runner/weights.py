@@ -194,10 +194,26 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
     return missing
 
 
-def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
+def _as_array(tensor: torch.Tensor, shape) -> np.ndarray:
+    return tensor.detach().reshape(shape).to("cpu", torch.float32).numpy()
+
+
+def slot_data(slot) -> np.ndarray:
+    """A layer's blob as Caffe stores it: float32, in this layer's shape."""
+    return _as_array(slot.param, slot.shape)
+
+
+def slot_diff(slot) -> np.ndarray:
+    """The blob's diff (its parameter's .grad; Caffe's zeros where there is none)."""
+    grad = slot.param.grad
+    return np.zeros(slot.shape, np.float32) if grad is None else _as_array(grad, slot.shape)
+
+
+def net_to_proto(net, with_blobs: bool = True, with_diffs: bool = False) -> caffe_pb2.NetParameter:
     """The filtered net as Caffe's Net::ToProto writes it: name, then each layer's own
     definition (phase filled in, a loss layer's default loss_weight and BatchNorm's fixed
-    lr_mult 0 made explicit, as Caffe's layers record them) with its blobs."""
+    lr_mult 0 made explicit, as Caffe's layers record them) with its blobs, and their
+    diffs too when `with_diffs` (Caffe's write_diff)."""
     out = caffe_pb2.NetParameter(name=net.net_param.name)
     for lp, layer, slots in net.layer_blobs():
         entry = out.layer.add()
@@ -214,8 +230,8 @@ def net_to_proto(net, with_blobs: bool = True) -> caffe_pb2.NetParameter:
                 entry.param.add(lr_mult=0.0)
         if with_blobs:
             for slot in slots:
-                value = slot.param.detach().reshape(slot.shape).to("cpu", torch.float32).numpy()
-                entry.blobs.append(array_to_blob(value))
+                entry.blobs.append(array_to_blob(slot_data(slot),
+                                                 slot_diff(slot) if with_diffs else None))
     return out
 
 
@@ -224,20 +240,24 @@ def save_caffemodel(net, path) -> None:
     write_binary(net_to_proto(net, with_blobs=True), path)
 
 
-def save_hdf5(net, path) -> None:
+def save_hdf5(net, path, with_diffs: bool = False) -> None:
     """Caffe's Net::ToHDF5: a group per layer under /data, one dataset per owned blob
-    (named by its index), written atomically."""
+    (named by its index); with `with_diffs` also /diff, every blob's diff, shared or
+    not. Written atomically."""
     import h5py
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         data = f.create_group("data")
+        diff = f.create_group("diff") if with_diffs else None
         for lp, module, slots in net.layer_blobs():
             group = data.require_group(lp.name)
+            diff_group = diff.require_group(lp.name) if with_diffs else None
             for j, slot in enumerate(slots):
                 if slot.owner is module and slot.index == j:
-                    group.create_dataset(str(j), data=slot.param.detach().reshape(slot.shape)
-                                         .to("cpu", torch.float32).numpy())
+                    group.create_dataset(str(j), data=slot_data(slot))
+                if with_diffs:
+                    diff_group.create_dataset(str(j), data=slot_diff(slot))
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -23,6 +23,7 @@ class _Loop(RunnerSolver):
                                 for net, batches in zip(self.test_nets, self.test_batches)]
         # the shared training step, its passes run through the Net view
         self.train_step.forward_backward = self._forward_backward
+        self.update.update_in_diff = True  # after a step, diffs show the update, as in Caffe
 
     def _forward_backward(self, batches):
         """Caffe's ForwardBackward iter_size times on the view (whose data layers read

@@ -46,7 +46,6 @@ def train_set_size(net) -> int:
 # SolverParameter switches that only add Caffe's debugging output (docs/layer-fields.md)
 UNHONOURED_FIELDS = {
     "debug_info": "Caffe's per-layer [Forward]/[Backward]/[Update] statistics are not logged",
-    "snapshot_diff": "snapshots hold the weights, not their diffs",
 }
 
 
@@ -145,6 +144,7 @@ class Solver:
             self.net, param, seed=self.seed, rank=ctx.rank, model=self.model, amp=options.amp,
             no_sync=self.ddp.no_sync if ctx.distributed else None, on_rate=self._log_rate,
             on_warning=lambda msg: self.log.warning("solver.cpp:48", msg))
+        self.update.update_in_diff = param.snapshot_diff
         self.update.on_clip = lambda norm, clip, scale: self.log.info(
             "sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm "
             f"{cfloat(norm)} > {cfloat(clip)}) by scale factor {cfloat(scale)}")
@@ -259,6 +259,7 @@ class Solver:
                    disable=not (show and self.ctx.is_root), dynamic_ncols=True)
         try:
             while self.iter < stop_iter:
+                self.train_step.zero_diffs()  # Caffe clears them before testing
                 if (p.test_interval and self.iter % p.test_interval == 0
                         and (self.iter > 0 or p.test_initialization)):
                     self.test_all()
@@ -402,7 +403,8 @@ class Solver:
                 f"last good snapshot ({self.last_good_snapshot or 'none'})")
         paths = write_snapshot(self.net, self.update.history, self.iter,
                                self.lr_policy.current_step, self.param.snapshot_prefix, self.log,
-                               hdf5=self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5)
+                               hdf5=self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5,
+                               diffs=self.param.snapshot_diff)
         self.last_snapshot = paths.state
         self.snapshots.append(paths.model)
         self._unchecked_snapshot = (self.iter, paths.state)

@@ -48,22 +48,22 @@ def snapshot_paths(prefix: str, it: int, hdf5: bool = False) -> SnapshotPaths:
 
 
 def write_snapshot(net, history, it: int, current_step: int, prefix: str,
-                   log=None, hdf5: bool = False) -> SnapshotPaths:
+                   log=None, hdf5: bool = False, diffs: bool = False) -> SnapshotPaths:
     """Write the weights of `net` and the solver state at iteration `it` (binary protos,
-    or HDF5 when `hdf5`)."""
+    or HDF5 when `hdf5`); with `diffs` (snapshot_diff) the weights' diffs too."""
     paths = snapshot_paths(prefix, it, hdf5)
     arrays = [h.detach().float().cpu().numpy() for h in history]
     if hdf5:
         if log:
             log.info("solver.cpp:464", f"Snapshotting to HDF5 file {paths.model}")
-        save_hdf5(net, paths.model)
+        save_hdf5(net, paths.model, with_diffs=diffs)
         if log:
             log.info("sgd_solver.cpp:293", f"Snapshotting solver state to HDF5 file {paths.state}")
         _write_hdf5_state(paths.state, it, paths.model, current_step, arrays)
         return paths
     if log:
         log.info("solver.cpp:454", f"Snapshotting to binary proto file {paths.model}")
-    write_binary(net.to_net_parameter(), paths.model)
+    write_binary(net.to_net_parameter(with_diffs=diffs), paths.model)
     state = caffe_pb2.SolverState(iter=it, learned_net=paths.model, current_step=current_step)
     state.history.extend(array_to_blob(a) for a in arrays)
     if log:

@@ -50,6 +50,9 @@ class CaffeUpdate:
         for i, (_, _, lr_mult, decay_mult) in enumerate(params):
             self.groups.setdefault((float(lr_mult), float(decay_mult)), []).append(i)
         self.on_clip = None  # callback(norm, clip, scale) for the log
+        # Caffe's ApplyUpdate leaves each update in its blob's diff (what snapshot_diff
+        # writes and pycaffe shows after a step); off, the diffs keep the gradients
+        self.update_in_diff = False
 
     # ---- the step --------------------------------------------------------------------
     @torch.no_grad()
@@ -72,6 +75,8 @@ class CaffeUpdate:
                 reg = w if self.regularization == "L2" else torch._foreach_sign(w)
                 torch._foreach_add_(g, reg, alpha=local_decay)
             update = self.compute(g, hist, as_caffe_float(rate * lr_mult), it)
+            if self.update_in_diff:
+                torch._foreach_copy_(g, update)
             torch._foreach_sub_(w, update)
 
     def _clip(self, grads: list[torch.Tensor]) -> None:
