@@ -70,6 +70,21 @@ def insert_splits(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     return out
 
 
+def split_net(param: caffe_pb2.NetParameter) -> tuple[caffe_pb2.NetParameter, list[int | None]]:
+    """insert_splits(param), and for each of its layers the index in `param` of the layer
+    it is (None for a Split that InsertSplits added)."""
+    split = insert_splits(param)
+    origins, k = [], 0
+    for lp in split.layer:
+        original = param.layer[k] if k < len(param.layer) else None
+        if original is not None and original.name == lp.name and original.type == lp.type:
+            origins.append(k)
+            k += 1
+        else:
+            origins.append(None)
+    return split, origins
+
+
 @dataclass
 class LayerFacts:
     """What Net::Init learns from a built layer."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from torch import nn
 import runner.input_sources  # noqa: F401  (registers the Input and DummyData sources)
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
+from runner.debug_info import NetDebugInfo, stderr_log
 from runner.fillers import FillerError, fill_
 from runner.graph import (LayerMemoryError, NetBuildError, Wiring, infer_net_shapes,
                           is_out_of_memory, layer_label, loss_weights_for)
@@ -83,9 +83,7 @@ class Net(nn.Module):
         self.phase = phase_value(phase)
         self.net_param = filter_net(param, self.phase, stages, level)
         check_bottoms(self.net_param, self.origin)
-        if self.net_param.debug_info:
-            warnings.warn(f"{self.origin}: debug_info: true has no effect here: Caffe's "
-                          "per-layer [Forward]/[Backward] statistics are not logged", stacklevel=2)
+        self._debug_info = None
         self.force_backward = self.net_param.force_backward
         self.sources: list = []
         self.input_names: list[str] = []
@@ -119,6 +117,8 @@ class Net(nn.Module):
         if weights is not None:
             self.load_caffemodel(weights, allow_missing=allow_missing,
                                  allow_nonfinite=allow_nonfinite)
+        if self.net_param.debug_info:
+            self.set_debug_info(stderr_log())
 
     @property
     def name(self) -> str:
@@ -228,6 +228,18 @@ class Net(nn.Module):
                 raise LayerMemoryError(f"{self.origin}: layer '{layer.name}' ({layer.type}): "
                                        f"forward does not fit in memory ({_first_line(err)})") from None
         return blobs
+
+    def set_debug_info(self, log=None) -> None:
+        """Caffe's set_debug_info: with a log (CaffeLog's info/error), every forward and
+        backward writes Caffe's [Forward]/[Backward] statistics to it (runner/debug_info.py);
+        None stops them. The NetParameter's `debug_info: true` starts them, to stderr."""
+        if self._debug_info is not None and self._debug_info.log is log:
+            return
+        if self._debug_info is not None:
+            self._debug_info.remove()
+            self._debug_info = None
+        if log is not None:
+            self._debug_info = NetDebugInfo(self, log)
 
     def layer_steps(self) -> list[tuple[nn.Module, tuple[str, ...], tuple[str, ...]]]:
         """(layer, bottom names, top names) per compute layer, in the order forward runs them."""

@@ -4,8 +4,7 @@ train net's blobs, and Caffe's checks as errors that name the field."""
 import pytest
 import torch
 
-from runner import Net
-from runner.proto import parse_net_text, parse_solver_text
+from runner.proto import parse_solver_text
 from runner.solver import Solver, SolverOptions
 
 NET = """
@@ -69,18 +68,3 @@ def test_train_net_and_test_net_files(tmp_path):
 def test_caffe_checks_name_the_field(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         solver(text, tmp_path)
-
-
-def test_debugging_switches_that_change_nothing_here_say_so(tmp_path):
-    """debug_info and snapshot_diff only add Caffe's debugging output (docs/layer-fields.md)."""
-    (tmp_path / "net.prototxt").write_text(NET)
-    solver(f'net: "{tmp_path}/net.prototxt"\ndebug_info: true\nsnapshot_diff: true', tmp_path)
-    log = (tmp_path / "s.log").read_text()
-    assert "debug_info: true has no effect here: Caffe's per-layer [Forward]/[Backward]/[Update] " \
-           "statistics are not logged" in log
-    assert "snapshot_diff" not in log.split("Solver scaffolding done.")[1]  # honoured now
-    solver(f'net: "{tmp_path}/net.prototxt"\nlayer_wise_reduce: false', tmp_path / "quiet")
-    assert "has no effect here" not in (tmp_path / "quiet" / "s.log").read_text()
-    with pytest.warns(UserWarning, match=r"net 'staged': debug_info: true has no effect here: Caffe's "
-                                         r"per-layer \[Forward\]/\[Backward\] statistics"):
-        Net(parse_net_text("debug_info: true\n" + NET))

@@ -13,6 +13,7 @@ from runner import Net as RunnerNet
 from runner import weights as weight_files
 from runner.blob import Blob
 from runner.caffe_layout import plan
+from runner.debug_info import stderr_log
 from runner.input_sources import InputSource
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream, share_trained_layers
@@ -92,6 +93,9 @@ class Net:
         self._layer_names = [step.name for step in steps]
         self._passes = Passes(steps, layout, blobs, self._batches, lambda: self._net.loss_weights)
         self._passes.fill_loss_diffs()
+        net.set_debug_info(None)  # Caffe's debug lines come from the layer-by-layer passes
+        if follow_mode and net.net_param.debug_info:
+            self._passes.debug_log = stderr_log()
 
     def _net_device(self) -> torch.device:
         tensor = next(iter(self._net.parameters()), None)

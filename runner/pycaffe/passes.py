@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from runner.debug_info import log_backward, log_forward, mean_abs
+
 from .steps import INPUT, LAYER, PYTHON, SOURCE, SPLIT
 
 
@@ -36,6 +38,7 @@ class Passes:
                     blobs[name].assign_data(values.to(blobs[name].data_tensor().device))
                     self.filled_once.add(name)
         self._filled: dict[str, tuple] = {}  # loss top -> (weight, shape) its diff holds
+        self.debug_log = None  # where Caffe's debug_info lines go (runner/debug_info.py), if on
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, start: int, end: int) -> None:
@@ -44,8 +47,8 @@ class Passes:
         for i in range(start, end + 1):
             step = self.steps[i]
             if step.kind == INPUT:
-                continue
-            if step.kind == SOURCE:
+                pass
+            elif step.kind == SOURCE:
                 if batch is None:
                     batch = next(self.batches())
                 for top in step.tops:
@@ -67,6 +70,11 @@ class Passes:
                     current.pop(name, None)
             else:
                 self._forward_layer(i, step, current)
+            if self.debug_log is not None:
+                log_forward(self.debug_log, step.name,
+                            [(name, mean_abs(self.blobs[name].data_tensor())) for name in step.tops],
+                            [(name, mean_abs(blob.data_tensor()))
+                             for (name, _), blob in zip(step.param_specs, step.blobs)])
         self.fill_loss_diffs()
 
     def _leaves(self, i: int, step, current, need: bool) -> list[torch.Tensor]:
@@ -129,6 +137,17 @@ class Passes:
                 step.impl.blobs.push()
             elif step.kind == LAYER:
                 self._backward_layer(i, step)
+            if self.debug_log is not None:
+                self._log_backward(i, step)
+
+    def _log_backward(self, i: int, step) -> None:
+        needs = self.layout.bottom_needs_backward[i]
+        log_backward(self.debug_log, step.name,
+                     [(name, mean_abs(self.blobs[name].diff_tensor()))
+                      for name, need in zip(step.bottoms, needs) if need],
+                     [(k, mean_abs(blob.diff_tensor()))
+                      for k, ((_, learned), blob) in enumerate(zip(step.param_specs, step.blobs))
+                      if learned])
 
     def _backward_layer(self, i: int, step) -> None:
         record = self.records.get(i)

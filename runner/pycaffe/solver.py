@@ -4,6 +4,7 @@ the pycaffe Net views, so that `solver.net.blobs` show what the last iteration c
 and values written into them (labels, weights) are what it uses."""
 from __future__ import annotations
 
+from runner.debug_info import log_norms
 from runner.solver import SolverOptions, load_solver_param
 from runner.solver import Solver as RunnerSolver
 from runner.solver.batches import share_trained_layers
@@ -35,7 +36,15 @@ class _Loop(RunnerSolver):
             blobs = net.blob_tensors()
             total += self.net.objective(blobs).detach()
             net._backward(last, 0)
+            if net._passes.debug_log is not None:  # Caffe's Net::Backward closes with the norms
+                log_norms(net._passes.debug_log, [p for _, p, _, _ in self.net.learnable_params()])
         return float(total) / self.param.iter_size, blobs
+
+    def _route_debug_info(self, net, log) -> None:
+        """The statistics come from the Net view's layer-by-layer passes."""
+        views = [self.caffe_net, *self.caffe_test_nets]
+        view = next(v for v in views if v._net is net)
+        view._passes.debug_log = log
 
     def _test_forward(self, k: int) -> dict:
         net = self.caffe_test_nets[k]

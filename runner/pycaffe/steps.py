@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from runner.blob import ParamBlob
-from runner.caffe_layout import LayerFacts, insert_splits
+from runner.caffe_layout import LayerFacts, split_net
+from runner.debug_info import param_specs
 from runner.layers.python_layer import PythonLayerModule
 
 INPUT, SOURCE, SPLIT, PYTHON, LAYER = "input", "source", "split", "python", "layer"
@@ -26,6 +27,7 @@ class Step:
     source: object = None                    # INPUT and SOURCE: the runner's source
     slots: list = field(default_factory=list)   # runner BlobSlots of its learnable blobs
     blobs: list = field(default_factory=list)   # pycaffe's layer.blobs
+    param_specs: list = field(default_factory=list)  # (display name, learned) per blob
 
     @property
     def impl(self):
@@ -52,20 +54,20 @@ def _loss_weight(net, lp, j: int, last_producer: dict) -> float:
 
 def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
     """Steps, Net::Init facts and the split NetParameter of a runner Net."""
-    split_param = insert_splits(net.net_param)
+    split_param, origins = split_net(net.net_param)
     originals = net.layer_blobs()
     sources = iter(net.sources)
     last_producer = {name: lp for lp in net.net_param.layer for name in lp.top}
     steps, facts = [], []
-    for lp in split_param.layer:
-        if not originals or originals[0][0].name != lp.name or originals[0][0].type != lp.type:
+    for lp, index in zip(split_param.layer, origins):
+        if index is None:
             steps.append(Step(lp.name, "Split", SPLIT, list(lp.bottom), list(lp.top)))
             facts.append(LayerFacts(False, list(lp.loss_weight) or [0.0] * len(lp.top)))
             if any(lp.loss_weight):  # InsertSplits moved the producer's loss weight here
                 producer = next(i for i in reversed(range(len(steps))) if lp.bottom[0] in steps[i].tops)
                 facts[producer].loss_weights[steps[producer].tops.index(lp.bottom[0])] = 0.0
             continue
-        original, module, slots = originals.pop(0)
+        original, module, slots = originals[index]
         weights = [_loss_weight(net, original, j, last_producer) for j in range(len(lp.top))]
         if module is None:
             kind = INPUT if lp.type == "Input" else SOURCE
@@ -78,6 +80,7 @@ def build_steps(net) -> tuple[list[Step], list[LayerFacts], object]:
         step.blobs = (module.impl.blobs if step.kind == PYTHON else
                       [ParamBlob(lambda s=s: s.param, s.shape) for s in slots])
         step.slots = list(slots)
+        step.param_specs = param_specs(original, len(step.blobs))
         lr_mults = [spec.lr_mult for spec in lp.param] + [1.0] * (len(slots) - len(lp.param))
         facts.append(LayerFacts(any(m != 0 for m in lr_mults[:len(slots)]), weights,
                                 tuple(type(module).force_backward_blocked)))

@@ -43,12 +43,6 @@ def train_set_size(net) -> int:
     return 0
 
 
-# SolverParameter switches that only add Caffe's debugging output (docs/layer-fields.md)
-UNHONOURED_FIELDS = {
-    "debug_info": "Caffe's per-layer [Forward]/[Backward]/[Update] statistics are not logged",
-}
-
-
 @dataclass
 class SolverOptions:
     """What the command line adds to the SolverParameter."""
@@ -109,10 +103,11 @@ class Solver:
                 share_trained_layers(test_net, self.net)
                 self.test_nets.append(test_net)
         self.log.info("solver.cpp:56", "Solver scaffolding done.")
-        for field, effect in UNHONOURED_FIELDS.items():
-            if getattr(param, field):
-                self.log.warning("solver.cpp:56", f"{field}: true has no effect here: {effect} "
-                                 "(docs/layer-fields.md, Solver fields)")
+        for net in [self.net, *self.test_nets]:
+            net.set_debug_info(None)  # the solver's debug_info decides, as in Caffe
+        if param.debug_info and options.compile:
+            self.log.warning("solver.cpp:56", "debug_info: true: the per-layer statistics need "
+                                              "the eager net; none are written under --compile")
         where = "Use CPU." if self.device.type == "cpu" else f"Using GPU {self.device.index}"
         self.log.info("caffe.cpp:219", where + (f" (rank 0 of {ctx.world_size}, torch.distributed)"
                                                 if ctx.distributed else ""))
@@ -267,6 +262,7 @@ class Solver:
                         self.requested_early_exit = True
                         break
                 self._apply_aux_schedule()
+                self.set_debug_info(self.net, p.display and self.iter % p.display == 0)
                 self.train_step(self.train_batches, self.iter, self._before_update)
                 if p.display and self.iter % p.display == 0:
                     bar.set_postfix(loss=cfloat(self.smoothed_loss), refresh=False)
@@ -280,6 +276,15 @@ class Solver:
                     break
         finally:
             bar.close()
+
+    def set_debug_info(self, net, displayed) -> None:
+        """Caffe's Net::set_debug_info(displayed && debug_info) for one of this solver's
+        nets: its per-layer statistics go to the log (rank 0, eager nets)."""
+        on = bool(displayed) and self.param.debug_info and self.ctx.is_root and not self.options.compile
+        self._route_debug_info(net, self.log if on else None)
+
+    def _route_debug_info(self, net, log) -> None:
+        net.set_debug_info(log)
 
     def _before_update(self, loss: float, blobs: dict) -> None:
         """Between backward and update: stop on a non-finite loss (all ranks agree), take
@@ -359,6 +364,7 @@ class Solver:
         """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
         self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
         net, n = self.test_nets[k], self.param.test_iter[k]
+        self.set_debug_info(net, True)
         sums, loss = None, 0.0
         for _ in range(n):
             request = self.requests.pop()
