@@ -104,6 +104,12 @@ def test_bad_invocations_are_refused_with_reasons(tmp_path, image_folder, capsys
         convert(tmp_path, "--backend", "rocksdb", db="rdb")
     assert "argument --backend: invalid choice: 'rocksdb' (choose from 'leveldb', 'lmdb')" \
         in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert convert(tmp_path, db="afile/db") == 2     # an output folder that cannot be made
+    assert f"convert_imageset: [Errno 17] File exists: '{tmp_path / 'afile'}'" in capsys.readouterr().err
+    assert convert(tmp_path, "--resize_height", "4", "--resize_width", "4", db="even") == 0
+    assert mean_tool.main([str(tmp_path / "even"), str(tmp_path / "afile" / "m.binaryproto")]) == 2
+    assert f"compute_image_mean: [Errno 17] File exists: '{tmp_path / 'afile'}'" in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("a.png three\n")
     assert convert(tmp_path, db="bad") == 2
     assert "list.txt:1: expected 'NAME LABEL'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from runner.data.datum import DataError
 from runner.data.lmdb_store import COMMIT_EVERY, write_dir_atomically
-from runner.data.record_reader import RecordReader
+from runner.data.record_reader import RecordReader, key_bytes
 
 # (pid, resolved path) -> [plyvel.DB, readers using it]
 _SHARED: dict[tuple[int, str], list] = {}
@@ -50,7 +50,8 @@ def _open(path: Path) -> tuple[tuple[int, str], plyvel.DB]:
             if isinstance(exc, plyvel.IOError) and "lock" in reason:
                 raise DataError(f"LevelDB database '{path}' is open in another process: LevelDB "
                                 "lets one process open a database (read it from one process, "
-                                "or convert it to LMDB)") from None
+                                "or convert it to LMDB: python -m runner.tools.convert_db "
+                                f"{path} {path}_lmdb)") from None
             raise DataError(f"'{path}' cannot be opened as a LevelDB database: {reason}") from None
     _SHARED[key][1] += 1
     return key, _SHARED[key][0]
@@ -90,10 +91,11 @@ class LeveldbReader(RecordReader):
             self.close()
             raise DataError(f"LevelDB database '{self.path}' holds no records")
 
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        """(key, value) pairs in key order, on an iterator of their own."""
-        for key, value in self._snapshot.iterator():
-            yield key.decode("utf-8", "replace"), value
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from self._snapshot.iterator()
+        except plyvel.Error as exc:
+            raise DataError(f"LevelDB database '{self.path}' cannot be read: {_reason(exc)}") from None
 
     def record_view(self, index: int) -> tuple[str, bytes]:
         """The index-th record in key order (plyvel hands out bytes, there is no map to view)."""
@@ -112,7 +114,7 @@ class LeveldbReader(RecordReader):
         return key.decode("utf-8", "replace"), value
 
 
-def write_leveldb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
+def write_leveldb(path: str | os.PathLike, records: Iterable[tuple[str | bytes, bytes]], *,
                   total: int | None = None, overwrite: bool = False, desc: str = "") -> int:
     """Write (key, serialized Datum) records to a new LevelDB at `path`; return how many.
     As write_lmdb: batches of COMMIT_EVERY, into a directory written atomically."""
@@ -122,7 +124,7 @@ def write_leveldb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]],
         try:
             batch = db.write_batch()
             for key, value in tqdm(records, total=total, desc=desc or Path(path).name, unit="rec"):
-                batch.put(key.encode("utf-8"), value)
+                batch.put(key_bytes(key), value)
                 count += 1
                 if count % COMMIT_EVERY == 0:
                     batch.write()

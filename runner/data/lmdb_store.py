@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from runner.atomic import temporary_dir_beside
 from runner.data.datum import DataError
-from runner.data.record_reader import RecordReader
+from runner.data.record_reader import RecordReader, key_bytes
 
 COMMIT_EVERY = 1000          # records per transaction, as convert_imageset
 _INITIAL_MAP_SIZE = 1 << 30  # grows by doubling when full
@@ -99,10 +99,9 @@ class LmdbReader(RecordReader):
             self.close()
             raise DataError(f"LMDB database '{self.path}' holds no records")
 
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        """(key, value) pairs in key order, on a cursor of their own."""
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._txn.cursor():
-            yield bytes(key).decode("utf-8", "replace"), bytes(value)
+            yield bytes(key), bytes(value)
 
     def record_view(self, index: int) -> tuple[str, memoryview]:
         """Like `record`, with the value a view of the database's memory map (no copy), valid
@@ -124,8 +123,8 @@ class _Writer:
         self._pending: list[tuple[bytes, bytes]] = []
         self.count = 0
 
-    def put(self, key: str, value: bytes) -> None:
-        self._pending.append((key.encode("utf-8"), value))
+    def put(self, key: str | bytes, value: bytes) -> None:
+        self._pending.append((key_bytes(key), value))
         self.count += 1
         if len(self._pending) >= COMMIT_EVERY:
             self.commit()
@@ -141,7 +140,7 @@ class _Writer:
                 self._env.set_mapsize(2 * self._env.info()["map_size"])
 
 
-def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str, bytes]], *,
+def write_lmdb(path: str | os.PathLike, records: Iterable[tuple[str | bytes, bytes]], *,
                total: int | None = None, overwrite: bool = False, desc: str = "") -> int:
     """Write (key, serialized Datum) records to a new LMDB at `path`; return how many.
     Records are committed every COMMIT_EVERY puts, into a directory written atomically

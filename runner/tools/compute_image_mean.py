@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         write_image_mean(args.db, args.output, args.backend)
-    except DataError as exc:
+    except (DataError, OSError) as exc:  # OSError: an output path that cannot be made
         print(f"compute_image_mean: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             resize_width=max(0, args.resize_width), check_size=args.check_size,
             encoded=args.encoded or bool(args.encode_type), encode_type=args.encode_type,
             backend=args.backend)
-    except DataError as exc:
+    except (DataError, OSError) as exc:  # OSError: an output path that cannot be made
         print(f"convert_imageset: {exc}", file=sys.stderr)
         return 2
     print(f"Processed {count} files into {db}.")

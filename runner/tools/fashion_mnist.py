@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = import_fashion_mnist(args.out, args.source_dir, limit=args.limit,
                                       overwrite=args.overwrite, images_dir=args.images_dir,
                                       list_file=args.list_file, export_split=args.export_split)
-    except DataError as exc:
+    except (DataError, OSError) as exc:  # OSError: an output path that cannot be made
         print(f"fashion_mnist: {exc}", file=sys.stderr)
         return 2
     print(f"Fashion-MNIST: {counts['train']} train and {counts['test']} test images "
