@@ -90,6 +90,7 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: 
 
 LEVELDB_NET = DATA_NET.replace('source: "db" batch_size: 4 backend: LMDB',
                                'source: "ldb" batch_size: 4 backend: LEVELDB')
+LEVELDB_TABLE_NET = LEVELDB_NET.replace('source: "ldb"', 'source: "ldbt"')
 
 HDF5_NET = f"""name: "fuzz-hdf5"
 layer {{ name: "data" type: "HDF5Data" top: "data" top: "label"
@@ -169,6 +170,14 @@ def make_seeds(folder: Path) -> None:
         leveldb.put(key.encode(), value)
     leveldb.close()
     (folder / "leveldb_net.prototxt").write_text(LEVELDB_NET)
+    leveldb = plyvel.DB(str(folder / "ldbt"), create_if_missing=True)
+    for key, value in records:
+        leveldb.put(key.encode(), value)
+    leveldb.compact_range()   # the records move into a table file, ldbt/000005.ldb
+    leveldb.close()
+    if not (folder / "ldbt" / "000005.ldb").is_file():
+        raise RuntimeError(f"LevelDB wrote no ldbt/000005.ldb table: {sorted(os.listdir(folder / 'ldbt'))}")
+    (folder / "leveldb_table_net.prototxt").write_text(LEVELDB_TABLE_NET)
     rng = np.random.default_rng(0)
     with h5py.File(folder / "rows.h5", "w") as f:
         f.create_dataset("data", data=rng.normal(size=(6, 1, SIDE, SIDE)).astype(np.float32))
@@ -281,11 +290,15 @@ def run_datum(folder: Path) -> None:
     net.sources[0].close()
 
 
-def run_leveldb(folder: Path) -> None:
-    net = Net("leveldb_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0})
+def run_leveldb(folder: Path, net_file: str = "leveldb_net.prototxt") -> None:
+    net = Net(net_file, phase="TRAIN", source_kwargs={"seed": 0})
     for _ in range(2):
         _forward(net)
     net.sources[0].close()
+
+
+def run_leveldb_table(folder: Path) -> None:
+    run_leveldb(folder, "leveldb_table_net.prototxt")
 
 
 def run_zoo(folder: Path) -> str | None:
@@ -321,6 +334,7 @@ FORMATS = {
     "datum": Format("records.bin", None, run_datum),   # see `datum_input`
     "leveldb": Format("ldb/000003.log", BYTE_MUTATORS, run_leveldb),
     "leveldb manifest": Format("ldb/MANIFEST-000002", BYTE_MUTATORS, run_leveldb),
+    "leveldb table": Format("ldbt/000005.ldb", BYTE_MUTATORS, run_leveldb_table),
     "zoo readme.md": Format("zoo/readme.md",
                             BYTE_MUTATORS + TEXT_MUTATORS + YAML_MUTATORS * 3, run_zoo),
 }

@@ -138,6 +138,11 @@ def test_device_files_are_refused_before_reading(files):
     assert time.monotonic() - start < 1
 
 
+def test_a_path_with_a_nul_byte_is_refused_by_name():
+    with pytest.raises(ProtoError, match=r"^'w\\x00.caffemodel': cannot read: embedded null byte"):
+        read_caffemodel("w\0.caffemodel")
+
+
 def test_a_directory_is_refused_by_name_without_leaking_its_descriptor(files):
     (files / "weights.caffemodel").mkdir()
     open_before = len(os.listdir("/proc/self/fd"))

@@ -118,6 +118,8 @@ def _declare(name, shape):
     (_replace("iter", np.int32(-1)), r"iter is -1; a solver state's iteration must be >= 0"),
     (_replace("learned_net", np.arange(3)), r"'learned_net' is not a string dataset"),
     (_replace("learned_net", np.bytes_(b"\xff\xfe")), r"'learned_net' is not UTF-8 text"),
+    (_replace("learned_net", np.bytes_(b"s_iter\x002.caffemodel.h5")),   # found by `make fuzz`
+     r"learned_net 's_iter\\x002.caffemodel.h5' holds a NUL byte"),
     (_declare("learned_net", (2**40,)), r"'learned_net' is not a string dataset"),   # never read
     (_odd_float("history/1"), r"cannot read HDF5 solver state: Insufficient precision"),
     (_declare("history/0", (2**40,)), r"history blob 0 has shape \[1099511627776\], expected"),

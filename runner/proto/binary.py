@@ -30,6 +30,8 @@ def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> byt
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block the open
     except OSError as err:
         raise ProtoError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ValueError as err:   # a NUL byte in the path (one read from a corrupt file)
+        raise ProtoError(f"{os.fspath(path)!r}: cannot read: {err}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):   # checked before fdopen, which refuses directories

@@ -116,6 +116,9 @@ def load_solverstate(path: str, history_shapes: list[tuple[int, ...]] | None = N
     if not state.learned_net:
         raise SolverConfigError(f"{path}: learned_net is empty; a solver state names the "
                                 ".caffemodel of its weights")
+    if "\0" in state.learned_net:
+        raise SolverConfigError(f"{path}: learned_net {state.learned_net!r} holds a NUL byte; it "
+                                "names the .caffemodel of the state's weights")
     if not os.path.exists(state.learned_net):
         beside = os.path.join(os.path.dirname(path), os.path.basename(state.learned_net))
         if os.path.exists(beside):
