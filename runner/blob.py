@@ -74,6 +74,13 @@ class SyncedTensor:
             self._head = _DEVICE
 
 
+def _gpu_address(tensor: torch.Tensor, what: str) -> int:
+    if tensor.device.type != "cuda":
+        raise RuntimeError(f"the blob's {what} is on the CPU, not a GPU (caffe.set_mode_gpu() "
+                           "moves a net's blobs there at its next forward)")
+    return tensor.data_ptr()
+
+
 class Blob:
     """A named value of the net (or a layer's learnable blob): data and diff."""
 
@@ -114,6 +121,15 @@ class Blob:
             raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, "
                              f"this one has shape {list(shape)}")
         return shape[axis] if axis < len(shape) else 1  # Caffe's LegacyShape
+
+    @property
+    def _gpu_data_ptr(self) -> int:
+        """The address of the data on the GPU (for CUDA interop), newest values sent first."""
+        return _gpu_address(self.data_tensor(), "data")
+
+    @property
+    def _gpu_diff_ptr(self) -> int:
+        return _gpu_address(self.diff_tensor(), "diff")
 
     num = property(lambda self: self._legacy(0))
     channels = property(lambda self: self._legacy(1))

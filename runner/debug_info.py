@@ -11,7 +11,6 @@ pycaffe facade's layer-by-layer passes call `log_forward`/`log_backward` themsel
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -19,17 +18,11 @@ from torch.autograd import Variable
 
 from runner.caffe_layout import split_net
 from runner.net_params import FIXED_STATISTICS
-from runner.solver.caffe_log import CaffeLog, cfloat
+from runner.solver.caffe_log import cfloat
 
 FORWARD_TOP, FORWARD_PARAM = "net.cpp:593", "net.cpp:605"
 BACKWARD_BOTTOM, BACKWARD_PARAM = "net.cpp:621", "net.cpp:632"
 NORMS = "net.cpp:721"
-
-
-@functools.cache
-def stderr_log() -> CaffeLog:
-    """Where a net's own `debug_info: true` writes (glog's default, stderr), one for all."""
-    return CaffeLog()
 
 
 def mean_abs(tensor: torch.Tensor | None) -> float:

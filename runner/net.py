@@ -16,7 +16,8 @@ from torch import nn
 import runner.input_sources  # noqa: F401  (registers the Input and DummyData sources)
 import runner.layers  # noqa: F401  (registers the compute layers)
 from runner import weights as caffemodel_io
-from runner.debug_info import NetDebugInfo, stderr_log
+from runner.debug_info import NetDebugInfo
+from runner.solver.caffe_log import stderr_log
 from runner.fillers import FillerError, fill_
 from runner.graph import (LayerMemoryError, NetBuildError, Wiring, infer_net_shapes,
                           is_out_of_memory, layer_label, loss_weights_for)

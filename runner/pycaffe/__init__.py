@@ -10,7 +10,8 @@ from runner.layers import layer_type_list
 from runner.layers.python_layer import PythonLayer as Layer
 
 from . import coord_map, draw, io, proto
-from .mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .glog import init_log, log
+from .mode import has_nccl, set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .net import TEST, TRAIN, Net
 from .classifier import Classifier
 from .detector import Detector

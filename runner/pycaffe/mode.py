@@ -1,4 +1,4 @@
-"""Caffe's global mode (CPU or GPU, and which GPU) and its random seed."""
+"""Caffe's global mode (CPU or GPU, and which GPU), its random seed, and whether it has NCCL."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +37,9 @@ def current_device() -> torch.device:
 def set_random_seed(seed: int) -> None:
     """Seed the random numbers fillers, DummyData and Dropout draw (Caffe::set_random_seed)."""
     torch.manual_seed(seed)
+
+
+def has_nccl() -> bool:
+    """False: pycaffe's NCCL bindings are not provided (several GPUs train through
+    torch.distributed: solve.py --gpu 0,1 or torchrun)."""
+    return False

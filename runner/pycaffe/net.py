@@ -13,7 +13,7 @@ from runner import Net as RunnerNet
 from runner import weights as weight_files
 from runner.blob import Blob
 from runner.caffe_layout import plan
-from runner.debug_info import stderr_log
+from runner.solver.caffe_log import stderr_log
 from runner.input_sources import InputSource
 from runner.proto import caffe_pb2
 from runner.solver.batches import BatchStream, share_trained_layers
@@ -88,7 +88,7 @@ class Net:
             if step.kind == SPLIT:
                 for top in step.tops:
                     blobs[top].share_data(blobs[step.bottoms[0]])
-        self._blobs = blobs
+        self._blob_map = blobs
         self.layers = [step.impl if step.kind == PYTHON else LayerView(step) for step in steps]
         self._layer_names = [step.name for step in steps]
         self._passes = Passes(steps, layout, blobs, self._batches, lambda: self._net.loss_weights)
@@ -134,12 +134,12 @@ class Net:
         return [blob for layer in self.layers for blob in layer.blobs]
 
     def _all_blobs(self):
-        return list(self._blobs.values()) + self._param_blobs()
+        return list(self._blob_map.values()) + self._param_blobs()
 
     # ---- pycaffe's properties ----------------------------------------------------------
     @property
     def blobs(self) -> OrderedDict:
-        return self._blobs
+        return self._blob_map
 
     @property
     def params(self) -> OrderedDict:
@@ -152,7 +152,7 @@ class Net:
 
     @property
     def blob_loss_weights(self) -> OrderedDict:
-        return OrderedDict((name, self._layout.blob_loss_weights[name]) for name in self._blobs)
+        return OrderedDict((name, self._layout.blob_loss_weights[name]) for name in self._blob_map)
 
     @property
     def inputs(self) -> list[str]:
@@ -174,6 +174,51 @@ class Net:
     def name(self) -> str:
         return self._net.name
 
+    # ---- _caffe.cpp's own members, which pycaffe.py and scripts use -----------------------
+    @property
+    def _blobs(self) -> list:
+        """The blobs in blob-index order."""
+        return list(self._blob_map.values())
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self._blob_map)
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return [self._layout.blob_loss_weights[name] for name in self._blob_map]
+
+    @property
+    def _inputs(self) -> list[int]:
+        """The input blobs' indices (Net::input_blob_indices)."""
+        return [self._blob_names.index(name) for name in self._layout.input_names]
+
+    @property
+    def _outputs(self) -> list[int]:
+        return [self._blob_names.index(name) for name in self._layout.output_names]
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        """Layer i's bottom blobs as blob indices."""
+        names = self._blob_names
+        return [names.index(name) for name in self._steps[i].bottoms]
+
+    def _top_ids(self, i: int) -> list[int]:
+        names = self._blob_names
+        return [names.index(name) for name in self._steps[i].tops]
+
+    def before_forward(self, run) -> None:
+        """Call `run(layer_index)` before each layer's forward (Net::add_before_forward)."""
+        self._passes.callbacks["before_forward"].append(run)
+
+    def after_forward(self, run) -> None:
+        self._passes.callbacks["after_forward"].append(run)
+
+    def before_backward(self, run) -> None:
+        self._passes.callbacks["before_backward"].append(run)
+
+    def after_backward(self, run) -> None:
+        self._passes.callbacks["after_backward"].append(run)
+
     # ---- running -----------------------------------------------------------------------
     def _index(self, layer: str) -> int:
         try:
@@ -194,7 +239,7 @@ class Net:
 
     def blob_tensors(self) -> dict:
         """Every blob's data as a tensor on the net's device (what the runner's objective reads)."""
-        return {name: blob.data_tensor() for name, blob in self._blobs.items()}
+        return {name: blob.data_tensor() for name, blob in self._blob_map.items()}
 
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
         """Run layers start..end (names, inclusive); inputs by keyword. Returns the output
@@ -206,7 +251,7 @@ class Net:
         self._fill("data", kwargs, self.inputs, "Input blob arguments do not match net inputs.",
                    "Input is not batch sized")
         self._forward(start_i, end_i)
-        return {name: self._blobs[name].data for name in wanted}
+        return {name: self._blob_map[name].data for name in wanted}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> dict:
         """Run Backward from layer start down to end (names); output diffs by keyword.
@@ -218,7 +263,7 @@ class Net:
         self._fill("diff", kwargs, self.outputs, "Top diff arguments do not match net outputs.",
                    "Diff is not batch sized")
         self._backward(start_i, end_i)
-        return {name: self._blobs[name].diff for name in wanted}
+        return {name: self._blob_map[name].diff for name in wanted}
 
     def _fill(self, field: str, arrays: dict, names: list[str], mismatch: str, unbatched: str):
         """Write keyword arrays into the blobs' data or diff, with pycaffe's checks."""
@@ -227,10 +272,10 @@ class Net:
         if set(arrays) != set(names):
             raise Exception(f"{mismatch} Expected {sorted(names)}, got {sorted(arrays)}")
         for name, array in arrays.items():
-            if array.shape[0] != self._blobs[name].shape[0]:
+            if array.shape[0] != self._blob_map[name].shape[0]:
                 raise Exception(f"{unbatched}: '{name}' has {array.shape[0]} items, the blob "
-                                f"holds {self._blobs[name].shape[0]}")
-            getattr(self._blobs[name], field)[...] = array
+                                f"holds {self._blob_map[name].shape[0]}")
+            getattr(self._blob_map[name], field)[...] = array
 
     def forward_all(self, blobs=None, **kwargs) -> dict:
         """forward() over inputs of any length, batch by batch; outputs concatenated."""
@@ -258,7 +303,7 @@ class Net:
         if not arrays:
             return
         n = len(next(iter(arrays.values())))
-        size = next(iter(self._blobs.values())).shape[0]
+        size = next(iter(self._blob_map.values())).shape[0]
         for i in range(0, n - n % size, size):
             yield {name: a[i:i + size] for name, a in arrays.items()}
         left = n % size
@@ -302,18 +347,22 @@ class Net:
         self._device_wrote()
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
-        """Hand arrays to the MemoryData layer that must come first in the net."""
+        """Hand arrays to the MemoryData layer that must come first in the net (labels may
+        be 1-D, as pycaffe.py allows)."""
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        self._set_input_arrays(data, labels)
+
+    def _set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """_caffe.cpp's Net_SetInputArrays: (N, C, H, W) data and (N, 1, 1, 1) labels."""
         step = self._steps[0] if self._steps else None
         if step is None or step.kind != SOURCE or step.type != "MemoryData":
             raise RuntimeError("set_input_arrays may only be called if the first layer is a "
                                "MemoryDataLayer")
-        if labels.ndim == 1:
-            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
-        source = self._net.sources[0]
-        source.reset(data, labels)
+        self._net.sources[0].reset(data, labels)
 
     def __repr__(self) -> str:
-        return f"<caffe.Net '{self.name}': {len(self._steps)} layers, {len(self._blobs)} blobs>"
+        return f"<caffe.Net '{self.name}': {len(self._steps)} layers, {len(self._blob_map)} blobs>"
 
 
 def _split_source(steps, name: str) -> str:

@@ -39,6 +39,9 @@ class Passes:
                     self.filled_once.add(name)
         self._filled: dict[str, tuple] = {}  # loss top -> (weight, shape) its diff holds
         self.debug_log = None  # where Caffe's debug_info lines go (runner/debug_info.py), if on
+        # Net::add_before_forward and its kin: callables given each layer's index
+        self.callbacks = {when: [] for when in ("before_forward", "after_forward",
+                                                "before_backward", "after_backward")}
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, start: int, end: int) -> None:
@@ -46,6 +49,7 @@ class Passes:
         batch = None
         for i in range(start, end + 1):
             step = self.steps[i]
+            self._run_callbacks("before_forward", i)
             if step.kind == INPUT:
                 pass
             elif step.kind == SOURCE:
@@ -75,7 +79,12 @@ class Passes:
                             [(name, mean_abs(self.blobs[name].data_tensor())) for name in step.tops],
                             [(name, mean_abs(blob.data_tensor()))
                              for (name, _), blob in zip(step.param_specs, step.blobs)])
+            self._run_callbacks("after_forward", i)
         self.fill_loss_diffs()
+
+    def _run_callbacks(self, when: str, layer: int) -> None:
+        for run in self.callbacks[when]:
+            run(layer)
 
     def _leaves(self, i: int, step, current, need: bool) -> list[torch.Tensor]:
         leaves = []
@@ -122,23 +131,28 @@ class Passes:
     # ---- backward ---------------------------------------------------------------------
     def backward(self, start: int, end: int) -> None:
         for i in range(start, end - 1, -1):
-            if not self.layout.layer_needs_backward[i]:
-                continue
-            step = self.steps[i]
-            if step.kind == SPLIT:
-                diffs = [self.blobs[top].diff_tensor() for top in step.tops]
-                total = diffs[0] + diffs[1] if len(diffs) > 1 else diffs[0].clone()
-                for diff in diffs[2:]:
-                    total += diff
-                self.blobs[step.bottoms[0]].assign_diff(total)
-            elif step.kind == PYTHON:
-                bottom, top = self._blobs(step)
-                step.impl.backward(top, list(self.layout.bottom_needs_backward[i]), bottom)
-                step.impl.blobs.push()
-            elif step.kind == LAYER:
-                self._backward_layer(i, step)
-            if self.debug_log is not None:
-                self._log_backward(i, step)
+            self._run_callbacks("before_backward", i)
+            if self.layout.layer_needs_backward[i]:
+                self._backward_step(i)
+            self._run_callbacks("after_backward", i)
+
+    def _backward_step(self, i: int) -> None:
+        """Layer i's Backward (it needs one), then its debug lines when they are on."""
+        step = self.steps[i]
+        if step.kind == SPLIT:
+            diffs = [self.blobs[top].diff_tensor() for top in step.tops]
+            total = diffs[0] + diffs[1] if len(diffs) > 1 else diffs[0].clone()
+            for diff in diffs[2:]:
+                total += diff
+            self.blobs[step.bottoms[0]].assign_diff(total)
+        elif step.kind == PYTHON:
+            bottom, top = self._blobs(step)
+            step.impl.backward(top, list(self.layout.bottom_needs_backward[i]), bottom)
+            step.impl.blobs.push()
+        elif step.kind == LAYER:
+            self._backward_layer(i, step)
+        if self.debug_log is not None:
+            self._log_backward(i, step)
 
     def _log_backward(self, i: int, step) -> None:
         needs = self.layout.bottom_needs_backward[i]

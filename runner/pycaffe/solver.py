@@ -115,6 +115,11 @@ class Solver:
     def restore(self, state_file: str) -> None:
         self._run(self._loop.restore, state_file)
 
+    def add_callback(self, on_start, on_gradients_ready) -> None:
+        """Call `on_start()` at the start of each iteration (after its test) and
+        `on_gradients_ready()` once its diffs are computed, before the update."""
+        self._loop.callbacks.append((on_start, on_gradients_ready))
+
     def share_weights(self, net: Net) -> None:
         """Make `net` use this solver's trained blobs (layers matched by name)."""
         share_trained_layers(net._net, self._loop.net)

@@ -6,6 +6,7 @@ path is given, to a log file. Numbers are formatted as C++ ostreams print floats
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,6 +38,34 @@ class GlogFormatter(logging.Formatter):
                 f"{record.process:5d} {where}] {record.getMessage()}")
 
 
+# glog's FLAGS_minloglevel, and the least severity that reaches stderr (everything until
+# glog is initialised; ERROR after InitGoogleLogging unless FLAGS_logtostderr)
+_GLOG = {"min_level": logging.INFO, "stderr_level": logging.INFO}
+_SEVERITIES = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def configure_glog(min_severity: int = 0, to_stderr: bool = False) -> None:
+    """glog's flags as pycaffe's init_log sets them: lines below `min_severity` (0 INFO,
+    1 WARNING, 2 ERROR, 3 FATAL) are dropped; unless `to_stderr`, only ERROR and above
+    reach stderr (glog writes the rest to its log files; a solver's log file keeps them)."""
+    if not 0 <= min_severity <= 3:
+        raise ValueError(f"glog severity {min_severity} is not 0 (INFO) to 3 (FATAL)")
+    _GLOG["min_level"] = _SEVERITIES[min_severity]
+    _GLOG["stderr_level"] = logging.INFO if to_stderr else logging.ERROR
+
+
+class _GlogLevels(logging.Filter):
+    """Passes the records glog's flags let through to this handler's destination."""
+
+    def __init__(self, stderr: bool):
+        super().__init__()
+        self.stderr = stderr
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        least = max(_GLOG["min_level"], _GLOG["stderr_level"]) if self.stderr else _GLOG["min_level"]
+        return record.levelno >= least
+
+
 class _TqdmStderrHandler(logging.Handler):
     """Writes to stderr without tearing an active tqdm bar."""
 
@@ -64,11 +93,13 @@ class CaffeLog:
         if stderr:
             handler = _TqdmStderrHandler()
             handler.setFormatter(fmt)
+            handler.addFilter(_GlogLevels(stderr=True))
             self.logger.addHandler(handler)
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
             handler.setFormatter(fmt)
+            handler.addFilter(_GlogLevels(stderr=False))
             self.logger.addHandler(handler)
 
     def info(self, where: str, msg: str) -> None:
@@ -87,3 +118,10 @@ class CaffeLog:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+
+@functools.cache
+def stderr_log() -> CaffeLog:
+    """The process's glog lines outside a solver (a net's own debug_info, pycaffe's
+    caffe.log): stderr only, one log for all."""
+    return CaffeLog()

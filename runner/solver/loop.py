@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from google.protobuf import text_format
@@ -128,6 +129,9 @@ class Solver:
         self.scores = []      # (iteration, test net, mean of each output element) per test
         self.snapshots = []   # the .caffemodel files written
         self.schedule = self._aux_schedule()
+        # Solver::add_callback's callables: on_start before each iteration's passes,
+        # on_gradients_ready after them, before the update
+        self.callbacks: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
         self.ddp = distributed.wrap(self.net, ctx)
         self.model = self.ddp
@@ -262,6 +266,8 @@ class Solver:
                         self.requested_early_exit = True
                         break
                 self._apply_aux_schedule()
+                for on_start, _ in self.callbacks:
+                    on_start()
                 self.set_debug_info(self.net, p.display and self.iter % p.display == 0)
                 self.train_step(self.train_batches, self.iter, self._before_update)
                 if p.display and self.iter % p.display == 0:
@@ -308,6 +314,8 @@ class Solver:
                           f"{cfloat(lapse)}s/{p.display} iters), loss = {cfloat(self.smoothed_loss)}")
             self.display_clock = (time.perf_counter(), self.iter)
             self._log_outputs(self.net, blobs, "    Train net output", "solver.cpp:237")
+        for _, on_gradients_ready in self.callbacks:
+            on_gradients_ready()
 
     def _log_rate(self, it: int, rate: float) -> None:
         """Caffe logs the rate of a displayed iteration just before its update."""

@@ -22,7 +22,7 @@ class LearningRatePolicy:
             raise SolverConfigError(
                 f"lr_policy '{param.lr_policy}' is not one of Caffe's policies "
                 f"({', '.join(POLICIES)}); Caffe requires one, e.g. lr_policy: \"fixed\"")
-        self.base_lr = param.base_lr
+        self.param = param   # base_lr is read from it at each rate, as pycaffe may set it
         self.gamma = param.gamma
         self.power = param.power
         self.stepsize = param.stepsize
@@ -35,6 +35,10 @@ class LearningRatePolicy:
         if self.policy == "poly" and self.max_iter <= 0:
             raise SolverConfigError("lr_policy 'poly' needs max_iter > 0")
         self.current_step = 0
+
+    @property
+    def base_lr(self) -> float:
+        return self.param.base_lr
 
     def rate(self, it: int) -> float:
         """The learning rate for the update that follows `it` finished updates; +-inf
