@@ -497,6 +497,6 @@ def _accuracy(lp, bottoms):
     return LayerShapes([()] + [(bottoms[0][axis],)] * (len(lp.top) - 1))
 
 
-# The SSD and the recurrent/indexing layers' rules live in their own modules; importing
+# The SSD, other fork and recurrent/indexing layers' rules live in their own modules; importing
 # them registers them.
-from runner import shapes_detection, shapes_sequence  # noqa: E402,F401
+from runner import shapes_detection, shapes_forks, shapes_sequence  # noqa: E402,F401

@@ -17,7 +17,8 @@ IMPLEMENTED = {
     "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH",
     "Threshold", "Tile", "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit",
     "Parameter", "RNN",
-} | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6"}  # SSD fork types, OpenCV's ReLU6
+} | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
+     "ShuffleChannel", "Interp", "ROIPooling"}                         # ShuffleNet, DeepLab, Fast R-CNN
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
@@ -35,7 +36,7 @@ def test_listing_holds_every_bvlc_caffe_type():
 @pytest.mark.parametrize("kind, origin", [
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
-    ("ROIPooling", "a type of the Caffe fork rbgirshick/caffe-fast-rcnn .*not of BVLC Caffe"),
+    ("PSROIPooling", r"a type of the Caffe fork daijifeng001/caffe-rfcn \(R-FCN\), not of BVLC Caffe"),
     ("Upsample", "a type of the Caffe fork alexgkendall/caffe-segnet"),
     ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])

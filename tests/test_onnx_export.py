@@ -126,6 +126,33 @@ def test_bvlc_style_net_uses_the_ops_that_need_care():
     assert any("area_over_divisor" in name for name in inits)  # ceil-mode AVE with padding
 
 
+FORKS = """
+layer { name: "data" type: "Input" top: "data" top: "rois"
+  input_param { shape { dim: 2 dim: 6 dim: 9 dim: 11 } shape { dim: 4 dim: 5 } } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "shuffle" shuffle_channel_param { group: 3 } }
+layer { name: "zoom" type: "Interp" bottom: "shuffle" top: "zoom" interp_param { zoom_factor: 2 } }
+layer { name: "cropped" type: "Interp" bottom: "data" top: "cropped" interp_param { height: 5 width: 4 pad_beg: -2 pad_end: -1 } }
+layer { name: "like" type: "Interp" bottom: "data" bottom: "cropped" top: "like" }
+layer { name: "pool" type: "ROIPooling" bottom: "zoom" bottom: "rois" top: "pool"
+  roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }
+"""
+
+
+def test_fork_layers_match_onnxruntime(tmp_path):
+    """ShuffleChannel, Interp (zoom, crop, a second bottom's size) and ROIPooling; the
+    graph keeps its batch free (Interp's sizes come from the input's shape)."""
+    prototxt = tmp_path / "forks.prototxt"
+    prototxt.write_text(FORKS)
+    net = Net(prototxt, phase="TEST")
+    model = build_model(net, outputs=computed_blobs(net))
+    onnx.checker.check_model(model, full_check=True)
+    assert {"Transpose", "Resize", "MaxRoiPool"} <= {n.op_type for n in model.graph.node}
+    gen = torch.Generator().manual_seed(4)
+    rois = torch.tensor([[0, 0, 0, 30, 20], [1, 3, 5, 12, 9], [1, -4, 2, 60, 60], [0, 40, 40, 50, 50]],
+                        dtype=torch.float32)
+    assert_matches(net, model, {"data": torch.randn(2, 6, 9, 11, generator=gen), "rois": rois}, "forks")
+
+
 @pytest.mark.parametrize("prototxt", MODEL_NETS, ids=lambda p: p.parent.name)
 def test_committed_deploy_nets_match_onnxruntime(prototxt, tmp_path):
     """ImageNet-size nets at the smallest input their shapes allow (keeps the suite fast)."""

@@ -1,0 +1,140 @@
+"""Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
+forks), Interp (DeepLab, PSPNet) and ROIPooling (Fast/Faster R-CNN). Each repeats its fork's
+arithmetic (float where the fork computes in float); backward is autograd's, which here is
+the fork's own backward: the adjoint of the interpolation, the gradient of each pooled
+maximum sent to the first position that held it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runner.layers.base import Layer, register
+from runner.shapes_forks import interp_geometry
+
+
+@register("ShuffleChannel")
+class ShuffleChannel(Layer):
+    """Channel c = i * (C / group) + j moves to j * group + i (farmingyard's Resize_cpu)."""
+
+    bottom_count = top_count = (1, 1)
+
+    def forward(self, x):
+        group = self.lp.shuffle_channel_param.group
+        n, c = x.shape[:2]
+        shuffled = x.reshape(n, group, c // group, -1).transpose(1, 2)
+        return (shuffled.reshape(x.shape),)
+
+    def extra_repr(self):
+        return f"name={self.name!r}, group={self.lp.shuffle_channel_param.group}"
+
+
+def _interp_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """caffe_cpu_interp2's sampling along one axis: (index, index + step to the next
+    sample, weight of that next sample), computed in float as the fork does."""
+    if size_in == size_out:
+        index = np.arange(size_out)
+        return index, index, np.zeros(size_out, np.float32)
+    ratio = np.float32(size_in - 1) / np.float32(size_out - 1) if size_out > 1 else np.float32(0)
+    position = ratio * np.arange(size_out, dtype=np.float32)
+    index = position.astype(np.int64)            # C's float -> int truncation
+    step = (index < size_in - 1).astype(np.int64)
+    return index, index + step, (position - index.astype(np.float32)).astype(np.float32)
+
+
+@register("Interp")
+class Interp(Layer):
+    """Bilinear resize with corners aligned (caffe_cpu_interp2): output (h2, w2) samples the
+    bottom at (h2 * (H - 1) / (h2_out - 1), ...), after cropping -pad_beg/-pad_end."""
+
+    bottom_count = (1, 2)
+    top_count = (1, 1)
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        pad_beg, h_eff, w_eff, h_out, w_out = interp_geometry(lp, bottom_shapes)
+        self.crop = (-pad_beg, h_eff, w_eff)
+        for axis, (size_in, size_out) in (("h", (h_eff, h_out)), ("w", (w_eff, w_out))):
+            index, following, weight = _interp_axis(size_in, size_out)
+            self.register_buffer(f"{axis}0", torch.from_numpy(index), persistent=False)
+            self.register_buffer(f"{axis}1", torch.from_numpy(following), persistent=False)
+            self.register_buffer(f"{axis}_weight", torch.from_numpy(weight), persistent=False)
+
+    def forward(self, x, *size_giver):
+        start, h_eff, w_eff = self.crop
+        x = x[:, :, start:start + h_eff, start:start + w_eff]
+        h1 = self.h_weight.to(x.dtype)[:, None]
+        w1 = self.w_weight.to(x.dtype)
+        h0, w0 = 1 - h1, 1 - w1
+        top, bottom = x[:, :, self.h0], x[:, :, self.h1]
+        # h0 * (w0 * p00 + w1 * p01) + h1 * (w0 * p10 + w1 * p11), in the fork's order
+        return (h0 * (w0 * top[..., self.w0] + w1 * top[..., self.w1])
+                + h1 * (w0 * bottom[..., self.w0] + w1 * bottom[..., self.w1]),)
+
+    def extra_repr(self):
+        return f"name={self.name!r}, top={list(self.top_shapes[0])}"
+
+
+def _c_round(values: np.ndarray) -> np.ndarray:
+    """C's round(): halves away from zero."""
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+@register("ROIPooling")
+class ROIPooling(Layer):
+    """Max pooling of each region (batch index, x1, y1, x2, y2 in input pixels) scaled by
+    spatial_scale into a pooled_h x pooled_w grid; an empty bin is 0 (ROIPoolingLayer)."""
+
+    bottom_count = (2, 2)
+    top_count = (1, 1)
+    force_backward_blocked = (1,)   # the regions get no diff, as in the fork
+
+    def forward(self, features, rois):
+        p = self.lp.roi_pooling_param
+        n, channels, height, width = features.shape
+        boxes = rois.detach().reshape(rois.shape[0], 5).to("cpu", torch.float32).numpy()
+        if not len(boxes):
+            return (features.new_zeros((0, channels, p.pooled_h, p.pooled_w)),)
+        batch_index = boxes[:, 0].astype(np.int64)
+        if batch_index.min() < 0 or batch_index.max() >= n:
+            raise ValueError(f"layer '{self.name}' (ROIPooling): a region's batch index is outside "
+                             f"0..{n - 1}: {sorted(set(batch_index.tolist()))}")
+        corners = _c_round(boxes[:, 1:] * np.float32(p.spatial_scale)).astype(np.int64)
+        x1, y1, x2, y2 = corners.T
+        rows = _bins(y1, np.maximum(y2 - y1 + 1, 1), p.pooled_h, height)
+        cols = _bins(x1, np.maximum(x2 - x1 + 1, 1), p.pooled_w, width)
+        flat = features.reshape(n, channels, height * width)
+        return (torch.stack([_pool_region(flat[batch_index[r]], rows[r], cols[r], width)
+                             for r in range(len(boxes))]),)
+
+    def extra_repr(self):
+        p = self.lp.roi_pooling_param
+        return f"name={self.name!r}, pooled={p.pooled_h}x{p.pooled_w}, spatial_scale={p.spatial_scale}"
+
+
+def _bins(start: np.ndarray, length: np.ndarray, pooled: int, size: int) -> np.ndarray:
+    """(regions, pooled, 2) [begin, end) of each bin along one axis, clipped to the map:
+    floor(p * bin) and ceil((p + 1) * bin) with bin = length / pooled in float."""
+    bin_size = length.astype(np.float32) / np.float32(pooled)
+    steps = np.arange(pooled + 1, dtype=np.float32)
+    begin = np.floor(steps[None, :-1] * bin_size[:, None]).astype(np.int64)
+    end = np.ceil(steps[None, 1:] * bin_size[:, None]).astype(np.int64)
+    return np.clip(np.stack([begin, end], -1) + start[:, None, None], 0, size)
+
+
+def _pool_region(flat: torch.Tensor, rows: np.ndarray, cols: np.ndarray, width: int) -> torch.Tensor:
+    """(C, pooled_h, pooled_w) maxima of one region: each bin's positions gathered in the
+    fork's scan order (row by row), padded with -inf; the first maximum wins."""
+    heights, widths = rows[:, 1] - rows[:, 0], cols[:, 1] - cols[:, 0]
+    bh, bw = max(int(heights.max()), 1), max(int(widths.max()), 1)
+    r = rows[:, :1] + np.arange(bh)                       # (PH, bh)
+    c = cols[:, :1] + np.arange(bw)                       # (PW, bw)
+    valid = ((np.arange(bh) < heights[:, None])[:, None, :, None]
+             & (np.arange(bw) < widths[:, None])[None, :, None, :])   # (PH, PW, bh, bw)
+    index = np.where(valid, r[:, None, :, None] * width + c[None, :, None, :], 0).reshape(-1)
+    values = flat[:, torch.from_numpy(index).to(flat.device)]
+    values = values.reshape(flat.shape[0], *valid.shape[:2], bh * bw)
+    mask = torch.from_numpy(valid.reshape(*valid.shape[:2], bh * bw)).to(flat.device)
+    values = values.masked_fill(~mask, float("-inf"))
+    pooled = values.max(dim=-1).values
+    empty = torch.from_numpy((heights[:, None] <= 0) | (widths[None, :] <= 0)).to(flat.device)
+    return pooled.masked_fill(empty, 0)

@@ -1,0 +1,74 @@
+"""Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
+(DeepLab, PSPNet) and ROIPooling (Fast/Faster R-CNN), with the parameter readings their
+layers share.
+
+Imported by runner.shapes, which keeps the rule registry.
+"""
+from __future__ import annotations
+
+from runner.shapes import LayerShapes, rule
+
+
+@rule("ShuffleChannel")
+def _shuffle_channel(lp, bottoms):
+    b, group = bottoms[0], lp.shuffle_channel_param.group
+    if len(b) < 2 or group < 1 or b[1] % group:
+        raise ValueError(f"ShuffleChannel needs channels (axis 1 of {list(b)}) divisible by "
+                         f"shuffle_channel_param.group {group}")
+    return LayerShapes([b])
+
+
+def interp_geometry(lp, bottoms) -> tuple[int, int, int, int, int]:
+    """InterpLayer::Reshape: (pad_beg, height_in_eff, width_in_eff, height_out, width_out)."""
+    p, b = lp.interp_param, bottoms[0]
+    if len(b) != 4:
+        raise ValueError(f"Interp needs a 4-axis bottom (N, C, H, W), got {list(b)}")
+    if p.pad_beg > 0 or p.pad_end > 0:
+        raise ValueError("interp_param: only non-positive pad_beg/pad_end (cropping) are supported")
+    h_eff, w_eff = b[2] + p.pad_beg + p.pad_end, b[3] + p.pad_beg + p.pad_end
+    if h_eff <= 0 or w_eff <= 0:
+        raise ValueError(f"interp_param's pads leave nothing of a {b[2]} x {b[3]} bottom")
+    specs = [p.HasField("zoom_factor") or p.HasField("shrink_factor"),
+             p.HasField("height") and p.HasField("width"), len(bottoms) == 2]
+    if sum(specs) != 1:
+        raise ValueError("Interp's output size comes from exactly one of zoom_factor and/or "
+                         "shrink_factor, height and width, or a second bottom")
+    if len(bottoms) == 2:
+        if len(bottoms[1]) != 4:
+            raise ValueError(f"Interp's second bottom gives the size; it needs 4 axes, got {list(bottoms[1])}")
+        h_out, w_out = bottoms[1][2], bottoms[1][3]
+    elif specs[1]:
+        h_out, w_out = p.height, p.width
+    else:
+        h_out, w_out = h_eff, w_eff
+        if p.HasField("shrink_factor"):
+            if p.shrink_factor < 1:
+                raise ValueError(f"interp_param.shrink_factor {p.shrink_factor} must be >= 1")
+            h_out, w_out = (h_out - 1) // p.shrink_factor + 1, (w_out - 1) // p.shrink_factor + 1
+        if p.HasField("zoom_factor"):
+            if p.zoom_factor < 1:
+                raise ValueError(f"interp_param.zoom_factor {p.zoom_factor} must be >= 1")
+            h_out, w_out = h_out + (h_out - 1) * (p.zoom_factor - 1), w_out + (w_out - 1) * (p.zoom_factor - 1)
+    if h_out <= 0 or w_out <= 0:
+        raise ValueError(f"Interp's output would be {h_out} x {w_out}")
+    return p.pad_beg, h_eff, w_eff, h_out, w_out
+
+
+@rule("Interp")
+def _interp(lp, bottoms):
+    *_, h_out, w_out = interp_geometry(lp, bottoms)
+    return LayerShapes([(*bottoms[0][:2], h_out, w_out)])
+
+
+@rule("ROIPooling")
+def _roi_pooling(lp, bottoms):
+    p = lp.roi_pooling_param
+    features, rois = bottoms
+    if p.pooled_h <= 0 or p.pooled_w <= 0:
+        raise ValueError("roi_pooling_param needs pooled_h > 0 and pooled_w > 0")
+    if len(features) != 4:
+        raise ValueError(f"ROIPooling's first bottom needs 4 axes (N, C, H, W), got {list(features)}")
+    if not rois or rois[0] and (len(rois) < 2 or rois[1] != 5 or any(d != 1 for d in rois[2:])):
+        raise ValueError(f"ROIPooling's second bottom holds one (batch index, x1, y1, x2, y2) per "
+                         f"region: shape (R, 5), got {list(rois)}")
+    return LayerShapes([(rois[0], features[1], p.pooled_h, p.pooled_w)])

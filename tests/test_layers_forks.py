@@ -1,0 +1,238 @@
+"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp (DeepLab, PSPNet) and
+ROIPooling (Fast/Faster R-CNN), against OpenCV's Caffe importer where it reads them, and
+against loop-by-loop numpy transcriptions of the forks' C++ (forward and backward)
+everywhere, OpenCV's gaps included (Interp's shrink_factor and pads)."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from runner import Net
+from runner.shapes import ShapeError
+from runner.proto import parse_net_text
+
+F32 = np.float32
+
+
+def _net(layer: str, *shapes, second: str = "rois") -> str:
+    names = ["data", second][:len(shapes)]
+    dims = " ".join("shape { " + " ".join(f"dim: {d}" for d in s) + " }" for s in shapes)
+    tops = " ".join(f'top: "{n}"' for n in names)
+    return f'name: "fork"\nlayer {{ name: "in" type: "Input" {tops} input_param {{ {dims} }} }}\n{layer}\n'
+
+
+def _ours(text, inputs, grad_of=None):
+    net = Net(parse_net_text(text))
+    tensors = {k: torch.from_numpy(v).requires_grad_(k == "data") for k, v in inputs.items()}
+    out = net(tensors)["o"]
+    if grad_of is None:
+        return out.detach().numpy()
+    out.backward(torch.from_numpy(grad_of))
+    return out.detach().numpy(), tensors["data"].grad.numpy()
+
+
+def _opencv(text, inputs, tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    net = cv2.dnn.readNetFromCaffe(str(path))
+    for name, value in inputs.items():
+        net.setInput(value, name)
+    return net.forward()
+
+
+# ---- ShuffleChannel -----------------------------------------------------------------------
+
+def test_shuffle_channel_equals_opencv_and_moves_diffs_back(tmp_path):
+    text = _net('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "o" '
+                'shuffle_channel_param { group: 3 } }', (2, 6, 3, 4))
+    x = np.random.default_rng(0).random((2, 6, 3, 4), F32)
+    grad = np.random.default_rng(1).random((2, 6, 3, 4), F32)
+    out, dx = _ours(text, {"data": x}, grad)
+    np.testing.assert_array_equal(out, _opencv(text, {"data": x}, tmp_path))
+    # farmingyard's Resize_cpu: input channel i * 2 + j goes to output channel j * 3 + i
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_array_equal(out[:, j * 3 + i], x[:, i * 2 + j])
+            np.testing.assert_array_equal(dx[:, i * 2 + j], grad[:, j * 3 + i])
+
+
+def test_shuffle_channel_needs_divisible_channels():
+    text = _net('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "o" '
+                'shuffle_channel_param { group: 4 } }', (1, 6, 2, 2))
+    with pytest.raises(ShapeError, match=r"layer 's'.*divisible by shuffle_channel_param.group 4"):
+        Net(parse_net_text(text))
+
+
+# ---- Interp -------------------------------------------------------------------------------
+
+def _interp_weights(size_in, size_out):
+    """caffe_cpu_interp2's per-axis loop variables, in float."""
+    ratio = F32(size_in - 1) / F32(size_out - 1) if size_out > 1 else F32(0)
+    for i2 in range(size_out):
+        r = ratio * F32(i2)
+        i1 = int(r)
+        yield i2, i1, 1 if i1 < size_in - 1 else 0, F32(r - F32(i1))
+
+
+def interp2(x, y0, x0, h1, w1, h2, w2):
+    """caffe_cpu_interp2<float, false> on (channels, H, W), from the crop at (y0, x0)."""
+    out = np.zeros((x.shape[0], h2, w2), F32)
+    if (h1, w1) == (h2, w2):
+        return x[:, y0:y0 + h1, x0:x0 + w1].copy()
+    for a2, a1, ap, al1 in _interp_weights(h1, h2):
+        al0 = F32(1) - al1
+        for b2, b1, bp, bl1 in _interp_weights(w1, w2):
+            bl0 = F32(1) - bl1
+            p = x[:, y0 + a1:, x0 + b1:]
+            out[:, a2, b2] = (al0 * (bl0 * p[:, 0, 0] + bl1 * p[:, 0, bp])
+                              + al1 * (bl0 * p[:, ap, 0] + bl1 * p[:, ap, bp]))
+    return out
+
+
+def interp2_backward(shape, y0, x0, h1, w1, top_diff):
+    """caffe_cpu_interp2_backward<float, false>: the adjoint, accumulated into zeros."""
+    c, h2, w2 = top_diff.shape
+    diff = np.zeros(shape, F32)
+    if (h1, w1) == (h2, w2):
+        diff[:, y0:y0 + h1, x0:x0 + w1] += top_diff
+        return diff
+    for a2, a1, ap, al1 in _interp_weights(h1, h2):
+        al0 = F32(1) - al1
+        for b2, b1, bp, bl1 in _interp_weights(w1, w2):
+            bl0 = F32(1) - bl1
+            g = top_diff[:, a2, b2]
+            diff[:, y0 + a1, x0 + b1] += al0 * bl0 * g
+            diff[:, y0 + a1, x0 + b1 + bp] += al0 * bl1 * g
+            diff[:, y0 + a1 + ap, x0 + b1] += al1 * bl0 * g
+            diff[:, y0 + a1 + ap, x0 + b1 + bp] += al1 * bl1 * g
+    return diff
+
+
+def _interp_net(param, shape=(2, 3, 5, 6), size=None):
+    second = 'bottom: "size" ' if size else ""
+    layer = f'layer {{ name: "i" type: "Interp" bottom: "data" {second}top: "o" interp_param {{ {param} }} }}'
+    return _net(layer, shape, *([(1, 1, *size)] if size else []), second="size")
+
+
+@pytest.mark.parametrize("param", ["zoom_factor: 3", "height: 9 width: 11", "height: 3 width: 4",
+                                   "height: 1 width: 1", "height: 5 width: 6"])
+def test_interp_equals_opencv(tmp_path, param):
+    text = _interp_net(param)
+    x = np.random.default_rng(2).random((2, 3, 5, 6), F32)
+    np.testing.assert_allclose(_ours(text, {"data": x}), _opencv(text, {"data": x}, tmp_path),
+                               rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("param, size, crop, out", [
+    ("zoom_factor: 2", None, (0, 5, 6), (9, 11)),
+    ("shrink_factor: 2", None, (0, 5, 6), (3, 3)),               # OpenCV gets this one wrong
+    ("shrink_factor: 2 zoom_factor: 3", None, (0, 5, 6), (7, 7)),
+    ("zoom_factor: 2 pad_beg: -1 pad_end: -1", None, (1, 3, 4), (5, 7)),
+    ("height: 4 width: 8 pad_beg: -1", None, (1, 4, 5), (4, 8)),
+    ("", (7, 3), (0, 5, 6), (7, 3)),                             # the size of a second bottom
+])
+def test_interp_forward_and_backward_equal_the_forks_loops(param, size, crop, out):
+    text = _interp_net(param, size=size)
+    x = np.random.default_rng(3).random((2, 3, 5, 6), F32)
+    grad = np.random.default_rng(4).random((2, 3, *out), F32)
+    inputs = {"data": x} | ({"size": np.zeros((1, 1, *size), F32)} if size else {})
+    top, dx = _ours(text, inputs, grad)
+    start, h1, w1 = crop
+    assert top.shape == (2, 3, *out)
+    flat = x.reshape(6, 5, 6)
+    np.testing.assert_allclose(top.reshape(6, *out), interp2(flat, start, start, h1, w1, *out),
+                               rtol=0, atol=3e-7)
+    np.testing.assert_allclose(dx.reshape(6, 5, 6),
+                               interp2_backward((6, 5, 6), start, start, h1, w1, grad.reshape(6, *out)),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("param, message", [
+    ("zoom_factor: 2 height: 3 width: 3", "exactly one of zoom_factor and/or shrink_factor"),
+    ("", "exactly one of"),
+    ("pad_beg: 1 zoom_factor: 2", "only non-positive pad_beg/pad_end"),
+    ("pad_beg: -3 pad_end: -3 zoom_factor: 2", "pads leave nothing of a 5 x 6 bottom"),
+    ("shrink_factor: 0", "shrink_factor 0 must be >= 1"),
+])
+def test_interp_refuses_what_the_fork_refuses(param, message):
+    with pytest.raises(ShapeError, match=rf"layer 'i'.*{message}"):
+        Net(parse_net_text(_interp_net(param)))
+
+
+# ---- ROIPooling ---------------------------------------------------------------------------
+
+ROIS = np.array([[0, 0, 0, 20, 30], [1, 4, 8, 50, 40], [0, 10, 10, 10, 10], [1, -8, -8, 70, 70],
+                 [0, 30, 20, 33, 25], [1, 2, 3, 13, 9], [0, 60, 60, 90, 90]], F32)
+
+
+def _roi_net(pooled=(3, 4), scale=0.25, rois=len(ROIS)):
+    return _net(f'layer {{ name: "p" type: "ROIPooling" bottom: "data" bottom: "rois" top: "o" '
+                f'roi_pooling_param {{ pooled_h: {pooled[0]} pooled_w: {pooled[1]} '
+                f'spatial_scale: {scale} }} }}', (2, 3, 12, 14), (rois, 5))
+
+
+def roi_pool(x, rois, ph_n, pw_n, scale):
+    """ROIPoolingLayer::Forward_cpu, and the argmax its Backward sends each diff to."""
+    n, c, height, width = x.shape
+    top = np.zeros((len(rois), c, ph_n, pw_n), F32)
+    argmax = -np.ones(top.shape, int)
+    for r, roi in enumerate(rois):
+        b = int(roi[0])
+        sw, sh, ew, eh = (int(np.sign(v) * np.floor(abs(v) + 0.5)) for v in roi[1:] * F32(scale))
+        bin_h = F32(max(eh - sh + 1, 1)) / F32(ph_n)
+        bin_w = F32(max(ew - sw + 1, 1)) / F32(pw_n)
+        for ch in range(c):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    hs = min(max(int(np.floor(F32(ph) * bin_h)) + sh, 0), height)
+                    he = min(max(int(np.ceil(F32(ph + 1) * bin_h)) + sh, 0), height)
+                    ws = min(max(int(np.floor(F32(pw) * bin_w)) + sw, 0), width)
+                    we = min(max(int(np.ceil(F32(pw + 1) * bin_w)) + sw, 0), width)
+                    if he <= hs or we <= ws:
+                        continue
+                    best = -np.finfo(F32).max
+                    for h in range(hs, he):
+                        for w in range(ws, we):
+                            if x[b, ch, h, w] > best:
+                                best, argmax[r, ch, ph, pw] = x[b, ch, h, w], h * width + w
+                    top[r, ch, ph, pw] = best
+    return top, argmax
+
+
+def roi_pool_backward(x_shape, rois, argmax, top_diff):
+    diff = np.zeros(x_shape, F32)
+    for r, roi in enumerate(rois):
+        for ch, ph, pw in np.ndindex(argmax.shape[1:]):
+            if argmax[r, ch, ph, pw] >= 0:
+                h, w = divmod(argmax[r, ch, ph, pw], x_shape[3])
+                diff[int(roi[0]), ch, h, w] += top_diff[r, ch, ph, pw]
+    return diff
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_roi_pooling_equals_opencv_and_the_forks_loops(tmp_path, ties):
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 12, 14), F32)
+    if ties:   # whole rows equal, as after a ReLU: the first maximum in scan order wins
+        x = np.repeat(np.round(x[..., :1] * 4) / 4, 14, axis=-1)
+    grad = rng.random((len(ROIS), 3, 3, 4), F32)
+    top, dx = _ours(_roi_net(), {"data": x, "rois": ROIS}, grad)
+    expected, argmax = roi_pool(x, ROIS, 3, 4, 0.25)
+    np.testing.assert_array_equal(top, expected)
+    np.testing.assert_array_equal(top, _opencv(_roi_net(), {"data": x, "rois": ROIS}, tmp_path))
+    np.testing.assert_allclose(dx, roi_pool_backward(x.shape, ROIS, argmax, grad), rtol=0, atol=1e-6)
+    assert (top[6] == 0).all()   # a region past the map: every bin empty, 0
+
+
+def test_roi_pooling_checks_its_regions():
+    x = np.zeros((2, 3, 12, 14), F32)
+    with pytest.raises(ValueError, match=r"layer 'p' \(ROIPooling\): a region's batch index is outside 0\.\.1"):
+        _ours(_roi_net(rois=1), {"data": x, "rois": np.array([[2, 0, 0, 4, 4]], F32)})
+    bad = _net('layer { name: "p" type: "ROIPooling" bottom: "data" bottom: "rois" top: "o" '
+               'roi_pooling_param { pooled_h: 2 pooled_w: 2 } }', (1, 3, 4, 4), (3, 4))
+    with pytest.raises(ShapeError, match=r"layer 'p'.*shape \(R, 5\), got \[3, 4\]"):
+        Net(parse_net_text(bad))
+    zero = _net('layer { name: "p" type: "ROIPooling" bottom: "data" bottom: "rois" top: "o" '
+                'roi_pooling_param { pooled_w: 2 } }', (1, 3, 4, 4), (3, 5))
+    with pytest.raises(ShapeError, match=r"layer 'p'.*pooled_h > 0 and pooled_w > 0"):
+        Net(parse_net_text(zero))
