@@ -191,7 +191,7 @@ def _dummy(lp, bottoms):
 # ---- vision -----------------------------------------------------------------------
 
 @rule("Convolution", "Deconvolution")
-def _conv(lp, bottoms):
+def conv_shapes(lp, bottoms):
     p = lp.convolution_param
     b = bottoms[0]
     axis = canonical_axis(p.axis, len(b), lp.name)

@@ -1,12 +1,13 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
-(DeepLab, PSPNet) and ROIPooling (Fast/Faster R-CNN), with the parameter readings their
-layers share.
+(DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise
+convolutions and Axpy (SENet), with the parameter readings their layers share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
 from __future__ import annotations
 
-from runner.shapes import LayerShapes, rule
+from runner.proto import caffe_pb2
+from runner.shapes import LayerShapes, conv_shapes, rule
 
 
 @rule("ShuffleChannel")
@@ -72,3 +73,32 @@ def _roi_pooling(lp, bottoms):
         raise ValueError(f"ROIPooling's second bottom holds one (batch index, x1, y1, x2, y2) per "
                          f"region: shape (R, 5), got {list(rois)}")
     return LayerShapes([(rois[0], features[1], p.pooled_h, p.pooled_w)])
+
+
+def as_convolution(lp, bottom: tuple[int, ...]):
+    """A fork's depthwise convolution as the BVLC Convolution it computes:
+    DepthwiseConvolution (yonghenglh6) is one as written; ConvolutionDepthwise (farmingyard)
+    has one (C, 1, kh, kw) filter per channel whatever num_output and group say."""
+    plain = caffe_pb2.LayerParameter()
+    plain.CopyFrom(lp)
+    plain.type = "Convolution"
+    if lp.type == "ConvolutionDepthwise":
+        if len(bottom) < 2:
+            raise ValueError(f"ConvolutionDepthwise needs a bottom with channels, got {list(bottom)}")
+        plain.convolution_param.num_output = plain.convolution_param.group = bottom[1]
+        plain.convolution_param.axis = 1
+    return plain
+
+
+@rule("ConvolutionDepthwise", "DepthwiseConvolution")
+def _depthwise(lp, bottoms):
+    return conv_shapes(as_convolution(lp, bottoms[0]), bottoms)
+
+
+@rule("Axpy")
+def _axpy(lp, bottoms):
+    scale, x, y = bottoms
+    if x != y or len(x) < 2 or tuple(scale[:2]) != tuple(x[:2]) or any(d != 1 for d in scale[2:]):
+        raise ValueError(f"Axpy takes a (N, C[, 1, 1]) scale and two equal (N, C, ...) blobs, got "
+                         f"{[list(b) for b in bottoms]}")
+    return LayerShapes([x])

@@ -1,7 +1,8 @@
-"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp (DeepLab, PSPNet) and
-ROIPooling (Fast/Faster R-CNN), against OpenCV's Caffe importer where it reads them, and
-against loop-by-loop numpy transcriptions of the forks' C++ (forward and backward)
-everywhere, OpenCV's gaps included (Interp's shrink_factor and pads)."""
+"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp (DeepLab, PSPNet),
+ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise convolutions and Axpy
+(SENet), against OpenCV's Caffe importer where it reads them, and against loop-by-loop numpy
+transcriptions of the forks' C++ (forward and backward) or a hand computation elsewhere,
+OpenCV's gaps included (Interp's shrink_factor and pads; its Axpy fails on 4.14)."""
 import cv2
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ F32 = np.float32
 
 
 def _net(layer: str, *shapes, second: str = "rois") -> str:
-    names = ["data", second][:len(shapes)]
+    names = ["data", second, "third"][:len(shapes)]
     dims = " ".join("shape { " + " ".join(f"dim: {d}" for d in s) + " }" for s in shapes)
     tops = " ".join(f'top: "{n}"' for n in names)
     return f'name: "fork"\nlayer {{ name: "in" type: "Input" {tops} input_param {{ {dims} }} }}\n{layer}\n'
@@ -236,3 +237,56 @@ def test_roi_pooling_checks_its_regions():
                 'roi_pooling_param { pooled_w: 2 } }', (1, 3, 4, 4), (3, 5))
     with pytest.raises(ShapeError, match=r"layer 'p'.*pooled_h > 0 and pooled_w > 0"):
         Net(parse_net_text(zero))
+
+
+# ---- depthwise convolutions and Axpy --------------------------------------------------------
+
+DEPTHWISE = '''name: "mobile"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 7 dim: 8 } } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { num_output: 9 kernel_size: 3 pad: 1 stride: 2
+    weight_filler { type: "xavier" } bias_filler { type: "gaussian" } } }
+layer { name: "dw2" type: "DepthwiseConvolution" bottom: "dw" top: "dw2"
+  convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+'''
+
+
+def test_depthwise_convolutions_equal_opencv(tmp_path):
+    """farmingyard's ConvolutionDepthwise keeps the channels whatever num_output says, one
+    (1, k, k) filter each; yonghenglh6's DepthwiseConvolution is the grouped Convolution it
+    names. OpenCV is given both as that grouped Convolution (its importer takes
+    ConvolutionDepthwise's num_output at its word)."""
+    net = Net(parse_net_text(DEPTHWISE))
+    assert [tuple(b.shape) for b in net.layers["dw"].blobs] == [(4, 1, 3, 3), (4,)]
+    assert net.blob_shapes["dw"] == (2, 4, 4, 4)
+    net.save_caffemodel(tmp_path / "w.caffemodel")
+    as_grouped = (DEPTHWISE.replace('"DepthwiseConvolution"', '"Convolution"')
+                  .replace('type: "ConvolutionDepthwise"', 'type: "Convolution"')
+                  .replace("num_output: 9 ", "num_output: 4 group: 4 "))
+    (tmp_path / "net.prototxt").write_text(as_grouped)
+    x = np.random.default_rng(6).random((2, 4, 7, 8), F32)
+    with torch.no_grad():
+        ours = net({"data": torch.from_numpy(x)})["dw2"].numpy()
+    cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "net.prototxt"), str(tmp_path / "w.caffemodel"))
+    cv.setInput(x, "data")
+    np.testing.assert_allclose(ours, cv.forward(), rtol=0, atol=2e-6)
+    fast = net.for_inference(outputs=["dw2"], example={"data": torch.from_numpy(x)})
+    np.testing.assert_allclose(fast({"data": torch.from_numpy(x)})["dw2"].numpy(), ours, rtol=0, atol=1e-5)
+
+
+def test_axpy_forward_and_backward_by_hand():
+    text = _net('layer { name: "a" type: "Axpy" bottom: "scale" bottom: "x" bottom: "y" top: "o" }',
+                (2, 3), (2, 3, 4, 5), (2, 3, 4, 5)).replace('top: "data" top: "rois" top: "third"',
+                                                            'top: "scale" top: "x" top: "y"')
+    rng = np.random.default_rng(7)
+    a, x, y, g = (rng.random(s, F32) for s in [(2, 3), (2, 3, 4, 5), (2, 3, 4, 5), (2, 3, 4, 5)])
+    net = Net(parse_net_text(text))
+    ins = {k: torch.from_numpy(v).requires_grad_() for k, v in {"scale": a, "x": x, "y": y}.items()}
+    out = net(ins)["o"]
+    np.testing.assert_allclose(out.detach().numpy(), a[:, :, None, None] * x + y, rtol=1e-6)
+    out.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(ins["scale"].grad.numpy(), (x * g).sum((2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(ins["x"].grad.numpy(), a[:, :, None, None] * g, rtol=1e-6)
+    np.testing.assert_array_equal(ins["y"].grad.numpy(), g)
+    with pytest.raises(ShapeError, match=r"layer 'a'.*Axpy takes a \(N, C\[, 1, 1\]\) scale"):
+        Net(parse_net_text(text.replace("dim: 2 dim: 3 }", "dim: 2 dim: 5 }", 1)))

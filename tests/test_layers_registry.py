@@ -18,7 +18,8 @@ IMPLEMENTED = {
     "Threshold", "Tile", "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit",
     "Parameter", "RNN",
 } | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
-     "ShuffleChannel", "Interp", "ROIPooling"}                         # ShuffleNet, DeepLab, Fast R-CNN
+     "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
+     "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy"}           # MobileNet forks, SENet
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():

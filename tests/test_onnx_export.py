@@ -345,3 +345,16 @@ def test_every_layer_type_but_losses_and_metrics_has_an_onnx_form():
     assert without == set(NO_ONNX_FORM), (
         f"layer types without an ONNX form: {sorted(without - set(NO_ONNX_FORM))}; give them one "
         f"in runner/onnx_export/ or list them in NO_ONNX_FORM with the reason")
+
+
+def test_depthwise_and_axpy_match_onnxruntime(tmp_path):
+    prototxt = tmp_path / "mobile.prototxt"
+    prototxt.write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 7 dim: 8 } } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw" convolution_param { kernel_size: 3 pad: 1 } }
+layer { name: "dw2" type: "DepthwiseConvolution" bottom: "dw" top: "dw2" convolution_param { num_output: 4 group: 4 kernel_size: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "dw2" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "axpy" type: "Axpy" bottom: "pool" bottom: "dw2" bottom: "dw" top: "axpy" }
+""")
+    model = export_and_compare(prototxt)
+    assert {"Conv", "Mul", "Add"} <= {n.op_type for n in model.graph.node}

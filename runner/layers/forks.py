@@ -1,15 +1,17 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
-forks), Interp (DeepLab, PSPNet) and ROIPooling (Fast/Faster R-CNN). Each repeats its fork's
-arithmetic (float where the fork computes in float); backward is autograd's, which here is
-the fork's own backward: the adjoint of the interpolation, the gradient of each pooled
-maximum sent to the first position that held it."""
+forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks'
+depthwise convolutions and Axpy (SENet). Each repeats its fork's arithmetic (float where
+the fork computes in float); backward is autograd's, which here is the fork's own backward:
+the adjoint of the interpolation, the gradient of each pooled maximum sent to the first
+position that held it."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from runner.layers.base import Layer, register
-from runner.shapes_forks import interp_geometry
+from runner.layers.vision import Convolution
+from runner.shapes_forks import as_convolution, interp_geometry
 
 
 @register("ShuffleChannel")
@@ -138,3 +140,24 @@ def _pool_region(flat: torch.Tensor, rows: np.ndarray, cols: np.ndarray, width: 
     pooled = values.max(dim=-1).values
     empty = torch.from_numpy((heights[:, None] <= 0) | (widths[None, :] <= 0)).to(flat.device)
     return pooled.masked_fill(empty, 0)
+
+
+@register("ConvolutionDepthwise", "DepthwiseConvolution")
+class DepthwiseConvolution(Convolution):
+    """A MobileNet fork's depthwise convolution, built as the BVLC Convolution it computes
+    (runner.shapes_forks.as_convolution); it folds, packs and exports as one."""
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(as_convolution(lp, bottom_shapes[0]), bottom_shapes, phase)
+
+
+@register("Axpy")
+class Axpy(Layer):
+    """SENet's Axpy: top = scale * x + y, one scale per (sample, channel)."""
+
+    bottom_count = (3, 3)
+    top_count = (1, 1)
+
+    def forward(self, scale, x, y):
+        scale = scale.reshape(*x.shape[:2], *([1] * (x.dim() - 2)))
+        return (scale * x + y,)

@@ -1,6 +1,7 @@
 """ONNX forms of the other fork layers: ShuffleChannel (Reshape, Transpose, Reshape), Interp
-(Slice for its crop, then Resize, linear with corners aligned) and ROIPooling (MaxRoiPool,
-whose definition is Fast R-CNN's)."""
+(Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
+whose definition is Fast R-CNN's) and Axpy (Mul, Add). The depthwise convolutions are
+Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
 from runner.onnx_export.graph import GraphBuilder
@@ -35,3 +36,10 @@ def _roi_pooling(b: GraphBuilder, layer, ins, outs):
     rois = b.node("Flatten", [ins[1]], axis=1)   # (R, 5, 1, 1) -> (R, 5)
     b.node("MaxRoiPool", [ins[0], rois], outs, pooled_shape=[p.pooled_h, p.pooled_w],
            spatial_scale=p.spatial_scale)
+
+
+@converter("Axpy")
+def _axpy(b: GraphBuilder, layer, ins, outs):
+    ndim = len(layer.bottom_shapes[1])
+    scale = b.node("Reshape", [ins[0], b.ints("shape", [0, 0] + [1] * (ndim - 2))])
+    b.node("Add", [b.node("Mul", [scale, ins[1]]), ins[2]], outs)

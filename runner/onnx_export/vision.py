@@ -14,7 +14,7 @@ from runner.proto import caffe_pb2
 from runner.shapes import pooling_geometry, spatial_params, spp_geometry
 
 
-@converter("Convolution", "Deconvolution")
+@converter("Convolution", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution")
 def _convolution(b: GraphBuilder, layer, ins, outs):
     if layer.axis != 1:
         raise OnnxExportError(f"convolution_param.axis {layer.axis} (ONNX convolves axis 1)")
