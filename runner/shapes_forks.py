@@ -1,6 +1,7 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise
-convolutions and Axpy (SENet), with the parameter readings their layers share.
+convolutions, Axpy (SENet) and Upsample (YOLOv3 ports, SegNet), with the parameter
+readings their layers share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -102,3 +103,37 @@ def _axpy(lp, bottoms):
         raise ValueError(f"Axpy takes a (N, C[, 1, 1]) scale and two equal (N, C, ...) blobs, got "
                          f"{[list(b) for b in bottoms]}")
     return LayerShapes([x])
+
+
+def upsample_size(lp, bottoms) -> tuple[int, int]:
+    """The (height, width) of Upsample's top: SegNet's rules with a mask bottom (UpsampleLayer
+    LayerSetUp/Reshape), else the bottom's times `scale` (the YOLOv3 ports)."""
+    p, b = lp.upsample_param, bottoms[0]
+    if len(bottoms) == 1:
+        scale = p.scale if p.HasField("scale") else 1
+        if len(b) < 2 or scale < 1:
+            raise ValueError(f"Upsample by scale {scale} needs scale >= 1 and a bottom with 2 "
+                             f"spatial axes, got {list(b)}")
+        return b[-2] * scale, b[-1] * scale
+    mask = bottoms[1]
+    if len(b) != 4 or mask != b:
+        raise ValueError(f"Upsample's mask (bottom 1) must have the 4-axis shape of bottom 0: "
+                         f"{list(b)} and {list(mask)}")
+    if p.HasField("upsample_h") and p.HasField("upsample_w"):
+        if p.upsample_h <= 1 or p.upsample_w <= 1:
+            raise ValueError("upsample_h and upsample_w must be > 1")
+        return p.upsample_h, p.upsample_w
+    if p.HasField("scale_h") != p.HasField("scale_w") or (p.HasField("scale_h") and p.HasField("scale")):
+        raise ValueError("upsample_param: give upsample_h and upsample_w, or scale, or scale_h "
+                         "and scale_w")
+    scale_h, scale_w = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale or 2,) * 2
+    if scale_h <= 1 or scale_w <= 1:
+        raise ValueError(f"upsample_param's scales ({scale_h}, {scale_w}) must be > 1")
+    if (p.pad_out_h and scale_h != 2) or (p.pad_out_w and scale_w != 2):
+        raise ValueError("pad_out_h/pad_out_w need a scale of 2 on their axis")
+    return b[2] * scale_h - int(p.pad_out_h), b[3] * scale_w - int(p.pad_out_w)
+
+
+@rule("Upsample")
+def _upsample(lp, bottoms):
+    return LayerShapes([(*bottoms[0][:-2], *upsample_size(lp, bottoms))])

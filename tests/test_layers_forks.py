@@ -290,3 +290,75 @@ def test_axpy_forward_and_backward_by_hand():
     np.testing.assert_array_equal(ins["y"].grad.numpy(), g)
     with pytest.raises(ShapeError, match=r"layer 'a'.*Axpy takes a \(N, C\[, 1, 1\]\) scale"):
         Net(parse_net_text(text.replace("dim: 2 dim: 3 }", "dim: 2 dim: 5 }", 1)))
+
+
+# ---- Upsample -----------------------------------------------------------------------------
+
+def test_upsample_by_scale_is_the_yolo_ports_nearest_neighbour():
+    text = _net('layer { name: "u" type: "Upsample" bottom: "data" top: "o" upsample_param { scale: 3 } }',
+                (2, 3, 4, 5))
+    rng = np.random.default_rng(8)
+    x, g = rng.random((2, 3, 4, 5), F32), rng.random((2, 3, 12, 15), F32)
+    top, dx = _ours(text, {"data": x}, g)
+    expected = np.empty((2, 3, 12, 15), F32)
+    for h, w in np.ndindex(12, 15):   # the port's loop: output (h, w) reads (h / 3, w / 3)
+        expected[:, :, h, w] = x[:, :, h // 3, w // 3]
+    np.testing.assert_array_equal(top, expected)
+    np.testing.assert_allclose(dx, g.reshape(2, 3, 4, 3, 5, 3).sum((3, 5)), rtol=1e-6)
+
+
+SEGNET = '''name: "segnet"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"
+  pooling_param { pool: MAX kernel_size: KERNEL stride: 2 } }
+layer { name: "up" type: "Upsample" bottom: "pool" bottom: "mask" top: "o"
+  upsample_param { PARAM } }
+'''
+
+
+def segnet_upsample(values, mask, height, width):
+    """UpsampleLayer::Forward_cpu (SegNet): zeros, then top[mask[i]] = bottom[i] in order."""
+    n, c = values.shape[:2]
+    top = np.zeros((n, c, height * width), F32)
+    for a, b in np.ndindex(n, c):
+        for i, idx in enumerate(mask[a, b].reshape(-1).astype(int)):
+            top[a, b, idx] = values[a, b].reshape(-1)[i]
+    return top.reshape(n, c, height, width)
+
+
+def _segnet(param, kernel=3):
+    return parse_net_text(SEGNET.replace("PARAM", param).replace("KERNEL", str(kernel)))
+
+
+@pytest.mark.parametrize("param, kernel, size", [("upsample_h: 9 upsample_w: 9", 3, (9, 9)),
+                                                 ("scale: 2 pad_out_h: true pad_out_w: true", 2, (9, 9)),
+                                                 ("scale_h: 3 scale_w: 3", 3, (12, 12))])
+def test_upsample_with_a_pooling_mask_is_segnets_unpooling(param, kernel, size):
+    """Overlapping 3x3/2 windows send some maxima to one place twice: the later write wins,
+    and each bottom's diff is read back from where it went. (A top of another size than
+    the pooled input, as scale 3 here, scrambles the places, as in the fork.)"""
+    net = Net(_segnet(param, kernel))
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(np.round(rng.random((2, 3, 9, 9), F32) * 8) / 8).requires_grad_()
+    blobs = net({"data": x})
+    top, pool, mask = (blobs[k].detach().numpy() for k in ("o", "pool", "mask"))
+    assert top.shape == (2, 3, *size)
+    if kernel == 3:
+        assert len(np.unique(mask)) < mask.size        # the case with repeated places
+    np.testing.assert_array_equal(top, segnet_upsample(pool, mask, *size))
+    g = torch.from_numpy(rng.random((2, 3, *size), F32))
+    (dpool,) = torch.autograd.grad(blobs["o"], blobs["pool"], g)
+    flat = g.numpy().reshape(2, 3, -1)
+    np.testing.assert_array_equal(dpool.numpy(), np.take_along_axis(
+        flat, mask.reshape(2, 3, -1).astype(int), 2).reshape(pool.shape))
+
+
+def test_upsample_checks_its_sizes_and_mask():
+    with pytest.raises(ValueError, match=r"layer 'up' \(Upsample\): mask index \d+\.\.\d+ outside the 3 x 3 top"):
+        net = Net(_segnet("upsample_h: 3 upsample_w: 3"))
+        net({"data": torch.rand(2, 3, 9, 9)})
+    for param, message in [("scale: 3 pad_out_h: true", "pad_out_h/pad_out_w need a scale of 2"),
+                           ("scale_h: 2", "give upsample_h and upsample_w, or scale, or scale_h and scale_w"),
+                           ("scale: 1", r"scales \(1, 1\) must be > 1")]:
+        with pytest.raises(ShapeError, match=rf"layer 'up'.*{message}"):
+            Net(_segnet(param))

@@ -19,7 +19,8 @@ IMPLEMENTED = {
     "Parameter", "RNN",
 } | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
-     "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy"}           # MobileNet forks, SENet
+     "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
+     "Upsample"}                                                       # YOLOv3 ports, SegNet
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
@@ -38,7 +39,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("PSROIPooling", r"a type of the Caffe fork daijifeng001/caffe-rfcn \(R-FCN\), not of BVLC Caffe"),
-    ("Upsample", "a type of the Caffe fork alexgkendall/caffe-segnet"),
+    ("BN", "a type of the Caffe fork alexgkendall/caffe-segnet"),
     ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):

@@ -135,18 +135,22 @@ layer { name: "cropped" type: "Interp" bottom: "data" top: "cropped" interp_para
 layer { name: "like" type: "Interp" bottom: "data" bottom: "cropped" top: "like" }
 layer { name: "pool" type: "ROIPooling" bottom: "zoom" bottom: "rois" top: "pool"
   roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }
+layer { name: "up" type: "Upsample" bottom: "cropped" top: "up" upsample_param { scale: 2 } }
 """
 
 
 def test_fork_layers_match_onnxruntime(tmp_path):
-    """ShuffleChannel, Interp (zoom, crop, a second bottom's size) and ROIPooling; the
-    graph keeps its batch free (Interp's sizes come from the input's shape)."""
+    """ShuffleChannel, Interp (zoom, crop, a second bottom's size), ROIPooling and Upsample
+    by a scale; the graph keeps its batch free (Resize's sizes come from the input's
+    shape)."""
     prototxt = tmp_path / "forks.prototxt"
     prototxt.write_text(FORKS)
     net = Net(prototxt, phase="TEST")
     model = build_model(net, outputs=computed_blobs(net))
     onnx.checker.check_model(model, full_check=True)
     assert {"Transpose", "Resize", "MaxRoiPool"} <= {n.op_type for n in model.graph.node}
+    modes = {a.s for n in model.graph.node if n.op_type == "Resize" for a in n.attribute if a.name == "mode"}
+    assert modes == {b"linear", b"nearest"}
     gen = torch.Generator().manual_seed(4)
     rois = torch.tensor([[0, 0, 0, 30, 20], [1, 3, 5, 12, 9], [1, -4, 2, 60, 60], [0, 40, 40, 50, 50]],
                         dtype=torch.float32)
@@ -241,6 +245,13 @@ def test_pooling_mask_top_is_refused(tmp_path):
         'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
         'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
     with pytest.raises(OnnxExportError, match=r"layer 'pool' \(Pooling\): a MAX pooling mask top"):
+        build_model(Net(prototxt, phase="TEST"))
+    prototxt.write_text(   # SegNet's Upsample reads such a mask: refused too, even from an input
+        'layer { name: "data" type: "Input" top: "data" top: "mask" input_param { '
+        'shape { dim: 1 dim: 1 dim: 2 dim: 2 } shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }\n'
+        'layer { name: "up" type: "Upsample" bottom: "data" bottom: "mask" top: "up" '
+        'upsample_param { scale: 2 } }\n')
+    with pytest.raises(OnnxExportError, match=r"layer 'up' \(Upsample\): Upsample with a pooling mask"):
         build_model(Net(prototxt, phase="TEST"))
 
 

@@ -1,6 +1,6 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
 forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks'
-depthwise convolutions and Axpy (SENet). Each repeats its fork's arithmetic (float where
+depthwise convolutions, Axpy (SENet) and Upsample (YOLOv3 ports, SegNet). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
 the adjoint of the interpolation, the gradient of each pooled maximum sent to the first
 position that held it."""
@@ -161,3 +161,28 @@ class Axpy(Layer):
     def forward(self, scale, x, y):
         scale = scale.reshape(*x.shape[:2], *([1] * (x.dim() - 2)))
         return (scale * x + y,)
+
+
+@register("Upsample")
+class Upsample(Layer):
+    """With one bottom, nearest-neighbour by `scale` (the YOLOv3 ports); with SegNet's MAX
+    pooling mask as second bottom, each value written where the mask points in a zero top
+    (a later write to one place wins, as the fork's loop; its diff goes back by the mask)."""
+
+    bottom_count = (1, 2)
+    top_count = (1, 1)
+    force_backward_blocked = (1,)
+
+    def forward(self, x, *mask):
+        height, width = self.top_shapes[0][-2:]
+        if not mask:
+            scale = height // x.shape[-2]
+            return (x.repeat_interleave(scale, -2).repeat_interleave(scale, -1),)
+        n, c = x.shape[:2]
+        index = mask[0].detach().reshape(n, c, -1).long()
+        if index.numel() and (index.min() < 0 or index.max() >= height * width):
+            raise ValueError(f"layer '{self.name}' (Upsample): mask index {int(index.min())}.."
+                             f"{int(index.max())} outside the {height} x {width} top; the "
+                             "upsample size must match the pooling layer that made the mask")
+        top = x.new_zeros(n, c, height * width).scatter(2, index, x.reshape(n, c, -1))
+        return (top.reshape(n, c, height, width),)

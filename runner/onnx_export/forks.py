@@ -1,10 +1,11 @@
 """ONNX forms of the other fork layers: ShuffleChannel (Reshape, Transpose, Reshape), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
-whose definition is Fast R-CNN's) and Axpy (Mul, Add). The depthwise convolutions are
+whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample without a mask (Resize,
+nearest). The depthwise convolutions are
 Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
-from runner.onnx_export.graph import GraphBuilder
+from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import converter
 
 
@@ -24,10 +25,15 @@ def _interp(b: GraphBuilder, layer, ins, outs):
     if (h_eff, w_eff) != tuple(layer.bottom_shapes[0][2:]):
         x = b.node("Slice", [x, b.ints("starts", [start, start]),
                              b.ints("ends", [start + h_eff, start + w_eff]), b.ints("axes", [2, 3])])
-    batch_channels = b.node("Slice", [b.node("Shape", [x]), b.ints("from", [0]), b.ints("to", [2])])
-    sizes = b.node("Concat", [batch_channels, b.ints("hw", layer.top_shapes[0][2:])], axis=0)
-    b.node("Resize", [x, "", "", sizes], outs, mode="linear",
+    b.node("Resize", [x, "", "", _sizes(b, x, layer)], outs, mode="linear",
            coordinate_transformation_mode="align_corners")
+
+
+def _sizes(b: GraphBuilder, x: str, layer) -> str:
+    """Resize's sizes: x's own leading dims (the batch stays free), then the top's H, W."""
+    ndim = len(layer.bottom_shapes[0])
+    lead = b.node("Slice", [b.node("Shape", [x]), b.ints("from", [0]), b.ints("to", [ndim - 2])])
+    return b.node("Concat", [lead, b.ints("hw", layer.top_shapes[0][-2:])], axis=0)
 
 
 @converter("ROIPooling")
@@ -43,3 +49,12 @@ def _axpy(b: GraphBuilder, layer, ins, outs):
     ndim = len(layer.bottom_shapes[1])
     scale = b.node("Reshape", [ins[0], b.ints("shape", [0, 0] + [1] * (ndim - 2))])
     b.node("Add", [b.node("Mul", [scale, ins[1]]), ins[2]], outs)
+
+
+@converter("Upsample")
+def _upsample(b: GraphBuilder, layer, ins, outs):
+    if len(ins) > 1:
+        raise OnnxExportError("Upsample with a pooling mask (SegNet) has no ONNX form here: the "
+                              "MAX pooling mask it reads has none")
+    b.node("Resize", [ins[0], "", "", _sizes(b, ins[0], layer)], outs, mode="nearest",
+           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
