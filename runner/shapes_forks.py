@@ -1,5 +1,5 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
-(DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise
+(DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet) and Upsample (YOLOv3 ports, SegNet), with the parameter
 readings their layers share.
 
@@ -62,18 +62,38 @@ def _interp(lp, bottoms):
     return LayerShapes([(*bottoms[0][:2], h_out, w_out)])
 
 
+def _check_regions(kind: str, features, rois) -> None:
+    if len(features) != 4:
+        raise ValueError(f"{kind}'s first bottom needs 4 axes (N, C, H, W), got {list(features)}")
+    if not rois or rois[0] and (len(rois) < 2 or rois[1] != 5 or any(d != 1 for d in rois[2:])):
+        raise ValueError(f"{kind}'s second bottom holds one (batch index, x1, y1, x2, y2) per "
+                         f"region: shape (R, 5), got {list(rois)}")
+
+
 @rule("ROIPooling")
 def _roi_pooling(lp, bottoms):
     p = lp.roi_pooling_param
     features, rois = bottoms
     if p.pooled_h <= 0 or p.pooled_w <= 0:
         raise ValueError("roi_pooling_param needs pooled_h > 0 and pooled_w > 0")
-    if len(features) != 4:
-        raise ValueError(f"ROIPooling's first bottom needs 4 axes (N, C, H, W), got {list(features)}")
-    if not rois or rois[0] and (len(rois) < 2 or rois[1] != 5 or any(d != 1 for d in rois[2:])):
-        raise ValueError(f"ROIPooling's second bottom holds one (batch index, x1, y1, x2, y2) per "
-                         f"region: shape (R, 5), got {list(rois)}")
+    _check_regions("ROIPooling", features, rois)
     return LayerShapes([(rois[0], features[1], p.pooled_h, p.pooled_w)])
+
+
+@rule("PSROIPooling")
+def _psroi_pooling(lp, bottoms):
+    p = lp.psroi_pooling_param
+    features, rois = bottoms
+    missing = [f for f in ("spatial_scale", "output_dim", "group_size") if not p.HasField(f)]
+    if missing:
+        raise ValueError(f"psroi_pooling_param needs {', '.join(missing)} (required in the fork)")
+    if p.output_dim <= 0 or p.group_size <= 0:
+        raise ValueError("psroi_pooling_param needs output_dim > 0 and group_size > 0")
+    _check_regions("PSROIPooling", features, rois)
+    if features[1] != p.output_dim * p.group_size ** 2:
+        raise ValueError(f"PSROIPooling's input has {features[1]} channels; output_dim * "
+                         f"group_size^2 = {p.output_dim * p.group_size ** 2}")
+    return LayerShapes([(rois[0], p.output_dim, p.group_size, p.group_size)])
 
 
 def as_convolution(lp, bottom: tuple[int, ...]):

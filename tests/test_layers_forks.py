@@ -362,3 +362,65 @@ def test_upsample_checks_its_sizes_and_mask():
                            ("scale: 1", r"scales \(1, 1\) must be > 1")]:
         with pytest.raises(ShapeError, match=rf"layer 'up'.*{message}"):
             Net(_segnet(param))
+
+
+# ---- PSROIPooling -------------------------------------------------------------------------
+
+def psroi_pool(x, rois, dim, groups, scale):
+    """R-FCN's PSROIPoolingForward, loop by loop in float, and the (channel, bin) each
+    output averages (for the backward: its diff / area to every element of the bin)."""
+    n, c, height, width = x.shape
+    top = np.zeros((len(rois), dim, groups, groups), F32)
+    bins = {}
+    for r, roi in enumerate(rois):
+        b = int(roi[0])
+        cround = lambda v: np.sign(v) * np.floor(abs(v) + 0.5)  # noqa: E731
+        sw, sh = F32(cround(roi[1])) * F32(scale), F32(cround(roi[2])) * F32(scale)
+        ew, eh = F32(cround(roi[3]) + 1.0) * F32(scale), F32(cround(roi[4]) + 1.0) * F32(scale)
+        bin_h = max(eh - sh, F32(0.1)) / F32(groups)
+        bin_w = max(ew - sw, F32(0.1)) / F32(groups)
+        for ctop, ph, pw in np.ndindex(dim, groups, groups):
+            hs = min(max(int(np.floor(F32(ph) * bin_h + sh)), 0), height)
+            ws = min(max(int(np.floor(F32(pw) * bin_w + sw)), 0), width)
+            he = min(max(int(np.ceil(F32(ph + 1) * bin_h + sh)), 0), height)
+            we = min(max(int(np.ceil(F32(pw + 1) * bin_w + sw)), 0), width)
+            channel = (ctop * groups + ph) * groups + pw
+            if he <= hs or we <= ws:
+                continue
+            total = F32(0)
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    total += x[b, channel, h, w]
+            top[r, ctop, ph, pw] = total / F32((he - hs) * (we - ws))
+            bins[r, ctop, ph, pw] = (b, channel, hs, he, ws, we)
+    return top, bins
+
+
+def _psroi_net(rois=len(ROIS)):
+    return _net('layer { name: "p" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "o" '
+                'psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 3 } }',
+                (2, 18, 12, 14), (rois, 5))
+
+
+def test_psroi_pooling_equals_opencv_and_the_forks_loops(tmp_path):
+    rng = np.random.default_rng(10)
+    x = rng.random((2, 18, 12, 14), F32)
+    grad = rng.random((len(ROIS), 2, 3, 3), F32)
+    top, dx = _ours(_psroi_net(), {"data": x, "rois": ROIS}, grad)
+    expected, bins = psroi_pool(x, ROIS, 2, 3, 0.25)
+    np.testing.assert_allclose(top, expected, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(top, _opencv(_psroi_net(), {"data": x, "rois": ROIS}, tmp_path),
+                               rtol=2e-6, atol=1e-7)
+    diff = np.zeros_like(x)
+    for (r, ctop, ph, pw), (b, channel, hs, he, ws, we) in bins.items():
+        diff[b, channel, hs:he, ws:we] += grad[r, ctop, ph, pw] / F32((he - hs) * (we - ws))
+    np.testing.assert_allclose(dx, diff, rtol=1e-5, atol=1e-7)
+    assert (top[6] == 0).all()
+
+
+def test_psroi_pooling_checks_its_parameters():
+    with pytest.raises(ShapeError, match=r"layer 'p'.*has 18 channels; output_dim \* group_size\^2 = 32"):
+        Net(parse_net_text(_psroi_net().replace("output_dim: 2", "output_dim: 2 group_size: 4")
+                           .replace("group_size: 3 ", "")))
+    with pytest.raises(ShapeError, match=r"layer 'p'.*needs spatial_scale \(required in the fork\)"):
+        Net(parse_net_text(_psroi_net().replace("spatial_scale: 0.25 ", "")))

@@ -343,6 +343,7 @@ NO_ONNX_FORM = {
     "RNN": "state carried between forwards; not converted yet",
     "LSTM": "state carried between forwards; not converted yet",
     "LSTMUnit": "not converted yet",
+    "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
 }
 
 

@@ -1,6 +1,7 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
-forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), the MobileNet forks'
-depthwise convolutions, Axpy (SENet) and Upsample (YOLOv3 ports, SegNet). Each repeats its fork's arithmetic (float where
+forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
+the MobileNet forks' depthwise convolutions, Axpy (SENet) and Upsample (YOLOv3 ports,
+SegNet). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
 the adjoint of the interpolation, the gradient of each pooled maximum sent to the first
 position that held it."""
@@ -81,6 +82,32 @@ def _c_round(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.floor(np.abs(values) + 0.5)
 
 
+def _regions(layer: Layer, rois: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (R, 5) regions as float32 numpy and their batch indices, checked as the forks'
+    CHECK_GE/CHECK_LT do."""
+    boxes = rois.detach().reshape(rois.shape[0], 5).to("cpu", torch.float32).numpy()
+    batch_index = boxes[:, 0].astype(np.int64)
+    if len(boxes) and (batch_index.min() < 0 or batch_index.max() >= batch):
+        raise ValueError(f"layer '{layer.name}' ({layer.type}): a region's batch index is outside "
+                         f"0..{batch - 1}: {sorted(set(batch_index.tolist()))}")
+    return boxes, batch_index
+
+
+def _bin_positions(rows: np.ndarray, cols: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """For bins [begin, end) along rows (PH, 2) and columns (PW, 2): each bin's flat
+    positions h * width + w in the forks' scan order (row by row), padded to one length
+    K, and which of them are real: two (PH, PW, K) arrays."""
+    heights, widths = rows[:, 1] - rows[:, 0], cols[:, 1] - cols[:, 0]
+    bh, bw = max(int(heights.max()), 1), max(int(widths.max()), 1)
+    r = rows[:, :1] + np.arange(bh)                       # (PH, bh)
+    c = cols[:, :1] + np.arange(bw)                       # (PW, bw)
+    valid = ((np.arange(bh) < heights[:, None])[:, None, :, None]
+             & (np.arange(bw) < widths[:, None])[None, :, None, :])   # (PH, PW, bh, bw)
+    index = np.where(valid, r[:, None, :, None] * width + c[None, :, None, :], 0)
+    shape = (*valid.shape[:2], bh * bw)
+    return index.reshape(shape), valid.reshape(shape)
+
+
 @register("ROIPooling")
 class ROIPooling(Layer):
     """Max pooling of each region (batch index, x1, y1, x2, y2 in input pixels) scaled by
@@ -93,20 +120,22 @@ class ROIPooling(Layer):
     def forward(self, features, rois):
         p = self.lp.roi_pooling_param
         n, channels, height, width = features.shape
-        boxes = rois.detach().reshape(rois.shape[0], 5).to("cpu", torch.float32).numpy()
+        boxes, batch_index = _regions(self, rois, n)
         if not len(boxes):
             return (features.new_zeros((0, channels, p.pooled_h, p.pooled_w)),)
-        batch_index = boxes[:, 0].astype(np.int64)
-        if batch_index.min() < 0 or batch_index.max() >= n:
-            raise ValueError(f"layer '{self.name}' (ROIPooling): a region's batch index is outside "
-                             f"0..{n - 1}: {sorted(set(batch_index.tolist()))}")
         corners = _c_round(boxes[:, 1:] * np.float32(p.spatial_scale)).astype(np.int64)
         x1, y1, x2, y2 = corners.T
         rows = _bins(y1, np.maximum(y2 - y1 + 1, 1), p.pooled_h, height)
         cols = _bins(x1, np.maximum(x2 - x1 + 1, 1), p.pooled_w, width)
         flat = features.reshape(n, channels, height * width)
-        return (torch.stack([_pool_region(flat[batch_index[r]], rows[r], cols[r], width)
-                             for r in range(len(boxes))]),)
+        pooled = []
+        for r in range(len(boxes)):
+            index, valid = _bin_positions(rows[r], cols[r], width)
+            values = flat[batch_index[r]][:, torch.from_numpy(index).to(flat.device)]
+            mask = torch.from_numpy(valid).to(flat.device)
+            best = values.masked_fill(~mask, float("-inf")).max(dim=-1).values   # first maximum
+            pooled.append(best.masked_fill(~mask.any(-1), 0))                   # empty bins: 0
+        return (torch.stack(pooled),)
 
     def extra_repr(self):
         p = self.lp.roi_pooling_param
@@ -114,8 +143,8 @@ class ROIPooling(Layer):
 
 
 def _bins(start: np.ndarray, length: np.ndarray, pooled: int, size: int) -> np.ndarray:
-    """(regions, pooled, 2) [begin, end) of each bin along one axis, clipped to the map:
-    floor(p * bin) and ceil((p + 1) * bin) with bin = length / pooled in float."""
+    """ROIPooling's (regions, pooled, 2) [begin, end) of each bin along one axis, clipped to
+    the map: floor(p * bin) and ceil((p + 1) * bin) with bin = length / pooled in float."""
     bin_size = length.astype(np.float32) / np.float32(pooled)
     steps = np.arange(pooled + 1, dtype=np.float32)
     begin = np.floor(steps[None, :-1] * bin_size[:, None]).astype(np.int64)
@@ -123,23 +152,56 @@ def _bins(start: np.ndarray, length: np.ndarray, pooled: int, size: int) -> np.n
     return np.clip(np.stack([begin, end], -1) + start[:, None, None], 0, size)
 
 
-def _pool_region(flat: torch.Tensor, rows: np.ndarray, cols: np.ndarray, width: int) -> torch.Tensor:
-    """(C, pooled_h, pooled_w) maxima of one region: each bin's positions gathered in the
-    fork's scan order (row by row), padded with -inf; the first maximum wins."""
-    heights, widths = rows[:, 1] - rows[:, 0], cols[:, 1] - cols[:, 0]
-    bh, bw = max(int(heights.max()), 1), max(int(widths.max()), 1)
-    r = rows[:, :1] + np.arange(bh)                       # (PH, bh)
-    c = cols[:, :1] + np.arange(bw)                       # (PW, bw)
-    valid = ((np.arange(bh) < heights[:, None])[:, None, :, None]
-             & (np.arange(bw) < widths[:, None])[None, :, None, :])   # (PH, PW, bh, bw)
-    index = np.where(valid, r[:, None, :, None] * width + c[None, :, None, :], 0).reshape(-1)
-    values = flat[:, torch.from_numpy(index).to(flat.device)]
-    values = values.reshape(flat.shape[0], *valid.shape[:2], bh * bw)
-    mask = torch.from_numpy(valid.reshape(*valid.shape[:2], bh * bw)).to(flat.device)
-    values = values.masked_fill(~mask, float("-inf"))
-    pooled = values.max(dim=-1).values
-    empty = torch.from_numpy((heights[:, None] <= 0) | (widths[None, :] <= 0)).to(flat.device)
-    return pooled.masked_fill(empty, 0)
+def _ps_bins(start: np.ndarray, end: np.ndarray, groups: int, size: int) -> np.ndarray:
+    """PSROIPooling's (regions, groups, 2) [begin, end) along one axis: floor(p * bin +
+    start) and ceil((p + 1) * bin + start), all in float, bin = max(end - start, 0.1) /
+    groups; clipped to the map."""
+    f32 = np.float32
+    bin_size = np.maximum(end - start, f32(0.1)) / f32(groups)
+    steps = np.arange(groups + 1, dtype=f32)
+    begin = np.floor(steps[None, :-1] * bin_size[:, None] + start[:, None]).astype(np.int64)
+    finish = np.ceil(steps[None, 1:] * bin_size[:, None] + start[:, None]).astype(np.int64)
+    return np.clip(np.stack([begin, finish], -1), 0, size)
+
+
+@register("PSROIPooling")
+class PSROIPooling(Layer):
+    """R-FCN's position-sensitive ROI pooling: bin (i, j) of output channel c averages input
+    channel (c * group_size + i) * group_size + j over that bin of the region; an empty bin
+    is 0. Each bin's diff is spread evenly over it, as the fork's backward."""
+
+    bottom_count = (2, 2)
+    top_count = (1, 1)
+    force_backward_blocked = (1,)
+
+    def forward(self, features, rois):
+        p = self.lp.psroi_pooling_param
+        groups, dim = p.group_size, p.output_dim
+        n, _, height, width = features.shape
+        boxes, batch_index = _regions(self, rois, n)
+        if not len(boxes):
+            return (features.new_zeros((0, dim, groups, groups)),)
+        f32, scale = np.float32, np.float32(p.spatial_scale)
+        rounded = _c_round(boxes[:, 1:].astype(np.float64))
+        x1, y1 = rounded[:, 0].astype(f32) * scale, rounded[:, 1].astype(f32) * scale
+        x2, y2 = (rounded[:, 2] + 1).astype(f32) * scale, (rounded[:, 3] + 1).astype(f32) * scale
+        rows, cols = _ps_bins(y1, y2, groups, height), _ps_bins(x1, x2, groups, width)
+        planes = features.reshape(n, dim, groups, groups, height * width)
+        bin_row = torch.arange(groups, device=features.device)[:, None, None]
+        bin_col = torch.arange(groups, device=features.device)[None, :, None]
+        pooled = []
+        for r in range(len(boxes)):
+            index, valid = _bin_positions(rows[r], cols[r], width)
+            mask = torch.from_numpy(valid).to(features.device)
+            values = planes[batch_index[r]][:, bin_row, bin_col, torch.from_numpy(index).to(features.device)]
+            area = mask.sum(-1).to(features.dtype)
+            total = values.masked_fill(~mask, 0).sum(-1)
+            pooled.append(torch.where(area > 0, total / area.clamp(min=1), total.new_zeros(())))
+        return (torch.stack(pooled),)
+
+    def extra_repr(self):
+        p = self.lp.psroi_pooling_param
+        return f"name={self.name!r}, output_dim={p.output_dim}, group_size={p.group_size}"
 
 
 @register("ConvolutionDepthwise", "DepthwiseConvolution")
