@@ -270,6 +270,8 @@ def test_depthwise_convolutions_equal_opencv(tmp_path):
     cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "net.prototxt"), str(tmp_path / "w.caffemodel"))
     cv.setInput(x, "data")
     np.testing.assert_allclose(ours, cv.forward(), rtol=0, atol=2e-6)
+    with pytest.raises(ShapeError, match=r"layer 'dw' \(ConvolutionDepthwise\): kernel and stride must be positive"):
+        Net(parse_net_text(DEPTHWISE.replace("kernel_size: 3 pad: 1 stride: 2", "kernel_size: 0")))
     fast = net.for_inference(outputs=["dw2"], example={"data": torch.from_numpy(x)})
     np.testing.assert_allclose(fast({"data": torch.from_numpy(x)})["dw2"].numpy(), ours, rtol=0, atol=1e-5)
 

@@ -12,6 +12,7 @@ import torch
 
 from runner.layers.base import Layer, register
 from runner.layers.vision import Convolution
+from runner.shapes import infer_layer
 from runner.shapes_forks import as_convolution, interp_geometry
 
 
@@ -210,7 +211,11 @@ class DepthwiseConvolution(Convolution):
     (runner.shapes_forks.as_convolution); it folds, packs and exports as one."""
 
     def __init__(self, lp, bottom_shapes, phase):
+        self.fork_lp = lp   # the layer as written: its shape rule and errors name its type
         super().__init__(as_convolution(lp, bottom_shapes[0]), bottom_shapes, phase)
+
+    def infer_shapes(self, lp, bottom_shapes):
+        return infer_layer(self.fork_lp, bottom_shapes)
 
 
 @register("Axpy")
