@@ -426,3 +426,28 @@ def test_psroi_pooling_checks_its_parameters():
                            .replace("group_size: 3 ", "")))
     with pytest.raises(ShapeError, match=r"layer 'p'.*needs spatial_scale \(required in the fork\)"):
         Net(parse_net_text(_psroi_net().replace("spatial_scale: 0.25 ", "")))
+
+
+def test_fork_layers_follow_a_reshape_as_the_forks_reshape_does(tmp_path):
+    """pycaffe's blob.reshape + net.reshape(): each layer sizes its top from the new bottom
+    (Interp's sampling, Upsample's size), equal to a net written for that size."""
+    import caffe
+
+    body = '''
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "up" type: "Interp" bottom: "dw" top: "up" interp_param { zoom_factor: 2 pad_beg: -1 } }
+layer { name: "near" type: "Upsample" bottom: "up" top: "o" upsample_param { scale: 2 } }
+'''
+    head = 'name: "r"\nlayer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {} dim: 4 dim: {} dim: {} }} }} }}\n'
+    (tmp_path / "small.prototxt").write_text(head.format(1, 7, 8) + body)
+    (tmp_path / "large.prototxt").write_text(head.format(2, 5, 11) + body)
+    net = caffe.Net(str(tmp_path / "small.prototxt"), caffe.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    fresh = caffe.Net(str(tmp_path / "large.prototxt"), str(tmp_path / "w.caffemodel"), caffe.TEST)
+    x = np.random.default_rng(11).random((2, 4, 5, 11), F32)
+    net.blobs["data"].reshape(2, 4, 5, 11)
+    net.reshape()
+    got = net.forward(data=x)["o"]
+    assert got.shape == (2, 4, 2 * (2 * 4 - 1), 2 * (2 * 10 - 1))
+    np.testing.assert_array_equal(got, fresh.forward(data=x)["o"])

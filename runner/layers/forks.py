@@ -13,7 +13,7 @@ import torch
 from runner.layers.base import Layer, register
 from runner.layers.vision import Convolution
 from runner.shapes import infer_layer
-from runner.shapes_forks import as_convolution, interp_geometry
+from runner.shapes_forks import as_convolution, interp_geometry, upsample_size
 
 
 @register("ShuffleChannel")
@@ -48,31 +48,37 @@ def _interp_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, n
 @register("Interp")
 class Interp(Layer):
     """Bilinear resize with corners aligned (caffe_cpu_interp2): output (h2, w2) samples the
-    bottom at (h2 * (H - 1) / (h2_out - 1), ...), after cropping -pad_beg/-pad_end."""
+    bottom at (h2 * (H - 1) / (h2_out - 1), ...), after cropping -pad_beg/-pad_end. The
+    geometry follows the bottom's shape at each forward, as the fork's Reshape."""
 
     bottom_count = (1, 2)
     top_count = (1, 1)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
-        pad_beg, h_eff, w_eff, h_out, w_out = interp_geometry(lp, bottom_shapes)
-        self.crop = (-pad_beg, h_eff, w_eff)
-        for axis, (size_in, size_out) in (("h", (h_eff, h_out)), ("w", (w_eff, w_out))):
-            index, following, weight = _interp_axis(size_in, size_out)
-            self.register_buffer(f"{axis}0", torch.from_numpy(index), persistent=False)
-            self.register_buffer(f"{axis}1", torch.from_numpy(following), persistent=False)
-            self.register_buffer(f"{axis}_weight", torch.from_numpy(weight), persistent=False)
+        pad_beg, h_eff, w_eff, _, _ = interp_geometry(lp, bottom_shapes)
+        self.crop = (-pad_beg, h_eff, w_eff)    # at the built shapes (the ONNX form uses it)
+        self._samplers: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _axis(self, size_in: int, size_out: int, device) -> tuple[torch.Tensor, ...]:
+        key = (size_in, size_out, str(device))
+        if key not in self._samplers:
+            self._samplers[key] = tuple(torch.from_numpy(a).to(device)
+                                        for a in _interp_axis(size_in, size_out))
+        return self._samplers[key]
 
     def forward(self, x, *size_giver):
-        start, h_eff, w_eff = self.crop
-        x = x[:, :, start:start + h_eff, start:start + w_eff]
-        h1 = self.h_weight.to(x.dtype)[:, None]
-        w1 = self.w_weight.to(x.dtype)
-        h0, w0 = 1 - h1, 1 - w1
-        top, bottom = x[:, :, self.h0], x[:, :, self.h1]
+        shapes = [tuple(x.shape), *(tuple(s.shape) for s in size_giver)]
+        pad_beg, h_eff, w_eff, h_out, w_out = interp_geometry(self.lp, shapes)
+        x = x[:, :, -pad_beg:h_eff - pad_beg, -pad_beg:w_eff - pad_beg]
+        h0, h1, h_weight = self._axis(h_eff, h_out, x.device)
+        w0, w1, w_weight = self._axis(w_eff, w_out, x.device)
+        hl1, wl1 = h_weight.to(x.dtype)[:, None], w_weight.to(x.dtype)
+        hl0, wl0 = 1 - hl1, 1 - wl1
+        top, bottom = x[:, :, h0], x[:, :, h1]
         # h0 * (w0 * p00 + w1 * p01) + h1 * (w0 * p10 + w1 * p11), in the fork's order
-        return (h0 * (w0 * top[..., self.w0] + w1 * top[..., self.w1])
-                + h1 * (w0 * bottom[..., self.w0] + w1 * bottom[..., self.w1]),)
+        return (hl0 * (wl0 * top[..., w0] + wl1 * top[..., w1])
+                + hl1 * (wl0 * bottom[..., w0] + wl1 * bottom[..., w1]),)
 
     def extra_repr(self):
         return f"name={self.name!r}, top={list(self.top_shapes[0])}"
@@ -241,7 +247,7 @@ class Upsample(Layer):
     force_backward_blocked = (1,)
 
     def forward(self, x, *mask):
-        height, width = self.top_shapes[0][-2:]
+        height, width = upsample_size(self.lp, [tuple(x.shape), *(tuple(m.shape) for m in mask)])
         if not mask:
             scale = height // x.shape[-2]
             return (x.repeat_interleave(scale, -2).repeat_interleave(scale, -1),)
