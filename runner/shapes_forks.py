@@ -1,7 +1,7 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
-convolutions, Axpy (SENet) and Upsample (YOLOv3 ports, SegNet), with the parameter
-readings their layers share.
+convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet) and SmoothL1Loss (Fast
+R-CNN), with the parameter readings their layers share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -157,3 +157,15 @@ def upsample_size(lp, bottoms) -> tuple[int, int]:
 @rule("Upsample")
 def _upsample(lp, bottoms):
     return LayerShapes([(*bottoms[0][:-2], *upsample_size(lp, bottoms))])
+
+
+@rule("SmoothL1Loss")
+def _smooth_l1_loss(lp, bottoms):
+    if len(bottoms) not in (2, 4):
+        raise ValueError(f"SmoothL1Loss takes 2 bottoms, or 4 with inside and outside weights; "
+                         f"got {len(bottoms)}")
+    first = bottoms[0]
+    for i, b in enumerate(bottoms[1:], 1):
+        if len(b) < 2 or b[1:] != first[1:] or b[0] != first[0]:
+            raise ValueError(f"SmoothL1Loss's bottom {i} has shape {list(b)}; bottom 0 has {list(first)}")
+    return LayerShapes([()])

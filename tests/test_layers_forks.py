@@ -451,3 +451,44 @@ layer { name: "near" type: "Upsample" bottom: "up" top: "o" upsample_param { sca
     got = net.forward(data=x)["o"]
     assert got.shape == (2, 4, 2 * (2 * 4 - 1), 2 * (2 * 10 - 1))
     np.testing.assert_array_equal(got, fresh.forward(data=x)["o"])
+
+
+# ---- SmoothL1Loss -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_smooth_l1_loss_equals_the_forks_formula_and_backward(weighted):
+    """py-faster-rcnn's SmoothL1LossLayer with sigma 3 (its RPN's): loss and both diffs,
+    bottom i's diff being sign_i * loss_weight / num * f'(x) * w_in * w_out."""
+    names = ["pred", "target"] + (["w_in", "w_out"] if weighted else [])
+    shapes = " ".join("shape { dim: 3 dim: 8 }" for _ in names)
+    text = (f'name: "l1"\nlayer {{ name: "in" type: "Input" {" ".join(f"top: {n!r}" for n in names)} '
+            f'input_param {{ {shapes} }} }}\n'.replace("'", '"')
+            + f'layer {{ name: "loss" type: "SmoothL1Loss" {" ".join(f"bottom: {n!r}" for n in names)} '
+              'top: "loss" loss_weight: 2 smooth_l1_loss_param { sigma: 3 } }'.replace("'", '"'))
+    rng = np.random.default_rng(12)
+    values = {n: rng.normal(scale=0.3, size=(3, 8)).astype(F32) for n in names}
+    if weighted:
+        values["w_in"] = (rng.random((3, 8)) > 0.5).astype(F32)
+        values["w_out"] = rng.random((3, 8)).astype(F32)
+    net = Net(parse_net_text(text), phase="TRAIN")
+    ins = {n: torch.from_numpy(v).requires_grad_(n in ("pred", "target")) for n, v in values.items()}
+    blobs = net(ins)
+    net.objective(blobs).backward()
+    w_in, w_out = (values.get("w_in", 1.0), values.get("w_out", 1.0))
+    x = w_in * (values["pred"].astype(np.float64) - values["target"])
+    small = np.abs(x) < 1 / 9
+    errors = np.where(small, 0.5 * 9 * x * x, np.abs(x) - 0.5 / 9) * w_out
+    assert float(blobs["loss"].detach()) == pytest.approx(errors.sum() / 3, rel=1e-6)
+    slope = np.where(small, 9 * x, np.sign(x)) * w_in * w_out * 2 / 3
+    np.testing.assert_allclose(ins["pred"].grad.numpy(), slope, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ins["target"].grad.numpy(), -slope, rtol=1e-5, atol=1e-7)
+
+
+def test_smooth_l1_loss_checks_its_bottoms():
+    text = ('name: "l1"\nlayer { name: "in" type: "Input" top: "a" top: "b" top: "c" '
+            'input_param { shape { dim: 3 dim: 8 } shape { dim: 3 dim: 7 } shape { dim: 3 dim: 8 } } }\n'
+            'layer { name: "loss" type: "SmoothL1Loss" bottom: "a" bottom: "BOTTOM" top: "loss" }')
+    with pytest.raises(ShapeError, match=r"layer 'loss'.*bottom 1 has shape \[3, 7\]; bottom 0 has \[3, 8\]"):
+        Net(parse_net_text(text.replace("BOTTOM", "b")))
+    with pytest.raises(ShapeError, match=r"layer 'loss'.*takes 2 bottoms, or 4 with inside and outside weights"):
+        Net(parse_net_text(text.replace('bottom: "BOTTOM"', 'bottom: "c" bottom: "a"')))

@@ -1,7 +1,7 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
 forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
-the MobileNet forks' depthwise convolutions, Axpy (SENet) and Upsample (YOLOv3 ports,
-SegNet). Each repeats its fork's arithmetic (float where
+the MobileNet forks' depthwise convolutions, Axpy (SENet), Upsample (YOLOv3 ports,
+SegNet) and SmoothL1Loss (Fast R-CNN). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
 the adjoint of the interpolation, the gradient of each pooled maximum sent to the first
 position that held it."""
@@ -259,3 +259,25 @@ class Upsample(Layer):
                              "upsample size must match the pooling layer that made the mask")
         top = x.new_zeros(n, c, height * width).scatter(2, index, x.reshape(n, c, -1))
         return (top.reshape(n, c, height, width),)
+
+
+@register("SmoothL1Loss")
+class SmoothL1Loss(Layer):
+    """Fast R-CNN's smooth L1: x = w_in * (prediction - target); 0.5 * sigma^2 * x^2 where
+    |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2; times w_out, summed, over num. Both the
+    prediction and the target get diffs, as in the fork."""
+
+    is_loss = True
+    bottom_count, top_count = (2, 4), (1, 1)
+    force_backward_blocked = (2, 3)   # the weights
+
+    def forward(self, prediction, target, *weights):
+        sigma2 = float(self.lp.smooth_l1_loss_param.sigma) ** 2
+        x = prediction - target
+        if weights:
+            x = weights[0] * x
+        small = x.abs() < 1.0 / sigma2
+        errors = torch.where(small, 0.5 * sigma2 * x * x, x.abs() - 0.5 / sigma2)
+        if weights:
+            errors = weights[1] * errors
+        return (errors.sum() / prediction.shape[0],)
