@@ -1,7 +1,7 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
-convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet) and SmoothL1Loss (Fast
-R-CNN), with the parameter readings their layers share.
+convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
+(Fast/Faster R-CNN), with the parameter readings their layers share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -169,3 +169,28 @@ def _smooth_l1_loss(lp, bottoms):
         if len(b) < 2 or b[1:] != first[1:] or b[0] != first[0]:
             raise ValueError(f"SmoothL1Loss's bottom {i} has shape {list(b)}; bottom 0 has {list(first)}")
     return LayerShapes([()])
+
+
+def proposal_anchor_shapes(p) -> tuple[list[float], list[float]]:
+    """ProposalLayer's ratios and scales (py-faster-rcnn's defaults when none are given)."""
+    return list(p.ratio) or [0.5, 1.0, 2.0], list(p.scale) or [8.0, 16.0, 32.0]
+
+
+@rule("Proposal")
+def _proposal(lp, bottoms):
+    p = lp.proposal_param
+    scores, deltas, im_info = bottoms
+    ratios, scales = proposal_anchor_shapes(p)
+    anchors = len(ratios) * len(scales)
+    if len(scores) != 4 or scores[0] != 1 or scores[1] != 2 * anchors:
+        raise ValueError(f"Proposal's scores (bottom 0) must be (1, 2 x {anchors} anchors, H, W), "
+                         f"got {list(scores)} (one image per batch, as the layer allows)")
+    if tuple(deltas) != (1, 4 * anchors, *scores[2:]):
+        raise ValueError(f"Proposal's box deltas (bottom 1) must be (1, {4 * anchors}, "
+                         f"{scores[2]}, {scores[3]}), got {list(deltas)}")
+    if im_info[-1:] != (3,) or (len(im_info) > 1 and im_info[0] != 1):
+        raise ValueError(f"Proposal's im_info (bottom 2) holds (height, width, scale), got {list(im_info)}")
+    if p.feat_stride < 1 or p.base_size < 1 or p.post_nms_topn < 1:
+        raise ValueError("proposal_param needs feat_stride, base_size and post_nms_topn >= 1")
+    rows = p.post_nms_topn   # at most; a forward gives as many as NMS keeps
+    return LayerShapes([(rows, 5), (rows, 1)][:len(lp.top)])

@@ -492,3 +492,95 @@ def test_smooth_l1_loss_checks_its_bottoms():
         Net(parse_net_text(text.replace("BOTTOM", "b")))
     with pytest.raises(ShapeError, match=r"layer 'loss'.*takes 2 bottoms, or 4 with inside and outside weights"):
         Net(parse_net_text(text.replace('bottom: "BOTTOM"', 'bottom: "c" bottom: "a"')))
+
+
+# ---- Proposal -----------------------------------------------------------------------------
+
+SCORES_TOP = 'top: "scores" '
+
+
+def _proposal_net(post=30, second_top=False):
+    a = 9
+    return (f'name: "rpn"\nlayer {{ name: "in" type: "Input" top: "cls" top: "bbox" top: "im_info" '
+            f'input_param {{ shape {{ dim: 1 dim: {2 * a} dim: 5 dim: 6 }} shape {{ dim: 1 dim: {4 * a} '
+            f'dim: 5 dim: 6 }} shape {{ dim: 1 dim: 3 }} }} }}\n'
+            f'layer {{ name: "proposal" type: "Proposal" bottom: "cls" bottom: "bbox" bottom: "im_info" '
+            f'top: "rois" {SCORES_TOP if second_top else ""}proposal_param {{ feat_stride: 16 '
+            f'base_size: 16 min_size: 16 ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16 scale: 32 '
+            f'pre_nms_topn: 6000 post_nms_topn: {post} nms_thresh: 0.7 }} }}\n')
+
+
+def py_faster_rcnn_proposals(cls, bbox, info, post):
+    """proposal_layer.py's forward with generate_anchors.py, bbox_transform_inv, clip_boxes,
+    _filter_boxes and py_cpu_nms, written out for one image and the default 9 anchors."""
+    base = np.array([0, 0, 15, 15], np.float64)
+    w, h = base[2] - base[0] + 1, base[3] - base[1] + 1
+    cx, cy = base[0] + 0.5 * (w - 1), base[1] + 0.5 * (h - 1)
+    anchors = []
+    for ratio in (0.5, 1, 2):
+        rw = np.round(np.sqrt(w * h / ratio))
+        rh = np.round(rw * ratio)
+        for scale in (8, 16, 32):
+            sw, sh = rw * scale, rh * scale
+            anchors.append([cx - 0.5 * (sw - 1), cy - 0.5 * (sh - 1), cx + 0.5 * (sw - 1), cy + 0.5 * (sh - 1)])
+    anchors = np.array(anchors)
+    height, width = cls.shape[2:]
+    boxes, scores = [], []
+    for y, x, k in np.ndindex(height, width, 9):
+        ax1, ay1, ax2, ay2 = (anchors[k] + [16 * x, 16 * y, 16 * x, 16 * y]).astype(F32)
+        dx, dy, dw, dh = bbox[0, 4 * k:4 * k + 4, y, x]
+        aw, ah = ax2 - ax1 + F32(1), ay2 - ay1 + F32(1)
+        px, py = dx * aw + (ax1 + F32(0.5) * aw), dy * ah + (ay1 + F32(0.5) * ah)
+        pw, ph = np.exp(dw) * aw, np.exp(dh) * ah
+        box = np.array([px - F32(0.5) * pw, py - F32(0.5) * ph, px + F32(0.5) * pw, py + F32(0.5) * ph], F32)
+        box[0::2] = np.clip(box[0::2], 0, info[1] - 1)
+        box[1::2] = np.clip(box[1::2], 0, info[0] - 1)
+        if box[2] - box[0] + 1 >= 16 * info[2] and box[3] - box[1] + 1 >= 16 * info[2]:
+            boxes.append(box)
+            scores.append(cls[0, 9 + k, y, x])
+    boxes, scores = np.array(boxes), np.array(scores)
+    order = list(scores.argsort()[::-1][:6000])
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        def iou(j):
+            iw = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1)
+            ih = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1)
+            area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)  # noqa: E731
+            return iw * ih / (area(boxes[i]) + area(boxes[j]) - iw * ih)
+        order = [j for j in order if iou(j) <= 0.7]
+    keep = keep[:post]
+    return np.hstack([np.zeros((len(keep), 1), F32), boxes[keep]]), scores[keep]
+
+
+def _rpn_inputs(seed=13):
+    rng = np.random.default_rng(seed)
+    return (rng.random((1, 18, 5, 6), F32), (rng.normal(size=(1, 36, 5, 6)) * 0.2).astype(F32),
+            np.array([[80, 96, 1.0]], F32))
+
+
+def test_proposal_equals_py_faster_rcnn_and_opencvs_boxes(tmp_path):
+    """Our rows equal py-faster-rcnn's, written out above. OpenCV's importer finds the same
+    boxes in the same order, but skips py-faster-rcnn's min_size filter and pads its top to
+    post_nms_topn rows with empty boxes: every row of OpenCV's that we lack is one of those."""
+    cls, bbox, info = _rpn_inputs()
+    net = Net(parse_net_text(_proposal_net(second_top=True)))
+    out = net({"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)})
+    rois, scores = out["rois"].numpy(), out["scores"].numpy()
+    expected, expected_scores = py_faster_rcnn_proposals(cls, bbox, info[0], 30)
+    assert 0 < len(rois) < 30
+    np.testing.assert_allclose(rois, expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(scores.ravel(), expected_scores)
+    theirs = _opencv(_proposal_net(), {"cls": cls, "bbox": bbox, "im_info": info}, tmp_path)
+    matched = [int(np.abs(theirs[:, 1:] - row[1:]).max(1).argmin()) for row in rois]
+    assert matched == sorted(matched)
+    assert all(np.abs(theirs[m, 1:] - row[1:]).max() < 1e-4 for m, row in zip(matched, rois))
+    for k in set(range(len(theirs))) - set(matched):
+        x1, y1, x2, y2 = theirs[k, 1:]
+        assert min(x2 - x1 + 1, y2 - y1 + 1) < 16, theirs[k]
+
+
+def test_proposal_checks_its_bottoms():
+    with pytest.raises(ShapeError, match=r"layer 'proposal'.*scores \(bottom 0\) must be \(1, 2 x 9 anchors"):
+        Net(parse_net_text(_proposal_net().replace("shape { dim: 1 dim: 18", "shape { dim: 2 dim: 18")))

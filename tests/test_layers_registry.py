@@ -20,7 +20,7 @@ IMPLEMENTED = {
 } | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
-     "Upsample", "PSROIPooling", "SmoothL1Loss"}                       # YOLOv3/SegNet, R-FCN, Fast R-CNN
+     "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal"}           # YOLOv3/SegNet, R-FCN, Faster R-CNN
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():

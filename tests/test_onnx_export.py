@@ -344,6 +344,7 @@ NO_ONNX_FORM = {
     "LSTM": "state carried between forwards; not converted yet",
     "LSTMUnit": "not converted yet",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
+    "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
 }
 
 

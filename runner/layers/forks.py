@@ -1,7 +1,7 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
 forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
 the MobileNet forks' depthwise convolutions, Axpy (SENet), Upsample (YOLOv3 ports,
-SegNet) and SmoothL1Loss (Fast R-CNN). Each repeats its fork's arithmetic (float where
+SegNet), SmoothL1Loss and Proposal (Faster R-CNN). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
 the adjoint of the interpolation, the gradient of each pooled maximum sent to the first
 position that held it."""
@@ -13,7 +13,8 @@ import torch
 from runner.layers.base import Layer, register
 from runner.layers.vision import Convolution
 from runner.shapes import infer_layer
-from runner.shapes_forks import as_convolution, interp_geometry, upsample_size
+from runner.shapes_forks import (as_convolution, interp_geometry, proposal_anchor_shapes,
+                                 upsample_size)
 
 
 @register("ShuffleChannel")
@@ -281,3 +282,94 @@ class SmoothL1Loss(Layer):
         if weights:
             errors = weights[1] * errors
         return (errors.sum() / prediction.shape[0],)
+
+
+def generate_anchors(base_size: int, ratios, scales) -> np.ndarray:
+    """py-faster-rcnn's generate_anchors: (x1, y1, x2, y2) around the base_size window at
+    (0, 0), for each ratio (widths and heights rounded) and then each scale."""
+    def whctrs(anchor):
+        w, h = anchor[2] - anchor[0] + 1, anchor[3] - anchor[1] + 1
+        return w, h, anchor[0] + 0.5 * (w - 1), anchor[1] + 0.5 * (h - 1)
+
+    def make(ws, hs, x, y):
+        ws, hs = ws[:, None], hs[:, None]
+        return np.hstack((x - 0.5 * (ws - 1), y - 0.5 * (hs - 1), x + 0.5 * (ws - 1), y + 0.5 * (hs - 1)))
+
+    w, h, x, y = whctrs(np.array([1, 1, base_size, base_size], np.float64) - 1)
+    ws = np.round(np.sqrt(w * h / np.asarray(ratios, np.float64)))
+    by_ratio = make(ws, np.round(ws * np.asarray(ratios, np.float64)), x, y)
+    scales = np.asarray(scales, np.float64)
+    return np.vstack([make(w * scales, h * scales, x, y)
+                      for w, h, x, y in (whctrs(a) for a in by_ratio)])
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """py-faster-rcnn's py_cpu_nms: greedy by score, overlap with +1 pixel areas."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
+    return keep
+
+
+@register("Proposal")
+class Proposal(Layer):
+    """Faster R-CNN's region proposals, as py-faster-rcnn's proposal layer computes them (in
+    float32 on the CPU): anchors at every cell shifted by the predicted deltas, clipped to the
+    image, those under min_size * scale dropped, the pre_nms_topn best kept, NMS at
+    nms_thresh, at most post_nms_topn rows of (0, x1, y1, x2, y2); a second top gets their
+    scores. No diffs flow back, as in the Python layer."""
+
+    bottom_count, top_count = (3, 3), (1, 2)
+    force_backward_blocked = (0, 1, 2)
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.proposal_param
+        self.anchors = generate_anchors(p.base_size, *proposal_anchor_shapes(p))
+
+    def forward(self, scores, deltas, im_info):
+        p = self.lp.proposal_param
+        count = len(self.anchors)
+        height, width = scores.shape[-2:]
+        fg = scores.detach()[:, count:].to("cpu", torch.float32).numpy()
+        fg = fg.transpose(0, 2, 3, 1).reshape(-1)
+        moves = deltas.detach().to("cpu", torch.float32).numpy().transpose(0, 2, 3, 1).reshape(-1, 4)
+        info = im_info.detach().to("cpu", torch.float32).numpy().reshape(-1)
+        shift_x, shift_y = np.meshgrid(np.arange(width) * p.feat_stride, np.arange(height) * p.feat_stride)
+        shifts = np.stack([shift_x.ravel(), shift_y.ravel()] * 2, axis=1)
+        anchors = (self.anchors[None] + shifts[:, None]).reshape(-1, 4).astype(np.float32)
+        boxes = _shift_boxes(anchors, moves)
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, info[1] - 1)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, info[0] - 1)
+        least = p.min_size * info[2]
+        big = ((boxes[:, 2] - boxes[:, 0] + 1 >= least) & (boxes[:, 3] - boxes[:, 1] + 1 >= least))
+        boxes, fg = boxes[big], fg[big]
+        order = fg.argsort()[::-1]
+        if p.pre_nms_topn > 0:
+            order = order[:p.pre_nms_topn]
+        boxes, fg = boxes[order], fg[order]
+        keep = _nms(boxes, fg, p.nms_thresh)[:p.post_nms_topn]
+        rois = np.hstack([np.zeros((len(keep), 1), np.float32), boxes[keep]]).astype(np.float32)
+        tops = (torch.from_numpy(rois), torch.from_numpy(fg[keep].reshape(-1, 1).copy()))
+        return tuple(t.to(scores.device) for t in tops[:len(self.top_shapes)])
+
+
+def _shift_boxes(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """py-faster-rcnn's bbox_transform_inv, in float32: centres moved by (dx, dy) times the
+    size, sizes scaled by exp(dw), exp(dh)."""
+    widths = anchors[:, 2] - anchors[:, 0] + np.float32(1)
+    heights = anchors[:, 3] - anchors[:, 1] + np.float32(1)
+    ctr_x, ctr_y = anchors[:, 0] + np.float32(0.5) * widths, anchors[:, 1] + np.float32(0.5) * heights
+    x = deltas[:, 0] * widths + ctr_x
+    y = deltas[:, 1] * heights + ctr_y
+    w, h = np.exp(deltas[:, 2]) * widths, np.exp(deltas[:, 3]) * heights
+    half = np.float32(0.5)
+    return np.stack([x - half * w, y - half * h, x + half * w, y + half * h], axis=1)
