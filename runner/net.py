@@ -22,6 +22,7 @@ from runner.fillers import FillerError, fill_
 from runner.graph import (LayerMemoryError, NetBuildError, Wiring, infer_net_shapes,
                           is_out_of_memory, layer_label, loss_weights_for)
 from runner.layers.base import UnsupportedLayerError, layer_class
+from runner.layers.forks import python_layer_stand_in
 from runner.net_params import BlobSlot, ParamTable
 from runner.proto import caffe_pb2, check_bottoms, filter_net, phase_value, read_net, upgrade_net
 from runner.shapes import LayerShapes, ShapeError
@@ -146,10 +147,11 @@ class Net(nn.Module):
         return LayerShapes(shapes)
 
     def _add_layer(self, lp, bottom_shapes, wiring: Wiring, table: ParamTable) -> LayerShapes:
-        cls = layer_class(lp)
+        built = python_layer_stand_in(lp, self.phase) or lp   # py-faster-rcnn's proposal layer
+        cls = layer_class(built)
         wiring.consume_bottoms(lp)
         try:
-            layer = cls(lp, bottom_shapes, self.phase)
+            layer = cls(built, bottom_shapes, self.phase)
         except (ShapeError, NetBuildError):
             raise
         except (ValueError, IndexError) as err:

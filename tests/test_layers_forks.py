@@ -584,3 +584,58 @@ def test_proposal_equals_py_faster_rcnn_and_opencvs_boxes(tmp_path):
 def test_proposal_checks_its_bottoms():
     with pytest.raises(ShapeError, match=r"layer 'proposal'.*scores \(bottom 0\) must be \(1, 2 x 9 anchors"):
         Net(parse_net_text(_proposal_net().replace("shape { dim: 1 dim: 18", "shape { dim: 2 dim: 18")))
+
+
+PY_FASTER_RCNN_PROPOSAL = '''layer { name: "proposal" type: "Python" bottom: "cls" bottom: "bbox" bottom: "im_info"
+  top: "rois" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer"
+    param_str: "'feat_stride': 16" } }
+'''
+
+
+def _py_faster_rcnn_net():
+    inputs = _proposal_net().split('layer { name: "proposal"')[0]
+    return inputs + PY_FASTER_RCNN_PROPOSAL
+
+
+def test_py_faster_rcnns_python_proposal_layer_runs_as_the_built_in_one(tmp_path):
+    """Without py-faster-rcnn on the path its rpn.proposal_layer runs as Proposal with the
+    TEST settings (6000 / 300 boxes), saying so; pycaffe shows it as the Python layer it is."""
+    import caffe
+
+    cls, bbox, info = _rpn_inputs()
+    inputs = {"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)}
+    with pytest.warns(UserWarning, match=r"layer 'proposal': Python module rpn.proposal_layer is not "
+                                         r"importable; the built-in Proposal computes it .*6000/300"):
+        net = Net(parse_net_text(_py_faster_rcnn_net()))
+    built_in = Net(parse_net_text(_proposal_net(post=300)))
+    np.testing.assert_array_equal(net(inputs)["rois"].numpy(), built_in(inputs)["rois"].numpy())
+    with pytest.warns(UserWarning, match="2000 boxes|12000/2000"):
+        assert Net(parse_net_text(_py_faster_rcnn_net()), phase="TRAIN").blob_shapes["rois"] == (2000, 5)
+    path = tmp_path / "rpn.prototxt"
+    path.write_text(_py_faster_rcnn_net())
+    with pytest.warns(UserWarning):
+        view = caffe.Net(str(path), caffe.TEST)
+    assert view.layer_dict["proposal"].type == "Python"
+    rois = view.forward(cls=cls, bbox=bbox, im_info=info)["rois"]
+    np.testing.assert_array_equal(rois, built_in(inputs)["rois"].numpy())
+    with pytest.raises(ValueError, match=r"layer 'proposal' \(Python, rpn.proposal_layer\): param_str "
+                                         r"'stride: 16' is not py-faster-rcnn's"):
+        Net(parse_net_text(_py_faster_rcnn_net().replace("'feat_stride': 16", "stride: 16")))
+
+
+def test_an_importable_rpn_proposal_layer_runs_as_the_users_code(tmp_path, monkeypatch):
+    package = tmp_path / "rpn"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "proposal_layer.py").write_text(
+        "import caffe\n"
+        "class ProposalLayer(caffe.Layer):\n"
+        "    def setup(self, bottom, top):\n        top[0].reshape(1, 5)\n"
+        "    def reshape(self, bottom, top):\n        pass\n"
+        "    def forward(self, bottom, top):\n        top[0].data[...] = 7\n"
+        "    def backward(self, top, propagate_down, bottom):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls, bbox, info = _rpn_inputs()
+    net = Net(parse_net_text(_py_faster_rcnn_net()))
+    out = net({"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)})
+    np.testing.assert_array_equal(out["rois"].numpy(), np.full((1, 5), 7, F32))

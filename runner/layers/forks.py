@@ -7,11 +7,17 @@ the adjoint of the interpolation, the gradient of each pooled maximum sent to th
 position that held it."""
 from __future__ import annotations
 
+import importlib.util
+import warnings
+
 import numpy as np
 import torch
+import yaml
 
-from runner.layers.base import Layer, register
+from runner.graph import NetBuildError
+from runner.layers.base import TEST, TRAIN, Layer, register
 from runner.layers.vision import Convolution
+from runner.proto import caffe_pb2
 from runner.shapes import infer_layer
 from runner.shapes_forks import (as_convolution, interp_geometry, proposal_anchor_shapes,
                                  upsample_size)
@@ -373,3 +379,44 @@ def _shift_boxes(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     w, h = np.exp(deltas[:, 2]) * widths, np.exp(deltas[:, 3]) * heights
     half = np.float32(0.5)
     return np.stack([x - half * w, y - half * h, x + half * w, y + half * h], axis=1)
+
+
+# py-faster-rcnn's cfg.TRAIN / cfg.TEST settings of its proposal layer
+_PY_FASTER_RCNN = {TRAIN: dict(pre_nms_topn=12000, post_nms_topn=2000),
+                   TEST: dict(pre_nms_topn=6000, post_nms_topn=300)}
+
+
+def python_layer_stand_in(lp, phase: int):
+    """The Proposal layer that computes py-faster-rcnn's `rpn.proposal_layer.ProposalLayer`
+    (its param_str's feat_stride and scales; cfg's settings for the phase), when that Python
+    module cannot be imported, as OpenCV's importer does; None for any other layer. A module
+    that imports runs as the Python layer it is."""
+    p = lp.python_param
+    if lp.type != "Python" or (p.module, p.layer) != ("rpn.proposal_layer", "ProposalLayer"):
+        return None
+    try:
+        if importlib.util.find_spec(p.module) is not None:
+            return None
+    except ImportError:
+        pass
+    try:
+        params = yaml.safe_load(p.param_str) or {}
+        stride, scales = int(params["feat_stride"]), [float(s) for s in params.get("scales", (8, 16, 32))]
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise NetBuildError(f"layer '{lp.name}' (Python, rpn.proposal_layer): param_str "
+                         f"{p.param_str!r} is not py-faster-rcnn's {{'feat_stride': N[, 'scales': "
+                         f"(...)]}} ({type(err).__name__}: {err})") from None
+    settings = _PY_FASTER_RCNN[phase]
+    stand_in = caffe_pb2.LayerParameter()
+    stand_in.CopyFrom(lp)
+    stand_in.type = "Proposal"
+    stand_in.ClearField("python_param")
+    stand_in.proposal_param.feat_stride = stride
+    stand_in.proposal_param.scale.extend(scales)
+    stand_in.proposal_param.pre_nms_topn = settings["pre_nms_topn"]
+    stand_in.proposal_param.post_nms_topn = settings["post_nms_topn"]
+    warnings.warn(f"layer '{lp.name}': Python module rpn.proposal_layer is not importable; the "
+                  f"built-in Proposal computes it (py-faster-rcnn's algorithm, feat_stride {stride}, "
+                  f"scales {scales}, {settings['pre_nms_topn']}/{settings['post_nms_topn']} boxes "
+                  "before/after NMS at 0.7, min_size 16)", stacklevel=2)
+    return stand_in
