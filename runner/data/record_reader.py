@@ -13,7 +13,8 @@ def key_bytes(key: str | bytes) -> bytes:
 
 class RecordReader:
     """Subclasses set `path`, `length` and `_finalizer` (a weakref.finalize that ends the
-    read) and define `raw_items` and `record_view`."""
+    read) and define `record_view` and `raw_items`: (key, value) pairs in key order, both as
+    stored, on a cursor of their own."""
 
     path: Path
     length: int
@@ -25,10 +26,6 @@ class RecordReader:
         """(key, value) pairs in key order, the key as text."""
         for key, value in self.raw_items():
             yield key.decode("utf-8", "replace"), value
-
-    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs in key order, both as stored, on a cursor of their own."""
-        raise NotImplementedError
 
     def record(self, index: int) -> tuple[str, bytes]:
         """The index-th record in key order (0 <= index < len)."""

@@ -63,8 +63,6 @@ class Interp(Layer):
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
-        pad_beg, h_eff, w_eff, _, _ = interp_geometry(lp, bottom_shapes)
-        self.crop = (-pad_beg, h_eff, w_eff)    # at the built shapes (the ONNX form uses it)
         self._samplers: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def _axis(self, size_in: int, size_out: int, device) -> tuple[torch.Tensor, ...]:

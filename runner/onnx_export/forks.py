@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import converter
+from runner.shapes_forks import interp_geometry
 
 
 @converter("ShuffleChannel")
@@ -20,7 +21,8 @@ def _shuffle_channel(b: GraphBuilder, layer, ins, outs):
 
 @converter("Interp")
 def _interp(b: GraphBuilder, layer, ins, outs):
-    start, h_eff, w_eff = layer.crop
+    pad_beg, h_eff, w_eff, _, _ = interp_geometry(layer.lp, layer.bottom_shapes)
+    start = -pad_beg
     x = ins[0]
     if (h_eff, w_eff) != tuple(layer.bottom_shapes[0][2:]):
         x = b.node("Slice", [x, b.ints("starts", [start, start]),
