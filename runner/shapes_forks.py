@@ -1,4 +1,5 @@
-"""Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp
+"""Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2
+ports), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
 (Fast/Faster R-CNN), with the parameter readings their layers share.
@@ -18,6 +19,30 @@ def _shuffle_channel(lp, bottoms):
         raise ValueError(f"ShuffleChannel needs channels (axis 1 of {list(b)}) divisible by "
                          f"shuffle_channel_param.group {group}")
     return LayerShapes([b])
+
+
+def reorg_stride(lp, bottom) -> int:
+    """reorg_param.stride, checked against the bottom as the YOLO v2 ports' Reshape needs."""
+    p, b, s = lp.reorg_param, bottom, lp.reorg_param.stride
+    if len(b) != 4 or s < 1:
+        raise ValueError(f"Reorg needs a 4-axis bottom (N, C, H, W) and reorg_param.stride >= 1, "
+                         f"got {list(b)} and stride {s}")
+    if b[1] % (s * s):
+        raise ValueError(f"Reorg needs channels ({b[1]}) divisible by stride^2 ({s * s}): darknet's "
+                         f"reorg reads the blob as (C / stride^2, H * stride, W * stride)")
+    if not p.reverse and (b[2] % s or b[3] % s):
+        raise ValueError(f"Reorg needs height and width ({b[2]} x {b[3]}) divisible by "
+                         f"reorg_param.stride {s}")
+    return s
+
+
+@rule("Reorg")
+def _reorg(lp, bottoms):
+    s = reorg_stride(lp, bottoms[0])
+    n, c, h, w = bottoms[0]
+    if lp.reorg_param.reverse:
+        return LayerShapes([(n, c // (s * s), h * s, w * s)])
+    return LayerShapes([(n, c * s * s, h // s, w // s)])
 
 
 def interp_geometry(lp, bottoms) -> tuple[int, int, int, int, int]:

@@ -1,4 +1,4 @@
-"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Interp (DeepLab, PSPNet),
+"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2 ports), Interp (DeepLab, PSPNet),
 ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise convolutions and Axpy
 (SENet), against OpenCV's Caffe importer where it reads them, and against loop-by-loop numpy
 transcriptions of the forks' C++ (forward and backward) or a hand computation elsewhere,
@@ -61,6 +61,86 @@ def test_shuffle_channel_needs_divisible_channels():
     text = _net('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "o" '
                 'shuffle_channel_param { group: 4 } }', (1, 6, 2, 2))
     with pytest.raises(ShapeError, match=r"layer 's'.*divisible by shuffle_channel_param.group 4"):
+        Net(parse_net_text(text))
+
+
+# ---- Reorg ---------------------------------------------------------------------------------
+
+def reorg_cpu(x, w, h, c, batch, stride, forward):
+    """darknet's reorg_cpu (the YOLO v2 ports' copy), loop by loop on flat memory."""
+    x, out = x.ravel(), np.zeros(x.size, F32)
+    out_c = c // (stride * stride)
+    for b in range(batch):
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    in_index = i + w * (j + h * (k + c * b))
+                    c2, offset = k % out_c, k // out_c
+                    w2, h2 = i * stride + offset % stride, j * stride + offset // stride
+                    out_index = w2 + w * stride * (h2 + h * stride * (c2 + out_c * b))
+                    if forward:
+                        out[out_index] = x[in_index]
+                    else:
+                        out[in_index] = x[out_index]
+    return out
+
+
+def _reorg_net(shape, stride, reverse=False):
+    flag = " reverse: true" if reverse else ""
+    return _net(f'layer {{ name: "r" type: "Reorg" bottom: "data" top: "o" '
+                f'reorg_param {{ stride: {stride}{flag} }} }}', shape)
+
+
+def test_reorg_equals_opencv(tmp_path):
+    """OpenCV's importer reads Reorg at stride 2 (it ignores reorg_param)."""
+    text = _reorg_net((2, 8, 6, 4), 2)
+    x = np.random.default_rng(0).random((2, 8, 6, 4), F32)
+    out = _ours(text, {"data": x})
+    assert out.shape == (2, 32, 3, 2)
+    np.testing.assert_array_equal(out, _opencv(text, {"data": x}, tmp_path))
+
+
+@pytest.mark.parametrize("stride, shape", [(2, (2, 8, 6, 4)), (3, (1, 18, 3, 6))])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reorg_forward_and_backward_equal_darknets_loops(stride, shape, reverse):
+    """ReorgLayer::Forward_cpu: reorg_cpu over the bottom's (W, H, C, N) with forward flag
+    `reverse`; backward: darknet's backward_reorg_layer, the same loop with the flag flipped."""
+    n, c, h, w = shape
+    x = np.random.default_rng(1).random(shape, F32)
+    top = (n, c // stride**2, h * stride, w * stride) if reverse else (n, c * stride**2, h // stride, w // stride)
+    grad = np.random.default_rng(2).random(top, F32)
+    out, dx = _ours(_reorg_net(shape, stride, reverse), {"data": x}, grad)
+    assert out.shape == top
+    np.testing.assert_array_equal(out.ravel(), reorg_cpu(x, w, h, c, n, stride, reverse))
+    np.testing.assert_array_equal(dx.ravel(), reorg_cpu(grad, w, h, c, n, stride, not reverse))
+
+
+def test_reorg_follows_a_reshape(tmp_path):
+    """pycaffe's blob.reshape + net.reshape(): the new size is rearranged, as the ports'
+    Reshape would."""
+    import caffe
+
+    path = tmp_path / "reorg.prototxt"
+    path.write_text(_reorg_net((1, 4, 2, 2), 2))
+    net = caffe.Net(str(path), caffe.TEST)
+    x = np.random.default_rng(3).random((3, 8, 4, 6), F32)
+    net.blobs["data"].reshape(*x.shape)
+    net.reshape()
+    out = net.forward(data=x)["o"]
+    assert out.shape == (3, 32, 2, 3)
+    np.testing.assert_array_equal(out.ravel(), reorg_cpu(x, 6, 4, 8, 3, 2, False))
+
+
+@pytest.mark.parametrize("shape, param, message", [
+    ((1, 6, 4, 4), "stride: 2", r"channels \(6\) divisible by stride\^2 \(4\)"),
+    ((1, 8, 5, 4), "stride: 2", r"height and width \(5 x 4\) divisible by reorg_param.stride 2"),
+    ((1, 8, 4, 4), "stride: 0", r"stride >= 1, got \[1, 8, 4, 4\] and stride 0"),
+    ((8, 4, 4), "stride: 2", r"4-axis bottom"),
+    ((1, 18, 3, 3), "stride: 2 reverse: true", r"channels \(18\) divisible by stride\^2 \(4\)"),
+])
+def test_reorg_checks_its_sizes(shape, param, message):
+    text = _net(f'layer {{ name: "r" type: "Reorg" bottom: "data" top: "o" reorg_param {{ {param} }} }}', shape)
+    with pytest.raises(ShapeError, match=f"layer 'r'.*{message}"):
         Net(parse_net_text(text))
 
 

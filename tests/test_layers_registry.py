@@ -20,7 +20,8 @@ IMPLEMENTED = {
 } | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
-     "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal"}           # YOLOv3/SegNet, R-FCN, Faster R-CNN
+     "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal",           # YOLOv3/SegNet, R-FCN, Faster R-CNN
+     "Reorg"}                                                          # YOLO v2
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
@@ -38,7 +39,7 @@ def test_listing_holds_every_bvlc_caffe_type():
 @pytest.mark.parametrize("kind, origin", [
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
-    ("Reorg", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
+    ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
     ("BN", "a type of the Caffe fork alexgkendall/caffe-segnet"),
     ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])

@@ -136,12 +136,16 @@ layer { name: "like" type: "Interp" bottom: "data" bottom: "cropped" top: "like"
 layer { name: "pool" type: "ROIPooling" bottom: "zoom" bottom: "rois" top: "pool"
   roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }
 layer { name: "up" type: "Upsample" bottom: "cropped" top: "up" upsample_param { scale: 2 } }
+layer { name: "twice" type: "Concat" bottom: "data" bottom: "shuffle" top: "twice" }
+layer { name: "spread" type: "Reorg" bottom: "twice" top: "spread" reorg_param { stride: 2 reverse: true } }
+layer { name: "four" type: "Concat" bottom: "spread" bottom: "spread" bottom: "spread" bottom: "spread" top: "four" }
+layer { name: "blocks" type: "Reorg" bottom: "four" top: "blocks" reorg_param { stride: 2 } }
 """
 
 
 def test_fork_layers_match_onnxruntime(tmp_path):
-    """ShuffleChannel, Interp (zoom, crop, a second bottom's size), ROIPooling and Upsample
-    by a scale; the graph keeps its batch free (Resize's sizes come from the input's
+    """ShuffleChannel, Interp (zoom, crop, a second bottom's size), ROIPooling, Upsample
+    by a scale and Reorg both ways; the graph keeps its batch free (Resize's sizes come from the input's
     shape)."""
     prototxt = tmp_path / "forks.prototxt"
     prototxt.write_text(FORKS)

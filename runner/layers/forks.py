@@ -1,5 +1,5 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
-forks), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
+forks), Reorg (YOLO v2 ports), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
 the MobileNet forks' depthwise convolutions, Axpy (SENet), Upsample (YOLOv3 ports,
 SegNet), SmoothL1Loss and Proposal (Faster R-CNN). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
@@ -37,6 +37,31 @@ class ShuffleChannel(Layer):
 
     def extra_repr(self):
         return f"name={self.name!r}, group={self.lp.shuffle_channel_param.group}"
+
+
+@register("Reorg")
+class Reorg(Layer):
+    """darknet's reorg_cpu as the YOLO v2 ports call it (forward flag 0, or 1 with `reverse`).
+    The bottom's memory, read as (C / s^2, H, s, W, s), is rewritten in (s, s, C / s^2, H, W)
+    order, the s x s blocks of that (C / s^2, H * s, W * s) reading becoming channels, and
+    shown as (C * s^2, H / s, W / s). `reverse` rewrites it the other way, shown as
+    (C / s^2, H * s, W * s). Backward is the adjoint (darknet's backward); the ports' own
+    CPU backwards differ from it and from each other."""
+
+    bottom_count = top_count = (1, 1)
+
+    def forward(self, x):
+        s = self.lp.reorg_param.stride
+        n, c, h, w = x.shape
+        if self.lp.reorg_param.reverse:
+            blocks = x.reshape(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2)
+            return (blocks.reshape(n, c // (s * s), h * s, w * s),)
+        blocks = x.reshape(n, c // (s * s), h, s, w, s).permute(0, 3, 5, 1, 2, 4)
+        return (blocks.reshape(n, c * s * s, h // s, w // s),)
+
+    def extra_repr(self):
+        p = self.lp.reorg_param
+        return f"name={self.name!r}, stride={p.stride}, reverse={p.reverse}"
 
 
 def _interp_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""ONNX forms of the other fork layers: ShuffleChannel (Reshape, Transpose, Reshape), Interp
+"""ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
 whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample without a mask (Resize,
 nearest). The depthwise convolutions are
@@ -17,6 +17,19 @@ def _shuffle_channel(b: GraphBuilder, layer, ins, outs):
     grouped = b.node("Reshape", [ins[0], b.ints("grouped", [0, group, shape[1] // group, -1])])
     swapped = b.node("Transpose", [grouped], perm=[0, 2, 1, 3])
     b.node("Reshape", [swapped, b.ints("shape", [0, *shape[1:]])], outs)
+
+
+@converter("Reorg")
+def _reorg(b: GraphBuilder, layer, ins, outs):
+    _, c, h, w = layer.bottom_shapes[0]
+    s = layer.lp.reorg_param.stride
+    if layer.lp.reorg_param.reverse:
+        blocks, perm = [0, s, s, c // (s * s), h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        blocks, perm = [0, c // (s * s), h, s, w, s], [0, 3, 5, 1, 2, 4]
+    grouped = b.node("Reshape", [ins[0], b.ints("blocks", blocks)])
+    moved = b.node("Transpose", [grouped], perm=perm)
+    b.node("Reshape", [moved, b.ints("shape", [0, *layer.top_shapes[0][1:]])], outs)
 
 
 @converter("Interp")
