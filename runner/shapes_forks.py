@@ -1,5 +1,5 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2
-ports), Interp
+ports), BN (SegNet), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
 (Fast/Faster R-CNN), with the parameter readings their layers share.
@@ -43,6 +43,18 @@ def _reorg(lp, bottoms):
     if lp.reorg_param.reverse:
         return LayerShapes([(n, c // (s * s), h * s, w * s)])
     return LayerShapes([(n, c * s * s, h // s, w // s)])
+
+
+@rule("BN")
+def _segnet_bn(lp, bottoms):
+    b = bottoms[0]
+    if not 2 <= len(b) <= 4:
+        raise ValueError(f"BN needs a bottom of 2 to 4 axes (N, C[, H, W]), got {list(b)}")
+    if lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE and len(lp.top) > 1:
+        raise ValueError("BN with bn_mode INFERENCE has one top; the batch mean and variance "
+                         "tops exist only in LEARN")
+    channel = (1, b[1], 1, 1)
+    return LayerShapes([b] + [channel] * (len(lp.top) - 1), [channel, channel])
 
 
 def interp_geometry(lp, bottoms) -> tuple[int, int, int, int, int]:

@@ -1,4 +1,5 @@
-"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2 ports), Interp (DeepLab, PSPNet),
+"""Fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2 ports), BN (SegNet),
+Interp (DeepLab, PSPNet),
 ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise convolutions and Axpy
 (SENet), against OpenCV's Caffe importer where it reads them, and against loop-by-loop numpy
 transcriptions of the forks' C++ (forward and backward) or a hand computation elsewhere,
@@ -142,6 +143,123 @@ def test_reorg_checks_its_sizes(shape, param, message):
     text = _net(f'layer {{ name: "r" type: "Reorg" bottom: "data" top: "o" reorg_param {{ {param} }} }}', shape)
     with pytest.raises(ShapeError, match=f"layer 'r'.*{message}"):
         Net(parse_net_text(text))
+
+
+# ---- BN (SegNet) ---------------------------------------------------------------------------
+
+def segnet_bn_learn(x, scale, shift, dy):
+    """BNLayer<float>::Forward_cpu and Backward_cpu in LEARN mode (alexgkendall/caffe-segnet),
+    step by step: the spatial then batch means of x and x^2, var = E[x^2] - (EX)^2, x_norm,
+    then scale and shift; backward through scale * dy. Returns (y, mean, var, dx, dscale,
+    dshift)."""
+    n, c, h, w = x.shape
+    mean = (x.reshape(n, c, -1).sum(2) * F32(1 / (h * w))).sum(0) * F32(1 / n)
+    ex2 = ((x * x).reshape(n, c, -1).sum(2) * F32(1 / (h * w))).sum(0) * F32(1 / n)
+    var = ex2 - mean * mean
+    std = np.sqrt(var + F32(1e-9)).reshape(1, c, 1, 1)
+    x_norm = (x - mean.reshape(1, c, 1, 1)) / std
+    y = x_norm * scale.reshape(1, c, 1, 1) + shift.reshape(1, c, 1, 1)
+    dscale = (x_norm * dy).sum((0, 2, 3))
+    dshift = dy.sum((0, 2, 3))
+    g = dy * scale.reshape(1, c, 1, 1)
+    dx = x_norm * (x_norm * g).sum((0, 2, 3)).reshape(1, c, 1, 1) + g.sum((0, 2, 3)).reshape(1, c, 1, 1)
+    dx = (g - F32(1 / (n * h * w)) * dx) / std
+    return y, mean, var, dx, dscale, dshift
+
+
+def _bn_net(shape, mode="", tops=1):
+    extra = "".join(f' top: "{top}"' for top in ("mean", "var")[:tops - 1])
+    mode = f" bn_mode: {mode}" if mode else ""
+    return _net(f'layer {{ name: "bn" type: "BN" bottom: "data" top: "o"{extra} bn_param {{ '
+                f'scale_filler {{ type: "gaussian" std: 1 }} shift_filler {{ type: "gaussian" std: 1 }}{mode} }} }}',
+                shape)
+
+
+def _bn_run(text, x, dy, phase="TEST"):
+    """Our BN forward and backward: tops, dx and the two blob diffs."""
+    net = Net(parse_net_text(text), phase=phase)
+    data = torch.from_numpy(x).requires_grad_()
+    tops = net({"data": data})
+    tops["o"].backward(torch.from_numpy(dy))
+    scale, shift = net.layers["bn"].blobs
+    return net, tops, data.grad.numpy(), scale.grad.numpy().ravel(), shift.grad.numpy().ravel()
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_segnet_bn_learn_equals_the_forks_steps_in_both_phases(phase):
+    """LEARN normalises by the batch's statistics in TEST too (the fork never reads the
+    phase); the mean and variance tops hold them, the variance without the 1e-9."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 2 + 1).astype(F32)
+    dy = rng.standard_normal(x.shape).astype(F32)
+    net, tops, dx, dscale, dshift = _bn_run(_bn_net(x.shape, tops=3), x, dy, phase)
+    scale, shift = (b.detach().numpy().ravel() for b in net.layers["bn"].blobs)
+    y, mean, var, want_dx, want_dscale, want_dshift = segnet_bn_learn(x, scale, shift, dy)
+    np.testing.assert_allclose(tops["o"].detach().numpy(), y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tops["mean"].numpy().ravel(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tops["var"].numpy().ravel(), var, rtol=1e-5)
+    assert tops["mean"].shape == tops["var"].shape == (1, 4, 1, 1)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dscale, want_dscale, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dshift, want_dshift, rtol=1e-5, atol=1e-5)
+
+
+def test_segnet_bn_inference_is_the_scale_and_shift_and_folds(tmp_path):
+    """INFERENCE: y = scale * x + shift, with its diffs. Folding the batch's statistics
+    into the blobs as SegNet's compute_bn_statistics.py does (new_gamma = gamma /
+    sqrt(var + 1e-9), new_beta = beta - gamma * mean / sqrt(var + 1e-9); its m/(m-1)
+    unbiasing left out) makes INFERENCE equal LEARN on that batch; for_inference folds
+    the layer into the convolution before it and exports to ONNX."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(F32)
+    dy = rng.standard_normal(x.shape).astype(F32)
+    net, tops, dx, dscale, dshift = _bn_run(_bn_net(x.shape, "INFERENCE"), x, dy)
+    scale, shift = (b.detach().numpy().reshape(1, 3, 1, 1) for b in net.layers["bn"].blobs)
+    np.testing.assert_allclose(tops["o"].detach().numpy(), x * scale + shift, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dy * scale, rtol=1e-6)
+    np.testing.assert_allclose(dscale, (x * dy).sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dshift, dy.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+    conv = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param '
+            '{ num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }\n')
+    learn_text = _bn_net(x.shape, tops=3).replace('bottom: "data" top: "o"', 'bottom: "conv" top: "o"')
+    learn_text = learn_text.replace('layer { name: "bn"', conv + 'layer { name: "bn"')
+    learn = Net(parse_net_text(learn_text))
+    tops = learn({"data": torch.from_numpy(x)})
+    inference = Net(parse_net_text(learn_text.replace(' top: "mean" top: "var"', '')
+                                   .replace("std: 1 } }", "std: 1 } bn_mode: INFERENCE }")))
+    inference.load_state_dict(learn.state_dict())
+    gamma, beta = (b.detach().double() for b in inference.layers["bn"].blobs)
+    root = torch.sqrt(tops["var"].double() + 1e-9)
+    with torch.no_grad():
+        inference.layers["bn"].blobs[0].copy_(gamma / root)
+        inference.layers["bn"].blobs[1].copy_(beta - gamma * tops["mean"].double() / root)
+    folded = inference({"data": torch.from_numpy(x)})["o"].detach()
+    np.testing.assert_allclose(folded.numpy(), tops["o"].detach().numpy(), rtol=1e-4, atol=1e-5)
+    fast = inference.for_inference()
+    assert "conv+bn" in str(fast)
+    np.testing.assert_allclose(fast({"data": torch.from_numpy(x)})["o"].numpy(), folded.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    from runner.onnx_export import build_model
+    import onnxruntime
+    session = onnxruntime.InferenceSession(build_model(inference).SerializeToString())
+    np.testing.assert_allclose(session.run(None, {"data": x})[0], folded.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("text, message", [
+    (_bn_net((1, 2, 3, 3), "INFERENCE", tops=3), r"one top; the batch mean and variance tops exist only in LEARN"),
+    (_bn_net((1, 2, 3, 3, 3)), r"2 to 4 axes"),
+    (_bn_net((6,)), r"2 to 4 axes"),
+])
+def test_segnet_bn_checks_its_tops_and_axes(text, message):
+    with pytest.raises(ShapeError, match=f"layer 'bn'.*{message}"):
+        Net(parse_net_text(text))
+
+
+def test_segnet_bn_learn_refuses_onnx():
+    from runner.onnx_export import OnnxExportError, build_model
+    with pytest.raises(OnnxExportError, match="LEARN mode normalises by batch statistics"):
+        build_model(Net(parse_net_text(_bn_net((1, 2, 3, 3)))))
 
 
 # ---- Interp -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`Net.for_inference()`: a net optimised to run forward only, with the Net's blob-dict
 interface (inputs by name in, the kept blobs by name out).
 
-1. BatchNorm/Scale/Bias are folded into the Convolution/InnerProduct before them (fold.py).
+1. BatchNorm/Scale/Bias (and SegNet's BN in INFERENCE mode) are folded into the Convolution/InnerProduct before them (fold.py).
 2. On the CPU, 2-D convolutions and inner products become oneDNN
    primitives with prepacked weights on channels_last activations, with a following ReLU
    and residual sum fused in (packed.py). Every other layer runs as it is.

@@ -1,6 +1,6 @@
 """Merge a layer into the layer that produces its input, on the net's step list (layer,
-bottoms, tops): BatchNorm, Scale and Bias folded into the Convolution or InnerProduct
-before them here; ReLU and sums fused into convolutions in packed.py.
+bottoms, tops): BatchNorm, Scale, Bias and SegNet's BN in INFERENCE mode folded into the
+Convolution or InnerProduct before them here; ReLU and sums fused into convolutions in packed.py.
 
 A merge happens only where the result is the same function: the value the merged layer
 reads is read by nothing else (no other layer, and not an output the caller keeps), and
@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runner.proto import caffe_pb2
 
 
 @dataclass
@@ -74,7 +76,8 @@ def _touched_between(steps: list[Step], start: int, end: int, names: set, remove
 
 class FoldedAffine(nn.Module):
     """A Convolution or InnerProduct whose weights and bias absorbed the per-channel affine
-    layers after it (Caffe's BatchNorm with global statistics, Scale, Bias)."""
+    layers after it (Caffe's BatchNorm with global statistics, Scale, Bias, SegNet's BN in
+    INFERENCE mode)."""
 
     def __init__(self, producer: nn.Module, weight: torch.Tensor, bias: torch.Tensor, names: list[str]):
         super().__init__()
@@ -123,6 +126,9 @@ def channel_affine(layer: nn.Module, channels: int) -> tuple[torch.Tensor, torch
         factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
         a = 1 / torch.sqrt(var_acc * factor + layer.eps)
         return a, -mean_acc * factor * a
+    if kind == "BN" and layer.lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE:
+        scale, shift = (b.detach().double().reshape(-1) for b in layer.blobs)
+        return scale, shift
     if kind in ("Scale", "Bias") and len(layer.blobs) and not layer.from_bottom and layer.axis == 1:
         first = layer.blobs[0].detach().double()
         if first.shape != (channels,):

@@ -1,5 +1,5 @@
 """Layers of Caffe forks that deployed models use, beyond SSD's: ShuffleChannel (ShuffleNet
-forks), Reorg (YOLO v2 ports), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
+forks), Reorg (YOLO v2 ports), BN (SegNet), Interp (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN),
 the MobileNet forks' depthwise convolutions, Axpy (SENet), Upsample (YOLOv3 ports,
 SegNet), SmoothL1Loss and Proposal (Faster R-CNN). Each repeats its fork's arithmetic (float where
 the fork computes in float); backward is autograd's, which here is the fork's own backward:
@@ -16,6 +16,7 @@ import yaml
 
 from runner.graph import NetBuildError
 from runner.layers.base import TEST, TRAIN, Layer, register
+from runner.layers.common import filler_or
 from runner.layers.vision import Convolution
 from runner.proto import caffe_pb2
 from runner.shapes import infer_layer
@@ -62,6 +63,43 @@ class Reorg(Layer):
     def extra_repr(self):
         p = self.lp.reorg_param
         return f"name={self.name!r}, stride={p.stride}, reverse={p.reverse}"
+
+
+@register("BN")
+class SegNetBN(Layer):
+    """SegNet's BN (alexgkendall/caffe-segnet): blobs scale and shift, (1, C, 1, 1).
+
+    LEARN (the default), in every phase as in the fork: y = scale * (x - mean) /
+    sqrt(var + 1e-9) + shift, with the batch's per-channel mean and biased variance
+    E[x^2] - mean^2; optional second and third tops give that mean and variance (without
+    the 1e-9), which SegNet's compute_bn_statistics.py averages. INFERENCE: y = scale * x +
+    shift, for weights that script folded the statistics into. Backward is autograd's, the
+    fork's formula, except that parameter diffs accumulate as in BVLC Caffe (the fork
+    overwrites them)."""
+
+    bottom_count = (1, 1)
+    top_count = (1, 3)
+    variance_eps = 1e-9   # the fork's var_eps_
+
+    def blob_fillers(self):
+        p = self.lp.bn_param
+        return [filler_or(p, "scale_filler"), filler_or(p, "shift_filler")]
+
+    def forward(self, x):
+        view = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        scale, shift = (blob.reshape(view) for blob in self.blobs)
+        if self.lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE:
+            return (x * scale + shift,)
+        axes = [0, *range(2, x.dim())]
+        mean = x.mean(axes, keepdim=True)
+        var = (x * x).mean(axes, keepdim=True) - mean * mean
+        y = (x - mean) / torch.sqrt(var + self.variance_eps) * scale + shift
+        statistics = (mean.detach().reshape(1, -1, 1, 1), var.detach().reshape(1, -1, 1, 1))
+        return (y, *statistics[:len(self.lp.top) - 1])
+
+    def extra_repr(self):
+        mode = caffe_pb2.BNParameter.BNMode.Name(self.lp.bn_param.bn_mode)
+        return f"name={self.name!r}, bn_mode={mode}"
 
 
 def _interp_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

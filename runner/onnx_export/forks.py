@@ -1,4 +1,5 @@
-"""ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape), Interp
+"""ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape),
+SegNet's BN in INFERENCE mode (Mul, Add), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
 whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample without a mask (Resize,
 nearest). The depthwise convolutions are
@@ -6,7 +7,8 @@ Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
-from runner.onnx_export.registry import converter
+from runner.onnx_export.registry import blob_array, converter
+from runner.proto import caffe_pb2
 from runner.shapes_forks import interp_geometry
 
 
@@ -30,6 +32,18 @@ def _reorg(b: GraphBuilder, layer, ins, outs):
     grouped = b.node("Reshape", [ins[0], b.ints("blocks", blocks)])
     moved = b.node("Transpose", [grouped], perm=perm)
     b.node("Reshape", [moved, b.ints("shape", [0, *layer.top_shapes[0][1:]])], outs)
+
+
+@converter("BN")
+def _segnet_bn(b: GraphBuilder, layer, ins, outs):
+    if layer.lp.bn_param.bn_mode != caffe_pb2.BNParameter.INFERENCE:
+        raise OnnxExportError("BN in LEARN mode normalises by batch statistics, which ONNX "
+                              "inference does not do; export the bn_mode: INFERENCE net with "
+                              "the weights SegNet's compute_bn_statistics.py writes")
+    view = (1, layer.bottom_shapes[0][1]) + (1,) * (len(layer.bottom_shapes[0]) - 2)
+    scale, shift = (b.const(name, blob_array(blob).reshape(view))
+                    for name, blob in zip(("scale", "shift"), layer.blobs))
+    b.node("Add", [b.node("Mul", [ins[0], scale]), shift], outs)
 
 
 @converter("Interp")
