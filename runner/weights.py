@@ -87,8 +87,9 @@ def is_hdf5(source) -> bool:
 
 
 def _proto_values(source, targets: dict, allow_nonfinite: bool):
-    """(label, [(layer name, slots, values)]) from a .caffemodel or NetParameter: Caffe's
-    CopyTrainedLayersFrom(NetParameter), each matched layer's blob count exactly the net's."""
+    """(label, [(layer name, slots, values, diffs)]) from a .caffemodel or NetParameter:
+    Caffe's CopyTrainedLayersFrom(NetParameter), each matched layer's blob count exactly the
+    net's; a diff is None where the blob stores none."""
     param, label = _read(source)
     pending = []
     for entry in param.layer:
@@ -103,13 +104,26 @@ def _proto_values(source, targets: dict, allow_nonfinite: bool):
         values = [_blob_values(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}",
                                allow_nonfinite)
                   for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
-        pending.append((entry.name, slots, values))
+        diffs = [_blob_diff(blob, slot.shape, f"{label}: layer '{entry.name}' blob {j}")
+                 for j, (blob, slot) in enumerate(zip(entry.blobs, slots))]
+        pending.append((entry.name, slots, values, diffs))
     return label, pending
 
 
+def _blob_diff(blob, ours: tuple[int, ...], what: str) -> torch.Tensor | None:
+    """The diff a BlobProto stores (a snapshot_diff snapshot's), which Blob::FromProto
+    copies along with the data; None when it stores none."""
+    if not (len(blob.diff) or len(blob.double_diff)):
+        return None
+    try:
+        return torch.from_numpy(blob_to_array(blob, what, diff=True).reshape(ours))
+    except ProtoError as err:
+        raise WeightsError(str(err)) from None
+
+
 def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
-    """(label, [(layer name, slots, values)]) from HDF5 weights: Caffe's
-    CopyTrainedLayersFromHDF5. /data/<layer>/<j> holds blob j; a layer may not hold more
+    """(label, [(layer name, slots, values, diffs)]) from HDF5 weights: Caffe's
+    CopyTrainedLayersFromHDF5, which reads no diffs (all None). /data/<layer>/<j> holds blob j; a layer may not hold more
     blobs than the net's, and may leave out only the blobs it shares from another layer.
     Each dataset's shape is checked before it is read."""
     import h5py
@@ -150,7 +164,7 @@ def _hdf5_values(path, targets: dict, allow_nonfinite: bool):
                     value = stored_array(dataset, what, WeightsError)
                     chosen.append(slot)
                     values.append(torch.from_numpy(_finite(value, what, allow_nonfinite)))
-                pending.append((name, chosen, values))
+                pending.append((name, chosen, values, [None] * len(values)))
     except WeightsError:
         raise
     except H5PY_ERRORS as err:
@@ -164,7 +178,8 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
     their content, as Caffe does) or NetParameters, in order, into `net`.
 
     Returns our layers with blobs that no source provided; unless allow_missing, those
-    are an error (with allow_missing they keep their filler values). A blob holding NaN
+    are an error (with allow_missing they keep their filler values). Diffs a .caffemodel
+    stores become the parameters' .grad, as Caffe's Blob::FromProto copies them. A blob holding NaN
     or inf is an error naming it; with allow_nonfinite, a warning. Each source is checked
     whole before any of its blobs is copied.
     """
@@ -181,9 +196,11 @@ def load_caffemodel(net, sources, allow_missing: bool = False,
         label, pending = read(source, targets, allow_nonfinite)
         labels.append(label)
         with torch.no_grad():
-            for name, slots, values in pending:
-                for slot, value in zip(slots, values):
+            for name, slots, values, diffs in pending:
+                for slot, value, diff in zip(slots, values, diffs):
                     slot.param.copy_(value.reshape(slot.param.shape))
+                    if diff is not None:
+                        slot.param.grad = diff.reshape(slot.param.shape).to(slot.param)
                 provided.add(name)
     missing = [lp.name for lp, _, slots in net.layer_blobs() if slots and lp.name not in provided]
     if missing and not allow_missing:

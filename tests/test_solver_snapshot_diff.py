@@ -113,3 +113,43 @@ def test_pycaffe_shows_the_update_in_the_diff_after_a_step(lmdb_dir, tmp_path):
     diff = solver.net.params["ip"][0].diff
     assert np.abs(diff).max() > 0
     np.testing.assert_allclose(before - solver.net.params["ip"][0].data, diff, rtol=0, atol=1e-6)
+
+
+def test_stored_diffs_load_with_the_weights_and_leave_training_unchanged(lmdb_dir, tmp_path):
+    """Blob::FromProto copies a stored diff with the data: pycaffe shows a snapshot_diff
+    snapshot's diffs after loading it, and fine-tuning from it follows the same path as
+    from the same weights without diffs (the solver clears diffs before each step)."""
+    import caffe
+    from runner.proto import write_binary
+    from runner.solver import SolverOptions
+    from runner.weights import WeightsError
+
+    _train(lmdb_dir, tmp_path / "diff", snapshot_diff="true")
+    with_diff = tmp_path / "diff" / "s_iter_6.caffemodel"
+    model = read_caffemodel(with_diff)
+    stored = _blobs(model)
+    net_path = tmp_path / "net.prototxt"
+    net_path.write_text(classifier_net(lmdb_dir, batch=4) + SHARED)
+    net = caffe.Net(str(net_path), str(with_diff), caffe.TRAIN)
+    for (name, j), blob in stored.items():
+        np.testing.assert_array_equal(net.params[name][j].diff.ravel(), np.asarray(blob.diff, np.float32))
+        assert np.abs(net.params[name][j].diff).max() > 0
+
+    for layer in model.layer:
+        for blob in layer.blobs:
+            blob.ClearField("diff")
+    plain = tmp_path / "plain.caffemodel"
+    write_binary(model, plain)
+    finals = []
+    for weights in (with_diff, plain):
+        solver = make_solver(classifier_net(lmdb_dir, batch=4) + SHARED, tmp_path / weights.stem,
+                             SolverOptions(progress=False, weights=[str(weights)]), max_iter=2)
+        solver.solve()
+        finals.append([p.detach().clone() for p in solver.model.parameters()])
+    for a, b in zip(*finals):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+    next(layer for layer in model.layer if layer.name == "conv1").blobs[0].diff.extend([1.0, 2.0])
+    write_binary(model, plain)
+    with pytest.raises(WeightsError, match=r"plain.caffemodel: layer 'conv1' blob 0: shape .* holds \d+ values but diff has 2"):
+        caffe.Net(str(net_path), str(plain), caffe.TRAIN)
