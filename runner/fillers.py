@@ -38,14 +38,15 @@ def _variance_n(p, shape) -> float:
 
 
 def _uniform(shape, low, high, gen) -> torch.Tensor:
-    if low > high:
-        raise FillerError(f"uniform filler needs min <= max, got min={low}, max={high}")
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise FillerError(f"uniform filler needs finite min <= max, got min={low}, max={high}")
     return torch.empty(shape).uniform_(low, high, generator=gen)
 
 
 def _gaussian(shape, mean, std, gen) -> torch.Tensor:
-    if not std > 0:
-        raise FillerError(f"gaussian filler needs std > 0, got {std}")
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise FillerError(f"gaussian filler needs a finite mean and a finite std > 0, got "
+                          f"mean={mean}, std={std}")
     return torch.empty(shape).normal_(mean, std, generator=gen)
 
 

@@ -62,6 +62,34 @@ layer {{ name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip"
 layer {{ name: "prob" type: "Softmax" bottom: "ip" top: "prob" }}
 """
 
+# Every fork layer that runs on plain blobs, small, ending in a loss so that `solve.py time`
+# takes a backward through them all.
+FORK_NET = """name: "forks"
+layer { name: "data" type: "DummyData" top: "data" top: "rois"
+  dummy_data_param { shape { dim: 2 dim: 8 dim: 8 dim: 8 } shape { dim: 3 dim: 5 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "uniform" min: 0 max: 1 } } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "shuffle" shuffle_channel_param { group: 2 } }
+layer { name: "blocks" type: "Reorg" bottom: "shuffle" top: "blocks" reorg_param { stride: 2 } }
+layer { name: "spread" type: "Reorg" bottom: "blocks" top: "spread" reorg_param { stride: 2 reverse: true } }
+layer { name: "bn" type: "BN" bottom: "spread" top: "bn" top: "bn_mean" top: "bn_var"
+  bn_param { scale_filler { type: "constant" value: 1 } shift_filler { type: "constant" value: 0.001 } } }
+layer { name: "zoom" type: "Interp" bottom: "bn" top: "zoom" interp_param { zoom_factor: 2 pad_beg: -1 } }
+layer { name: "near" type: "Upsample" bottom: "bn" top: "near" upsample_param { scale: 2 } }
+layer { name: "pool" type: "Pooling" bottom: "bn" top: "pool" top: "mask" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "unpool" type: "Upsample" bottom: "pool" bottom: "mask" top: "unpool" upsample_param { scale: 2 } }
+layer { name: "roi" type: "ROIPooling" bottom: "unpool" bottom: "rois" top: "roi"
+  roi_pooling_param { pooled_h: 2 pooled_w: 2 spatial_scale: 4 } }
+layer { name: "psroi" type: "PSROIPooling" bottom: "bn" bottom: "rois" top: "psroi"
+  psroi_pooling_param { spatial_scale: 4 output_dim: 2 group_size: 2 } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "bn" top: "dw"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "gap" type: "Pooling" bottom: "data" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "dw" bottom: "unpool" top: "axpy" }
+layer { name: "loss" type: "SmoothL1Loss" bottom: "axpy" bottom: "data" top: "loss" smooth_l1_loss_param { sigma: 3 } }
+layer { name: "silence" type: "Silence" bottom: "zoom" bottom: "near" bottom: "roi" bottom: "psroi"
+  bottom: "bn_mean" bottom: "bn_var" }
+"""
+
 SOLVER = """net: "train_val.prototxt"
 test_iter: 1
 test_interval: 1
@@ -152,6 +180,7 @@ def make_seeds(folder: Path) -> None:
     (folder / "deploy.prototxt").write_text(DEPLOY)
     (folder / "solver.prototxt").write_text(SOLVER)
     (folder / "data_net.prototxt").write_text(DATA_NET)
+    (folder / "fork_net.prototxt").write_text(FORK_NET)
     torch.manual_seed(0)
     Net(folder / "deploy.prototxt").save_caffemodel(folder / "deploy.caffemodel")
     with _inside(folder):
@@ -218,16 +247,20 @@ def _forward(net: Net) -> None:
     net.objective(net(batch))
 
 
-def run_net(folder: Path) -> str | None:
+def run_net(folder: Path, net_file: str = "train_val.prototxt") -> str | None:
     """The TEST net through the API, the TRAIN net through `solve.py time` (2: its error exit)."""
     from runner.solve import main as solve
 
-    _forward(Net("train_val.prototxt", phase="TEST"))
+    _forward(Net(net_file, phase="TEST"))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = solve(["time", "--model", "train_val.prototxt", "--iterations", "1"])
+        code = solve(["time", "--model", net_file, "--iterations", "1"])
     if code not in (0, 2):
         raise RuntimeError(f"solve.py time exited {code}: expected 0 or 2")
     return "ours" if code == 2 else None
+
+
+def run_fork_net(folder: Path) -> str | None:
+    return run_net(folder, "fork_net.prototxt")
 
 
 def run_solver(folder: Path) -> None:
@@ -316,6 +349,7 @@ def run_zoo(folder: Path) -> str | None:
 
 FORMATS = {
     "net prototxt": Format("train_val.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_net),
+    "fork net prototxt": Format("fork_net.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_fork_net),
     "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
     "caffemodel": Format("deploy.caffemodel",
                          BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,

@@ -88,6 +88,11 @@ def test_seeded_by_torch_rng_and_fill_in_place():
     ('type: "bilinear"', (3, 4), "4-D"),
     ('type: "gaussian" sparse: 9', (3, 4), "exceeds"),
     ('type: "gaussian" std: 0', (3, 4), "std > 0"),
+    ('type: "gaussian" std: inf', (3, 4), "finite std > 0, got mean=0.0, std=inf"),
+    ('type: "gaussian" mean: -inf', (3, 4), "finite mean"),
+    ('type: "uniform" min: -inf max: 1', (3, 4), "finite min <= max, got min=-inf"),
+    ('type: "uniform" min: 0 max: nan', (3, 4), "finite min <= max"),
+    ('type: "uniform" min: 2 max: 1', (3, 4), "min <= max, got min=2.0, max=1.0"),
 ])
 def test_bad_fillers_are_rejected(text, shape, words):
     with pytest.raises(FillerError, match=words):

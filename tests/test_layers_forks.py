@@ -837,3 +837,19 @@ def test_an_importable_rpn_proposal_layer_runs_as_the_users_code(tmp_path, monke
     net = Net(parse_net_text(_py_faster_rcnn_net()))
     out = net({"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)})
     np.testing.assert_array_equal(out["rois"].numpy(), np.full((1, 5), 7, F32))
+
+
+def test_region_and_mask_values_outside_the_blob_are_blob_value_errors():
+    """A region's batch index or a pooling mask's position past the blob is refused with
+    the project's BlobValueError, naming the layer and the values (the forks CHECK)."""
+    from runner.layers.common import BlobValueError
+
+    text = _net('layer { name: "r" type: "ROIPooling" bottom: "data" bottom: "rois" top: "o" '
+                'roi_pooling_param { pooled_h: 2 pooled_w: 2 spatial_scale: 1 } }', (2, 3, 4, 4), (1, 5))
+    rois = np.array([[-1, 0, 0, 2, 2]], F32)
+    with pytest.raises(BlobValueError, match=r"layer 'r' \(ROIPooling\): a region's batch index is outside 0..1: \[-1\]"):
+        _ours(text, {"data": np.zeros((2, 3, 4, 4), F32), "rois": rois})
+    text = _net('layer { name: "u" type: "Upsample" bottom: "data" bottom: "rois" top: "o" '
+                'upsample_param { scale: 2 } }', (1, 1, 2, 2), (1, 1, 2, 2))
+    with pytest.raises(BlobValueError, match=r"layer 'u' \(Upsample\): mask index 0..99 outside the 4 x 4 top"):
+        _ours(text, {"data": np.ones((1, 1, 2, 2), F32), "rois": np.array([[[[0, 1], [2, 99]]]], F32)})

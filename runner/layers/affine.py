@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
 from runner.layers.onednn_linear import linear
-from runner.layers.common import broadcast_to_axis, filler_or
+from runner.layers.common import BlobValueError, broadcast_to_axis, filler_or
 from runner.shapes import canonical_axis
 
 
@@ -116,6 +116,6 @@ class Embed(Layer):
         index = x.detach().long()
         n = self.blobs[0].shape[0]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise ValueError(f"layer '{self.name}': Embed index outside [0, {n})")
+            raise BlobValueError(f"layer '{self.name}': Embed index outside [0, {n})")
         y = F.embedding(index, self.blobs[0])
         return (y + self.blobs[1] if self.bias_term else y,)

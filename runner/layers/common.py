@@ -36,7 +36,12 @@ def split_at_axis(shape, axis: int, name: str = "") -> tuple[int, int, int, int]
     return axis, math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
-class LabelError(ValueError):
+class BlobValueError(ValueError):
+    """A bottom holds values its layer cannot read: an index outside what it indexes
+    (names the layer and the values)."""
+
+
+class LabelError(BlobValueError):
     """A label outside [0, classes) reached a loss or accuracy layer (names the layer)."""
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from runner.graph import NetBuildError
 from runner.layers.base import TEST, TRAIN, Layer, register
-from runner.layers.common import filler_or
+from runner.layers.common import BlobValueError, filler_or
 from runner.layers.vision import Convolution
 from runner.proto import caffe_pb2
 from runner.shapes import infer_layer
@@ -163,7 +163,7 @@ def _regions(layer: Layer, rois: torch.Tensor, batch: int) -> tuple[np.ndarray, 
     boxes = rois.detach().reshape(rois.shape[0], 5).to("cpu", torch.float32).numpy()
     batch_index = boxes[:, 0].astype(np.int64)
     if len(boxes) and (batch_index.min() < 0 or batch_index.max() >= batch):
-        raise ValueError(f"layer '{layer.name}' ({layer.type}): a region's batch index is outside "
+        raise BlobValueError(f"layer '{layer.name}' ({layer.type}): a region's batch index is outside "
                          f"0..{batch - 1}: {sorted(set(batch_index.tolist()))}")
     return boxes, batch_index
 
@@ -322,7 +322,7 @@ class Upsample(Layer):
         n, c = x.shape[:2]
         index = mask[0].detach().reshape(n, c, -1).long()
         if index.numel() and (index.min() < 0 or index.max() >= height * width):
-            raise ValueError(f"layer '{self.name}' (Upsample): mask index {int(index.min())}.."
+            raise BlobValueError(f"layer '{self.name}' (Upsample): mask index {int(index.min())}.."
                              f"{int(index.max())} outside the {height} x {width} top; the "
                              "upsample size must match the pooling layer that made the mask")
         top = x.new_zeros(n, c, height * width).scatter(2, index, x.reshape(n, c, -1))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.layers.base import Layer, register
-from runner.layers.common import constant_filler, flatten_from
+from runner.layers.common import BlobValueError, constant_filler, flatten_from
 from runner.shapes_sequence import im2col_geometry
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -37,7 +37,7 @@ class BatchReindex(Layer):
     def forward(self, x, permut):
         index = permut.detach().to(torch.int64)  # truncates toward zero, as static_cast<int>
         if index.numel() and (index.min() < 0 or index.max() >= x.shape[0]):
-            raise ValueError(f"layer '{self.name}': BatchReindex index {index.tolist()} out of "
+            raise BlobValueError(f"layer '{self.name}': BatchReindex index {index.tolist()} out of "
                              f"range for a batch of {x.shape[0]}")
         return (x.index_select(0, index),)
 
