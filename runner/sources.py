@@ -46,6 +46,3 @@ def source_types() -> list[str]:
 def source_factory(type_name: str) -> SourceFactory:
     return _SOURCES[type_name]
 
-
-def source_types() -> list[str]:
-    return sorted(_SOURCES)

@@ -40,7 +40,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
-    ("DenseImageData", "a type of the Caffe fork alexgkendall/caffe-segnet"),
+    ("ImageSegData", "a type of the Caffe fork DeepLab's Caffe"),
     ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):

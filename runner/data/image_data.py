@@ -21,6 +21,17 @@ from runner.data.source import (SHUFFLE_STREAM, SKIP_STREAM, StreamBatches, chec
 from runner.data.transformer import DataTransformer
 from runner.sources import register_source
 
+def list_skip(seed: int, rand_skip: int, listed: int, where: str, noun: str) -> int:
+    """Caffe's rand_skip for a list-reading layer: where the stream starts, drawn below
+    rand_skip (0 without it), and refused unless it is below the `listed` entries."""
+    if not rand_skip:
+        return 0
+    skip = int(generator(seed, SKIP_STREAM).integers(rand_skip))
+    if skip >= listed:
+        raise DataError(f"{where}: rand_skip {skip} is not below the {listed} {noun} listed")
+    return skip
+
+
 class ImageListBatches(StreamBatches):
     """Items of an ImageData layer: the listed images, in list or shuffled order."""
 
@@ -71,12 +82,7 @@ class ImageDataSource(PrefetchingSource):
         tops = check_tops(lp)
         lines = read_image_list(Path.cwd() / param.source)
         seed = resolve_seed(seed, world_size, param.rand_skip > 0 or param.shuffle, where)
-        skip = 0
-        if param.rand_skip:
-            skip = int(generator(seed, SKIP_STREAM).integers(param.rand_skip))
-            if skip >= len(lines):
-                raise DataError(f"{where}: rand_skip {skip} is not below the "
-                                f"{len(lines)} images listed")
+        skip = list_skip(seed, param.rand_skip, len(lines), where, "images")
         transformer = DataTransformer(lp.transform_param, phase, layer=lp.name)
         self.maker = ImageListBatches(param, lines, transformer, tops, layer=lp.name,
                                       skip=skip, seed=seed, rank=rank, world_size=world_size)

@@ -33,7 +33,9 @@ class SoftmaxWithLoss(Layer):
     normaliser (VALID by default; FULL, BATCH_SIZE, NONE; legacy normalize: false means
     BATCH_SIZE). Labels have one value per (outer, inner) position, e.g. N or N x H x W.
     The gradient is Caffe's (p - onehot) / normaliser, unaffected by the FLT_MIN clip.
-    An optional second top is the softmax (it carries no gradient, as in Caffe).
+    An optional second top is the softmax (it carries no gradient, as in Caffe). SegNet's
+    loss_param weight_by_label_freqs weighs each position's term (and its gradient) by
+    class_weighting[label]; the normaliser still counts positions, as in SegNet.
     """
 
     bottom_count, top_count = (2, 2), (1, 2)
@@ -48,6 +50,13 @@ class SoftmaxWithLoss(Layer):
         p = lp.loss_param
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
         self.label_limit = (channels, self.ignore_label)
+        weights = None
+        if p.weight_by_label_freqs:
+            if len(p.class_weighting) != channels:
+                raise ValueError(f"layer '{lp.name}': weight_by_label_freqs needs one "
+                                 f"class_weighting per class ({channels}), got {len(p.class_weighting)}")
+            weights = torch.tensor(list(p.class_weighting))
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, x, label):
         _, outer, channels, inner = split_at_axis(tuple(x.shape), self.axis, self.name)
@@ -57,6 +66,8 @@ class SoftmaxWithLoss(Layer):
         index = labels if valid is None else torch.where(valid, labels, 0)
         picked = log_prob.reshape(outer, channels, inner).gather(1, index.unsqueeze(1)).squeeze(1)
         picked = clip_value_keep_grad(picked, math.log(FLT_MIN))
+        if self.class_weights is not None:
+            picked = picked * self.class_weights.to(picked.dtype)[index]
         if valid is not None:
             picked = torch.where(valid, picked, torch.zeros_like(picked))
         count = None if valid is None else valid.sum().to(x.dtype)
