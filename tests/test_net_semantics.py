@@ -180,8 +180,8 @@ def test_force_backward_fills_input_gradients():
 
 
 def test_bad_nets_fail_at_build_time_with_the_layer_named():
-    with pytest.raises(UnsupportedLayerError, match=r"layer 'roi' has type 'Reorg'.*supported types: .*Convolution"):
-        net_of(INPUT + 'layer { name: "roi" type: "Reorg" bottom: "data" top: "out" }\n')
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'roi' has type 'Region'.*supported types: .*Convolution"):
+        net_of(INPUT + 'layer { name: "roi" type: "Region" bottom: "data" top: "out" }\n')
     with pytest.raises(ProtoError, match="layer 'fc'.*bottom 'nope'"):
         net_of(INPUT + ip("fc", "nope", "fc"))
     with pytest.raises(ProtoError, match="top 'data' is already produced"):
