@@ -1,5 +1,5 @@
 """Shape rules of the fork layers beyond SSD: ShuffleChannel (ShuffleNet forks), Reorg (YOLO v2
-ports), BN (SegNet), Interp
+ports), BN (SegNet), SegAccuracy (DeepLab), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
 (Fast/Faster R-CNN), with the parameter readings their layers share.
@@ -43,6 +43,16 @@ def _reorg(lp, bottoms):
     if lp.reorg_param.reverse:
         return LayerShapes([(n, c // (s * s), h * s, w * s)])
     return LayerShapes([(n, c * s * s, h // s, w // s)])
+
+
+@rule("SegAccuracy")
+def _seg_accuracy(lp, bottoms):
+    scores, label = bottoms
+    if len(scores) != 4 or len(label) != 4 or label[1] != 1 or \
+            (scores[0], *scores[2:]) != (label[0], *label[2:]):
+        raise ValueError(f"SegAccuracy takes N x C x H x W scores and an N x 1 x H x W label, "
+                         f"got {list(scores)} and {list(label)}")
+    return LayerShapes([(1, 1, 1, 3)])
 
 
 @rule("BN")

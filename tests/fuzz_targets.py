@@ -90,6 +90,18 @@ layer { name: "silence" type: "Silence" bottom: "zoom" bottom: "near" bottom: "r
   bottom: "bn_mean" bottom: "bn_var" }
 """
 
+# SegNet's data layer on image and label-image pairs, into a class-weighted loss.
+DENSE_NET = f"""name: "fuzz-dense"
+layer {{ name: "data" type: "DenseImageData" top: "data" top: "label"
+  transform_param {{ scale: 0.00390625 mean_value: 128 }}
+  dense_image_data_param {{ source: "pairs.txt" batch_size: 2 shuffle: true mirror: true
+    crop_height: 6 crop_width: 6 }} }}
+layer {{ name: "score" type: "Convolution" bottom: "data" top: "score"
+  convolution_param {{ num_output: {CLASSES} kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
+  loss_param {{ weight_by_label_freqs: true class_weighting: 0.5 class_weighting: 1 class_weighting: 2 }} }}
+"""
+
 SOLVER = """net: "train_val.prototxt"
 test_iter: 1
 test_interval: 1
@@ -181,6 +193,12 @@ def make_seeds(folder: Path) -> None:
     (folder / "solver.prototxt").write_text(SOLVER)
     (folder / "data_net.prototxt").write_text(DATA_NET)
     (folder / "fork_net.prototxt").write_text(FORK_NET)
+    (folder / "dense_net.prototxt").write_text(DENSE_NET)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img{i}.png"), rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8))
+        cv2.imwrite(str(folder / f"lab{i}.png"), rng.integers(0, CLASSES, (SIDE, SIDE), dtype=np.uint8))
+    (folder / "pairs.txt").write_text("".join(f"img{i}.png lab{i}.png\n" for i in range(3)))
     torch.manual_seed(0)
     Net(folder / "deploy.prototxt").save_caffemodel(folder / "deploy.caffemodel")
     with _inside(folder):
@@ -261,6 +279,15 @@ def run_net(folder: Path, net_file: str = "train_val.prototxt") -> str | None:
 
 def run_fork_net(folder: Path) -> str | None:
     return run_net(folder, "fork_net.prototxt")
+
+
+def run_dense(folder: Path) -> None:
+    """Two batches of the DenseImageData net, through its loss and backward."""
+    net = Net("dense_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    source = net.sources[0]
+    for _ in range(2):
+        net.objective(net(next(source))).backward()
+    source.close()
 
 
 def run_solver(folder: Path) -> None:
@@ -350,6 +377,8 @@ def run_zoo(folder: Path) -> str | None:
 FORMATS = {
     "net prototxt": Format("train_val.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_net),
     "fork net prototxt": Format("fork_net.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_fork_net),
+    "dense image pairs": Format("pairs.txt", BYTE_MUTATORS + TEXT_MUTATORS, run_dense),
+    "label image": Format("lab1.png", BYTE_MUTATORS, run_dense),
     "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
     "caffemodel": Format("deploy.caffemodel",
                          BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,

@@ -21,7 +21,7 @@ IMPLEMENTED = {
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
      "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal",           # YOLOv3/SegNet, R-FCN, Faster R-CNN
-     "Reorg", "BN"}                                                    # YOLO v2, SegNet
+     "Reorg", "BN", "SegAccuracy"}                                     # YOLO v2, SegNet, DeepLab
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
@@ -40,7 +40,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
-    ("ImageSegData", "a type of the Caffe fork DeepLab's Caffe"),
+    ("MultiStageMeanfield", r"a type of the Caffe fork torrvision/crfasrnn \(CRF-RNN\)"),
     ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):

@@ -116,7 +116,7 @@ def test_workers_give_the_same_batches(tmp_path):
     (lambda root: cv2.imwrite(str(root / "lab1.png"), np.zeros((3, 3), np.uint8)),
      r"the label is 3 x 3, the image 6 x 8; they must match"),
     (lambda root: cv2.imwrite(str(root / "lab1.png"), np.full((6, 8), 7, np.uint8)),
-     r"lab1.png.*label pixel value 7 is outside \[0, 3\), the classes of layer 'loss'"),
+     r"lab1.png.*label value 7 is outside \[0, 3\), the classes of layer 'loss'"),
 ])
 def test_bad_pairs_are_named(tmp_path, change, message):
     _pairs(tmp_path)

@@ -15,7 +15,6 @@ generator, so a batch depends on (seed, rank, index) alone, for any number of wo
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -23,24 +22,19 @@ import cv2
 import numpy as np
 
 from runner.data.datum import DataError, hwc_to_chw
-from runner.data.image_data import ImageListBatches, list_skip
-from runner.data.imageset import check_resize, read_image
+from runner.data.image_data import list_skip
+from runner.data.label_images import LabelImageBatches
+from runner.data.imageset import check_resize, read_image, read_list_text
 from runner.data.prefetch import PrefetchingSource, default_workers
 from runner.data.source import BATCH_STREAM, generator, resolve_seed, stream_offsets
 from runner.data.transformer import DataTransformer
-from runner.proto import ProtoError, read_file_bytes
 from runner.sources import register_source
 
 
 def read_pair_list(path: Path) -> list[tuple[str, str]]:
     """The (image, label image) pairs of a DenseImageData list: whitespace-separated tokens
     taken two at a time, as the fork's `infile >> filename >> label_filename`."""
-    try:
-        tokens = read_file_bytes(path).decode("utf-8").split()
-    except ProtoError as exc:
-        raise DataError(f"cannot read image list: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"image list '{path}' is not UTF-8 text (byte {exc.start})") from None
+    tokens = read_list_text(path).split()
     if not tokens:
         raise DataError(f"image list '{path}' names no images")
     if len(tokens) % 2:
@@ -49,9 +43,9 @@ def read_pair_list(path: Path) -> list[tuple[str, str]]:
     return list(zip(tokens[::2], tokens[1::2]))
 
 
-class DenseImageBatches(ImageListBatches):
+class DenseImageBatches(LabelImageBatches):
     """Batches of a DenseImageData layer: image and label pixels, mirrored and cropped
-    together. Always made in one stage (the float tops)."""
+    together."""
 
     def __init__(self, param, pairs: list[tuple[str, str]], transformer: DataTransformer,
                  tops: list[str], *, layer: str, skip: int, seed: int, rank: int, world_size: int):
@@ -59,12 +53,6 @@ class DenseImageBatches(ImageListBatches):
                          rank=rank, world_size=world_size)
         self.mirror = param.mirror
         self.crop = (param.crop_height, param.crop_width)
-        self.size: tuple[int, int] | None = None   # every pair's height x width, from the first
-
-    def staged(self, device_finish: bool) -> DenseImageBatches:
-        maker = copy.copy(self)
-        maker.device_finish = False
-        return maker
 
     def item(self, position: int) -> tuple[str, np.ndarray, np.ndarray]:
         """(where, H x W [x C] image, H x W label) at stream position `position`."""
@@ -84,15 +72,11 @@ class DenseImageBatches(ImageListBatches):
         if label.shape != image.shape[:2]:
             raise DataError(f"{where}: the label is {label.shape[0]} x {label.shape[1]}, the "
                             f"image {image.shape[0]} x {image.shape[1]}; they must match")
-        size = self.size or image.shape[:2]
-        if image.shape[:2] != size:
-            raise DataError(f"{where}: the pair is {image.shape[0]} x {image.shape[1]} but the "
-                            f"first is {size[0]} x {size[1]}; set new_height/new_width or "
-                            "crop_height/crop_width to batch them")
-        crop_h, crop_w = self.crop
-        if crop_h > size[0] or crop_w > size[1]:
-            raise DataError(f"{where}: crop {crop_h} x {crop_w} is larger than the "
-                            f"{size[0]} x {size[1]} pair")
+        if self.crop[0] > image.shape[0] or self.crop[1] > image.shape[1]:
+            raise DataError(f"{where}: crop {self.crop[0]} x {self.crop[1]} is larger than the "
+                            f"{image.shape[0]} x {image.shape[1]} pair")
+        if not self.crop[0]:
+            self.check_size(image, where)
         return where, image, label
 
     def _window(self, image, label, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -116,21 +100,8 @@ class DenseImageBatches(ImageListBatches):
             image, label = self._window(image, label, rng)
             self.transformer.transform_into(np.ascontiguousarray(hwc_to_chw(image)), data[item],
                                             None, where)
-            self._check_label_image(label, where)
+            self.check_label_image(label, where)
             labels[item, 0] = label
-
-    def _check_label_image(self, label: np.ndarray, where: str) -> None:
-        """check_labels' limits on every pixel of a label image."""
-        for classes, ignore_label, layer in self.label_limits:
-            bad = label >= classes
-            if ignore_label is not None:
-                bad &= label != ignore_label
-            if bad.any():
-                raise DataError(f"{where}: label pixel value {int(label[bad][0])} is outside "
-                                f"[0, {classes}), the classes of layer '{layer}'")
-
-    def layout(self):
-        return {top: (shape, np.dtype(np.float32)) for top, shape in self.top_shapes().items()}
 
     def top_shapes(self) -> dict[str, tuple[int, ...]]:
         where, image, _ = self.item(self.rank)

@@ -13,15 +13,20 @@ from runner.proto import ProtoError, caffe_pb2, read_file_bytes
 from runner.shapes import INT_MAX
 
 
-def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Lines "NAME LABEL", split at the last space (names may hold spaces); blank lines skipped."""
-    path = Path(path)
+def read_list_text(path: Path) -> str:
+    """An image list file's text (UTF-8), or a DataError naming the file."""
     try:
-        text = read_file_bytes(path).decode("utf-8")
+        return read_file_bytes(path).decode("utf-8")
     except ProtoError as exc:
         raise DataError(f"cannot read image list: {exc}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"image list '{path}' is not UTF-8 text (byte {exc.start})") from None
+
+
+def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """Lines "NAME LABEL", split at the last space (names may hold spaces); blank lines skipped."""
+    path = Path(path)
+    text = read_list_text(path)
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

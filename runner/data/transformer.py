@@ -28,6 +28,9 @@ from runner.proto import caffe_pb2
 _SSD_FORK_FIELDS = ("crop_h", "crop_w", "resize_param", "noise_param", "distort_param",
                     "expand_param", "emit_constraint")
 
+# TransformationParameter fields only DeepLab's ImageSegData reads (with scale_factors).
+DEEPLAB_FIELDS = ("crop_height", "crop_width")
+
 # What `crop_into` returns per image and `finish` reads back: (h_off, w_off, mirrored).
 CROP_FIELDS = 3
 
@@ -53,6 +56,11 @@ class DataTransformer:
         if fork_fields:
             raise DataError(f"{self.where}: transform_param.{', '.join(fork_fields)} (weiliu89/caffe's "
                             "SSD augmentation) is not supported by these data layers")
+        deeplab = [f for f in DEEPLAB_FIELDS if param.HasField(f)] + \
+            (["scale_factors"] if len(param.scale_factors) else [])
+        if deeplab:
+            raise DataError(f"{self.where}: transform_param.{', '.join(deeplab)} belong to "
+                            "DeepLab's ImageSegData layer; this layer does not read them")
         if param.HasField("mean_file") and len(param.mean_value):
             raise DataError(f"{self.where}: cannot specify mean_file and mean_value at the "
                             "same time")

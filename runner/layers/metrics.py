@@ -1,4 +1,4 @@
-"""Non-differentiable read-outs: Accuracy and ArgMax."""
+"""Non-differentiable read-outs: Accuracy, ArgMax and DeepLab's SegAccuracy."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import torch
 
 from runner.layers.base import Layer, register
-from runner.layers.common import flatten_from, label_index, split_at_axis
+from runner.layers.common import LabelError, flatten_from, label_index, split_at_axis
 from runner.shapes import canonical_axis
 
 
@@ -91,3 +91,59 @@ class ArgMax(Layer):
         parts = [index.to(x.dtype)] + ([values] if p.out_max_val else [])
         top = torch.stack(parts, dim=1)
         return (top.reshape(*top.shape, *([1] * (x.dim() - 3))),)
+
+
+@register("SegAccuracy")
+class SegAccuracy(Layer):
+    """DeepLab's SegAccuracy: a confusion matrix of each pixel's true class (rows) against
+    its top-scoring class (ties to the larger index, as the fork's partial_sort), pixels
+    with an ignore_label skipped; top (1, 1, 1, 3): pixel accuracy, the mean of the
+    per-class recalls over classes present, and the mean IoU over all classes (a class
+    neither present nor predicted counts 1). The matrix is cleared at each forward unless
+    `reset: false`, when it adds up over the layer's life."""
+
+    bottom_count, top_count = (2, 2), (1, 1)
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        p = lp.seg_accuracy_param
+        self.ignore = set(p.ignore_label)
+        self.reset = p.reset
+        classes = bottom_shapes[0][1]
+        self.register_buffer("confusion", torch.zeros(classes, classes, dtype=torch.float64),
+                             persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x, label):
+        classes = x.shape[1]
+        if self.reset:
+            self.confusion.zero_()
+        _, best = caffe_top_k(x.detach(), 1, 1)
+        truth = label.detach().reshape(-1).trunc()
+        keep = torch.ones_like(truth, dtype=torch.bool)
+        for value in self.ignore:
+            keep &= truth != value
+        truth, best = truth[keep], best.reshape(-1)[keep]
+        bad = ~((truth >= 0) & (truth < classes))   # NaN counts as bad
+        if bool(bad.any()):
+            raise LabelError(f"layer '{self.name}': label {truth[bad][0].item():g} is outside "
+                             f"[0, {classes}) and not an ignore_label")
+        pairs = truth.long() * classes + best.to(self.confusion.device)
+        self.confusion += torch.bincount(pairs, minlength=classes * classes).reshape(
+            classes, classes).to(self.confusion)
+        return (self.metrics().to(x.dtype).reshape(1, 1, 1, 3),)
+
+    def metrics(self) -> torch.Tensor:
+        """(accuracy, mean recall over present classes, mean IoU over all classes)."""
+        m = self.confusion
+        hits, actual, predicted = m.diagonal(), m.sum(1), m.sum(0)
+        total = m.sum()
+        accuracy = hits.sum() / total if total > 0 else total.new_zeros(())
+        present = actual > 0
+        recall = (hits[present] / actual[present]).mean() if bool(present.any()) else total.new_zeros(())
+        union = actual + predicted - hits
+        iou = torch.where(union == hits, torch.ones_like(union), hits / union.clamp(min=1))
+        return torch.stack([accuracy, recall, iou.mean()])
+
+    def extra_repr(self):
+        return f"name={self.name!r}, ignore_label={sorted(self.ignore)}, reset={self.reset}"
