@@ -337,6 +337,7 @@ def test_only_the_layers_behind_the_outputs_are_exported():
 # Layer types (besides losses) that have no ONNX form on purpose, and why.
 NO_ONNX_FORM = {
     "Accuracy": "a metric over labels, not part of inference",
+    "SegAccuracy": "DeepLab's metric over label images, not part of inference",
     "DetectionOutput": "NMS into a data-dependent number of rows; export the blobs it reads",
     "Python": "runs the user's own Python code, which ONNX cannot hold",
     "HDF5Output": "writes a file, a side effect ONNX cannot hold",

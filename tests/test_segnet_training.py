@@ -240,3 +240,41 @@ def test_a_segnet_shaped_net_learns_from_pairs(tmp_path):
     source.close()
     assert float(blobs["accuracy"]) > 0.8
     assert blobs["per_class_accuracy"].shape == (3,)
+
+
+# ---- Bayesian SegNet's Monte Carlo dropout ---------------------------------------------------
+
+def _dropout_net(flag):
+    return parse_net_text(f'''name: "mc"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 3 dim: 4 dim: 5 }} }} }}
+layer {{ name: "drop" type: "Dropout" bottom: "data" top: "out"
+  dropout_param {{ dropout_ratio: 0.25 {flag} }} }}''')
+
+
+def test_sample_weights_test_drops_units_in_test_as_in_training():
+    """DropoutLayer of the fork: with sample_weights_test the TEST phase keeps each unit with
+    probability 0.75, scaled by 1/0.75, and backward uses the same mask; without it TEST
+    copies the bottom."""
+    x = torch.rand(2, 3, 4, 5) + 1
+    net = Net(_dropout_net("sample_weights_test: true"), phase="TEST")
+    data = x.clone().requires_grad_()
+    out = net({"data": data})["out"]
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    assert 0 < int(kept.sum()) < x.numel()
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(data.grad, kept.float() / 0.75)
+    assert not torch.equal(net({"data": x})["out"], net({"data": x})["out"])
+    assert torch.equal(Net(_dropout_net(""), phase="TEST")({"data": x})["out"], x)
+
+
+def test_monte_carlo_dropout_stays_random_in_for_inference_and_refuses_onnx():
+    from runner.onnx_export import OnnxExportError, build_model
+
+    net = Net(_dropout_net("sample_weights_test: true"), phase="TEST")
+    fast = net.for_inference()
+    assert fast.differences[fast.form] == 0   # checked under one seed for both forms
+    x = torch.rand(2, 3, 4, 5) + 1
+    assert not torch.equal(fast({"data": x})["out"], fast({"data": x})["out"])
+    with pytest.raises(OnnxExportError, match="sample_weights_test drops units at inference"):
+        build_model(net)

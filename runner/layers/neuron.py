@@ -184,16 +184,19 @@ class Swish(_Neuron):
 @register("Dropout")
 class Dropout(_Neuron):
     """Zero each unit with probability p and scale the kept ones by 1/(1-p) in training;
-    identity in evaluation (Caffe's TEST phase)."""
+    identity in evaluation (Caffe's TEST phase), unless Bayesian SegNet's
+    sample_weights_test keeps dropping there too (Monte Carlo dropout)."""
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         self.p = lp.dropout_param.dropout_ratio
+        self.sample_in_test = lp.dropout_param.sample_weights_test
         if not 0 <= self.p < 1:
             raise ValueError(f"layer '{lp.name}': dropout_ratio must be in [0, 1), got {self.p}")
 
     def fn(self, x):
-        return F.dropout(x, self.p, training=self.training)
+        return F.dropout(x, self.p, training=self.training or self.sample_in_test)
 
     def extra_repr(self):
-        return f"name={self.name!r}, p={self.p:g}"
+        sampled = ", sample_weights_test=True" if self.sample_in_test else ""
+        return f"name={self.name!r}, p={self.p:g}{sampled}"

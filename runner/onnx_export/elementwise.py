@@ -1,7 +1,7 @@
 """ONNX forms of Caffe's neuron layers, Softmax and Eltwise."""
 from __future__ import annotations
 
-from runner.onnx_export.graph import GraphBuilder
+from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import blob_array, converter
 from runner.proto import caffe_pb2
 
@@ -11,6 +11,10 @@ _SAME_OP = {"Sigmoid": "Sigmoid", "TanH": "Tanh", "AbsVal": "Abs", "BNLL": "Soft
 
 @converter(*_SAME_OP)
 def _one_op(b: GraphBuilder, layer, ins, outs):
+    if layer.type == "Dropout" and layer.sample_in_test:
+        raise OnnxExportError("Dropout with sample_weights_test drops units at inference "
+                              "(Bayesian SegNet's Monte Carlo dropout); an ONNX graph here "
+                              "is deterministic")
     for y in outs:  # Split: the bottom once per top
         b.node(_SAME_OP[layer.type], ins, [y])
 
