@@ -17,7 +17,7 @@ import torch
 from torch.autograd import Variable
 
 from runner.caffe_layout import split_net
-from runner.net_params import FIXED_STATISTICS
+from runner.net_params import statistics_blobs
 from runner.solver.caffe_log import cfloat
 
 FORWARD_TOP, FORWARD_PARAM = "net.cpp:593", "net.cpp:605"
@@ -36,13 +36,13 @@ def mean_abs(tensor: torch.Tensor | None) -> float:
 def param_specs(lp, count: int) -> list[tuple[str, bool]]:
     """(display name, learned) for each of `lp`'s `count` blobs: Caffe's param_display_names_
     (the ParamSpec's name, else the blob's index) and param_propagate_down (lr_mult != 0;
-    never for BatchNorm's statistics)."""
+    never for statistics blobs)."""
     specs = []
     for j in range(count):
         spec = lp.param[j] if j < len(lp.param) else None
         name = spec.name if spec is not None and spec.name else str(j)
         lr_mult = spec.lr_mult if spec is not None else 1.0
-        specs.append((name, lr_mult != 0 and lp.type not in FIXED_STATISTICS))
+        specs.append((name, lr_mult != 0 and j not in statistics_blobs(lp, count)))
     return specs
 
 

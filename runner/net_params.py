@@ -12,11 +12,23 @@ from torch.nn.utils import parametrize
 
 from runner.graph import NetBuildError, layer_label
 from runner.proto import caffe_pb2
+from runner.shapes_forks import is_tsn_bn
 
 Shape = tuple[int, ...]
 
 # Layers whose blobs are statistics, not weights: Caffe forces their lr_mult to 0.
 FIXED_STATISTICS = {"BatchNorm"}
+
+
+def statistics_blobs(lp, count: int) -> frozenset[int]:
+    """The blobs of `lp` that hold statistics, never learned: all of BatchNorm's (whose
+    lr_mult must be 0), and TSN's BN running mean and variance, its slope and bias too when
+    `frozen` (the fork sets their lr_mult to 0 whatever the prototxt says)."""
+    if lp.type in FIXED_STATISTICS:
+        return frozenset(range(count))
+    if lp.type == "BN" and is_tsn_bn(lp):
+        return frozenset(range(4) if lp.bn_param.frozen else (2, 3))
+    return frozenset()
 
 
 def blob_param(layer: nn.Module, index: int) -> nn.Parameter:
@@ -86,11 +98,12 @@ class ParamTable:
         if len(specs) > len(layer.blobs):
             raise NetBuildError(f"{layer_label(lp)}: {len(specs)} param specs for "
                                 f"{len(layer.blobs)} blobs (too many params specified)")
-        fixed = lp.type in FIXED_STATISTICS
+        statistics = statistics_blobs(lp, len(layer.blobs))
         self.slots[key] = []
         for i in range(len(layer.blobs)):
             spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
-            if fixed and i < len(specs) and spec.lr_mult != 0:
+            fixed = i in statistics
+            if fixed and lp.type in FIXED_STATISTICS and i < len(specs) and spec.lr_mult != 0:
                 raise NetBuildError(f"{layer_label(lp)}: cannot configure batch normalization "
                                     "statistics as layer parameters (their lr_mult must be 0)")
             lr, has_lr = (0.0, True) if fixed else (spec.lr_mult, spec.HasField("lr_mult"))

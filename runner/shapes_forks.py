@@ -55,11 +55,31 @@ def _seg_accuracy(lp, bottoms):
     return LayerShapes([(1, 1, 1, 3)])
 
 
+_SEGNET_BN_FIELDS = ("scale_filler", "shift_filler", "bn_mode")
+_TSN_BN_FIELDS = ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine")
+
+
+def is_tsn_bn(lp) -> bool:
+    """Whether a BN layer is TSN's (yjxiong/caffe: running statistics) rather than
+    SegNet's: it sets one of TSN's bn_param fields."""
+    p = lp.bn_param
+    tsn = [f for f in _TSN_BN_FIELDS if p.HasField(f)]
+    segnet = [f for f in _SEGNET_BN_FIELDS if p.HasField(f)]
+    if tsn and segnet:
+        raise ValueError(f"bn_param mixes SegNet's BN fields {segnet} with TSN's {tsn}; "
+                         "they are two different layers")
+    return bool(tsn)
+
+
 @rule("BN")
-def _segnet_bn(lp, bottoms):
+def _bn(lp, bottoms):
     b = bottoms[0]
     if not 2 <= len(b) <= 4:
         raise ValueError(f"BN needs a bottom of 2 to 4 axes (N, C[, H, W]), got {list(b)}")
+    if is_tsn_bn(lp):
+        if len(lp.top) > 1:
+            raise ValueError("TSN's BN has one top")
+        return LayerShapes([b], [(1, b[1])] * 4)
     if lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE and len(lp.top) > 1:
         raise ValueError("BN with bn_mode INFERENCE has one top; the batch mean and variance "
                          "tops exist only in LEARN")

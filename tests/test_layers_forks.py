@@ -262,6 +262,87 @@ def test_segnet_bn_learn_refuses_onnx():
         build_model(Net(parse_net_text(_bn_net((1, 2, 3, 3)))))
 
 
+def tsn_bn(x, slope, bias, mean, var, eps, momentum, use_running):
+    """yjxiong/caffe's BNLayer<float>::Forward_cpu: batch statistics (two-pass, biased) and the
+    running update, or the running statistics; returns (y, new running mean, new running var)."""
+    c = x.shape[1]
+    if use_running:
+        m, v = mean, var
+    else:
+        m = x.transpose(1, 0, 2, 3).reshape(c, -1).mean(1, dtype=np.float64).astype(F32)
+        centred = x - m.reshape(1, c, 1, 1)
+        v = (centred * centred).transpose(1, 0, 2, 3).reshape(c, -1).mean(1, dtype=np.float64).astype(F32)
+        mean = F32(momentum) * mean + F32(1 - momentum) * m
+        var = F32(momentum) * var + F32(1 - momentum) * v
+    y = slope.reshape(1, c, 1, 1) * (x - m.reshape(1, c, 1, 1)) * \
+        np.power(v + F32(eps), F32(-0.5)).reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
+    return y, mean, var
+
+
+def _tsn_net(shape, extra=""):
+    return _net(f'layer {{ name: "bn" type: "BN" bottom: "data" top: "o" bn_param {{ '
+                f'slope_filler {{ type: "gaussian" std: 1 }} bias_filler {{ type: "gaussian" std: 1 }} '
+                f'eps: 0.001 momentum: 0.8 {extra} }} }}', shape)
+
+
+@pytest.mark.parametrize("phase, frozen", [("TRAIN", False), ("TEST", False), ("TRAIN", True)])
+def test_tsn_bn_uses_batch_or_running_statistics_as_the_fork(phase, frozen):
+    """TSN's BN (any of its bn_param fields): four (1, C) blobs; TRAIN normalises by the
+    batch and moves the running statistics by momentum; TEST and `frozen` use them."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 4, 5, 2)) * 3 + 2).astype(F32)
+    dy = rng.standard_normal(x.shape).astype(F32)
+    net = Net(parse_net_text(_tsn_net(x.shape, "frozen: true" if frozen else "")), phase=phase)
+    blobs = net.layers["bn"].blobs
+    assert [tuple(b.shape) for b in blobs] == [(1, 4)] * 4
+    with torch.no_grad():
+        blobs[2].copy_(torch.from_numpy(rng.standard_normal((1, 4)).astype(F32)))
+        blobs[3].copy_(torch.from_numpy(rng.random((1, 4)).astype(F32) + 0.5))
+    slope, bias, mean, var = (b.detach().numpy().ravel().copy() for b in blobs)
+    want, want_mean, want_var = tsn_bn(x, slope, bias, mean, var, 0.001, 0.8, phase == "TEST" or frozen)
+    data = torch.from_numpy(x).requires_grad_()
+    out = net({"data": data})["o"]
+    np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(blobs[2].detach().numpy().ravel(), want_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(blobs[3].detach().numpy().ravel(), want_var, rtol=1e-6, atol=1e-7)
+    out.backward(torch.from_numpy(dy))
+    if phase == "TEST" or frozen:   # an affine map of x: dx = dy * slope / sqrt(var + eps)
+        scale = (slope / np.sqrt(var + F32(0.001))).reshape(1, 4, 1, 1)
+        np.testing.assert_allclose(data.grad.numpy(), dy * scale, rtol=1e-5, atol=1e-6)
+    else:
+        m = x.mean((0, 2, 3), keepdims=True)
+        std = np.sqrt(((x - m) ** 2).mean((0, 2, 3), keepdims=True) + F32(0.001))
+        x_hat, g = (x - m) / std, dy * slope.reshape(1, 4, 1, 1)
+        want_dx = (g - g.mean((0, 2, 3), keepdims=True) - x_hat * (g * x_hat).mean((0, 2, 3), keepdims=True)) / std
+        np.testing.assert_allclose(data.grad.numpy(), want_dx, rtol=1e-4, atol=1e-5)
+    learned = [p.requires_grad for p in net.layers["bn"].blobs]
+    assert learned == ([False] * 4 if frozen else [True, True, False, False])
+
+
+def test_tsn_bn_folds_exports_and_refuses_mixed_fields(tmp_path):
+    conv = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param '
+            '{ num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }\n')
+    text = _tsn_net((2, 3, 5, 5)).replace('bottom: "data" top: "o"', 'bottom: "conv" top: "o"')
+    text = text.replace('layer { name: "bn"', conv + 'layer { name: "bn"')
+    net = Net(parse_net_text(text))
+    with torch.no_grad():
+        net.layers["bn"].blobs[2].uniform_(-1, 1)
+        net.layers["bn"].blobs[3].uniform_(0.5, 2)
+    x = torch.randn(2, 3, 5, 5)
+    want = net({"data": x})["o"]
+    fast = net.for_inference()
+    assert "conv+bn" in str(fast)
+    want = want.detach()
+    torch.testing.assert_close(fast({"data": x})["o"], want, rtol=1e-5, atol=1e-5)
+    from runner.onnx_export import build_model
+    import onnxruntime
+    session = onnxruntime.InferenceSession(build_model(net).SerializeToString())
+    np.testing.assert_allclose(session.run(None, {"data": x.numpy()})[0], want.numpy(), rtol=1e-5, atol=1e-5)
+    mixed = _tsn_net((1, 2, 3, 3), "bn_mode: INFERENCE")
+    with pytest.raises(ShapeError, match=r"layer 'bn'.*mixes SegNet's BN fields \['bn_mode'\] with TSN's"):
+        Net(parse_net_text(mixed))
+
+
 # ---- Interp -------------------------------------------------------------------------------
 
 def _interp_weights(size_in, size_out):

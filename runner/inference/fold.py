@@ -77,7 +77,7 @@ def _touched_between(steps: list[Step], start: int, end: int, names: set, remove
 class FoldedAffine(nn.Module):
     """A Convolution or InnerProduct whose weights and bias absorbed the per-channel affine
     layers after it (Caffe's BatchNorm with global statistics, Scale, Bias, SegNet's BN in
-    INFERENCE mode)."""
+    INFERENCE mode, TSN's BN on its running statistics)."""
 
     def __init__(self, producer: nn.Module, weight: torch.Tensor, bias: torch.Tensor, names: list[str]):
         super().__init__()
@@ -126,7 +126,11 @@ def channel_affine(layer: nn.Module, channels: int) -> tuple[torch.Tensor, torch
         factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
         a = 1 / torch.sqrt(var_acc * factor + layer.eps)
         return a, -mean_acc * factor * a
-    if kind == "BN" and layer.lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE:
+    if kind == "BN" and layer.tsn and (layer.lp.bn_param.frozen or not layer.training):
+        slope, bias, mean, var = (b.detach().double().reshape(-1) for b in layer.blobs)
+        a = slope / torch.sqrt(var + layer.lp.bn_param.eps)
+        return a, bias - mean * a
+    if kind == "BN" and not layer.tsn and layer.lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE:
         scale, shift = (b.detach().double().reshape(-1) for b in layer.blobs)
         return scale, shift
     if kind in ("Scale", "Bias") and len(layer.blobs) and not layer.from_bottom and layer.axis == 1:

@@ -16,12 +16,12 @@ import yaml
 
 from runner.graph import NetBuildError
 from runner.layers.base import TEST, TRAIN, Layer, register
-from runner.layers.common import BlobValueError, filler_or
+from runner.layers.common import BlobValueError, constant_filler, filler_or
 from runner.layers.vision import Convolution
 from runner.proto import caffe_pb2
 from runner.shapes import infer_layer
-from runner.shapes_forks import (as_convolution, interp_geometry, proposal_anchor_shapes,
-                                 upsample_size)
+from runner.shapes_forks import (as_convolution, interp_geometry, is_tsn_bn,
+                                 proposal_anchor_shapes, upsample_size)
 
 
 @register("ShuffleChannel")
@@ -66,27 +66,46 @@ class Reorg(Layer):
 
 
 @register("BN")
-class SegNetBN(Layer):
-    """SegNet's BN (alexgkendall/caffe-segnet): blobs scale and shift, (1, C, 1, 1).
+class BN(Layer):
+    """The BN type of two forks, told apart by their bn_param fields (is_tsn_bn).
 
-    LEARN (the default), in every phase as in the fork: y = scale * (x - mean) /
-    sqrt(var + 1e-9) + shift, with the batch's per-channel mean and biased variance
-    E[x^2] - mean^2; optional second and third tops give that mean and variance (without
-    the 1e-9), which SegNet's compute_bn_statistics.py averages. INFERENCE: y = scale * x +
-    shift, for weights that script folded the statistics into. Backward is autograd's, the
-    fork's formula, except that parameter diffs accumulate as in BVLC Caffe (the fork
-    overwrites them)."""
+    SegNet's (alexgkendall/caffe-segnet): blobs scale and shift, (1, C, 1, 1). LEARN (the
+    default), in every phase as in the fork: y = scale * (x - mean) / sqrt(var + 1e-9) +
+    shift, with the batch's per-channel mean and biased variance E[x^2] - mean^2; optional
+    second and third tops give that mean and variance (without the 1e-9), which SegNet's
+    compute_bn_statistics.py averages. INFERENCE: y = scale * x + shift, for weights that
+    script folded the statistics into. Parameter diffs accumulate as in BVLC Caffe (the
+    fork overwrites them).
+
+    TSN's (yjxiong/caffe): blobs slope, bias, running mean and running variance, (1, C).
+    Training without `frozen`: y = slope * (x - mean) / sqrt(var + eps) + bias with the
+    batch's mean and biased variance, and running = momentum * running + (1 - momentum) *
+    batch; in evaluation (Caffe's TEST) or `frozen`, the running statistics instead. The
+    running blobs (and with `frozen` all four) are never learned. Backward is autograd's,
+    the forks' formulas."""
 
     bottom_count = (1, 1)
     top_count = (1, 3)
-    variance_eps = 1e-9   # the fork's var_eps_
+    variance_eps = 1e-9   # SegNet's var_eps_
+
+    def __init__(self, lp, bottom_shapes, phase):
+        super().__init__(lp, bottom_shapes, phase)
+        self.tsn = is_tsn_bn(lp)
+        if self.tsn:
+            for blob in self.blobs[2:]:
+                blob.requires_grad_(False)
 
     def blob_fillers(self):
         p = self.lp.bn_param
+        if self.tsn:
+            return [filler_or(p, "slope_filler"), filler_or(p, "bias_filler"), constant_filler(0.0),
+                    constant_filler(1.0 if p.frozen else 0.0)]
         return [filler_or(p, "scale_filler"), filler_or(p, "shift_filler")]
 
     def forward(self, x):
         view = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        if self.tsn:
+            return (self._tsn(x, view),)
         scale, shift = (blob.reshape(view) for blob in self.blobs)
         if self.lp.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE:
             return (x * scale + shift,)
@@ -97,9 +116,25 @@ class SegNetBN(Layer):
         statistics = (mean.detach().reshape(1, -1, 1, 1), var.detach().reshape(1, -1, 1, 1))
         return (y, *statistics[:len(self.lp.top) - 1])
 
+    def _tsn(self, x, view):
+        p = self.lp.bn_param
+        slope, bias, running_mean, running_var = (blob.reshape(view) for blob in self.blobs)
+        if p.frozen or not self.training:
+            mean, var = running_mean, running_var
+        else:
+            axes = [0, *range(2, x.dim())]
+            mean = x.mean(axes, keepdim=True)
+            var = ((x - mean) ** 2).mean(axes, keepdim=True)
+            with torch.no_grad():
+                for blob, batch in ((self.blobs[2], mean), (self.blobs[3], var)):
+                    blob.mul_(p.momentum).add_(batch.reshape(blob.shape), alpha=1 - p.momentum)
+        return slope * (x - mean) * torch.rsqrt(var + p.eps) + bias
+
     def extra_repr(self):
-        mode = caffe_pb2.BNParameter.BNMode.Name(self.lp.bn_param.bn_mode)
-        return f"name={self.name!r}, bn_mode={mode}"
+        p = self.lp.bn_param
+        if self.tsn:
+            return f"name={self.name!r}, TSN, eps={p.eps:g}, momentum={p.momentum:g}, frozen={p.frozen}"
+        return f"name={self.name!r}, bn_mode={caffe_pb2.BNParameter.BNMode.Name(p.bn_mode)}"
 
 
 def _interp_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

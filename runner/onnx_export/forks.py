@@ -1,5 +1,5 @@
 """ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape),
-SegNet's BN in INFERENCE mode (Mul, Add), Interp
+SegNet's BN in INFERENCE mode (Mul, Add), TSN's BN (BatchNormalization), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
 whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample without a mask (Resize,
 nearest). The depthwise convolutions are
@@ -35,7 +35,13 @@ def _reorg(b: GraphBuilder, layer, ins, outs):
 
 
 @converter("BN")
-def _segnet_bn(b: GraphBuilder, layer, ins, outs):
+def _bn(b: GraphBuilder, layer, ins, outs):
+    if layer.tsn:   # inference uses the running statistics
+        slope, bias, mean, var = (blob_array(blob).reshape(-1) for blob in layer.blobs)
+        b.node("BatchNormalization", [ins[0], b.const("scale", slope), b.const("bias", bias),
+                                      b.const("mean", mean), b.const("var", var)],
+               outs, epsilon=float(layer.lp.bn_param.eps))
+        return
     if layer.lp.bn_param.bn_mode != caffe_pb2.BNParameter.INFERENCE:
         raise OnnxExportError("BN in LEARN mode normalises by batch statistics, which ONNX "
                               "inference does not do; export the bn_mode: INFERENCE net with "
