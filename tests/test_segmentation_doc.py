@@ -1,5 +1,6 @@
 """docs/segmentation.md as written: its list command, its SegNet-style net and solver trained
 with runner/solve.py on generated pairs, and its DeepLab-style net built and run."""
+import os
 import re
 import subprocess
 import sys
@@ -51,9 +52,18 @@ def test_the_segnet_example_trains_as_written(tmp_path, monkeypatch):
     assert weights.is_file()
     net = Net("seg/train_val.prototxt", phase="TRAIN", weights=weights, source_kwargs={"workers": 0})
     source = net.sources[0]
-    blobs = net.eval()(next(source))
+    batch = next(source)
+    blobs = net.eval()(batch)
     source.close()
     assert float(blobs["accuracy"]) > 0.8
+    fold = commands[2].replace("\\\n", " ").split()
+    assert fold[:3] == ["python", "-m", "runner.tools.bn_statistics"]
+    subprocess.run([sys.executable, *fold[1:]], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deploy = Net("seg/inference.prototxt", phase="TRAIN", weights="seg/segnet_inference.caffemodel",
+                 source_kwargs={"workers": 0})
+    assert deploy.layers["conv1_bn"].lp.bn_param.bn_mode == 1
+    assert float(deploy.eval()(batch)["accuracy"]) > 0.8   # population statistics do as well
 
 
 def test_the_deeplab_example_builds_and_runs(tmp_path, monkeypatch):

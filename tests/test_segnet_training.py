@@ -278,3 +278,63 @@ def test_monte_carlo_dropout_stays_random_in_for_inference_and_refuses_onnx():
     assert not torch.equal(fast({"data": x})["out"], fast({"data": x})["out"])
     with pytest.raises(OnnxExportError, match="sample_weights_test drops units at inference"):
         build_model(net)
+
+
+# ---- folding BN statistics for deployment (runner.tools.bn_statistics) -----------------------
+
+BN_NET = '''name: "bn-fold"
+layer {{ name: "data" type: "DenseImageData" top: "data" top: "label"
+  transform_param {{ scale: 0.00390625 }}
+  dense_image_data_param {{ source: "{root}/list.txt" root_folder: "{root}/" batch_size: 2 }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "conv1_bn" type: "BN" bottom: "conv1" top: "conv1"
+  bn_param {{ scale_filler {{ type: "gaussian" std: 1 }} shift_filler {{ type: "gaussian" std: 1 }} }} }}
+layer {{ name: "score" type: "Convolution" bottom: "conv1" top: "score"
+  convolution_param {{ num_output: 3 kernel_size: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }}
+'''
+
+
+def test_bn_statistics_folds_the_averaged_statistics_as_segnets_script(tmp_path):
+    """Over the list's 3 batches: the batch means and variances averaged, the variance
+    times m / (m - 1) (m = 2 x 6 x 8 values per channel), folded into scale and shift;
+    the written prototxt runs the layer in INFERENCE mode with those weights."""
+    from runner.tools.bn_statistics import main
+
+    _pairs(tmp_path, count=6)
+    (tmp_path / "train.prototxt").write_text(BN_NET.format(root=tmp_path))
+    net = Net(tmp_path / "train.prototxt", phase="TEST", source_kwargs={"workers": 0})
+    net.save_caffemodel(tmp_path / "w.caffemodel")
+    out, deploy = tmp_path / "folded.caffemodel", tmp_path / "inference.prototxt"
+    assert main([str(tmp_path / "train.prototxt"), str(tmp_path / "w.caffemodel"), str(out),
+                 "--inference-prototxt", str(deploy)]) == 0
+
+    source = net.sources[0]
+    weight, bias = net.layers["conv1"].blobs   # the BN's bottom (it runs in place)
+    conv = [torch.nn.functional.conv2d(next(source)["data"], weight, bias, padding=1).detach().double()
+            for _ in range(3)]
+    source.close()
+    mean = torch.stack([c.mean((0, 2, 3)) for c in conv]).mean(0)
+    var = torch.stack([(c * c).mean((0, 2, 3)) - c.mean((0, 2, 3)) ** 2 for c in conv]).mean(0) * 96 / 95
+    scale, shift = (b.detach().double().ravel() for b in net.layers["conv1_bn"].blobs)
+    root = torch.sqrt(var + 1e-9)
+    folded = Net(deploy, phase="TEST", weights=out, source_kwargs={"workers": 0})
+    assert folded.layers["conv1_bn"].lp.bn_param.bn_mode == 1 and len(folded.layers["conv1_bn"].lp.top) == 1
+    got_scale, got_shift = (b.detach().double().ravel() for b in folded.layers["conv1_bn"].blobs)
+    torch.testing.assert_close(got_scale, scale / root, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_shift, shift - scale * mean / root, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded.layers["conv1"].blobs[0], net.layers["conv1"].blobs[0])
+
+
+def test_bn_statistics_needs_a_learn_mode_bn_layer(tmp_path, capsys):
+    from runner.tools.bn_statistics import main
+
+    _pairs(tmp_path)
+    text = BN_NET.format(root=tmp_path).replace('type: "BN"', 'type: "ReLU"').replace(
+        'bn_param { scale_filler { type: "gaussian" std: 1 } shift_filler { type: "gaussian" std: 1 } }', "")
+    (tmp_path / "train.prototxt").write_text(text)
+    Net(tmp_path / "train.prototxt", phase="TEST", source_kwargs={"workers": 0}).save_caffemodel(tmp_path / "w.caffemodel")
+    assert main([str(tmp_path / "train.prototxt"), str(tmp_path / "w.caffemodel"), str(tmp_path / "o.caffemodel")]) == 2
+    assert "no BN layer in LEARN mode" in capsys.readouterr().err
+    assert not (tmp_path / "o.caffemodel").exists()
