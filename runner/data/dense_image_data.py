@@ -24,23 +24,11 @@ import numpy as np
 from runner.data.datum import DataError, hwc_to_chw
 from runner.data.image_data import list_skip
 from runner.data.label_images import LabelImageBatches
-from runner.data.imageset import check_resize, read_image, read_list_text
+from runner.data.imageset import check_resize, read_image, read_pair_list
 from runner.data.prefetch import PrefetchingSource, default_workers
 from runner.data.source import BATCH_STREAM, generator, resolve_seed, stream_offsets
 from runner.data.transformer import DataTransformer
 from runner.sources import register_source
-
-
-def read_pair_list(path: Path) -> list[tuple[str, str]]:
-    """The (image, label image) pairs of a DenseImageData list: whitespace-separated tokens
-    taken two at a time, as the fork's `infile >> filename >> label_filename`."""
-    tokens = read_list_text(path).split()
-    if not tokens:
-        raise DataError(f"image list '{path}' names no images")
-    if len(tokens) % 2:
-        raise DataError(f"image list '{path}': expected 'IMAGE LABEL' pairs, but its "
-                        f"{len(tokens)} names leave '{tokens[-1]}' without a partner")
-    return list(zip(tokens[::2], tokens[1::2]))
 
 
 class DenseImageBatches(LabelImageBatches):

@@ -41,6 +41,19 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     return entries
 
 
+def read_pair_list(path: Path) -> list[tuple[str, str]]:
+    """The (image, label file) pairs of a list: whitespace-separated tokens taken two at a
+    time, as the forks' `infile >> filename >> label_filename` (SegNet's DenseImageData,
+    SSD's convert_annoset)."""
+    tokens = read_list_text(path).split()
+    if not tokens:
+        raise DataError(f"image list '{path}' names no images")
+    if len(tokens) % 2:
+        raise DataError(f"image list '{path}': expected 'IMAGE LABEL' pairs, but its "
+                        f"{len(tokens)} names leave '{tokens[-1]}' without a partner")
+    return list(zip(tokens[::2], tokens[1::2]))
+
+
 def read_class_names(path: Path) -> list[str]:
     """labels.txt: one class name per line, in label order."""
     try:
