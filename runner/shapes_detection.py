@@ -1,5 +1,5 @@
 """Shape rules of the SSD detection layers (weiliu89/caffe): Normalize, Permute, PriorBox,
-DetectionOutput, and the parameter readings they share with the layers.
+DetectionOutput, MultiBoxLoss, and the parameter readings they share with the layers.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -66,28 +66,34 @@ def _prior_box(lp, bottoms):
     return LayerShapes([(1, 2, feature[2] * feature[3] * priors_per_cell(p) * 4)])
 
 
-def detection_counts(lp, bottoms: list[Shape]) -> tuple[int, int]:
-    """(number of priors, number of location classes) of a DetectionOutput layer, checked
-    against its loc, conf and prior bottoms as DetectionOutputLayer::Reshape does."""
-    p = lp.detection_output_param
-    if not p.HasField("num_classes"):
-        raise ValueError("detection_output_param.num_classes is required")
-    if len(bottoms) not in (3, 4):
-        raise ValueError(f"DetectionOutput takes 3 bottoms (loc, conf, prior), got {len(bottoms)}")
+def prediction_counts(num_classes: int, share_location: bool,
+                      bottoms: list[Shape]) -> tuple[int, int]:
+    """(number of priors, number of location classes) from the loc, conf and prior bottoms,
+    checked against each other as DetectionOutputLayer and MultiBoxLossLayer::Reshape do."""
     loc, conf, prior = bottoms[:3]
     if len(prior) < 3 or prior[1] != 2 or prior[2] % 4 or any(d != 1 for d in prior[3:]):
         raise ValueError(f"the prior bottom must have shape (1, 2, 4 * priors), got {list(prior)}")
     if loc[0] != conf[0]:
         raise ValueError(f"loc and conf bottoms differ in batch size ({loc[0]} vs {conf[0]})")
     num_priors = prior[2] // 4
-    loc_classes = 1 if p.share_location else p.num_classes
+    loc_classes = 1 if share_location else num_classes
     if len(loc) < 2 or loc[1] != num_priors * loc_classes * 4:
         raise ValueError(f"loc bottom {list(loc)} needs {num_priors * loc_classes * 4} channels "
                          f"({num_priors} priors x {loc_classes} location classes x 4)")
-    if len(conf) < 2 or conf[1] != num_priors * p.num_classes:
-        raise ValueError(f"conf bottom {list(conf)} needs {num_priors * p.num_classes} channels "
-                         f"({num_priors} priors x {p.num_classes} classes)")
+    if len(conf) < 2 or conf[1] != num_priors * num_classes:
+        raise ValueError(f"conf bottom {list(conf)} needs {num_priors * num_classes} channels "
+                         f"({num_priors} priors x {num_classes} classes)")
     return num_priors, loc_classes
+
+
+def detection_counts(lp, bottoms: list[Shape]) -> tuple[int, int]:
+    """(number of priors, number of location classes) of a DetectionOutput layer."""
+    p = lp.detection_output_param
+    if not p.HasField("num_classes"):
+        raise ValueError("detection_output_param.num_classes is required")
+    if len(bottoms) not in (3, 4):
+        raise ValueError(f"DetectionOutput takes 3 bottoms (loc, conf, prior), got {len(bottoms)}")
+    return prediction_counts(p.num_classes, p.share_location, bottoms)
 
 
 @rule("DetectionOutput")
@@ -95,3 +101,24 @@ def _detection_output(lp, bottoms):
     detection_counts(lp, bottoms)
     # Caffe's Reshape declares one row; Forward resizes the top to the detections kept.
     return LayerShapes([(1, 1, 1, 7)])
+
+
+@rule("MultiBoxLoss")
+def _multibox_loss(lp, bottoms):
+    p = lp.multibox_loss_param
+    if not p.HasField("num_classes"):
+        raise ValueError("multibox_loss_param.num_classes is required")
+    if p.num_classes < 1:
+        raise ValueError(f"multibox_loss_param.num_classes must be at least 1, got {p.num_classes}")
+    if len(bottoms) != 4:
+        raise ValueError(f"MultiBoxLoss takes 4 bottoms (loc, conf, prior, label), got {len(bottoms)}")
+    prediction_counts(p.num_classes, p.share_location, bottoms)
+    for name, b in zip(("loc", "conf"), bottoms[:2]):
+        if any(d != 1 for d in b[2:]):
+            raise ValueError(f"{name} bottom {list(b)} must have one row per image (N, C[, 1, 1])")
+    label = bottoms[3]
+    if len(label) != 4 or label[0] != 1 or label[1] != 1 or label[3] != 8:
+        raise ValueError(f"the label bottom must have shape (1, 1, boxes, 8), one row [item_id, "
+                         f"label, instance_id, xmin, ymin, xmax, ymax, difficult] per box; "
+                         f"got {list(label)}")
+    return LayerShapes([()] * len(lp.top))

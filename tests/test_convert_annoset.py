@@ -67,6 +67,7 @@ def test_text_boxes_and_classification_records(tmp_path):
                  "--label_type", "txt", "--label_map_file", str(tmp_path / "labelmap.prototxt"), "--encoded"]) == 0
     [(_, a)] = _records(tmp_path / "db")
     assert a.datum.encoded and [g.group_label for g in a.annotation_group] == [2, 1]
+    assert (a.datum.channels, a.datum.height, a.datum.width) == (3, 40, 50)   # as the fork sets them
     assert [x.instance_id for x in a.annotation_group[0].annotation] == [0, 1]
     assert a.annotation_group[0].annotation[0].bbox.xmax == np.float32(25) / np.float32(50)
     (tmp_path / "classes.txt").write_text("a.png 3\nb.png 4\n")

@@ -17,7 +17,8 @@ IMPLEMENTED = {
     "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH",
     "Threshold", "Tile", "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit",
     "Parameter", "RNN",
-} | {"DetectionOutput", "Normalize", "Permute", "PriorBox", "ReLU6",  # SSD fork types, OpenCV's ReLU6
+} | {"DetectionOutput", "MultiBoxLoss", "Normalize", "Permute", "PriorBox",  # SSD fork types
+     "ReLU6",                                                          # OpenCV's ReLU6
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
      "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal",           # YOLOv3/SegNet, R-FCN, Faster R-CNN
@@ -41,7 +42,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
     ("MultiStageMeanfield", r"a type of the Caffe fork torrvision/crfasrnn \(CRF-RNN\)"),
-    ("MultiBoxLoss", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
+    ("DetectionEvaluate", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):
     with pytest.raises(UnsupportedLayerError,

@@ -24,6 +24,30 @@ def open_reader(path: str | os.PathLike, backend: str = "lmdb"):
     return READERS[backend](path)
 
 
+class ProcessReader:
+    """A database read through a reader of this process's own (a read transaction must not
+    cross a fork): set `path` and `backend`; pickles without the open reader."""
+
+    path: str | os.PathLike
+    backend: str
+    _reader = None
+    _pid = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_reader": None, "_pid": None}
+
+    def reader(self):
+        if self._pid != os.getpid():
+            self._reader, self._pid = open_reader(self.path, self.backend), os.getpid()
+        return self._reader
+
+    def close(self) -> None:
+        """End this process's read transaction (reopened on demand)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._pid = None
+
+
 def write_records(path: str | os.PathLike, records: Iterable[tuple[str, bytes]],
                   backend: str = "lmdb", **kwargs) -> int:
     """Write (key, value) records to a new database at `path`, atomically; how many."""

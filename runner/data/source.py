@@ -13,14 +13,13 @@ rank must be given the same seed.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from runner.data.datum import DataError, parse_datum
-from runner.data.databases import LABELS, backend_name, open_reader
+from runner.data.databases import LABELS, ProcessReader, backend_name
 from runner.data.prefetch import Layout, PrefetchingSource, default_workers
 from runner.data.transformer import CROP_FIELDS, DataTransformer
 from runner.sources import register_source
@@ -162,7 +161,7 @@ class StreamBatches:
         return shapes
 
 
-class DatabaseBatches(StreamBatches):
+class DatabaseBatches(ProcessReader, StreamBatches):
     """Items of a Data layer: records in key order (picklable; opens the LMDB or LevelDB per
     process)."""
 
@@ -173,22 +172,6 @@ class DatabaseBatches(StreamBatches):
         self.batch_size, self.layer, self.skip = batch_size, layer, skip
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.backend = backend
-        self._reader = None
-        self._pid = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_reader": None, "_pid": None}
-
-    def reader(self):
-        if self._pid != os.getpid():   # a read transaction must not cross a fork
-            self._reader, self._pid = open_reader(self.path, self.backend), os.getpid()
-        return self._reader
-
-    def close(self) -> None:
-        """End this process's read transaction (reopened on demand)."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = self._pid = None
 
     def item(self, position: int) -> tuple[str, np.ndarray, int]:
         reader = self.reader()

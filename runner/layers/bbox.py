@@ -62,6 +62,39 @@ def decode_boxes(priors: np.ndarray, variances: np.ndarray, loc: np.ndarray,
     return priors + offsets
 
 
+def cross_boundary(boxes: np.ndarray) -> np.ndarray:
+    """IsCrossBoundaryBBox: whether some coordinate of each box lies outside [0, 1]."""
+    return ((boxes < 0) | (boxes > 1)).any(axis=-1)
+
+
+def encode_boxes(priors: np.ndarray, variances: np.ndarray, boxes: np.ndarray,
+                 code_type: int, encoded_in_target: bool) -> np.ndarray:
+    """EncodeBBox: boxes (M, 4) as offsets from their priors (M, 4), the inverse of
+    decode_boxes (with the variances divided out unless they are encoded in the target)."""
+    if code_type == CodeType.CENTER_SIZE:
+        prior_w = priors[:, 2] - priors[:, 0]
+        prior_h = priors[:, 3] - priors[:, 1]
+        width = boxes[:, 2] - boxes[:, 0]
+        height = boxes[:, 3] - boxes[:, 1]
+        dx = ((boxes[:, 0] + boxes[:, 2]) / _F32(2) - (priors[:, 0] + priors[:, 2]) / _F32(2)) / prior_w
+        dy = ((boxes[:, 1] + boxes[:, 3]) / _F32(2) - (priors[:, 1] + priors[:, 3]) / _F32(2)) / prior_h
+        # log() of a float ratio is the double log; with the variance divided in double
+        dw = np.log((width / prior_w).astype(np.float64))
+        dh = np.log((height / prior_h).astype(np.float64))
+        if not encoded_in_target:
+            dx, dy = dx / variances[:, 0], dy / variances[:, 1]
+            dw, dh = dw / variances[:, 2], dh / variances[:, 3]
+        return np.stack([dx, dy, dw.astype(_F32), dh.astype(_F32)], axis=-1)
+    if code_type not in (CodeType.CORNER, CodeType.CORNER_SIZE):
+        raise ValueError(f"unknown code_type {code_type} (CORNER, CENTER_SIZE, CORNER_SIZE)")
+    offsets = boxes - priors
+    if code_type == CodeType.CORNER_SIZE:
+        prior_w = priors[:, 2] - priors[:, 0]
+        prior_h = priors[:, 3] - priors[:, 1]
+        offsets = offsets / np.stack([prior_w, prior_h, prior_w, prior_h], axis=-1)
+    return offsets if encoded_in_target else offsets / variances
+
+
 def jaccard(boxes1: np.ndarray, areas1: np.ndarray, boxes2: np.ndarray,
             areas2: np.ndarray) -> np.ndarray:
     """JaccardOverlap of each of boxes1 (rows) with each of boxes2 (columns), from their

@@ -46,8 +46,12 @@ def annoset_records(root: str, lines: list[tuple[str, str | int]], *, detection:
         encoding = encode_type or (name.rsplit(".", 1)[-1].lower() if encoded else "")
         resized = resize_height > 0 and resize_width > 0
         record = caffe_pb2.AnnotatedDatum()
+        record.datum.CopyFrom(image_file_datum(path, -1 if detection else second, image, encoding,
+                                               not gray, resized))
+        if record.datum.encoded:   # the SSD fork's ReadImageToDatum gives encoded datums their size
+            record.datum.channels, record.datum.height, record.datum.width = \
+                image.shape[2] if image.ndim == 3 else 1, image.shape[0], image.shape[1]
         if detection:
-            record.datum.CopyFrom(image_file_datum(path, -1, image, encoding, not gray, resized))
             record.type = caffe_pb2.AnnotatedDatum.BBOX
             annotation = root + second
             if os.path.isfile(annotation):
@@ -55,8 +59,6 @@ def annoset_records(root: str, lines: list[tuple[str, str | int]], *, detection:
                 groups = voc_annotation(annotation, original, names) if label_type == "xml" \
                     else text_annotation(annotation, original)
                 record.annotation_group.extend(groups)
-        else:
-            record.datum.CopyFrom(image_file_datum(path, second, image, encoding, not gray, resized))
         yield record_key(index, name), record.SerializeToString()
 
 
