@@ -15,7 +15,7 @@ from ssd_reference import CENTER_SIZE, CORNER, CORNER_SIZE, bbox_size, decode_bb
 
 from runner import Net
 from runner.layers.common import BlobValueError, LabelError
-from runner.layers.multibox_loss import std_sort_order
+from runner.layers.cxx_sort import std_sort_order
 from layer_helpers import layer_from_text
 
 F = np.float32
