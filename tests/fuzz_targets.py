@@ -27,6 +27,7 @@ from runner.data.lmdb_store import LmdbReader, write_lmdb
 from runner.data.mean import compute_image_mean, load_mean
 from runner.proto import array_to_blob, caffe_pb2, write_binary
 from runner.solver import Solver, SolverOptions, load_solver_param
+from runner.tools.convert_annoset import main as convert_annoset
 
 SIDE, CLASSES, BATCH = 8, 3, 2
 MAX_BLOB_BYTES = 64 << 20   # inputs whose blobs would be larger are built, not run
@@ -100,6 +101,47 @@ layer {{ name: "score" type: "Convolution" bottom: "data" top: "score"
   convolution_param {{ num_output: {CLASSES} kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
   loss_param {{ weight_by_label_freqs: true class_weighting: 0.5 class_weighting: 1 class_weighting: 2 }} }}
+"""
+
+# SSD training on AnnotatedDatum records (written per input from anno.bin, mutated, between
+# two intact ones) with every augmentation the layer implements, into MultiBoxLoss.
+SSD_NET = """name: "fuzz-ssd"
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label"
+  transform_param { mirror: true mean_value: 104 mean_value: 117 mean_value: 123
+    resize_param { prob: 1 resize_mode: WARP height: 16 width: 16 interp_mode: LINEAR interp_mode: AREA }
+    emit_constraint { emit_type: CENTER }
+    distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5
+      contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5
+      saturation_upper: 1.5 random_order_prob: 0.5 }
+    expand_param { prob: 0.5 max_expand_ratio: 2 } }
+  data_param { source: "ssd_db" batch_size: 2 backend: LMDB }
+  annotated_data_param { batch_sampler { max_sample: 1 max_trials: 1 }
+    batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }
+      sample_constraint { min_jaccard_overlap: 0.3 } max_sample: 1 max_trials: 20 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 4 weight_filler { type: "xavier" } } }
+layer { name: "loc" type: "Convolution" bottom: "conv" top: "loc"
+  convolution_param { num_output: 12 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "loc_flat" type: "Flatten" bottom: "loc" top: "loc_flat" }
+layer { name: "conf" type: "Convolution" bottom: "conv" top: "conf"
+  convolution_param { num_output: 9 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "conf_flat" type: "Flatten" bottom: "conf" top: "conf_flat" }
+layer { name: "priorbox" type: "PriorBox" bottom: "conv" bottom: "data" top: "priorbox"
+  prior_box_param { min_size: 6 aspect_ratio: 2 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "loss" type: "MultiBoxLoss" bottom: "loc_flat" bottom: "conf_flat" bottom: "priorbox" bottom: "label"
+  top: "loss" propagate_down: true propagate_down: true propagate_down: false propagate_down: false
+  multibox_loss_param { num_classes: 3 overlap_threshold: 0.5 neg_pos_ratio: 3 code_type: CENTER_SIZE } }
+"""
+
+LABEL_MAP = """item { name: "none_of_the_above" label: 0 }
+item { name: "a" label: 1 }
+item { name: "b" label: 2 }
+"""
+
+VOC_XML = """<annotation><size><width>16</width><height>12</height></size>
+<object><name>a</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>9</xmax><ymax>10</ymax></bndbox></object>
+<object><name>b</name><difficult>1</difficult><bndbox><xmin>5</xmin><ymin>0</ymin><xmax>15</xmax><ymax>6</ymax></bndbox></object>
+</annotation>
 """
 
 SOLVER = """net: "train_val.prototxt"
@@ -194,6 +236,16 @@ def make_seeds(folder: Path) -> None:
     (folder / "data_net.prototxt").write_text(DATA_NET)
     (folder / "fork_net.prototxt").write_text(FORK_NET)
     (folder / "dense_net.prototxt").write_text(DENSE_NET)
+    (folder / "ssd_net.prototxt").write_text(SSD_NET)
+    (folder / "labelmap.prototxt").write_text(LABEL_MAP)
+    (folder / "anno.xml").write_text(VOC_XML)
+    cv2.imwrite(str(folder / "box.png"), np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    (folder / "annoset.txt").write_text("box.png anno.xml\n")
+    with _inside(folder):
+        convert_annoset(["./", "annoset.txt", "ssd_db", "--anno_type", "detection", "--encoded",
+                         "--label_map_file", "labelmap.prototxt"])
+    with LmdbReader(folder / "ssd_db") as reader:
+        (folder / "anno.bin").write_bytes(next(iter(reader.raw_items()))[1])
     rng = np.random.default_rng(0)
     for i in range(3):
         cv2.imwrite(str(folder / f"img{i}.png"), rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8))
@@ -279,6 +331,35 @@ def run_net(folder: Path, net_file: str = "train_val.prototxt") -> str | None:
 
 def run_fork_net(folder: Path) -> str | None:
     return run_net(folder, "fork_net.prototxt")
+
+
+def run_annotated_datum(folder: Path) -> None:
+    """The SSD net on an LMDB of the intact record, the mutated one and the intact one again:
+    two batches through AnnotatedData's augmentation and MultiBoxLoss, with backward."""
+    good = next(iter(LmdbReader("ssd_db").raw_items()))[1]
+    shutil.rmtree("ssd_db")
+    write_lmdb("ssd_db", [("0", good), ("1", Path("anno.bin").read_bytes()), ("2", good)])
+    net = Net("ssd_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    source = net.sources[0]
+    for _ in range(2):
+        net.objective(net(next(source))).backward()
+    source.close()
+
+
+def run_voc_xml(folder: Path) -> str | None:
+    """convert_annoset on the annotation (2: its error exit), then the SSD net on the result."""
+    shutil.rmtree("ssd_db")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = convert_annoset(["./", "annoset.txt", "ssd_db", "--anno_type", "detection",
+                                "--encoded", "--label_map_file", "labelmap.prototxt"])
+    if code not in (0, 2):
+        raise RuntimeError(f"convert_annoset exited {code}: expected 0 or 2")
+    if code == 2:
+        return "ours"
+    net = Net("ssd_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    net.objective(net(next(net.sources[0]))).backward()
+    net.sources[0].close()
+    return None
 
 
 def run_dense(folder: Path) -> None:
@@ -379,6 +460,9 @@ FORMATS = {
     "fork net prototxt": Format("fork_net.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_fork_net),
     "dense image pairs": Format("pairs.txt", BYTE_MUTATORS + TEXT_MUTATORS, run_dense),
     "label image": Format("lab1.png", BYTE_MUTATORS, run_dense),
+    "annotated datum": Format("anno.bin", BYTE_MUTATORS + [message_mutator(caffe_pb2.AnnotatedDatum)] * 6,
+                              run_annotated_datum),
+    "voc xml": Format("anno.xml", BYTE_MUTATORS + TEXT_MUTATORS, run_voc_xml),
     "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
     "caffemodel": Format("deploy.caffemodel",
                          BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,
