@@ -1,5 +1,6 @@
 """Shape rules of the SSD detection layers (weiliu89/caffe): Normalize, Permute, PriorBox,
-DetectionOutput, MultiBoxLoss, and the parameter readings they share with the layers.
+DetectionOutput, DetectionEvaluate, MultiBoxLoss, and the parameter readings they share
+with the layers.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -101,6 +102,38 @@ def _detection_output(lp, bottoms):
     detection_counts(lp, bottoms)
     # Caffe's Reshape declares one row; Forward resizes the top to the detections kept.
     return LayerShapes([(1, 1, 1, 7)])
+
+
+def evaluate_background(p) -> int:
+    """DetectionEvaluateLayer's checks; background_label_id as its int member holds it (a
+    uint32 of 2^32 - 1 is -1), refused outside [0, num_classes) unless -1 (the fork would
+    write past its top)."""
+    if not p.HasField("num_classes"):
+        raise ValueError("detection_evaluate_param.num_classes is required (the fork: "
+                         "'Must provide num_classes.')")
+    background = p.background_label_id - (1 << 32 if p.background_label_id >= 1 << 31 else 0)
+    if background != -1 and not 0 <= background < p.num_classes:
+        raise ValueError(f"detection_evaluate_param.background_label_id {background} must be -1 "
+                         f"or in [0, num_classes {p.num_classes})")
+    if not p.overlap_threshold > 0:
+        raise ValueError(f"detection_evaluate_param.overlap_threshold must be positive, got "
+                         f"{p.overlap_threshold:g}")
+    return background
+
+
+@rule("DetectionEvaluate")
+def _detection_evaluate(lp, bottoms):
+    background = evaluate_background(lp.detection_evaluate_param)
+    if len(bottoms) != 2:
+        raise ValueError(f"DetectionEvaluate takes 2 bottoms (detections, ground truth), "
+                         f"got {len(bottoms)}")
+    for what, b, width in (("detection", bottoms[0], 7), ("label", bottoms[1], 8)):
+        if len(b) != 4 or b[0] != 1 or b[1] != 1 or b[3] != width:
+            raise ValueError(f"DetectionEvaluate's {what} bottom must have shape (1, 1, rows, "
+                             f"{width}), got {list(b)}")
+    classes = lp.detection_evaluate_param.num_classes - (background != -1)
+    # Forward adds a row per detection whose label is not -1 (the detections' values).
+    return LayerShapes([(1, 1, classes, 5)])
 
 
 @rule("MultiBoxLoss")

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # pycaffe's layers (Python, MemoryData) are built in the `caffe` package and tested there.
 OTHER_PARTS = {"python_param", "memory_data_param"}
 # Parameters of SSD-fork layer types that are not built here: a net using them is refused.
-REFUSED_TYPES = {"detection_evaluate_param": "DetectionEvaluate", "video_data_param": "VideoData"}
+REFUSED_TYPES = {"video_data_param": "VideoData"}
 
 
 def schema_fields():

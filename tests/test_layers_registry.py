@@ -17,7 +17,7 @@ IMPLEMENTED = {
     "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH",
     "Threshold", "Tile", "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit",
     "Parameter", "RNN",
-} | {"DetectionOutput", "MultiBoxLoss", "Normalize", "Permute", "PriorBox",  # SSD fork types
+} | {"DetectionEvaluate", "DetectionOutput", "MultiBoxLoss", "Normalize", "Permute", "PriorBox",  # SSD fork types
      "ReLU6",                                                          # OpenCV's ReLU6
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
@@ -42,7 +42,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
     ("MultiStageMeanfield", r"a type of the Caffe fork torrvision/crfasrnn \(CRF-RNN\)"),
-    ("DetectionEvaluate", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
+    ("VideoData", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):
     with pytest.raises(UnsupportedLayerError,

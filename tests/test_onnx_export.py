@@ -339,6 +339,7 @@ NO_ONNX_FORM = {
     "Accuracy": "a metric over labels, not part of inference",
     "SegAccuracy": "DeepLab's metric over label images, not part of inference",
     "DetectionOutput": "NMS into a data-dependent number of rows; export the blobs it reads",
+    "DetectionEvaluate": "SSD's metric over detections and ground truth, not part of inference",
     "Python": "runs the user's own Python code, which ONNX cannot hold",
     "HDF5Output": "writes a file, a side effect ONNX cannot hold",
     "Filter": "a data-dependent number of rows; not converted yet",

@@ -1,6 +1,6 @@
 """Caffe layer types as torch modules; importing this package fills the type registry."""
-from runner.layers import (affine, detection, forks, hdf5_output, indexing,  # noqa: F401
-                           losses, metrics, multibox_loss, neuron, normalization, plumbing,
-                           python_layer, recurrent, softmax, vision)
+from runner.layers import (affine, detection, detection_evaluate, forks,  # noqa: F401
+                           hdf5_output, indexing, losses, metrics, multibox_loss, neuron,
+                           normalization, plumbing, python_layer, recurrent, softmax, vision)
 from runner.layers.base import (Layer, UnsupportedLayerError, layer_class,  # noqa: F401
                                 layer_type_list, register, supported_types)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runner.layers.detection_evaluate import AP_VERSIONS
 from runner.proto import caffe_pb2, read_net, read_solver, upgrade_solver
 from runner.solver.errors import SolverConfigError
 
@@ -66,6 +67,11 @@ def check_solver_param(param, where: str = "solver") -> None:
         fail("test_state must be unspecified or specified once per test net")
     if n_instances and param.test_interval <= 0:
         fail("test_interval must be > 0 when there are test nets")
+    if param.eval_type not in ("classification", "detection"):
+        fail(f"Unknown evaluation type: {param.eval_type} (eval_type is \"classification\" "
+             f"or \"detection\")")
+    if param.eval_type == "detection" and param.ap_version not in AP_VERSIONS:
+        fail(f"Unknown ap_version: {param.ap_version} (one of {', '.join(AP_VERSIONS)})")
 
 
 def _state(phase: int, net_param, override) -> tuple[str, tuple[str, ...], int]:

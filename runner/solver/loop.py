@@ -26,6 +26,7 @@ from runner.solver.aux_weight_schedule import AuxWeightSchedule
 from runner.solver.batches import BatchStream, share_trained_layers
 from runner.solver.caffe_log import CaffeLog, cfloat
 from runner.solver.config import prepare_solver_param, test_net_specs, train_net_spec
+from runner.solver.detection_eval import DetectionTally
 from runner.solver.errors import SolverDiverged
 from runner.solver.log_reader import read_history
 from runner.solver.plot import plot_history
@@ -369,11 +370,13 @@ class Solver:
 
     @torch.no_grad()
     def test(self, k: int) -> None:
-        """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them."""
+        """Caffe's Solver::Test: test_iter forward passes; outputs averaged over them, or
+        with eval_type "detection" scored as the SSD fork's TestDetection does."""
         self.log.info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{k})")
         net, n = self.test_nets[k], self.param.test_iter[k]
         self.set_debug_info(net, True)
         sums, loss = None, 0.0
+        tally = DetectionTally(net.output_names) if self.param.eval_type == "detection" else None
         for _ in range(n):
             request = self.requests.pop()
             if request == SNAPSHOT:
@@ -385,6 +388,9 @@ class Solver:
                 blobs = self._test_forward(k)
                 if self.param.test_compute_loss:
                     loss += net.objective(blobs).float()
+            if tally is not None:
+                tally.add(blobs)
+                continue
             outs = {name: blobs[name].detach().float() for name in net.output_names}
             sums = outs if sums is None else {name: sums[name] + outs[name] for name in outs}
         if self.requested_early_exit:
@@ -392,12 +398,30 @@ class Solver:
             return
         if self.param.test_compute_loss:
             self.log.info("solver.cpp:366", f"Test loss: {cfloat(float(loss) / n)}")
-        self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
-        means = {name: (sums[name] / n).reshape(-1).tolist() for name in net.output_names}
+        if tally is not None:
+            means = self._detection_scores(tally)
+        else:
+            self._log_outputs(net, sums, "    Test net output", "solver.cpp:397", scale=1.0 / n)
+            means = {name: (sums[name] / n).reshape(-1).tolist() for name in net.output_names}
         self.scores.append((self.iter, k, means))
         for name, values in means.items():
             for i, value in enumerate(values):
                 self.scalars.add(f"test{k}/{name if len(values) == 1 else f'{name}/{i}'}", value, self.iter)
+
+    def _detection_scores(self, tally: DetectionTally) -> dict[str, list[float]]:
+        """The end of the fork's Solver::TestDetection: per output a warning for each class
+        without detections, each class's AP with show_per_class_result, and the mAP logged;
+        returns {output: [mAP]}."""
+        means = {}
+        for i, name, mean_ap, aps in tally.mean_aps(self.param.ap_version):
+            for label, ap in aps.items():
+                if ap is None:
+                    self.log.warning("solver.cpp:524", f"Missing true_pos for label: {label}")
+                elif self.param.show_per_class_result:
+                    self.log.info("solver.cpp:540", f"class{label}: {cfloat(ap)}")
+            self.log.info("solver.cpp:546", f"    Test net output #{i}: {name} = {cfloat(mean_ap)}")
+            means[name] = [float(mean_ap)]
+        return means
 
     def _test_forward(self, k: int) -> dict:
         """One forward of test net k on its next batch."""
