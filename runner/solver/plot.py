@@ -27,7 +27,8 @@ def plot_history(history: TrainingHistory, path: str, title: str = "") -> None:
         if "loss" in name:
             _series(loss_ax, points, f"test {name}", marker="o")
     loss_ax.set_ylabel("loss")
-    loss_ax.legend(loc="upper right")
+    if loss_ax.get_legend_handles_labels()[0]:   # display: 0 logs no training loss
+        loss_ax.legend(loc="upper right")
     for name, points in history.test.items():
         if "loss" not in name:
             _series(test_ax, points, f"test {name}", marker="o")
