@@ -369,6 +369,32 @@ def test_the_solver_logs_and_records_the_forks_map(tmp_path):
     assert re.findall(r"\] class1: (\S+)", log) == [cfloat(v) for v in expected]   # one class
 
 
+def test_caffe_test_refuses_outputs_that_change_size(tmp_path):
+    """`solve.py test` averages each output element over the batches (Caffe's `caffe test`,
+    which indexes past its vector when an output grows); an output whose size changes
+    between batches, as DetectionEvaluate's does, is an error naming it."""
+    from runner.solver.caffe_log import CaffeLog
+    from runner.solver.evaluate import score_net
+
+    class GrowingNet(torch.nn.Module):
+        origin, output_names, loss_weights, sources = "net 'growing'", ["rows"], {}, []
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, batch):
+            self.calls += 1
+            return {"rows": torch.zeros(1, 1, self.calls, 5)}
+
+        def objective(self, blobs):
+            return torch.zeros(())
+
+    with pytest.raises(ValueError, match=r"net 'growing': output 'rows' has 10 values in batch 1 "
+                                         r"but 5 before; `test` averages outputs of a fixed size"):
+        score_net(GrowingNet(), 2, torch.device("cpu"), CaffeLog(None))
+
+
 def test_an_unknown_eval_type_is_refused(tmp_path):
     from solver_helpers import classifier_net, make_lmdb
 

@@ -29,6 +29,12 @@ def score_net(net, iterations: int, device: torch.device, log: CaffeLog) -> Scor
         loss += float(net.objective(blobs))
         for name in net.output_names:
             values = blobs[name].detach().double().reshape(-1).cpu()
+            if name in sums and sums[name].numel() != values.numel():
+                raise ValueError(
+                    f"{net.origin}: output '{name}' has {values.numel()} values in batch {i} but "
+                    f"{sums[name].numel()} before; `test` averages outputs of a fixed size (a "
+                    "DetectionEvaluate net is scored by the solver's test pass with "
+                    "eval_type: \"detection\")")
             sums[name] = sums[name] + values if name in sums else values
             for score in values.tolist():
                 log.info("caffe.cpp:313", f"Batch {i}, {name} = {cfloat(score)}")
