@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from runner.layers.cxx_sort import std_sort_order
-from runner.layers.detection_evaluate import compute_ap
+from runner.solver.detection_eval import compute_ap
 from runner.solver import SolverConfigError
 from runner.solver.caffe_log import cfloat
 from runner.solver import command_results

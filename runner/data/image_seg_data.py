@@ -101,9 +101,12 @@ class SegTransform:
         if crop_h:
             pad_h, pad_w = max(crop_h - image.shape[0], 0), max(crop_w - image.shape[1], 0)
             if pad_h or pad_w:
-                image = np.concatenate([image, np.broadcast_to(self.means, (pad_h, image.shape[1], image.shape[2]))])
-                image = np.concatenate([image, np.broadcast_to(self.means, (image.shape[0], pad_w, image.shape[2]))], 1)
-                label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_label)
+                channels = image.shape[2]
+                image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT,
+                                           value=[float(m) for m in self.means]).reshape(
+                    image.shape[0] + pad_h, image.shape[1] + pad_w, channels)
+                label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT,
+                                           value=self.ignore_label)
             if self.train:
                 h_off = int(rng.integers(image.shape[0] - crop_h + 1))
                 w_off = int(rng.integers(image.shape[1] - crop_w + 1))

@@ -1,6 +1,6 @@
 """SSD's detection metric (weiliu89/caffe): DetectionEvaluate marks each detection a true or
-false positive against the ground truth, and ComputeAP turns the marks the solver gathers
-over a test pass (eval_type "detection") into average precision. No gradient (as in the fork)."""
+false positive against the ground truth; the solver turns the marks of a test pass into
+average precision (runner/solver/detection_eval.py). No gradient (as in the fork)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +14,6 @@ from runner.proto import caffe_pb2
 from runner.shapes_detection import evaluate_background
 
 _F32 = np.float32
-_EPS = float(np.float32(1e-6))  # ComputeAP's `const float eps`
-AP_VERSIONS = ("11point", "MaxIntegral", "Integral")
 
 
 def _as_f32(t: torch.Tensor) -> np.ndarray:
@@ -145,98 +143,36 @@ class DetectionEvaluate(Layer):
             n += 1
         return n
 
-    def _detections(self, rows: np.ndarray) -> dict[int, dict[int, tuple]]:
-        """GetDetectionResults: {image: {label: (boxes (k, 4), scores (k,))}} in row order,
-        rows with image -1 left out."""
-        out: dict[int, dict[int, list]] = {}
+    def _by_image_and_label(self, rows: np.ndarray, what: str, fork_message: str,
+                            stop_at_minus_one: bool) -> dict[int, dict[int, list[int]]]:
+        """Row indices grouped {image: {label: [rows]}} in row order; a row of image -1 ends
+        the list or is skipped, and a background label is refused, as the fork's readers."""
+        out: dict[int, dict[int, list[int]]] = {}
         for r, row in enumerate(rows):
             image, c = int(row[0]), int(row[1])
             if image == -1:
+                if stop_at_minus_one:
+                    break
                 continue
             if c == self.background:
-                raise BlobValueError(f"layer '{self.name}': detection row {r} has the background "
-                                     f"label {c} (the fork stops: 'Found background label in "
-                                     f"the detection results.')")
+                raise BlobValueError(f"layer '{self.name}': {what} row {r} has the background "
+                                     f"label {c} (the fork stops: '{fork_message}')")
             out.setdefault(image, {}).setdefault(c, []).append(r)
+        return out
+
+    def _detections(self, rows: np.ndarray) -> dict[int, dict[int, tuple]]:
+        """GetDetectionResults: {image: {label: (boxes (k, 4), scores (k,))}} in row order,
+        rows with image -1 left out."""
+        grouped = self._by_image_and_label(rows, "detection", "Found background label in the "
+                                           "detection results.", stop_at_minus_one=False)
         return {image: {c: (rows[idx, 3:7], rows[idx, 2]) for c, idx in by_label.items()}
-                for image, by_label in out.items()}
+                for image, by_label in grouped.items()}
 
     def _ground_truth(self, rows: np.ndarray) -> dict[int, dict[int, tuple]]:
         """GetGroundTruth (the LabelBBox form, which stops at the first row of image -1):
         {image: {label: (boxes, sizes, difficult)}}, difficult boxes included."""
-        out: dict[int, dict[int, list]] = {}
-        for r, row in enumerate(rows):
-            image, c = int(row[0]), int(row[1])
-            if image == -1:
-                break
-            if c == self.background:
-                raise BlobValueError(f"layer '{self.name}': ground truth row {r} has the background "
-                                     f"label {c} (the fork stops: 'Found background label in "
-                                     f"the dataset.')")
-            out.setdefault(image, {}).setdefault(c, []).append(r)
-        result = {}
-        for image, by_label in out.items():
-            result[image] = {}
-            for c, idx in by_label.items():
-                boxes = rows[idx, 3:7]
-                result[image][c] = (boxes, box_size(boxes), rows[idx, 7] != 0)
-        return result
-
-
-def _cumsum(pairs: list[tuple[float, int]]) -> np.ndarray:
-    """CumSum: running sums of the flags, best score first (stable on ties)."""
-    order = sorted(range(len(pairs)), key=lambda i: -pairs[i][0])
-    return np.cumsum([pairs[i][1] for i in order])
-
-
-def compute_ap(tp: list[tuple[float, int]], num_pos: int, fp: list[tuple[float, int]],
-               ap_version: str) -> float:
-    """ComputeAP: average precision of (score, flag) true/false positive lists against
-    num_pos ground truth boxes, in the fork's float arithmetic (its `fabs` is C's double
-    one); 0 without detections or positives."""
-    if ap_version not in AP_VERSIONS:
-        raise ValueError(f"Unknown ap_version: {ap_version} ({', '.join(AP_VERSIONS)})")
-    if len(tp) != len(fp):
-        raise ValueError(f"tp must have same size as fp ({len(tp)} vs {len(fp)})")
-    for (s_tp, t), (s_fp, f) in zip(tp, fp):
-        if abs(_F32(s_tp) - _F32(s_fp)) > _EPS or t != 1 - f:
-            raise ValueError(f"tp ({s_tp}, {t}) and fp ({s_fp}, {f}) are not complements")
-    ap = _F32(0)
-    if not tp or num_pos == 0:
-        return ap
-    tp_sum, fp_sum = _cumsum(tp), _cumsum(fp)
-    if tp_sum[-1] > num_pos:
-        raise ValueError(f"{tp_sum[-1]} true positives for {num_pos} ground truth boxes")
-    prec = tp_sum.astype(_F32) / (tp_sum + fp_sum).astype(_F32)
-    rec = tp_sum.astype(_F32) / _F32(num_pos)
-    num = len(tp)
-    if ap_version == "11point":
-        max_precs = [_F32(0)] * 11
-        start = num - 1
-        for j in range(10, -1, -1):
-            for i in range(start, -1, -1):
-                if float(rec[i]) < j / 10.0:
-                    start = i
-                    if j > 0:
-                        max_precs[j - 1] = max_precs[j]
-                    break
-                max_precs[j] = max(max_precs[j], prec[i])
-        for j in range(10, -1, -1):
-            ap = _F32(ap + max_precs[j] / _F32(11))
-    elif ap_version == "MaxIntegral":
-        cur_rec, cur_prec = rec[-1], prec[-1]
-        for i in range(num - 2, -1, -1):
-            cur_prec = max(prec[i], cur_prec)
-            step = abs(float(cur_rec - rec[i]))
-            if step > _EPS:
-                ap = _F32(float(ap) + float(cur_prec) * step)
-            cur_rec = rec[i]
-        ap = _F32(ap + cur_rec * cur_prec)
-    else:
-        prev_rec = _F32(0)
-        for i in range(num):
-            step = abs(float(rec[i] - prev_rec))
-            if step > _EPS:
-                ap = _F32(float(ap) + float(prec[i]) * step)
-            prev_rec = rec[i]
-    return ap
+        grouped = self._by_image_and_label(rows, "ground truth", "Found background label in "
+                                           "the dataset.", stop_at_minus_one=True)
+        return {image: {c: (rows[idx, 3:7], box_size(rows[idx, 3:7]), rows[idx, 7] != 0)
+                        for c, idx in by_label.items()}
+                for image, by_label in grouped.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.layers.detection_evaluate import AP_VERSIONS
+from runner.solver.detection_eval import AP_VERSIONS
 from runner.proto import caffe_pb2, read_net, read_solver, upgrade_solver
 from runner.solver.errors import SolverConfigError
 

@@ -44,9 +44,9 @@ def learn_bn_layers(param: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParame
 
 
 def bn_statistics(train_prototxt: str, weights: str, iterations: int | None = None
-                  ) -> tuple[Net, caffe_pb2.NetParameter, int]:
+                  ) -> tuple[Net, caffe_pb2.NetParameter, int, list[str]]:
     """The TRAIN net (TEST phase, `weights` loaded) with its LEARN BN layers folded, the
-    prototxt in INFERENCE mode, and the batches run."""
+    prototxt in INFERENCE mode, the batches run and the folded layers' names."""
     param = read_net(train_prototxt)
     layers = learn_bn_layers(param)
     if not layers:
@@ -88,7 +88,7 @@ def bn_statistics(train_prototxt: str, weights: str, iterations: int | None = No
             shift.copy_(folded_shift.to(shift))
         del lp.top[1:]
         lp.bn_param.bn_mode = caffe_pb2.BNParameter.INFERENCE
-    return net, param, iterations
+    return net, param, iterations, [lp.name for lp in layers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,15 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
     try:
-        net, param, iterations = bn_statistics(args.prototxt, args.weights, args.iterations)
+        net, param, iterations, folded = bn_statistics(args.prototxt, args.weights, args.iterations)
         net.save_caffemodel(args.out)
         if args.inference_prototxt:
             atomic_write_text(args.inference_prototxt, text_format.MessageToString(param))
     except (NetBuildError, ShapeError, ProtoError, WeightsError, DataError, OSError) as exc:
         print(f"bn_statistics: {exc}", file=sys.stderr)
         return 2
-    folded = len(learn_bn_layers(read_net(args.prototxt)))
-    print(f"Folded the statistics of {iterations} batches into {folded} BN layers: {args.out}")
+    print(f"Folded the statistics of {iterations} batches into {len(folded)} BN layers: {args.out}")
     return 0
 
 

@@ -20,15 +20,14 @@ import sys
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from runner import console
 from runner.data.annotations import read_label_map, text_annotation, voc_annotation
-from runner.data.databases import WRITERS, write_records
+from runner.data.databases import write_records
 from runner.data.datum import DataError
 from runner.data.imageset import check_resize, image_file_datum, read_image, read_image_list, read_pair_list
 from runner.proto import caffe_pb2
-from runner.tools.convert_imageset import record_key
+from runner.tools.convert_imageset import add_image_options, listed_images, record_key
 
 
 def annoset_records(root: str, lines: list[tuple[str, str | int]], *, detection: bool,
@@ -36,15 +35,10 @@ def annoset_records(root: str, lines: list[tuple[str, str | int]], *, detection:
                     gray: bool = False, resize_height: int = 0, resize_width: int = 0,
                     encode_type: str = "", encoded: bool = False) -> Iterator[tuple[str, bytes]]:
     """(key, serialized AnnotatedDatum) for each readable image of `lines`, in order."""
-    for index, (name, second) in enumerate(lines):
-        path = root + name
-        image = read_image(path, resize_height, resize_width, not gray)
-        if image is None:
-            tqdm.write(f"convert_annoset: could not open or find file {path}; skipped",
-                       file=sys.stderr)
-            continue
-        encoding = encode_type or (name.rsplit(".", 1)[-1].lower() if encoded else "")
-        resized = resize_height > 0 and resize_width > 0
+    resized = resize_height > 0 and resize_width > 0
+    for index, name, second, path, image, encoding in listed_images(
+            "convert_annoset", root, lines, gray=gray, resize_height=resize_height,
+            resize_width=resize_width, encoded=encoded, encode_type=encode_type):
         record = caffe_pb2.AnnotatedDatum()
         record.datum.CopyFrom(image_file_datum(path, -1 if detection else second, image, encoding,
                                                not gray, resized))
@@ -55,7 +49,8 @@ def annoset_records(root: str, lines: list[tuple[str, str | int]], *, detection:
             record.type = caffe_pb2.AnnotatedDatum.BBOX
             annotation = root + second
             if os.path.isfile(annotation):
-                original = read_image(path, 0, 0, not gray).shape[:2]   # GetImageSize
+                original = read_image(path, 0, 0, not gray).shape[:2] if resized \
+                    else image.shape[:2]   # GetImageSize: the size before any resize
                 groups = voc_annotation(annotation, original, names) if label_type == "xml" \
                     else text_annotation(annotation, original)
                 record.annotation_group.extend(groups)
@@ -102,15 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label_map_file", default="", help="LabelMap prototxt (name -> label)")
     parser.add_argument("--check_label", action="store_true",
                         help="refuse a label map that lists a name twice")
-    parser.add_argument("--gray", action="store_true", help="treat images as grayscale")
-    parser.add_argument("--shuffle", action="store_true", help="shuffle the lines (seeded by --seed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="lmdb", type=str.lower, choices=sorted(WRITERS))
-    parser.add_argument("--resize_width", type=int, default=0, help="width images are resized to")
-    parser.add_argument("--resize_height", type=int, default=0, help="height images are resized to")
-    parser.add_argument("--encoded", action="store_true", help="store the encoded image")
-    parser.add_argument("--encode_type", default="", help="encode as this ('png', 'jpg', ...)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DB_NAME if it exists")
+    add_image_options(parser)
     args = parser.parse_args(argv)
     try:
         count = convert_annoset(

@@ -37,19 +37,30 @@ def record_key(index: int, name: str) -> str:
     return f"{index:08d}_{name}"
 
 
+def listed_images(tool: str, root: str, lines: list[tuple[str, object]], *, gray: bool = False,
+                  resize_height: int = 0, resize_width: int = 0, encoded: bool = False,
+                  encode_type: str = "") -> Iterator[tuple[int, str, object, str, np.ndarray, str]]:
+    """(list index, name, the line's second field, path, image, encoding to store it in) for
+    each readable image of `lines`; one OpenCV cannot read is skipped with `tool`'s warning,
+    keeping its index, as Caffe's convert tools do."""
+    for index, (name, second) in enumerate(lines):
+        path = root + name
+        image = read_image(path, resize_height, resize_width, not gray)
+        if image is None:
+            tqdm.write(f"{tool}: could not open or find file {path}; skipped", file=sys.stderr)
+            continue
+        encoding = encode_type or (name.rsplit(".", 1)[-1].lower() if encoded else "")
+        yield index, name, second, path, image, encoding
+
+
 def imageset_records(root: str, lines: list[tuple[str, int]], *, gray: bool = False,
                      resize_height: int = 0, resize_width: int = 0, check_size: bool = False,
                      encoded: bool = False, encode_type: str = "") -> Iterator[tuple[str, bytes]]:
     """(key, serialized Datum) for each readable image of `lines`, in order."""
     size = None
-    for index, (name, label) in enumerate(lines):
-        path = root + name
-        image = read_image(path, resize_height, resize_width, not gray)
-        if image is None:
-            tqdm.write(f"convert_imageset: could not open or find file {path}; skipped",
-                       file=sys.stderr)
-            continue
-        encoding = encode_type or (name.rsplit(".", 1)[-1].lower() if encoded else "")
+    for index, name, label, path, image, encoding in listed_images(
+            "convert_imageset", root, lines, gray=gray, resize_height=resize_height,
+            resize_width=resize_width, encoded=encoded, encode_type=encode_type):
         if check_size:
             size = size or image.size
             if image.size != size:
@@ -100,16 +111,8 @@ def convert_class_folders(root: str, db: str, *, labels: str | None = None, **kw
     return count
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=console.prog("python -m runner.tools.convert_imageset"),
-        description="Convert a set of images to the LMDB (or LevelDB) format used as input for Caffe.")
-    parser.add_argument("paths", nargs="+", metavar="ROOTFOLDER/ [LISTFILE] DB_NAME",
-                        help='ROOTFOLDER/ is the prefix of every name in LISTFILE (lines "NAME '
-                             'LABEL"); without LISTFILE it holds one subfolder per class. DB_NAME '
-                             "is the database directory to create")
-    parser.add_argument("--labels", help="class list of the folder form (default: labels.txt "
-                        "beside DB_NAME; read if it exists, else written)")
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """The flags Caffe's convert_imageset and the SSD fork's convert_annoset share."""
     parser.add_argument("--gray", action="store_true", help="treat images as grayscale")
     parser.add_argument("--shuffle", action="store_true",
                         help="randomly shuffle the order of images and their labels")
@@ -120,14 +123,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="width images are resized to")
     parser.add_argument("--resize_height", type=int, default=0,
                         help="height images are resized to")
-    parser.add_argument("--check_size", action="store_true",
-                        help="check that all the images have the same size")
     parser.add_argument("--encoded", action="store_true",
                         help="store the encoded image in the Datum")
     parser.add_argument("--encode_type", default="",
                         help="what to encode the image as ('png', 'jpg', ...); implies --encoded")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DB_NAME if it exists (Caffe refuses)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=console.prog("python -m runner.tools.convert_imageset"),
+        description="Convert a set of images to the LMDB (or LevelDB) format used as input for Caffe.")
+    parser.add_argument("paths", nargs="+", metavar="ROOTFOLDER/ [LISTFILE] DB_NAME",
+                        help='ROOTFOLDER/ is the prefix of every name in LISTFILE (lines "NAME '
+                             'LABEL"); without LISTFILE it holds one subfolder per class. DB_NAME '
+                             "is the database directory to create")
+    parser.add_argument("--labels", help="class list of the folder form (default: labels.txt "
+                        "beside DB_NAME; read if it exists, else written)")
+    add_image_options(parser)
+    parser.add_argument("--check_size", action="store_true",
+                        help="check that all the images have the same size")
     args = parser.parse_args(argv)
     if len(args.paths) not in (2, 3):
         parser.error("expected ROOTFOLDER/ LISTFILE DB_NAME, or CLASSFOLDERS/ DB_NAME")
