@@ -13,8 +13,8 @@ from runner.proto import caffe_pb2, upgrade_net
 REPO = Path(__file__).resolve().parents[1]
 # pycaffe's layers (Python, MemoryData) are built in the `caffe` package and tested there.
 OTHER_PARTS = {"python_param", "memory_data_param"}
-# Parameters of SSD-fork layer types that are not built here: a net using them is refused.
-REFUSED_TYPES = {"video_data_param": "VideoData"}
+# Parameters of fork layer types that are not built here: a net using them is refused.
+REFUSED_TYPES: dict[str, str] = {}
 
 
 def schema_fields():

@@ -42,7 +42,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
     ("MultiStageMeanfield", r"a type of the Caffe fork torrvision/crfasrnn \(CRF-RNN\)"),
-    ("VideoData", r"a type of the Caffe fork weiliu89/caffe \(SSD\)"),
+    ("Correlation", r"a type of the Caffe fork NVIDIA flownet2 Caffe, not of BVLC Caffe"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):
     with pytest.raises(UnsupportedLayerError,
