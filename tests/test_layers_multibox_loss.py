@@ -1,8 +1,9 @@
 """SSD's MultiBoxLoss (weiliu89/caffe) against a loop-by-loop transcription of the fork's
 MultiBoxLossLayer::Forward_cpu / Backward_cpu and the bbox_util.cpp functions it calls
-(GetGroundTruth, MatchBBox, FindMatches, EncodeBBox, ComputeConfLoss, MineHardExamples,
-EncodeLocPrediction, EncodeConfPrediction) with its SmoothL1, Euclidean, SoftmaxWithLoss
-and SigmoidCrossEntropyLoss inner layers; the tie order of its std::sort against g++;
+(GetGroundTruth, MatchBBox, FindMatches, EncodeBBox, ComputeConfLoss, ComputeLocLoss,
+ApplyNMS, MineHardExamples with MAX_NEGATIVE and HARD_EXAMPLE, EncodeLocPrediction,
+EncodeConfPrediction) with its SmoothL1, Euclidean, SoftmaxWithLoss and
+SigmoidCrossEntropyLoss inner layers; a small hard example mining case by hand; the tie order of its std::sort against g++;
 a tiny SSD-shaped net that trains; and the errors, which name the layer."""
 import math
 import shutil
@@ -189,28 +190,108 @@ def compute_conf_loss(conf, num, num_priors, num_classes, background, loss_type,
     return all_loss
 
 
-def mine_hard_examples(conf, all_gt, num_priors, all_overlaps, all_indices, p):
+def compute_loc_loss(all_loc_preds, all_gt, all_indices, priors, variances, p, num, num_priors):
+    """ComputeLocLoss on EncodeLocPrediction's float rows: per prior, the float sum of
+    double terms over the 4 coordinates; 0 for a prior without a match."""
+    all_loss = [[F(0)] * num_priors for _ in range(num)]
+    if not any(g > -1 for d in all_indices for v in d.values() for g in v):
+        return all_loss
+    pred, target, where = encode_loc_prediction(all_loc_preds, all_gt, all_indices, priors,
+                                                variances, p)
+    for (i, j, _), prow, trow in zip(where, pred, target):
+        loss = F(0)
+        for k in range(4):
+            val = float(F(prow[k]) - F(trow[k]))   # caffe_sub on the float blobs
+            if p["loc_loss_type"] == SMOOTH_L1 and not abs(val) < 1.0:
+                loss = F(float(loss) + (abs(val) - 0.5))
+            else:
+                loss = F(float(loss) + 0.5 * val * val)
+        all_loss[i][j] = loss
+    return all_loss
+
+
+def apply_nms(bboxes, scores, threshold, top_k):
+    """ApplyNMS (the plain one, reuse_overlaps false) with GetTopKScoreIndex."""
+    pairs = sorted(((scores[i], i) for i in range(len(scores))), key=lambda t: -t[0])  # stable
+    if top_k > -1 and top_k < len(pairs):
+        pairs = pairs[:top_k]
+    indices = []
+    while pairs:
+        best = pairs[0][1]
+        if float(bbox_size(bboxes[best])) < 1e-5:
+            pairs.pop(0)
+            continue
+        indices.append(best)
+        pairs.pop(0)
+        if top_k > -1 and len(indices) >= top_k:
+            break
+        rest = []
+        for score, cur in pairs:
+            if float(bbox_size(bboxes[cur])) < 1e-5:
+                continue
+            if jaccard_overlap(bboxes[best], bboxes[cur]) > F(threshold):
+                continue
+            rest.append((score, cur))
+        pairs = rest
+    return indices
+
+
+def mine_hard_examples(conf, all_gt, num_priors, all_overlaps, all_indices, p, all_loc_preds,
+                       priors, variances):
+    """MineHardExamples: (num_matches, num_negs, negatives); HARD_EXAMPLE sets the matches
+    it does not select to -1 in all_indices."""
     num = len(all_indices)
     num_matches = sum(1 for d in all_indices for v in d.values() for g in v if g > -1)
     all_neg = [[] for _ in range(num)]
     if not p["mining"]:
         return num_matches, 0, all_neg
+    hard = p["hard"]
+    nms = p["nms"]
+    nms_threshold, top_k = (F(nms.get("nms_threshold", 0.3)), nms.get("top_k", 0)) if nms is not None \
+        else (F(0), -1)
     conf_loss = compute_conf_loss(conf, num, num_priors, p["num_classes"], p["background_label_id"],
                                   p["conf_loss_type"], all_indices, all_gt)
+    if hard:
+        loc_loss = compute_loc_loss(all_loc_preds, all_gt, all_indices, priors, variances, p, num,
+                                    num_priors)
+    else:
+        loc_loss = [[F(0)] * num_priors for _ in range(num)]
     num_negs = 0
     for i in range(num):
+        loss = [conf_loss[i][m] + loc_loss[i][m] for m in range(num_priors)]   # float + float
         selected, neg = set(), []
         for label, indices in sorted(all_indices[i].items()):
-            pairs = [(conf_loss[i][m], m) for m in range(len(indices))
-                     if indices[m] == -1 and all_overlaps[i][label][m] < F(p["neg_overlap"])]
-            num_pos = sum(1 for g in indices if g > -1)
-            num_sel = min(int(F(num_pos) * F(p["neg_pos_ratio"])), len(pairs))
-            pairs.sort(key=lambda t: -t[0])
-            assert num_sel <= 0 or num_sel == len(pairs) or pairs[num_sel - 1][0] != pairs[num_sel][0], \
-                "a tie at the cut: the case depends on std::sort's order"
-            selected |= {m for _, m in pairs[:max(num_sel, 0)]}
+            def eligible(m):
+                return hard or (indices[m] == -1 and all_overlaps[i][label][m] < F(p["neg_overlap"]))
+            pairs = [(loss[m], m) for m in range(len(indices)) if eligible(m)]
+            num_sel = len(pairs)
+            if hard:
+                assert p["sample_size"] > 0
+                num_sel = min(p["sample_size"], num_sel)
+            else:
+                num_pos = sum(1 for g in indices if g > -1)
+                num_sel = min(int(F(num_pos) * F(p["neg_pos_ratio"])), num_sel)
+            if nms is not None and nms_threshold > 0:
+                if p["use_prior_for_nms"]:
+                    boxes = priors
+                else:
+                    boxes = [decode_bbox(pr, var, p["code_type"], p["encode_variance_in_target"], lp)
+                             for pr, var, lp in zip(priors, variances, all_loc_preds[i][label])]
+                sel_boxes = [boxes[m] for m in range(len(indices)) if eligible(m)]
+                nms_indices = apply_nms(sel_boxes, [t[0] for t in pairs], nms_threshold, top_k)
+                num_sel = min(len(nms_indices), num_sel)
+                selected |= {pairs[nms_indices[n]][1] for n in range(num_sel)}
+            else:
+                pairs.sort(key=lambda t: -t[0])
+                assert num_sel <= 0 or num_sel == len(pairs) or pairs[num_sel - 1][0] != pairs[num_sel][0], \
+                    "a tie at the cut: the case depends on std::sort's order"
+                selected |= {m for _, m in pairs[:max(num_sel, 0)]}
             for m in range(len(indices)):
-                if indices[m] == -1 and m in selected:
+                if indices[m] > -1:
+                    if hard and m not in selected:
+                        indices[m] = -1
+                        num_matches -= 1
+                elif indices[m] == -1 and m in selected:
                     neg.append(m)
                     num_negs += 1
         all_neg[i] = neg
@@ -339,7 +420,8 @@ def multibox_loss(loc, conf, prior, label, p, top_diff=1.0):
     all_loc_preds = get_loc_predictions(loc, num, num_priors, loc_classes, p["share_location"])
     all_indices, all_overlaps = find_matches(all_loc_preds, all_gt, priors, variances, p)
     num_matches, num_negs, all_neg = mine_hard_examples(conf, all_gt, num_priors, all_overlaps,
-                                                         all_indices, p)
+                                                         all_indices, p, all_loc_preds, priors,
+                                                         variances)
     normalizer = get_normalizer(p["normalization"], num, num_priors, num_matches)
     loc_diff, conf_diff = np.zeros(loc.shape), np.zeros(conf.shape)
     loc_loss = conf_loss = 0.0
@@ -385,7 +467,8 @@ DEFAULTS = dict(num_classes=4, share_location=True, match_type=PER_PREDICTION, o
                 encode_variance_in_target=False, map_object_to_agnostic=False,
                 ignore_cross_boundary_bbox=False, bp_inside=False, loc_loss_type=SMOOTH_L1,
                 conf_loss_type=SOFTMAX, loc_weight=1.0, normalization=VALID,
-                propagate_down=(True, True))
+                propagate_down=(True, True), hard=False, nms=None, sample_size=64,
+                use_prior_for_nms=False)
 
 
 def layer_text(p, extra=""):
@@ -397,7 +480,7 @@ def layer_text(p, extra=""):
                 "use_prior_for_matching", "background_label_id", "use_difficult_gt", "neg_pos_ratio",
                 "neg_overlap", "code_type", "encode_variance_in_target", "map_object_to_agnostic",
                 "ignore_cross_boundary_bbox", "bp_inside", "loc_loss_type", "conf_loss_type",
-                "loc_weight"):
+                "loc_weight", "sample_size", "use_prior_for_nms"):
         value = p[key]
         if key in names:
             value = names[key][value]
@@ -406,7 +489,9 @@ def layer_text(p, extra=""):
         elif isinstance(value, bool):
             value = str(value).lower()
         fields.append(f"{key}: {value}")
-    fields.append(f"mining_type: {'MAX_NEGATIVE' if p['mining'] else 'NONE'}")
+    fields.append(f"mining_type: {('NONE', 'HARD_EXAMPLE' if p['hard'] else 'MAX_NEGATIVE')[p['mining']]}")
+    if p["nms"] is not None:
+        fields.append("nms_param { " + " ".join(f"{k}: {v}" for k, v in p["nms"].items()) + " }")
     norm = ("FULL", "VALID", "BATCH_SIZE", "NONE")[p["normalization"]]
     down = " ".join(f"propagate_down: {str(d).lower()}" for d in (*p["propagate_down"], False, False))
     return (f'name: "mbox_loss" type: "MultiBoxLoss" {down} loss_param {{ normalization: {norm} }} '
@@ -480,6 +565,34 @@ CASES = {
     "background_not_zero": dict(background_label_id=2, code_type=CENTER_SIZE),
     "conf_term_only": dict(propagate_down=(False, True)),
     "loc_term_only": dict(propagate_down=(True, False), mining=False),
+    # MAX_NEGATIVE with nms_param: the negatives are the first after NMS over the losses
+    "max_negative_nms_priors": dict(nms=dict(nms_threshold=0.2, top_k=40), use_prior_for_nms=True),
+    "max_negative_nms_decoded": dict(nms=dict(nms_threshold=0.25, top_k=-1), code_type=CENTER_SIZE,
+                                     neg_pos_ratio=5.0, normalization=FULL),
+    # HARD_EXAMPLE: the sample_size priors of largest loc + conf loss, matched or not
+    "hard_sample_10_valid": dict(hard=True, sample_size=10),
+    "hard_sample_over_all_l2_logistic_batch": dict(hard=True, sample_size=100, loc_loss_type=L2,
+                                                   conf_loss_type=LOGISTIC, normalization=BATCH_SIZE),
+    "hard_nms_priors_top_k_full": dict(hard=True, sample_size=12, use_prior_for_nms=True,
+                                       nms=dict(nms_threshold=0.2, top_k=20), normalization=FULL),
+    "hard_nms_decoded_no_limit_logistic_none": dict(
+        hard=True, sample_size=100, nms=dict(nms_threshold=0.3, top_k=-1, eta=0.8),
+        code_type=CENTER_SIZE, conf_loss_type=LOGISTIC, normalization=NONE, loc_weight=1.5),
+    "hard_nms_decoded_l2_variance_bp_inside": dict(
+        hard=True, sample_size=16, nms=dict(nms_threshold=0.25, top_k=30), loc_loss_type=L2,
+        code_type=CENTER_SIZE, encode_variance_in_target=True, bp_inside=True),
+    "hard_nms_threshold_0_sorts": dict(hard=True, sample_size=16, nms=dict(nms_threshold=0, top_k=3),
+                                       normalization=BATCH_SIZE),
+    "hard_ignore_cross_boundary": dict(hard=True, sample_size=20, code_type=CENTER_SIZE,
+                                       ignore_cross_boundary_bbox=True, use_prior_for_nms=True,
+                                       nms=dict(nms_threshold=0.35, top_k=-1)),
+    "hard_match_decoded_logistic_background_2": dict(
+        hard=True, sample_size=14, use_prior_for_matching=False, code_type=CENTER_SIZE,
+        overlap_threshold=0.3, conf_loss_type=LOGISTIC, background_label_id=2),
+    "hard_agnostic_corner_size": dict(hard=True, sample_size=24, map_object_to_agnostic=True,
+                                      num_classes=2, code_type=CORNER_SIZE,
+                                      nms=dict(nms_threshold=0.4, top_k=25)),
+    "hard_conf_term_only": dict(hard=True, sample_size=10, propagate_down=(False, True)),
 }
 
 
@@ -537,6 +650,130 @@ def test_legacy_normalize_and_do_neg_mining():
     layer = layer_from_text(text, [x.shape for x in case])
     (loss,) = layer(*map(torch.tensor, case))
     np.testing.assert_allclose(loss.item(), want, rtol=1e-5)
+
+
+# ---- HARD_EXAMPLE by hand ----------------------------------------------------------------
+
+# A and B overlap by IoU 0.905 and both match the gt (A exactly); C and D are background.
+HAND_PRIORS = [[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9], [0.0, 0.6, 0.3, 0.9]]
+A, B, C, D = range(4)
+LN1E, LC, LN1E_1 = math.log(1 + math.e), math.log(1 + math.exp(0.5)), math.log(1 + 1 / math.e)
+
+
+def hand_case(param, loc_b=(0, 0, 0, 0)):
+    """Two classes, background 0, variances 0.1, CORNER codes. Losses: A ln(1 + e) (conf
+    [1, 0], label 1) + 0.005 (its target is 0, it predicts (0.1, 0, 0, 0)); B ln(1 + e)
+    (conf [1, 0], label 1) + 0.04 (its target is (-0.2, 0, -0.2, 0), it predicts 0);
+    C ln(1 + e^0.5) (conf [0, 0.5], background); D ln(1 + 1/e) (conf [1, 0], background):
+    B > A > C > D. (loss, priors with a loc gradient, with a conf gradient, loc gradient)."""
+    prior = np.array([sum(HAND_PRIORS, []), [0.1] * 16], F)[None]
+    label = np.array([0, 1, 0, 0.1, 0.1, 0.5, 0.5, 0], F).reshape(1, 1, 1, 8)
+    loc = np.zeros((1, 16), F)
+    loc[0, 4 * A] = 0.1
+    loc[0, 4 * B:4 * B + 4] = loc_b
+    conf = np.array([[1, 0, 1, 0, 0, 0.5, 1, 0]], F)
+    text = ('name: "mbox_loss" type: "MultiBoxLoss" propagate_down: true propagate_down: true '
+            'propagate_down: false propagate_down: false multibox_loss_param { num_classes: 2 '
+            f'code_type: CORNER mining_type: HARD_EXAMPLE {param} }}')
+    layer = layer_from_text(text, [loc.shape, conf.shape, prior.shape, label.shape])
+    loc_t, conf_t = torch.tensor(loc, requires_grad=True), torch.tensor(conf, requires_grad=True)
+    (loss,) = layer(loc_t, conf_t, torch.tensor(prior), torch.tensor(label))
+    loss.backward()
+    rows = lambda g: sorted(np.flatnonzero(np.abs(g.numpy().reshape(4, -1)).sum(1)).tolist())
+    return loss.item(), rows(loc_t.grad), rows(conf_t.grad), loc_t.grad.numpy().reshape(4, 4)
+
+
+def test_hard_example_without_nms_by_hand():
+    """No nms_param: the 2 largest losses, B and A, both positives; no negative; VALID
+    normalises by 2."""
+    loss, loc_rows, conf_rows, dloc = hand_case("sample_size: 2")
+    assert loc_rows == [A, B] and conf_rows == [A, B]
+    np.testing.assert_allclose(loss, (0.045 + 2 * LN1E) / 2, rtol=1e-6)
+    np.testing.assert_allclose(dloc[B], [0.1, 0, 0.1, 0], rtol=1e-5, atol=1e-7)
+
+
+def test_hard_example_nms_over_priors_by_hand():
+    """sample_size 2 after NMS over the priors at 0.5: B (largest loss) suppresses A, so B
+    and C are picked; A loses its match (neither positive nor negative), C is a negative;
+    VALID normalises by the one match left."""
+    loss, loc_rows, conf_rows, dloc = hand_case(
+        "sample_size: 2 use_prior_for_nms: true nms_param { nms_threshold: 0.5 top_k: -1 }")
+    assert loc_rows == [B] and conf_rows == [B, C]
+    np.testing.assert_allclose(loss, 0.04 + LN1E + LC, rtol=1e-6)
+    np.testing.assert_allclose(dloc[B], [0.2, 0, 0.2, 0], rtol=1e-5, atol=1e-7)
+    # a third pick reaches past the suppressed A to D
+    loss, loc_rows, conf_rows, _ = hand_case(
+        "sample_size: 3 use_prior_for_nms: true nms_param { nms_threshold: 0.5 top_k: -1 }")
+    assert loc_rows == [B] and conf_rows == [B, C, D]
+    np.testing.assert_allclose(loss, 0.04 + LN1E + LC + LN1E_1, rtol=1e-6)
+    # top_k 2 cuts the candidates to B and A before NMS, which drops A: B alone
+    loss, loc_rows, conf_rows, _ = hand_case(
+        "sample_size: 3 use_prior_for_nms: true nms_param { nms_threshold: 0.5 top_k: 2 }")
+    assert loc_rows == [B] and conf_rows == [B]
+    np.testing.assert_allclose(loss, 0.04 + LN1E, rtol=1e-6)
+    # an NMS threshold above their overlap keeps A; eta does not apply to mining
+    _, loc_rows, conf_rows, _ = hand_case("sample_size: 3 use_prior_for_nms: true "
+                                          "nms_param { nms_threshold: 0.95 top_k: -1 eta: 0.1 }")
+    assert loc_rows == [A, B] and conf_rows == [A, B, C]
+
+
+def test_hard_example_nms_over_decoded_predictions_by_hand():
+    """B predicts (3, 0, 3, 0): decoded it moves right to IoU 0.11 with A, so NMS over the
+    predictions keeps A (picked: B, A, C), while NMS over the priors still drops it (B, C,
+    D). B's smooth L1 loss is 2 * (3.2 - 0.5)."""
+    param = "sample_size: 3 nms_param {{ nms_threshold: 0.5 top_k: -1 }} use_prior_for_nms: {}"
+    loss, loc_rows, conf_rows, _ = hand_case(param.format("false"), loc_b=(3, 0, 3, 0))
+    assert loc_rows == [A, B] and conf_rows == [A, B, C]
+    np.testing.assert_allclose(loss, (5.405 + 2 * LN1E + LC) / 2, rtol=1e-6)
+    loss, loc_rows, conf_rows, _ = hand_case(param.format("true"), loc_b=(3, 0, 3, 0))
+    assert loc_rows == [B] and conf_rows == [B, C, D]
+    np.testing.assert_allclose(loss, 5.4 + LN1E + LC + LN1E_1, rtol=1e-6)
+
+
+def test_hard_example_mining_weighs_the_location_loss():
+    """A and B have the same confidence loss: the location loss ranks them. B (0.04)
+    outranks A (0.005); predicting its target exactly (loss 0), B falls behind A and,
+    unpicked, loses its match."""
+    assert hand_case("sample_size: 1")[2] == [B]
+    loss, loc_rows, conf_rows, _ = hand_case("sample_size: 1", loc_b=(-0.2, 0, -0.2, 0))
+    assert loc_rows == [A] and conf_rows == [A]
+    np.testing.assert_allclose(loss, 0.005 + LN1E, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mining, kept", [("HARD_EXAMPLE", "no prior"), ("MAX_NEGATIVE", "no negative")])
+def test_nms_param_without_top_k_keeps_nothing_as_in_the_fork(mining, kept):
+    """The fork's top_k is 0 when unset, and GetTopKScoreIndex cuts the candidates to 0:
+    HARD_EXAMPLE then unmatches every positive (loss 0), MAX_NEGATIVE picks no negative.
+    Setting the layer up warns."""
+    p = dict(DEFAULTS, hard=mining == "HARD_EXAMPLE", nms=dict(nms_threshold=0.3))
+    case = make_case(4, p)
+    with pytest.warns(UserWarning, match=rf"layer 'mbox_loss': nms_param .* top_k 0 .* keeps {kept}"):
+        loss, dloc, dconf = run_layer(p, *case)
+    want, want_loc, want_conf, matches, negatives = multibox_loss(*case, p)
+    assert not any(negatives)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(dloc, want_loc, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(dconf, want_conf, rtol=1e-4, atol=1e-7)
+    if mining == "HARD_EXAMPLE":
+        assert loss == 0 and not dloc.any() and not dconf.any()
+    else:
+        assert loss > 0 and any(g > -1 for d in matches for v in d.values() for g in v)
+
+
+def test_hard_example_needs_share_location():
+    text = ('name: "mbox_loss" type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 '
+            'share_location: false mining_type: HARD_EXAMPLE }')
+    with pytest.raises(ValueError, match=r"layer 'mbox_loss': negative mining needs share_location"):
+        layer_from_text(text, [(2, 72), (2, 18), (1, 2, 24), (1, 1, 2, 8)])
+
+
+def test_hard_example_ignores_neg_pos_ratio():
+    """neg_pos_ratio is MAX_NEGATIVE's: HARD_EXAMPLE takes an infinite one, as the fork."""
+    text = ('name: "mbox_loss" type: "MultiBoxLoss" multibox_loss_param {{ num_classes: 3 '
+            'neg_pos_ratio: inf mining_type: {} }}')
+    layer_from_text(text.format("HARD_EXAMPLE"), [(2, 24), (2, 18), (1, 2, 24), (1, 1, 2, 8)])
+    with pytest.raises(ValueError, match=r"layer 'mbox_loss': neg_pos_ratio must be finite"):
+        layer_from_text(text.format("MAX_NEGATIVE"), [(2, 24), (2, 18), (1, 2, 24), (1, 1, 2, 8)])
 
 
 # ---- std::sort ties -------------------------------------------------------------------
@@ -728,7 +965,10 @@ def test_a_label_of_the_wrong_shape_is_refused(tmp_path, label_shape):
     ("", r"num_classes is required"),
     ("num_classes: 0", r"num_classes must be at least 1"),
     ("num_classes: 4", r"conf bottom \[2, 18\] needs 24 channels"),
-    ("num_classes: 3 mining_type: HARD_EXAMPLE", r"HARD_EXAMPLE .* is not supported"),
+    ("num_classes: 3 mining_type: HARD_EXAMPLE sample_size: 0",
+     r"sample_size must be positive for mining_type HARD_EXAMPLE, got 0"),
+    ("num_classes: 3 mining_type: HARD_EXAMPLE sample_size: -3 nms_param { top_k: 5 }",
+     r"sample_size must be positive for mining_type HARD_EXAMPLE, got -3"),
     ("num_classes: 3 do_neg_mining: false", r"do_neg_mining: false contradicts mining_type MAX_NEGATIVE"),
     ("num_classes: 3 background_label_id: 3", r"background_label_id 3 must be within \[0, 3\)"),
     ("num_classes: 3 share_location: false", r"loc bottom \[2, 24\] needs 72 channels"),
