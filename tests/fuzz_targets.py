@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,8 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" to
 """
 
 # SSD training on AnnotatedDatum records (written per input from anno.bin, mutated, between
-# two intact ones) with every augmentation the layer implements, into MultiBoxLoss.
+# two intact ones) with every augmentation the layer implements, into MultiBoxLoss; and the
+# same net with FIT_SMALL_SIZE (batch_size 1, an image size per batch) and the other noise.
 SSD_NET = """name: "fuzz-ssd"
 layer { name: "data" type: "AnnotatedData" top: "data" top: "label"
   transform_param { mirror: true mean_value: 104 mean_value: 117 mean_value: 123
@@ -113,7 +115,9 @@ layer { name: "data" type: "AnnotatedData" top: "data" top: "label"
     distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5
       contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5
       saturation_upper: 1.5 random_order_prob: 0.5 }
-    expand_param { prob: 0.5 max_expand_ratio: 2 } }
+    expand_param { prob: 0.5 max_expand_ratio: 2 }
+    noise_param { gauss_blur: true hist_eq: true jpeg: 70 erode: true saltpepper: true
+      saltpepper_param { fraction: 0.02 value: 0 value: 255 value: 128 } } }
   data_param { source: "ssd_db" batch_size: 2 backend: LMDB }
   annotated_data_param { batch_sampler { max_sample: 1 max_trials: 1 }
     batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }
@@ -132,6 +136,12 @@ layer { name: "loss" type: "MultiBoxLoss" bottom: "loc_flat" bottom: "conf_flat"
   top: "loss" propagate_down: true propagate_down: true propagate_down: false propagate_down: false
   multibox_loss_param { num_classes: 3 overlap_threshold: 0.5 neg_pos_ratio: 3 code_type: CENTER_SIZE } }
 """
+
+SSD_SMALL_NET = SSD_NET.replace("resize_mode: WARP", "resize_mode: FIT_SMALL_SIZE").replace(
+    "batch_size: 2", "batch_size: 1").replace(
+    "noise_param { gauss_blur: true hist_eq: true jpeg: 70 erode: true saltpepper: true\n"
+    "      saltpepper_param { fraction: 0.02 value: 0 value: 255 value: 128 } }",
+    "noise_param { prob: 0.5 clahe: true posterize: true inverse: true convert_to_hsv: true }")
 
 LABEL_MAP = """item { name: "none_of_the_above" label: 0 }
 item { name: "a" label: 1 }
@@ -237,6 +247,7 @@ def make_seeds(folder: Path) -> None:
     (folder / "fork_net.prototxt").write_text(FORK_NET)
     (folder / "dense_net.prototxt").write_text(DENSE_NET)
     (folder / "ssd_net.prototxt").write_text(SSD_NET)
+    (folder / "ssd_small_net.prototxt").write_text(SSD_SMALL_NET)
     (folder / "labelmap.prototxt").write_text(LABEL_MAP)
     (folder / "anno.xml").write_text(VOC_XML)
     cv2.imwrite(str(folder / "box.png"), np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8))
@@ -339,9 +350,17 @@ def run_annotated_datum(folder: Path) -> None:
     good = next(iter(LmdbReader("ssd_db").raw_items()))[1]
     shutil.rmtree("ssd_db")
     write_lmdb("ssd_db", [("0", good), ("1", Path("anno.bin").read_bytes()), ("2", good)])
-    net = Net("ssd_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
+    for net_file, batches in (("ssd_net.prototxt", 2), ("ssd_small_net.prototxt", 3)):
+        _train_ssd(net_file, batches)
+
+
+def _train_ssd(net_file: str, batches: int) -> None:
+    """`batches` batches of an SSD net through MultiBoxLoss and backward."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # noise_param.prob is ignored, as in the fork
+        net = Net(net_file, phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
     source = net.sources[0]
-    for _ in range(2):
+    for _ in range(batches):
         net.objective(net(next(source))).backward()
     source.close()
 
@@ -356,9 +375,8 @@ def run_voc_xml(folder: Path) -> str | None:
         raise RuntimeError(f"convert_annoset exited {code}: expected 0 or 2")
     if code == 2:
         return "ours"
-    net = Net("ssd_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0, "workers": 0})
-    net.objective(net(next(net.sources[0]))).backward()
-    net.sources[0].close()
+    _train_ssd("ssd_net.prototxt", 1)
+    _train_ssd("ssd_small_net.prototxt", 1)
     return None
 
 

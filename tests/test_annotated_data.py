@@ -2,7 +2,8 @@
 PNG-encoded datums), against transcriptions of the fork's code in this file (ProjectBBox,
 SampleBBox, JaccardOverlap, CropImage, ExpandImage, UpdateBBoxByResizePolicy, the label
 layout) that replay the layer's draws from the same numpy Generator; bad records and
-unsupported fields are DataErrors naming the record or the field."""
+unsupported fields are DataErrors naming the record or the field. noise_param and
+FIT_SMALL_SIZE are in test_annotated_data_noise.py."""
 import math
 
 import cv2
@@ -513,15 +514,15 @@ def test_bad_records_name_their_key(tmp_path):
 
 
 @pytest.mark.parametrize("transform, message", [
-    ("noise_param { decolorize: true }", r"transform_param.noise_param .* not supported"),
-    ("resize_param { resize_mode: FIT_SMALL_SIZE height: 8 width: 8 }", "FIT_SMALL_SIZE is not supported"),
+    ("resize_param { resize_mode: FIT_SMALL_SIZE height: 8 width: 8 }",
+     "FIT_SMALL_SIZE gives each image its own size, so it needs data_param.batch_size 1 .*got 2"),
     ("expand_param { prob: 1 }", "max_expand_ratio must be > 1"),
     ("crop_h: 3", "give both crop_h and crop_w"),
 ])
 def test_unsupported_fields_are_refused_naming_them(tmp_path, transform, message):
     db = write_db(tmp_path / "db", [annotated(images(1, 4, 4)[0])])
     with pytest.raises(DataError, match=rf"layer 'data' \(AnnotatedData\): .*{message}"):
-        source(db, 1, transform)
+        source(db, 2, transform)
 
 
 def test_other_data_layers_still_refuse_the_forks_fields():

@@ -8,10 +8,25 @@ from the Datum, N floats.
 Per item, as annotated_data_layer.cpp's load_batch, in every phase: distort_param
 (DistortImage), expand_param (ExpandImage), the batch samplers (GenerateBatchSamples, then
 CropImage with one of the sampled boxes), then the transform (Transform of the datum:
-mirror, resize_param, crop, mean, scale; TransformAnnotation: resize policy, emit_constraint,
-projection onto the crop, mirror). The fork keeps an encoded datum encoded: distort, expand
-and crop each re-encode their result as JPEG (OpenCV's default quality, 95), and so do these
-steps here; raw datums are never resized or distorted, as in the fork.
+mirror, resize_param, noise_param, crop, mean, scale; TransformAnnotation: resize policy,
+emit_constraint, projection onto the crop, mirror, ExtrapolateBBox). The fork keeps an
+encoded datum encoded: distort, expand and crop each re-encode their result as JPEG
+(OpenCV's default quality, 95), and so do these steps here; raw datums are never resized,
+distorted or noised, as in the fork (a warning says so once).
+
+noise_param is the fork's ApplyNoise: every effect set applies to every image, in its order
+(decolorize, gauss_blur, hist_eq, clahe, jpeg, erode, posterize, inverse, saltpepper,
+convert_to_hsv, convert_to_lab); its `prob` is never read by the fork (a warning says so
+when it is set). As the fork's Transform(cv::Mat), the pixels are then read as bytes, the
+image's channels' worth per pixel from the start of each row of the crop, whatever the
+noised image holds: convert_to_lab's float32 Lab gives the bytes of those floats, and a grey
+image that jpeg decoded in colour gives the first third of each row.
+
+resize_mode FIT_SMALL_SIZE (AspectKeepingResizeBySmall) scales each image until it covers
+height x width, so each image has its own size: the fork allows it with batch_size 1 only
+(refused otherwise), and the data top takes each batch's size (top_shapes holds the first
+record's). With height_scale and width_scale set, ExtrapolateBBox rescales the boxes from
+the crop's size in pixels to width_scale x height_scale (they may leave [0, 1]).
 
 Randomness, same rules, different draws: what the fork draws from caffe_rng_uniform(a, b) is
 a + (b - a) * rng.random() rounded to float32, caffe_rng_rand() is rng.integers(2**32) and the
@@ -20,17 +35,23 @@ transformer's Rand(n) is rng.integers(n), all on one numpy Generator per (seed, 
 effect its probability and amount; std::random_shuffle's channel order becomes
 rng.permutation), expand (probability, ratio, row offset, column offset), each sampler's
 trials (scale, aspect ratio, column offset, row offset), the sampled box's index, then
-mirror, resize_param's interpolation pick and the crop offsets. A batch depends on (seed,
-rank, index) only. Records are read as the Data layer reads them (key order, wrap-around,
-rank shares, rand_skip).
+mirror, resize_param's interpolation pick, noise_param's salt-and-pepper pixels
+(caffe_rng_rand() for the column, then for the row, per pixel; drawn as one array of
+rng.integers(2**32), which numpy draws as the same sequence) and the crop offsets. A batch
+depends on (seed, rank, index) only. Records are read as the Data layer reads them (key
+order, wrap-around, rank shares, rand_skip).
 
 annotated_data_param.label_map_file is for the fork's tools and changes nothing here, nor
 does resize_param.prob (the fork never reads it). Refused, as DataErrors naming the field:
-noise_param, resize_mode FIT_SMALL_SIZE (an image size per batch), and settings on which the
-fork aborts or reads out of bounds (a mean file with a crop of a decoded image, crop_h
-without crop_w). Unlike the fork, a box with xmin > xmax or ymin > ymax is an error naming
-the record (the fork drops it silently), and an encoded datum stored without its size (as
-BVLC's tools write them) uses its decoded size where the resize policy needs one.
+settings on which the fork aborts or reads out of bounds (a mean file with a crop of a
+decoded image, crop_h without crop_w, FIT_SMALL_SIZE with batch_size above 1, a crop
+smaller than height_scale/width_scale, decolorize or convert_to_hsv/lab of a grey image,
+saltpepper_param values neither 1 nor one per channel, saltpepper hitting pixels with no
+value, values that are not bytes). Unlike the fork, a box with xmin > xmax or ymin > ymax is
+an error naming the record (the fork drops it silently), and an encoded datum stored without
+its size (as BVLC's tools write them) uses its decoded size where the resize policy needs
+one. transform_param.noise_param stays refused by the other data layers, as the rest of the
+fork's transform (resize_param, which it follows) is.
 """
 from __future__ import annotations
 
@@ -50,7 +71,8 @@ from runner.data.source import (BATCH_STREAM, SKIP_STREAM, check_tops, generator
                                 stream_offsets)
 from runner.data.ssd_boxes import (F32, RESIZE, Box, Group, clip_bbox, generate_batch_samples,
                                    transform_annotation, uniform)
-from runner.data.ssd_images import apply_distort, apply_resize, hwc
+from runner.data.ssd_images import (apply_distort, apply_noise, apply_resize, fork_pixel_bytes,
+                                    hwc, infer_new_size)
 from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, phase_value
 from runner.proto import caffe_pb2
 from runner.sources import register_source
@@ -82,7 +104,7 @@ class AnnotatedDataSource(ProcessReader):
             raise DataError(f"{where}: data_param.source names no database")
         if data.batch_size <= 0:
             raise DataError(f"{where}: data_param.batch_size must be positive")
-        self._check_fork_fields(t, anno, phase)
+        self._check_fork_fields(t, anno, phase, data.batch_size)
         plain = copy.deepcopy(t)
         for field in _SSD_FORK_FIELDS:
             plain.ClearField(field)
@@ -93,13 +115,18 @@ class AnnotatedDataSource(ProcessReader):
         self.distort = t.distort_param if t.HasField("distort_param") else None
         self.expand = t.expand_param if t.HasField("expand_param") else None
         self.emit = t.emit_constraint if t.HasField("emit_constraint") else None
+        self.noise = t.noise_param if t.HasField("noise_param") else None
+        # FIT_SMALL_SIZE gives each image its own size (batch_size is 1): the data top's
+        # shape changes from batch to batch, as the fork reshapes it in load_batch
+        self.varying_size = self.resize is not None and \
+            self.resize.resize_mode == RESIZE.FIT_SMALL_SIZE
         self.samplers = list(anno.batch_sampler)
         self.batch_size, self.rank, self.world_size = data.batch_size, rank, world_size
         self.seed = resolve_seed(seed, world_size, data.rand_skip > 0, where)
         self.skip = int(generator(self.seed, SKIP_STREAM).integers(data.rand_skip)) \
             if data.rand_skip else 0
         self.path, self.backend = Path.cwd() / data.source, backend_name(data.backend)
-        self._warned_raw_distort = False
+        self._warned_raw = set()
         self._next_batch = 0
         where_first, first = self._read(rank)
         self.typed = first.HasField("type") or anno.HasField("anno_type")
@@ -112,22 +139,20 @@ class AnnotatedDataSource(ProcessReader):
                 else (self.batch_size,)
         self.num_records = len(self.reader())   # in the whole database, all ranks
 
-    def _check_fork_fields(self, t, anno, phase) -> None:
+    def _check_fork_fields(self, t, anno, phase, batch_size: int) -> None:
         """What the fork's DataTransformer and layer CHECK at setup, and what is refused."""
         where = self.where
-        if t.HasField("noise_param"):
-            raise DataError(f"{where}: transform_param.noise_param (the fork's ApplyNoise) is not "
-                            "supported: its prob is never read, so every effect set always "
-                            "applies, and convert_to_lab gives float pixels the fork then reads "
-                            "as bytes")
+        if t.noise_param.HasField("prob"):
+            warnings.warn(f"{where}: noise_param.prob is ignored: the fork never reads it and "
+                          "applies every effect set to every image", stacklevel=4)
         if t.HasField("resize_param"):
             r = t.resize_param
             if r.height <= 0 or r.width <= 0:
                 raise DataError(f"{where}: resize_param.height and width must be positive")
-            if r.resize_mode == RESIZE.FIT_SMALL_SIZE:
-                raise DataError(f"{where}: resize_param.resize_mode FIT_SMALL_SIZE is not "
-                                "supported: it gives each image its own size (the fork allows "
-                                "it with batch_size 1 only), and nets here are shaped once")
+            if r.resize_mode == RESIZE.FIT_SMALL_SIZE and batch_size != 1:
+                raise DataError(f"{where}: resize_param.resize_mode FIT_SMALL_SIZE gives each "
+                                "image its own size, so it needs data_param.batch_size 1 (the "
+                                f"fork CHECKs it), got {batch_size}")
         if t.HasField("expand_param") and not t.expand_param.max_expand_ratio > 1:
             raise DataError(f"{where}: expand_param.max_expand_ratio must be > 1")
         if not t.crop_size and bool(t.crop_h) != bool(t.crop_w):
@@ -214,14 +239,18 @@ class AnnotatedDataSource(ProcessReader):
             raise DataError(f"{where}: OpenCV cannot encode a {dims(image.shape)} image as JPEG")
         return hwc(cv2.imdecode(buffer, self.plain.flag))
 
+    def _warn_raw(self, field: str, where: str) -> None:
+        """Once per field: distort_param and noise_param leave raw datums as they are."""
+        if field not in self._warned_raw:
+            warnings.warn(f"{where}: {field} changes encoded datums only; raw ones are left as "
+                          "they are, as in the fork", stacklevel=4)
+            self._warned_raw.add(field)
+
     def _distort(self, item: Item, rng: np.random.Generator, where: str) -> Item:
         """DistortImage: encoded datums only (the fork logs an error for a raw one and leaves
         it as it is)."""
         if not item.encoded:
-            if not self._warned_raw_distort:
-                warnings.warn(f"{where}: distort_param distorts encoded datums only; raw ones "
-                              "are left as they are, as in the fork", stacklevel=3)
-                self._warned_raw_distort = True
+            self._warn_raw("distort_param", where)
             return item
         image = self._reencode(apply_distort(item.image, self.distort, rng, where), where)
         return replace(item, image=image, height=image.shape[0], width=image.shape[1])
@@ -291,11 +320,12 @@ class AnnotatedDataSource(ProcessReader):
                        groups=transform_annotation(item.groups, clipped, False, self.emit))
 
     def _blob_shape(self, item: Item, where: str) -> tuple[int, int, int]:
-        """InferBlobShape: C x H x W after resize_param (WARP and FIT_LARGE_SIZE_AND_PAD give
-        its size) and the crop."""
+        """InferBlobShape: C x H x W after resize_param (InferNewSize: WARP and
+        FIT_LARGE_SIZE_AND_PAD give its size, FIT_SMALL_SIZE the image's aspect ratio
+        covering it) and the crop."""
         height, width, channels = item.image.shape
         if self.resize is not None:
-            height, width = self.resize.height, self.resize.width
+            height, width = infer_new_size(self.resize, width, height)
         crop_h, crop_w = self.crop_hw
         if height < crop_h or width < crop_w:
             raise DataError(f"{where}: image is {height} x {width}"
@@ -311,20 +341,26 @@ class AnnotatedDataSource(ProcessReader):
 
     def _transform(self, item: Item, rng: np.random.Generator, where: str
                    ) -> tuple[np.ndarray, list[Group]]:
-        """Transform(AnnotatedDatum): mirror draw, resize (encoded datums), crop, then
-        (x - mean) * scale, flipped if mirrored; the boxes by TransformAnnotation. The mean
-        file is taken at the source pixel for a raw datum and at the output pixel for a
-        decoded one (the fork's Transform(cv::Mat) indexes it by the mirrored column)."""
+        """Transform(AnnotatedDatum): mirror draw, resize and noise (encoded datums), crop,
+        then (x - mean) * scale, flipped if mirrored; the boxes by TransformAnnotation. The
+        mean file is taken at the source pixel for a raw datum and at the output pixel for a
+        decoded one (the fork's Transform(cv::Mat) indexes it by the mirrored column). The
+        pixels are the bytes the fork reads from the noised image (fork_pixel_bytes)."""
         shape = self._blob_shape(item, where)
-        if shape != self.data_shape:
+        if shape != self.data_shape and not self.varying_size:
             raise DataError(f"{where}: image gives {dims(shape)} after the augmentation, the "
                             f"layer's first record {dims(self.data_shape)}; use resize_param "
                             "or crop_size so that every image gives one size")
         mirror = self.plain.mirror and rng.integers(2) == 1
-        image = item.image
+        image, channels = item.image, item.image.shape[2]
         if item.encoded and self.resize is not None:
             image = apply_resize(image, self.resize, rng, where)
-        img_h, img_w, channels = image.shape
+        if self.noise is not None:
+            if item.encoded:
+                image = apply_noise(image, self.noise, rng, where)
+            else:
+                self._warn_raw("noise_param", where)
+        img_h, img_w = image.shape[:2]
         crop_h, crop_w = self.crop_hw if item.encoded else (self.plain.crop, self.plain.crop)
         height, width = (crop_h, crop_w) if crop_h and crop_w else (img_h, img_w)
         if (channels, height, width) != shape:
@@ -351,7 +387,9 @@ class AnnotatedDataSource(ProcessReader):
                             "uncropped size and reads past it")
         if values is not None:
             self._check_mean_values(channels, where)
-        out = hwc_to_chw(image[h_off:h_off + height, w_off:w_off + width]).astype(F32)
+        pixels = fork_pixel_bytes(image, channels, h_off, w_off, height, width) \
+            if item.encoded else image[h_off:h_off + height, w_off:w_off + width]
+        out = hwc_to_chw(pixels).astype(F32)
         if mean is not None and not item.encoded:
             out -= mean[:, h_off:h_off + height, w_off:w_off + width]
         if mirror:
@@ -362,13 +400,12 @@ class AnnotatedDataSource(ProcessReader):
             out = out - values.reshape(-1, 1, 1)
         out = out * F32(self.plain.scale)
         resize = (self.resize, item.width, item.height) if self.resize is not None else None
-        return out, transform_annotation(item.groups, crop_box, mirror, self.emit, resize)
+        return out, transform_annotation(item.groups, crop_box, mirror, self.emit, resize, where)
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         """Batch number `index` of this rank."""
         rng = generator(self.seed, BATCH_STREAM, self.rank, index)
-        data = np.empty((self.batch_size, *self.data_shape), F32)
-        labels, rows = np.empty(self.batch_size, F32), []
+        data, labels, rows = [], np.empty(self.batch_size, F32), []
         for item_id, position in enumerate(stream_offsets(index, self.batch_size, self.rank,
                                                           self.world_size)):
             where, record = self._read(position)
@@ -382,11 +419,12 @@ class AnnotatedDataSource(ProcessReader):
                 boxes = generate_batch_samples(objects, self.samplers, rng)
                 if boxes:
                     item = self._crop(item, boxes[int(rng.integers(2 ** 32)) % len(boxes)], where)
-            data[item_id], groups = self._transform(item, rng, where)
+            pixels, groups = self._transform(item, rng, where)
+            data.append(pixels)
             labels[item_id] = item.label
             rows += [[item_id, label, instance, b.xmin, b.ymin, b.xmax, b.ymax, b.difficult]
                      for label, annos in groups for instance, b in annos]
-        tops = {self.tops[0]: torch.from_numpy(data)}
+        tops = {self.tops[0]: torch.from_numpy(np.stack(data))}
         if len(self.tops) > 1:
             boxes = np.asarray(rows or [[-1] * 8], F32).reshape(1, 1, -1, 8)
             tops[self.tops[1]] = torch.from_numpy(boxes if self.typed else labels)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from runner.data.datum import DataError
 from runner.proto import caffe_pb2
 
 F32 = np.float32
@@ -96,15 +97,30 @@ def meet_emit_constraint(src: Box, b: Box, emit: caffe_pb2.EmitConstraint) -> bo
     return bool(bbox_coverage(b, src) > F32(emit.emit_overlap))
 
 
+def fit_small_size(param: caffe_pb2.ResizeParameter, width: int, height: int
+                   ) -> tuple[np.float32, np.float32]:
+    """The (height, width) FIT_SMALL_SIZE scales a width x height image to, in float as
+    UpdateBBoxByResizePolicy and ExtrapolateBBox compute it (the image's own size truncates
+    these)."""
+    new_h, new_w = F32(param.height), F32(param.width)
+    orig_aspect = F32(width) / F32(height)
+    if orig_aspect < new_w / new_h:
+        return new_w / orig_aspect, new_w
+    return new_h, orig_aspect * new_h
+
+
 def update_bbox_by_resize_policy(param: caffe_pb2.ResizeParameter, old_width: int,
                                  old_height: int, b: Box) -> Box:
-    """UpdateBBoxByResizePolicy for WARP and FIT_LARGE_SIZE_AND_PAD (size kept as it was)."""
+    """UpdateBBoxByResizePolicy (size kept as it was)."""
     new_h, new_w = F32(param.height), F32(param.width)
     old_w, old_h, zero, two = F32(old_width), F32(old_height), F32(0), F32(2)
     x_min, y_min, x_max, y_max = b.xmin * old_w, b.ymin * old_h, b.xmax * old_w, b.ymax * old_h
     orig_aspect = old_w / old_h
-    warp_x = param.resize_mode == RESIZE.WARP or orig_aspect > new_w / new_h
-    warp_y = param.resize_mode == RESIZE.WARP or not orig_aspect > new_w / new_h
+    warp = param.resize_mode in (RESIZE.WARP, RESIZE.FIT_SMALL_SIZE)
+    if param.resize_mode == RESIZE.FIT_SMALL_SIZE:
+        new_h, new_w = fit_small_size(param, old_width, old_height)
+    warp_x = warp or orig_aspect > new_w / new_h
+    warp_y = warp or not orig_aspect > new_w / new_h
     if warp_x:
         x_min, x_max = max(zero, x_min * new_w / old_w), min(new_w, x_max * new_w / old_w)
     else:   # FIT_LARGE_SIZE_AND_PAD, padded left and right
@@ -121,13 +137,32 @@ def update_bbox_by_resize_policy(param: caffe_pb2.ResizeParameter, old_width: in
                    ymax=y_max / new_h)
 
 
+def extrapolate_bbox(param: caffe_pb2.ResizeParameter, height: int, width: int, crop: Box,
+                     b: Box, where: str) -> None:
+    """ExtrapolateBBox: with FIT_SMALL_SIZE and both height_scale and width_scale set, the
+    box (normalized to the crop) is rescaled from the crop's size in pixels of the resized
+    image to width_scale x height_scale, in place (so it may leave [0, 1])."""
+    if not (param.resize_mode == RESIZE.FIT_SMALL_SIZE and param.height_scale > 0
+            and param.width_scale > 0):
+        return
+    resize_h, resize_w = fit_small_size(param, width, height)
+    crop_h, crop_w = resize_h * (crop.ymax - crop.ymin), resize_w * (crop.xmax - crop.xmin)
+    scale_h, scale_w = F32(param.height_scale), F32(param.width_scale)
+    if not (crop_w >= scale_w and crop_h >= scale_h):
+        raise DataError(f"{where}: the crop is {crop_w:g} x {crop_h:g} pixels of the resized "
+                        f"image, smaller than resize_param's width_scale x height_scale "
+                        f"{param.width_scale} x {param.height_scale} (the fork CHECKs it)")
+    b.xmin, b.xmax = b.xmin * crop_w / scale_w, b.xmax * crop_w / scale_w
+    b.ymin, b.ymax = b.ymin * crop_h / scale_h, b.ymax * crop_h / scale_h
+
+
 def transform_annotation(groups: list[Group], crop: Box, mirror: bool,
                          emit: caffe_pb2.EmitConstraint | None,
-                         resize: tuple[caffe_pb2.ResizeParameter, int, int] | None = None
-                         ) -> list[Group]:
+                         resize: tuple[caffe_pb2.ResizeParameter, int, int] | None = None,
+                         where: str = "") -> list[Group]:
     """TransformAnnotation: each box through the resize policy (`resize`: the parameter and
     the datum's width and height), the emit constraint and the projection onto `crop`,
-    mirrored; groups left without a box are dropped."""
+    mirrored, then ExtrapolateBBox; groups left without a box are dropped."""
     out = []
     for label, annos in groups:
         kept = []
@@ -140,6 +175,9 @@ def transform_annotation(groups: list[Group], crop: Box, mirror: bool,
             if proj is not None:
                 if mirror:
                     proj.xmin, proj.xmax = F32(1) - proj.xmax, F32(1) - proj.xmin
+                if resize is not None:
+                    param, width, height = resize
+                    extrapolate_bbox(param, height, width, crop, proj, where)
                 kept.append((instance, proj))
         if kept:
             out.append((label, kept))

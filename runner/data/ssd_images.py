@@ -1,5 +1,6 @@
 """The SSD fork's image operations for its AnnotatedData layer (util/im_transforms.cpp), on
-H x W x C uint8 images as OpenCV's: the photometric distortions and resize_param's resizing."""
+H x W x C uint8 images as OpenCV's: the photometric distortions, resize_param's resizing and
+noise_param's effects (ApplyNoise)."""
 from __future__ import annotations
 
 import math
@@ -15,8 +16,6 @@ INTERPOLATIONS = {RESIZE.LINEAR: cv2.INTER_LINEAR, RESIZE.AREA: cv2.INTER_AREA,
                   RESIZE.LANCZOS4: cv2.INTER_LANCZOS4}
 PADDINGS = {RESIZE.CONSTANT: cv2.BORDER_CONSTANT, RESIZE.MIRRORED: cv2.BORDER_REFLECT_101,
             RESIZE.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
-
-
 
 def hwc(image: np.ndarray) -> np.ndarray:
     """An OpenCV result with its channel axis (a one-channel image comes back H x W)."""
@@ -83,10 +82,21 @@ def apply_distort(image: np.ndarray, p: caffe_pb2.DistortionParameter,
     return image
 
 
+def infer_new_size(p: caffe_pb2.ResizeParameter, width: int, height: int) -> tuple[int, int]:
+    """InferNewSize: (height, width) after resize_param; FIT_SMALL_SIZE scales the image's
+    aspect ratio up until it covers height x width, truncating the longer side."""
+    if p.resize_mode != RESIZE.FIT_SMALL_SIZE:
+        return p.height, p.width
+    orig_aspect = F32(width) / F32(height)
+    if orig_aspect < F32(p.width) / F32(p.height):
+        return int(F32(p.width) / orig_aspect), p.width
+    return p.height, int(orig_aspect * F32(p.height))
+
+
 def apply_resize(image: np.ndarray, p: caffe_pb2.ResizeParameter, rng: np.random.Generator,
                  where: str) -> np.ndarray:
-    """ApplyResize (WARP, FIT_LARGE_SIZE_AND_PAD): the interpolation picked uniformly from
-    interp_mode (roll_weighted_die), LINEAR when none is given."""
+    """ApplyResize (WARP, FIT_LARGE_SIZE_AND_PAD, FIT_SMALL_SIZE): the interpolation picked
+    uniformly from interp_mode (roll_weighted_die), LINEAR when none is given."""
     interp = cv2.INTER_LINEAR
     if len(p.interp_mode):
         cumulative = np.cumsum(np.full(len(p.interp_mode), F32(1) / F32(len(p.interp_mode))),
@@ -100,6 +110,9 @@ def apply_resize(image: np.ndarray, p: caffe_pb2.ResizeParameter, rng: np.random
     pad = list(p.pad_value) * (channels if len(p.pad_value) == 1 else 1) or [0.0]
     if p.resize_mode == RESIZE.WARP:
         return hwc(cv2.resize(image, (p.width, p.height), interpolation=interp))
+    if p.resize_mode == RESIZE.FIT_SMALL_SIZE:   # AspectKeepingResizeBySmall
+        height, width = infer_new_size(p, image.shape[1], image.shape[0])
+        return hwc(cv2.resize(image, (width, height), interpolation=interp))
     # AspectKeepingResizeAndPad
     orig_aspect = F32(image.shape[1]) / F32(image.shape[0])
     if orig_aspect > F32(p.width) / F32(p.height):
@@ -116,3 +129,95 @@ def apply_resize(image: np.ndarray, p: caffe_pb2.ResizeParameter, rng: np.random
     resized = cv2.resize(image, size, interpolation=interp)
     return hwc(cv2.copyMakeBorder(resized, *borders, PADDINGS[p.pad_mode],
                                   value=(pad + [0.0] * 4)[:4]))
+
+
+def _three_channels(image: np.ndarray, effect: str, where: str) -> None:
+    if image.shape[2] != 3:
+        raise DataError(f"{where}: noise_param.{effect} needs 3-channel images (the fork's "
+                        f"cv::cvtColor aborts), this one has {image.shape[2]}")
+
+
+def _on_luma(image: np.ndarray, equalize) -> np.ndarray:
+    """hist_eq and clahe: `equalize` on a grey image, else on the Y plane of YCrCb."""
+    if image.shape[2] == 1:
+        return hwc(equalize(image[:, :, 0]))
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb)
+    ycrcb[:, :, 0] = equalize(np.ascontiguousarray(ycrcb[:, :, 0]))
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+
+
+def salt_pepper_values(p: caffe_pb2.NoiseParameter, channels: int, where: str) -> list[int]:
+    """saltpepper_param.value as the fork's bytes (uchar(value)), one per channel."""
+    values = list(p.saltpepper_param.value)
+    if not values:
+        return []
+    if len(values) not in (1, channels):
+        raise DataError(f"{where}: specify either 1 saltpepper_param.value or as many as "
+                        f"channels ({channels}), got {len(values)}")
+    if not all(-1 < v < 256 for v in values):
+        raise DataError(f"{where}: saltpepper_param.value must be byte values, got {values} "
+                        "(the fork casts each to uchar, undefined outside (-1, 256))")
+    return [int(v) for v in values] * (channels if len(values) == 1 else 1)
+
+
+def apply_noise(image: np.ndarray, p: caffe_pb2.NoiseParameter, rng: np.random.Generator,
+                where: str) -> np.ndarray:
+    """ApplyNoise: every effect set, in the fork's order (its `prob` is never read). The
+    result may not be the input's kind: jpeg decodes in colour (3 channels even from a grey
+    image) and convert_to_lab gives float32 Lab of the pixels / 255; the caller reads it
+    as the fork does (`fork_pixel_bytes`). salt-and-pepper draws caffe_rng_rand() twice per
+    pixel (column, then row)."""
+    if p.decolorize:
+        _three_channels(image, "decolorize", where)
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if p.gauss_blur:
+        image = hwc(cv2.GaussianBlur(image, (7, 7), 1.5))
+    if p.hist_eq:
+        image = _on_luma(image, cv2.equalizeHist)
+    if p.clahe:
+        image = _on_luma(image, cv2.createCLAHE(clipLimit=4).apply)
+    if p.jpeg > 0:   # the quality is the float truncated to int; OpenCV clamps it to 100
+        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, min(int(p.jpeg), 100)])
+        if not ok:
+            raise DataError(f"{where}: OpenCV cannot encode a {image.shape[1]} x "
+                            f"{image.shape[0]} image as JPEG (noise_param.jpeg)")
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if p.erode:
+        image = hwc(cv2.erode(image, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3), (1, 1))))
+    if p.posterize:   # colorReduce(div = 64)
+        image = image // 64 * 64 + 32
+    if p.inverse:
+        image = 255 - image
+    values = salt_pepper_values(p, image.shape[2], where)
+    if p.saltpepper:
+        rows, cols = image.shape[:2]
+        count = math.floor(F32(p.saltpepper_param.fraction) * F32(cols) * F32(rows))
+        if count > 0:
+            if not values:
+                raise DataError(f"{where}: noise_param.saltpepper needs saltpepper_param.value "
+                                "(the fork reads past an empty list of values)")
+            if image.shape[2] in (1, 3):   # constantNoise leaves other images alone
+                at = rng.integers(2 ** 32, size=2 * count).reshape(count, 2)
+                image = image.copy()
+                image[at[:, 1] % rows, at[:, 0] % cols] = values
+    if p.convert_to_hsv:
+        _three_channels(image, "convert_to_hsv", where)
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    if p.convert_to_lab:
+        _three_channels(image, "convert_to_lab", where)
+        image = cv2.cvtColor(image.astype(F32) * F32(1 / 255), cv2.COLOR_BGR2Lab)
+    return image
+
+
+def fork_pixel_bytes(image: np.ndarray, channels: int, h_off: int, w_off: int, height: int,
+                     width: int) -> np.ndarray:
+    """What the fork's Transform(cv::Mat) reads from the crop of a noised image: from each
+    row of the crop, height x width x `channels` bytes (ptr<uchar>), whatever the image's own
+    channels and depth. For a byte image of `channels` channels that is the crop itself; for
+    convert_to_lab's floats it is their bytes (little-endian), and for a grey image that jpeg
+    turned into 3 channels it is the first third of each row's bytes."""
+    pixel = image.shape[2] * image.itemsize
+    rows = np.ascontiguousarray(image).view(np.uint8).reshape(image.shape[0], -1)
+    start = w_off * pixel
+    return rows[h_off:h_off + height, start:start + width * channels].reshape(height, width,
+                                                                              channels)

@@ -147,6 +147,12 @@ class DetectionOutput(Layer):
         self.top_k = nms.top_k if nms.HasField("top_k") else -1
 
     def forward(self, loc, conf, prior, *image):
+        # Reshape: the prior count of these bottoms (a data layer's image size may change)
+        try:
+            self.num_priors, _ = detection_counts(self.lp, [tuple(b.shape) for b in
+                                                            (loc, conf, prior, *image)])
+        except ValueError as err:
+            raise ValueError(f"layer '{self.name}': {err}") from None
         n, p, device = loc.shape[0], self.num_priors, loc.device
         loc = _as_f32(loc).reshape(n, p, self.loc_classes, 4)
         conf = _as_f32(conf).reshape(n, p, self.num_classes)
