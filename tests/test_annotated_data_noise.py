@@ -20,7 +20,7 @@ from runner.proto import parse_net_text
 from solver_helpers import make_solver
 from test_annotated_data import (F, SEED, annotated, images, label_rows, source, stored,
                                  transform_annotation, uniform, warp_bbox, write_db)
-from test_ssd_training import BODY, LABEL_MAP, LOSS
+from test_ssd_training import BODY, DEPLOY, LABEL_MAP, LOSS
 
 EFFECTS = ["decolorize", "gauss_blur", "hist_eq", "clahe", "jpeg", "erode", "posterize",
            "inverse", "saltpepper", "convert_to_hsv", "convert_to_lab"]
@@ -362,6 +362,14 @@ def test_an_ssd_net_trains_over_batches_of_different_sizes(tmp_path):
     assert shapes == [(1, 3, 32, 48), (1, 3, 40, 32), (1, 3, 32, 32), (1, 3, 32, 48)]
     # conv2 is a quarter of the image (stride 2 twice, padded); 4 priors a cell
     assert priors == [8 * 12 * 4, 10 * 8 * 4, 8 * 8 * 4, 8 * 12 * 4]
+    # DetectionOutput too takes each batch's priors (a TEST net reading the same data)
+    tail = DEPLOY[DEPLOY.index('layer { name: "conf_reshape"'):]
+    test = Net(parse_net_text(SMALL_DATA.format(root=tmp_path) + BODY + tail), phase="TEST",
+               source_kwargs={"workers": 0, "seed": 0})
+    for _ in range(3):
+        detections = test(next(test.sources[0]))["detection_out"]
+        assert detections.shape[-1] == 7 and detections.shape[2] >= 1
+    test.sources[0].close()
     # and the solver's training loop over them
     solver = make_solver(SMALL_DATA.format(root=tmp_path) + BODY + LOSS, tmp_path / "small",
                          base_lr=0.01, max_iter=6, random_seed=3)
