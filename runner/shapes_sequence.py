@@ -1,5 +1,6 @@
 """Shape rules of the recurrent, indexing and patch layers (RNN, LSTM, LSTMUnit, Filter,
-BatchReindex, Parameter, Im2col, HDF5Output); registered with runner.shapes on import."""
+BatchReindex, Parameter, Im2col, HDF5Output) and of CRNN's CTC layers (CtcLoss,
+ContinuationIndicator, LabelsequenceAccuracy); registered with runner.shapes on import."""
 from __future__ import annotations
 
 import math
@@ -109,3 +110,49 @@ def _im2col(lp, bottoms):
 @rule("HDF5Output")
 def _hdf5_output(lp, bottoms):
     return LayerShapes([])
+
+
+def label_rows(label, n: int) -> bool:
+    """Whether a label blob is N x L (trailing axes of 1 allowed), as the CTC layers read it."""
+    return len(label) >= 2 and label[0] == n and count(label, 2) == 1
+
+
+def ctc_geometry(lp, bottoms) -> tuple[int, int, int]:
+    """(T, N, C) of a CtcLoss layer: T x N x C activations and an N x L label, with
+    ctc_loss_param's time_step T and alphabet_size C, which warp-ctc takes as given."""
+    p, (x, label) = lp.ctc_loss_param, bottoms
+    if len(x) < 3 or count(x, 3) != 1 or not label_rows(label, x[1]):
+        raise ValueError(f"CtcLoss takes T x N x C activations and an N x L label, got "
+                         f"{list(x)} and {list(label)}")
+    T, N, C = x[:3]
+    if p.time_step != T or p.alphabet_size != C:
+        raise ValueError(f"ctc_loss_param time_step {p.time_step} and alphabet_size "
+                         f"{p.alphabet_size} must equal the activations' T {T} and C {C} (warp-ctc "
+                         f"reads the blob with them)")
+    if not 0 <= p.blank_label < C:
+        raise ValueError(f"ctc_loss_param.blank_label {p.blank_label} must be within [0, {C})")
+    return T, N, C
+
+
+@rule("CtcLoss")
+def _ctc_loss(lp, bottoms):
+    ctc_geometry(lp, bottoms)
+    return LayerShapes([()])
+
+
+@rule("ContinuationIndicator")
+def _continuation_indicator(lp, bottoms):
+    p = lp.continuation_indicator_param
+    if p.time_step <= 0:
+        raise ValueError("continuation_indicator_param.time_step must be positive")
+    axis = canonical_axis(p.axis, len(bottoms[0]), lp.name)
+    return LayerShapes([(p.time_step, bottoms[0][axis])])
+
+
+@rule("LabelsequenceAccuracy")
+def _labelsequence_accuracy(lp, bottoms):
+    scores, label = bottoms
+    if len(scores) < 3 or count(scores, 3) != 1 or not label_rows(label, scores[0]):
+        raise ValueError(f"LabelsequenceAccuracy takes N x T x C scores and an N x L label, got "
+                         f"{list(scores)} and {list(label)}")
+    return LayerShapes([()])

@@ -22,7 +22,8 @@ IMPLEMENTED = {
      "ShuffleChannel", "Interp", "ROIPooling",                         # ShuffleNet, DeepLab, Fast R-CNN
      "ConvolutionDepthwise", "DepthwiseConvolution", "Axpy",           # MobileNet forks, SENet
      "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal",           # YOLOv3/SegNet, R-FCN, Faster R-CNN
-     "Reorg", "BN", "SegAccuracy"}                                     # YOLO v2, SegNet, DeepLab
+     "Reorg", "BN", "SegAccuracy",                                     # YOLO v2, SegNet, DeepLab
+     "CtcLoss", "ContinuationIndicator", "LabelsequenceAccuracy"}      # CRNN's warp-ctc ports
 
 
 def test_registry_holds_every_implemented_type_with_a_shape_rule():
@@ -43,6 +44,7 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
     ("MultiStageMeanfield", r"a type of the Caffe fork torrvision/crfasrnn \(CRF-RNN\)"),
     ("Correlation", r"a type of the Caffe fork NVIDIA flownet2 Caffe, not of BVLC Caffe"),
+    ("WarpCTCLoss", r"a type of the Caffe fork ChWick/caffe's ctc branch, not of BVLC Caffe"),
 ])
 def test_unsupported_types_fail_clearly(kind, origin):
     with pytest.raises(UnsupportedLayerError,

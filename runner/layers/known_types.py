@@ -16,6 +16,8 @@ _SSD = "weiliu89/caffe (SSD)"
 _FRCNN = "rbgirshick/caffe-fast-rcnn (Fast/Faster R-CNN)"
 _SEGNET = "alexgkendall/caffe-segnet (SegNet)"
 _DEEPLAB = "DeepLab's Caffe (deeplab-public)"
+_CRNN = "the warp-ctc CRNN Caffe ports (BVLC's warpctc_captcha example)"
+_CHWICK = "ChWick/caffe's ctc branch"
 
 # Types of well-known forks: type -> the fork that defines it.
 FORK_TYPES = {
@@ -34,7 +36,8 @@ FORK_TYPES = {
     "ShuffleChannel": "ShuffleNet Caffe forks",
     "Axpy": "hujie-frank/SENet's Caffe",
     "Reorg": "YOLO v2 Caffe ports", "Region": "YOLO v2 Caffe ports",
-    "CTCLoss": "Caffe forks with warp-ctc",
+    "CtcLoss": _CRNN, "ContinuationIndicator": _CRNN, "LabelsequenceAccuracy": _CRNN,
+    "CTCLoss": _CHWICK, "WarpCTCLoss": _CHWICK, "CTCGreedyDecoder": _CHWICK,
     "Resample": "NVIDIA flownet2 Caffe", "Correlation": "NVIDIA flownet2 Caffe",
 }
 
