@@ -88,8 +88,17 @@ layer { name: "dw" type: "ConvolutionDepthwise" bottom: "bn" top: "dw"
 layer { name: "gap" type: "Pooling" bottom: "data" top: "gap" pooling_param { pool: AVE global_pooling: true } }
 layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "dw" bottom: "unpool" top: "axpy" }
 layer { name: "loss" type: "SmoothL1Loss" bottom: "axpy" bottom: "data" top: "loss" smooth_l1_loss_param { sigma: 3 } }
+layer { name: "seq" type: "DummyData" top: "seq" top: "seq_label"
+  dummy_data_param { shape { dim: 4 dim: 2 dim: 3 } shape { dim: 2 dim: 2 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "cont" type: "ContinuationIndicator" bottom: "seq" top: "cont"
+  continuation_indicator_param { time_step: 4 axis: 1 } }
+layer { name: "ctc" type: "CtcLoss" bottom: "seq" bottom: "seq_label" top: "ctc"
+  ctc_loss_param { alphabet_size: 3 time_step: 4 blank_label: 0 } }
+layer { name: "seq_nt" type: "Permute" bottom: "seq" top: "seq_nt" permute_param { order: 1 order: 0 order: 2 } }
+layer { name: "seq_acc" type: "LabelsequenceAccuracy" bottom: "seq_nt" bottom: "seq_label" top: "seq_acc" }
 layer { name: "silence" type: "Silence" bottom: "zoom" bottom: "near" bottom: "roi" bottom: "psroi"
-  bottom: "bn_mean" bottom: "bn_var" }
+  bottom: "bn_mean" bottom: "bn_var" bottom: "cont" bottom: "seq_acc" }
 """
 
 # SegNet's data layer on image and label-image pairs, into a class-weighted loss.
