@@ -1,9 +1,12 @@
 """The SSD fork's VideoData layer on small MJPG AVI files written here with cv2.VideoWriter:
 frames in order, skip_frames before each kept frame, the end of the video, the fork's
-Transform(cv::Mat) (mirror, crop, resize_param, mean, scale) against numpy computations on
-the same decoded frames, the webcam's setup frame (a stand-in capture), bad files and an
-unopenable camera as DataErrors naming the layer, and a net that convolves the frames."""
+Transform(cv::Mat) (mirror, crop, resize_param with FIT_SMALL_SIZE, noise_param, mean,
+scale) against numpy computations on the same decoded frames (noise and the byte read of
+the noised Mat through test_annotated_data_noise's transcriptions, draws replayed), the
+webcam's setup frame (a stand-in capture), bad files and an unopenable camera as
+DataErrors naming the layer, and a net that convolves the frames."""
 import copy
+import warnings
 
 import cv2
 import numpy as np
@@ -18,6 +21,9 @@ from runner.layers.base import layer_type_list
 from runner.net import Net
 from runner.proto import caffe_pb2
 from runner.sources import source_factory
+
+from test_annotated_data import uniform
+from test_annotated_data_noise import apply_noise, infer_new_size, read_as_bytes
 
 F = np.float32
 H, W = 16, 24
@@ -159,6 +165,94 @@ def test_resize_warp_then_the_mean_file_at_the_output_pixel(video, tmp_path):
         np.testing.assert_array_equal(batch[item], out - mean)   # the mean is not flipped
 
 
+@pytest.mark.parametrize("noise", [
+    {"decolorize": True, "inverse": True},
+    {"posterize": True, "erode": True},
+    {"convert_to_lab": True},          # float Lab in the Mat: the fork reads its bytes
+])
+def test_noise_effects_on_the_frames(video, noise):
+    frames = decoded(video)
+    text = " ".join(f"{k}: true" for k in noise)
+    layer_ = source(video, batch=2, transform=f"noise_param {{ {text} }}")
+    assert layer_.top_shapes["data"] == (2, 3, H, W)
+    batch, rng = next(layer_)["data"].numpy(), generator(SEED, BATCH_STREAM, 0, 0)
+    for item in range(2):
+        want = read_as_bytes(apply_noise(frames[item], noise, rng), 3, 0, 0, H, W)
+        np.testing.assert_array_equal(batch[item], want)
+        assert not np.array_equal(want, frames[item].transpose(2, 0, 1))
+    if "decolorize" in noise:   # by hand: the inverse of the grey frame in every channel
+        grey = cv2.cvtColor(frames[0], cv2.COLOR_BGR2GRAY).astype(F)
+        np.testing.assert_array_equal(batch[0], np.broadcast_to(F(255) - grey, (3, H, W)))
+
+
+def test_salt_and_pepper_draws_between_the_interpolation_pick_and_the_crop(video):
+    """Transform(cv::Mat)'s order per frame: mirror, the interpolation pick, ApplyNoise's
+    salt-and-pepper pixels (column, then row), the crop offsets (row, then column)."""
+    frames = decoded(video)
+    p = {"gauss_blur": True, "saltpepper": True, "fraction": 0.1, "values": [9, 200, 30]}
+    layer_ = source(video, batch=3, phase="TRAIN", transform=(
+        "mirror: true crop_h: 10 crop_w: 14 mean_value: 100 scale: 0.5 resize_param { "
+        "resize_mode: FIT_SMALL_SIZE height: 12 width: 12 interp_mode: LINEAR interp_mode: CUBIC } "
+        "noise_param { gauss_blur: true saltpepper: true saltpepper_param { fraction: 0.1 "
+        "value: 9 value: 200 value: 30 } }"))
+    assert layer_.top_shapes["data"] == (3, 3, 10, 14)
+    seen = set()
+    for b in range(2):
+        batch, rng = next(layer_)["data"].numpy(), generator(SEED, BATCH_STREAM, 0, b)
+        for item in range(3):
+            mirror = rng.integers(2) == 1
+            flag = cv2.INTER_LINEAR if uniform(rng, 0, F(1)) <= F(0.5) else cv2.INTER_CUBIC
+            mat = apply_noise(cv2.resize(frames[3 * b + item], (18, 12), interpolation=flag), p, rng)
+            h_off, w_off = int(rng.integers(12 - 10 + 1)), int(rng.integers(18 - 14 + 1))
+            want = read_as_bytes(mat, 3, h_off, w_off, 10, 14)
+            if mirror:
+                want = want[:, :, ::-1]
+            np.testing.assert_array_equal(batch[item], (want - F(100)) * F(0.5))
+            seen.add((bool(mirror), flag))
+    assert len(seen) > 2
+
+
+@pytest.mark.parametrize("height, width", [(H, W), (W, H)])
+def test_fit_small_size_shapes_the_top_once_with_any_batch_size(tmp_path, height, width):
+    """No batch_size 1 CHECK in the fork's VideoData: InferBlobShape of the setup frame
+    (InferNewSize: the short side becomes 10, the long one follows the aspect ratio,
+    truncated) gives every batch's shape; each frame is AspectKeepingResizeBySmall's."""
+    path = write_video(tmp_path / "fit.avi", 6, height, width)
+    frames = decoded(path)
+    new_h, new_w = infer_new_size(width, height, 10, 10)
+    assert min(new_h, new_w) == 10 and max(new_h, new_w) in (14, 15)
+    layer_ = source(path, batch=3, transform="resize_param { resize_mode: FIT_SMALL_SIZE "
+                                             "height: 10 width: 10 }")
+    assert layer_.top_shapes == {"data": (3, 3, new_h, new_w), "label": (3,)}
+    for b in range(2):
+        batch = next(layer_)["data"].numpy()
+        assert batch.shape == (3, 3, new_h, new_w)
+        for item in range(3):
+            want = cv2.resize(frames[3 * b + item], (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(batch[item], want.transpose(2, 0, 1).astype(F))
+
+
+def test_noise_prob_is_ignored_with_a_warning(video):
+    with pytest.warns(UserWarning, match=r"noise_param.prob is ignored: the fork never reads it"):
+        layer_ = source(video, batch=1, transform="noise_param { prob: 0 inverse: true }")
+    np.testing.assert_array_equal(next(layer_)["data"][0].numpy(),
+                                  F(255) - decoded(video)[0].transpose(2, 0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source(video, batch=1, transform="noise_param { inverse: true }")
+
+
+@pytest.mark.parametrize("noise, message", [
+    ("saltpepper: true saltpepper_param { fraction: 0.5 }", "saltpepper needs saltpepper_param.value"),
+    ("saltpepper_param { value: 1 value: 2 }", r"either 1 saltpepper_param.value or as many as "
+                                               r"channels \(3\), got 2"),
+])
+def test_what_apply_noise_aborts_on_names_the_frame(video, noise, message):
+    layer_ = source(video, batch=1, transform=f"noise_param {{ {noise} }}")
+    with pytest.raises(DataError, match=rf"layer 'video': video '.*clip.avi' frame 0: .*{message}"):
+        next(layer_)
+
+
 def test_close_and_copies_carry_on_where_the_stream_was(video):
     layer_ = source(video, batch=2, tops=("data",))
     assert [index_of(x.numpy()) for x in next(layer_)["data"]] == [0, 1]
@@ -230,9 +324,8 @@ def test_bad_files_are_named(tmp_path):
 
 @pytest.mark.parametrize("param, transform, tops, message", [
     ("video_type: VIDEO", "", ("data",), r"video_type VIDEO needs video_data_param.video_file"),
-    (None, "noise_param { decolorize: true }", ("data",), r"noise_param .* is not supported"),
-    (None, "resize_param { resize_mode: FIT_SMALL_SIZE height: 4 width: 4 }", ("data",),
-     r"FIT_SMALL_SIZE is not supported"),
+    (None, "crop_size: 5 resize_param { resize_mode: FIT_SMALL_SIZE height: 4 width: 4 }",
+     ("data",), r"frame is 4 x 6 after resize_param, smaller than the crop 5 x 5"),
     (None, "resize_param { width: 4 }", ("data",),
      r"resize_param.height and width must be positive"),
     (None, "crop_size: 17", ("data",), r"frame is 16 x 24, smaller than the crop 17 x 17"),

@@ -50,8 +50,9 @@ saltpepper_param values neither 1 nor one per channel, saltpepper hitting pixels
 value, values that are not bytes). Unlike the fork, a box with xmin > xmax or ymin > ymax is
 an error naming the record (the fork drops it silently), and an encoded datum stored without
 its size (as BVLC's tools write them) uses its decoded size where the resize policy needs
-one. transform_param.noise_param stays refused by the other data layers, as the rest of the
-fork's transform (resize_param, which it follows) is.
+one. transform_param.noise_param stays refused by the other data layers but VideoData (which
+runs the same Transform(cv::Mat) on its frames), as the rest of the fork's transform
+(resize_param, which it follows) is.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ from runner.data.source import (BATCH_STREAM, SKIP_STREAM, check_tops, generator
 from runner.data.ssd_boxes import (F32, RESIZE, Box, Group, clip_bbox, generate_batch_samples,
                                    transform_annotation, uniform)
 from runner.data.ssd_images import (apply_distort, apply_noise, apply_resize, fork_pixel_bytes,
-                                    hwc, infer_new_size)
+                                    hwc, infer_new_size, warn_unread_noise_prob)
 from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, phase_value
 from runner.proto import caffe_pb2
 from runner.sources import register_source
@@ -142,9 +143,7 @@ class AnnotatedDataSource(ProcessReader):
     def _check_fork_fields(self, t, anno, phase, batch_size: int) -> None:
         """What the fork's DataTransformer and layer CHECK at setup, and what is refused."""
         where = self.where
-        if t.noise_param.HasField("prob"):
-            warnings.warn(f"{where}: noise_param.prob is ignored: the fork never reads it and "
-                          "applies every effect set to every image", stacklevel=4)
+        warn_unread_noise_prob(t.noise_param, where, stacklevel=4)
         if t.HasField("resize_param"):
             r = t.resize_param
             if r.height <= 0 or r.width <= 0:

@@ -1,9 +1,11 @@
-"""The SSD fork's image operations for its AnnotatedData layer (util/im_transforms.cpp), on
-H x W x C uint8 images as OpenCV's: the photometric distortions, resize_param's resizing and
-noise_param's effects (ApplyNoise)."""
+"""The SSD fork's image operations for its AnnotatedData and VideoData layers
+(util/im_transforms.cpp), on H x W x C uint8 images as OpenCV's: the photometric
+distortions, resize_param's resizing and noise_param's effects (ApplyNoise)."""
 from __future__ import annotations
 
 import math
+import warnings
+
 import cv2
 import numpy as np
 
@@ -158,6 +160,14 @@ def salt_pepper_values(p: caffe_pb2.NoiseParameter, channels: int, where: str) -
         raise DataError(f"{where}: saltpepper_param.value must be byte values, got {values} "
                         "(the fork casts each to uchar, undefined outside (-1, 256))")
     return [int(v) for v in values] * (channels if len(values) == 1 else 1)
+
+
+def warn_unread_noise_prob(p: caffe_pb2.NoiseParameter, where: str, stacklevel: int) -> None:
+    """noise_param.prob, which the fork never reads: a warning when it is set (`stacklevel`
+    as the caller's own warnings.warn would give it)."""
+    if p.HasField("prob"):
+        warnings.warn(f"{where}: noise_param.prob is ignored: the fork never reads it and "
+                      "applies every effect set to every image", stacklevel=stacklevel + 1)
 
 
 def apply_noise(image: np.ndarray, p: caffe_pb2.NoiseParameter, rng: np.random.Generator,

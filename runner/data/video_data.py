@@ -17,11 +17,26 @@ once) ends at the first frame it cannot read. Reading a frame that should be the
 with a DataError naming the frame, where the fork CHECK-fails ("Could not load image!").
 
 Each kept frame (H x W x 3 BGR bytes) goes through the fork's Transform(cv::Mat), in its
-order of draws: mirror (`mirror` and Rand(2)), resize_param (WARP or FIT_LARGE_SIZE_AND_PAD,
-the interpolation picked from interp_mode), the crop (crop_size, or crop_h and crop_w;
-random in TRAIN, centred in TEST), then (x - mean) * scale in float32, flipped when
-mirrored; the mean file is taken at the output pixel, as the fork indexes it. Draws come
-from one numpy Generator per (seed, rank, batch) (runner.data.source.generator).
+order of draws: mirror (`mirror` and Rand(2)), resize_param (the interpolation picked from
+interp_mode), noise_param (salt-and-pepper pixels: caffe_rng_rand() for the column, then for
+the row, per pixel), the crop offsets (crop_size, or crop_h and crop_w; Rand for the row,
+then the column in TRAIN, centred in TEST), then (x - mean) * scale in float32, flipped
+when mirrored; the mean file is taken at the output pixel, as the fork indexes it. Draws
+come from one numpy Generator per (seed, rank, batch) (runner.data.source.generator); the
+fork draws salt and pepper from caffe_rng and the rest from the transformer's own rng
+(same rules, other draws, as AnnotatedData).
+
+resize_param and noise_param are AnnotatedData's (runner.data.ssd_images: apply_resize,
+apply_noise, fork_pixel_bytes). noise_param applies every effect set to every frame, in
+the fork's order (decolorize, gauss_blur, hist_eq, clahe, jpeg, erode, posterize, inverse,
+saltpepper, convert_to_hsv, convert_to_lab); its `prob` is never read (a warning says so
+when set). The pixels are read as the fork reads the noised Mat: 3 bytes per pixel from the
+start of each row of the crop, so convert_to_lab gives the bytes of its float Lab values.
+resize_mode FIT_SMALL_SIZE (AspectKeepingResizeBySmall) scales each frame until it covers
+height x width, keeping its aspect ratio (InferNewSize): unlike AnnotatedData the fork's
+VideoData has no batch_size 1 CHECK and shapes its data top once, from the setup frame, and
+never again; as a video's frames are all one size, every batch has that shape (a webcam
+frame of another size is a DataError, as without resize_param).
 
 Quirks and differences:
 - The ssd branch's final load_batch (a merge) transforms each frame twice into the same
@@ -30,11 +45,13 @@ Quirks and differences:
   skip_frames has the meaning of the fork's own commit that added it (and of its proto
   comment): frames skipped before each frame processed.
 - Every rank reads the whole stream, as each solver's layer in the fork opens the file.
-- Refused, as DataErrors naming the field: noise_param, resize_mode FIT_SMALL_SIZE, crop_h
-  without crop_w, crop_h/crop_w in TRAIN without mirror or crop_size (the fork has no random
-  generator then and aborts), a mean file with a crop smaller than the frame (the fork
-  indexes the mean past its end). distort_param, expand_param, emit_constraint,
-  force_color and force_gray are never read by the fork's VideoData: they warn.
+- Refused, as DataErrors naming the field: crop_h without crop_w, crop_h/crop_w in TRAIN
+  without mirror or crop_size (the fork has no random generator then and aborts), a mean
+  file with a crop smaller than the frame (the fork indexes the mean past its end), and
+  what ApplyNoise aborts on or reads out of bounds, as for AnnotatedData (saltpepper_param
+  values neither 1 nor 3, none, or not bytes, with saltpepper hitting pixels).
+  distort_param, expand_param, emit_constraint, force_color and force_gray are never read
+  by the fork's VideoData: they warn.
 """
 from __future__ import annotations
 
@@ -48,8 +65,9 @@ import torch
 
 from runner.data.datum import DataError, dims
 from runner.data.source import BATCH_STREAM, check_tops, generator, resolve_seed
-from runner.data.ssd_boxes import F32, RESIZE
-from runner.data.ssd_images import apply_resize
+from runner.data.ssd_boxes import F32
+from runner.data.ssd_images import (apply_noise, apply_resize, fork_pixel_bytes, infer_new_size,
+                                    warn_unread_noise_prob)
 from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer
 from runner.proto import caffe_pb2
 from runner.sources import register_source
@@ -68,16 +86,11 @@ class FrameTransform:
 
     def __init__(self, t: caffe_pb2.TransformationParameter, phase, layer: str, where: str):
         self.where = where
-        if t.HasField("noise_param"):
-            raise DataError(f"{where}: transform_param.noise_param (the fork's ApplyNoise) is "
-                            "not supported")
+        self.noise = t.noise_param if t.HasField("noise_param") else None
+        warn_unread_noise_prob(t.noise_param, where, stacklevel=3)
         self.resize = t.resize_param if t.HasField("resize_param") else None
-        if self.resize is not None:
-            if self.resize.height <= 0 or self.resize.width <= 0:
-                raise DataError(f"{where}: resize_param.height and width must be positive")
-            if self.resize.resize_mode == RESIZE.FIT_SMALL_SIZE:
-                raise DataError(f"{where}: resize_param.resize_mode FIT_SMALL_SIZE is not "
-                                "supported; use WARP or FIT_LARGE_SIZE_AND_PAD")
+        if self.resize is not None and (self.resize.height <= 0 or self.resize.width <= 0):
+            raise DataError(f"{where}: resize_param.height and width must be positive")
         unread = [f for f in UNREAD_FIELDS if t.HasField(f)]
         if unread:
             warnings.warn(f"{where}: transform_param.{', '.join(unread)} are ignored: the "
@@ -98,11 +111,12 @@ class FrameTransform:
         self.shape: tuple[int, int, int] | None = None
 
     def output_shape(self, frame: np.ndarray, where: str) -> tuple[int, int, int]:
-        """InferBlobShape: C x H x W after resize_param and the crop, checked against the
-        mean; the first call fixes the shape every later frame must give."""
+        """InferBlobShape: C x H x W after resize_param (InferNewSize: its size, or for
+        FIT_SMALL_SIZE the frame's aspect ratio covering it) and the crop, checked against
+        the mean; the first call fixes the shape every later frame must give."""
         height, width, channels = frame.shape
         if self.resize is not None:
-            height, width = self.resize.height, self.resize.width
+            height, width = infer_new_size(self.resize, width, height)
         crop_h, crop_w = self.crop_hw
         if height < crop_h or width < crop_w:
             raise DataError(f"{where}: frame is {height} x {width}"
@@ -125,13 +139,16 @@ class FrameTransform:
         return shape
 
     def __call__(self, frame: np.ndarray, rng: np.random.Generator, where: str) -> np.ndarray:
-        """The transformed frame, C x H x W float32."""
+        """The transformed frame, C x H x W float32: the crop's pixels are the bytes the
+        fork reads from the resized and noised frame (fork_pixel_bytes)."""
         self.output_shape(frame, where)
         mirror = self.plain.mirror and rng.integers(2) == 1
         image = apply_resize(frame, self.resize, rng, where) if self.resize is not None \
             else frame
-        img_h, img_w, _ = image.shape
-        _, height, width = self.shape
+        if self.noise is not None:
+            image = apply_noise(image, self.noise, rng, where)
+        img_h, img_w = image.shape[:2]
+        channels, height, width = self.shape
         h_off = w_off = 0
         if self.crop_hw[0]:
             if self.plain.train:
@@ -139,7 +156,8 @@ class FrameTransform:
                 w_off = int(rng.integers(img_w - width + 1))
             else:
                 h_off, w_off = (img_h - height) // 2, (img_w - width) // 2
-        out = image[h_off:h_off + height, w_off:w_off + width].transpose(2, 0, 1).astype(F32)
+        out = fork_pixel_bytes(image, channels, h_off, w_off, height, width
+                               ).transpose(2, 0, 1).astype(F32)
         if mirror:
             out = out[:, :, ::-1]
         if self.plain.mean is not None:
