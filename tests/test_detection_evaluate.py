@@ -1,7 +1,8 @@
 """SSD's evaluation path (weiliu89/caffe): DetectionEvaluate against a loop transcription of
-DetectionEvaluateLayer::Forward_cpu, ComputeAP against a transcription of bbox_util.cpp's,
-and a solver with eval_type "detection" whose logged and recorded mAP is the one its
-DetectionEvaluate rows give (Solver::TestDetection)."""
+DetectionEvaluateLayer::Forward_cpu and OutputBBox (FIT_SMALL_SIZE's scales included),
+ComputeAP against a transcription of bbox_util.cpp's, and a solver with eval_type
+"detection" whose logged and recorded mAP is the one its DetectionEvaluate rows give
+(Solver::TestDetection)."""
 import re
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from runner.layers.cxx_sort import std_sort_order
+from runner.layers.detection_evaluate import output_boxes
 from runner.solver.detection_eval import compute_ap
 from runner.solver import SolverConfigError
 from runner.solver.caffe_log import cfloat
@@ -45,14 +47,21 @@ def ref_jaccard(b1, s1, b2, s2, normalized):
     return F(0)
 
 
-def ref_output(b, height, width):
-    """OutputBBox without resize: ClipBBox, then ScaleBBox."""
+def ref_output(b, height, width, scales=None):
+    """OutputBBox without resize (WARP, FIT_SMALL_SIZE without both scales): ClipBBox, then
+    ScaleBBox. FIT_SMALL_SIZE with `scales` (height_scale, width_scale): ScaleBBox by the
+    scales, then ClipBBox(bbox, height, width), which stores BBoxSize (normalized)."""
+    if scales:
+        hs, ws = F(scales[0]), F(scales[1])
+        s = [F(b[0] * ws), F(b[1] * hs), F(b[2] * ws), F(b[3] * hs)]
+        c = [max(min(v, F(lim)), F(0)) for v, lim in zip(s, (width, height, width, height))]
+        return c, ref_size(c)
     c = [max(min(v, F(1)), F(0)) for v in b]
     s = [F(c[0] * F(width)), F(c[1] * F(height)), F(c[2] * F(width)), F(c[3] * F(height))]
     return s, ref_size(s, not (width > 1 or height > 1))
 
 
-def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0):
+def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0, scales=None):
     """DetectionEvaluateLayer::Reshape + Forward_cpu, one row at a time."""
     dets = {}
     for r in det:
@@ -91,13 +100,13 @@ def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0
             gt_boxes = [dict(g) for g in gts[image][c]]
             if sizes:
                 for g in gt_boxes:
-                    g["box"], g["size"] = ref_output(g["box"], *sizes[count])
+                    g["box"], g["size"] = ref_output(g["box"], *sizes[count], scales)
             visited = [False] * len(gt_boxes)
             for i in std_sort_order([b["score"] for b in boxes]):
                 b = dict(boxes[i])
                 top[k, :3] = [image, c, b["score"]]
                 if sizes:
-                    b["box"], b["size"] = ref_output(b["box"], *sizes[count])
+                    b["box"], b["size"] = ref_output(b["box"], *sizes[count], scales)
                 best, jmax = -1.0, -1
                 for j, g in enumerate(gt_boxes):
                     o = ref_jaccard(b["box"], b["size"], g["box"], g["size"], not sizes)
@@ -247,6 +256,41 @@ def test_detection_evaluate_in_image_pixels_with_a_name_size_file(tmp_path):
     assert layer.count == count
 
 
+def test_output_bbox_as_the_forks_own_test():
+    """test_bbox_util.cpp's TestOutputBBox: a 500 x 300 image (height 300), resize 300 x 300."""
+    box = np.array([[-0.1, 0.3, 0.3, 0.5]], F)
+    out, size = output_boxes(box, 300, 500)   # WARP, or FIT_SMALL_SIZE without both scales
+    np.testing.assert_array_equal(out, [[0, 90, 150, 150]])
+    assert size[0] == F(151) * F(61)
+    out, size = output_boxes(box, 300, 500, (300, 300))
+    np.testing.assert_array_equal(out, [[0, 90, 90, 150]])
+    assert size[0] == F(90) * F(60)   # ClipBBox's normalized size, no + 1
+
+
+@pytest.mark.parametrize("scales", [(300, 400), (120, 90)])
+def test_detection_evaluate_fit_small_size_scales_as_the_fork(tmp_path, scales):
+    """FIT_SMALL_SIZE with height_scale and width_scale: OutputBBox scales the boxes by them
+    and clips to the name_size_file's pixels; one scale 0 is WARP's clip and scale."""
+    det, gt = _random_case(np.random.default_rng(11))
+    sizes = [(375, 500), (333, 500), (500, 281)]
+    (tmp_path / "sizes.txt").write_text("".join(f"img{i} {h} {w}\n" for i, (h, w) in enumerate(sizes)))
+    extra = (f'name_size_file: "{tmp_path}/sizes.txt" resize_param {{ resize_mode: FIT_SMALL_SIZE '
+             f"height: 300 width: 300 height_scale: {scales[0]} width_scale: {scales[1]} }}")
+    layer = _layer(extra=extra)
+    count = 0
+    for _ in range(2):
+        top, = layer(torch.from_numpy(det)[None, None], torch.from_numpy(gt)[None, None])
+        expected = ref_forward(det, gt, 4, 0, 0.5, True, sizes, count, scales)
+        np.testing.assert_array_equal(top[0, 0].numpy(), expected)
+        assert not np.array_equal(expected, ref_forward(det, gt, 4, 0, 0.5, True, sizes, count))
+        rows = expected[3:]
+        assert (rows[:, 3] == 1).any() and (rows[:, 4] == 1).any()
+        count = (count + len(set(det[:, 0].astype(int)))) % len(sizes)
+    one_scale = _layer(extra=extra.replace(f"width_scale: {scales[1]}", "width_scale: 0"))
+    top, = one_scale(torch.from_numpy(det)[None, None], torch.from_numpy(gt)[None, None])
+    np.testing.assert_array_equal(top[0, 0].numpy(), ref_forward(det, gt, 4, 0, 0.5, True, sizes))
+
+
 def test_detection_evaluate_refuses_what_the_fork_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="num_classes is required"):
         layer_from_text('name: "e" type: "DetectionEvaluate" bottom: "d" bottom: "g"',
@@ -256,8 +300,12 @@ def test_detection_evaluate_refuses_what_the_fork_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="Failed to open name size file"):
         _layer(extra=f'name_size_file: "{tmp_path}/none.txt"')
     (tmp_path / "s.txt").write_text("a 10 10\n")
-    with pytest.raises(ValueError, match="FIT_SMALL_SIZE is not supported"):
-        _layer(extra=f'name_size_file: "{tmp_path}/s.txt" resize_param {{ resize_mode: FIT_SMALL_SIZE }}')
+    sizes = f'name_size_file: "{tmp_path}/s.txt"'
+    with pytest.raises(ValueError, match="FIT_LARGE_SIZE_AND_PAD is not supported"):
+        _layer(extra=f"{sizes} resize_param {{ resize_mode: FIT_LARGE_SIZE_AND_PAD height: 4 width: 4 }}")
+    with pytest.raises(ValueError, match="resize_param.height and width must be positive"):
+        _layer(extra=f"{sizes} resize_param {{ resize_mode: FIT_SMALL_SIZE height_scale: 3 width_scale: 3 }}")
+    _layer(extra="resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD }")   # unread without sizes
     layer = _layer()
     with pytest.raises(ValueError, match="background label 0"):
         layer(torch.tensor([[[[0, 0, 0.5, 0, 0, 1, 1]]]]), torch.tensor([[[[0, 1, 0, 0, 0, 1, 1, 0]]]]))

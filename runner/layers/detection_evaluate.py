@@ -1,6 +1,15 @@
 """SSD's detection metric (weiliu89/caffe): DetectionEvaluate marks each detection a true or
 false positive against the ground truth; the solver turns the marks of a test pass into
-average precision (runner/solver/detection_eval.py). No gradient (as in the fork)."""
+average precision (runner/solver/detection_eval.py). No gradient (as in the fork).
+
+With name_size_file the boxes are compared in pixels (bbox_util.cpp's OutputBBox): clipped
+to [0, 1] and scaled to the image's height and width, as without resize_param, with WARP,
+and with FIT_SMALL_SIZE when height_scale or width_scale is 0. FIT_SMALL_SIZE with both
+set scales the unclipped box by width_scale and height_scale and clips it to the image's
+width and height in pixels; the size it stores is then ClipBBox's normalized one, w * h,
+while the overlap still counts both edges (+1), as the fork (so the overlap of a box with
+itself exceeds 1). resize_param's height and width only enter the fork's CHECKs there
+(positive, refused otherwise); FIT_LARGE_SIZE_AND_PAD is refused."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,10 +46,18 @@ def read_name_sizes(path: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def output_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """OutputBBox without resize (or with WARP): boxes clipped to [0, 1], scaled to the
-    image's pixels, and their sizes as ScaleBBox stores them ((w + 1) * (h + 1) once the
-    image is larger than 1 pixel)."""
+def output_boxes(boxes: np.ndarray, height: int, width: int,
+                 scales: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """OutputBBox without resize (or with WARP, or FIT_SMALL_SIZE without both scales):
+    boxes clipped to [0, 1], scaled to the image's pixels, and their sizes as ScaleBBox
+    stores them ((w + 1) * (h + 1) once the image is larger than 1 pixel). With `scales`
+    (FIT_SMALL_SIZE's height_scale, width_scale): ScaleBBox by the scales, then ClipBBox to
+    the image's pixels, which stores the size w * h."""
+    if scales is not None:
+        scaled = boxes * np.array([scales[1], scales[0], scales[1], scales[0]], dtype=_F32)
+        upper = np.array([width, height, width, height], dtype=_F32)
+        clipped = np.maximum(np.minimum(scaled, upper), _F32(0))
+        return clipped, box_size(clipped)
     scale = np.array([width, height, width, height], dtype=_F32)
     scaled = np.clip(boxes, _F32(0), _F32(1)) * scale
     if not (width > 1 or height > 1):
@@ -85,11 +102,19 @@ class DetectionEvaluate(Layer):
         self.threshold = _F32(p.overlap_threshold)
         self.evaluate_difficult = p.evaluate_difficult_gt
         self.sizes = read_name_sizes(p.name_size_file) if p.HasField("name_size_file") else []
-        mode = p.resize_param.resize_mode
-        if self.sizes and p.HasField("resize_param") and mode != caffe_pb2.ResizeParameter.WARP:
-            raise ValueError(f"layer '{lp.name}': detection_evaluate_param.resize_param with "
-                             f"resize_mode {caffe_pb2.ResizeParameter.Resize_mode.Name(mode)} "
-                             f"is not supported (WARP or no resize_param)")
+        r, resize = p.resize_param, caffe_pb2.ResizeParameter
+        self.scales = None   # FIT_SMALL_SIZE's (height_scale, width_scale) when both are set
+        if self.sizes and p.HasField("resize_param"):
+            if r.resize_mode == resize.FIT_LARGE_SIZE_AND_PAD:
+                raise ValueError(f"layer '{lp.name}': detection_evaluate_param.resize_param "
+                                 "with resize_mode FIT_LARGE_SIZE_AND_PAD is not supported "
+                                 "(WARP, FIT_SMALL_SIZE or no resize_param)")
+            if r.height <= 0 or r.width <= 0:
+                raise ValueError(f"layer '{lp.name}': detection_evaluate_param.resize_param."
+                                 "height and width must be positive (the fork CHECKs them "
+                                 "when it scales a box to the name_size_file's pixels)")
+            if r.resize_mode == resize.FIT_SMALL_SIZE and r.height_scale and r.width_scale:
+                self.scales = (r.height_scale, r.width_scale)
         self.count = 0   # the fork's count_: images evaluated so far, into name_size_file
 
     def forward(self, det, label):
@@ -125,8 +150,8 @@ class DetectionEvaluate(Layer):
         normalized = not self.sizes
         if not normalized:
             height, width = self.sizes[self.count]
-            gt_boxes, gt_sizes = output_boxes(gt_boxes, height, width)
-            boxes, sizes = output_boxes(boxes, height, width)
+            gt_boxes, gt_sizes = output_boxes(gt_boxes, height, width, self.scales)
+            boxes, sizes = output_boxes(boxes, height, width, self.scales)
         else:
             sizes = box_size(boxes)
         visited = np.zeros(len(gt_boxes), dtype=bool)
