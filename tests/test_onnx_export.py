@@ -351,6 +351,8 @@ NO_ONNX_FORM = {
     "LSTMUnit": "not converted yet",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
     "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
+    "ContinuationIndicator": "CRNN's cont blob for LSTM, which has no ONNX form here yet",
+    "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
 }
 
 
