@@ -1,5 +1,6 @@
 """SSD's evaluation path (weiliu89/caffe): DetectionEvaluate against a loop transcription of
-DetectionEvaluateLayer::Forward_cpu and OutputBBox (FIT_SMALL_SIZE's scales included),
+DetectionEvaluateLayer::Forward_cpu and OutputBBox (FIT_SMALL_SIZE's scales and
+FIT_LARGE_SIZE_AND_PAD's projection included),
 ComputeAP against a transcription of bbox_util.cpp's, and a solver with eval_type
 "detection" whose logged and recorded mAP is the one its DetectionEvaluate rows give
 (Solver::TestDetection)."""
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from runner.layers.cxx_sort import std_sort_order
-from runner.layers.detection_evaluate import output_boxes
+from runner.layers.detection_evaluate import output_boxes, unpad_boxes
 from runner.solver.detection_eval import compute_ap
 from runner.solver import SolverConfigError
 from runner.solver.caffe_log import cfloat
@@ -61,7 +62,28 @@ def ref_output(b, height, width, scales=None):
     return s, ref_size(s, not (width > 1 or height > 1))
 
 
-def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0, scales=None):
+def ref_unpad(b, height, width, resize_h, resize_w):
+    """OutputBBox's FIT_LARGE_SIZE_AND_PAD branch up to ClipBBox: the padding's source box,
+    then ProjectBBox, whose refusal the fork ignores (the box stays as it was when disjoint;
+    when the projection is empty it keeps the clipped projection)."""
+    rh, rw = F(resize_h), F(resize_w)
+    aspect = F(F(width) / F(height))
+    if aspect > F(rw / rh):
+        padding = F(F(rh - F(rw / aspect)) / F(2))
+        src = [F(0), F(padding / rh), F(1), F(1.0 - float(F(padding / rh)))]
+    else:
+        padding = F(F(rw - F(rh * aspect)) / F(2))
+        src = [F(padding / rw), F(0), F(1.0 - float(F(padding / rw))), F(1)]
+    if b[0] >= src[2] or b[2] <= src[0] or b[1] >= src[3] or b[3] <= src[1]:
+        return list(b)
+    sw, sh = F(src[2] - src[0]), F(src[3] - src[1])
+    proj = [F(F(b[0] - src[0]) / sw), F(F(b[1] - src[1]) / sh),
+            F(F(b[2] - src[0]) / sw), F(F(b[3] - src[1]) / sh)]
+    return [max(min(v, F(1)), F(0)) for v in proj]
+
+
+def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0, scales=None,
+                pad=None):
     """DetectionEvaluateLayer::Reshape + Forward_cpu, one row at a time."""
     dets = {}
     for r in det:
@@ -100,12 +122,16 @@ def ref_forward(det, gt, num_classes, bg, thr, eval_difficult, sizes=(), count=0
             gt_boxes = [dict(g) for g in gts[image][c]]
             if sizes:
                 for g in gt_boxes:
+                    if pad:
+                        g["box"] = ref_unpad(g["box"], *sizes[count], *pad)
                     g["box"], g["size"] = ref_output(g["box"], *sizes[count], scales)
             visited = [False] * len(gt_boxes)
             for i in std_sort_order([b["score"] for b in boxes]):
                 b = dict(boxes[i])
                 top[k, :3] = [image, c, b["score"]]
                 if sizes:
+                    if pad:
+                        b["box"] = ref_unpad(b["box"], *sizes[count], *pad)
                     b["box"], b["size"] = ref_output(b["box"], *sizes[count], scales)
                 best, jmax = -1.0, -1
                 for j, g in enumerate(gt_boxes):
@@ -265,6 +291,39 @@ def test_output_bbox_as_the_forks_own_test():
     out, size = output_boxes(box, 300, 500, (300, 300))
     np.testing.assert_array_equal(out, [[0, 90, 90, 150]])
     assert size[0] == F(90) * F(60)   # ClipBBox's normalized size, no + 1
+    out, _ = output_boxes(unpad_boxes(box, 300, 500, 300, 300), 300, 500)   # FIT_LARGE_SIZE_AND_PAD
+    np.testing.assert_array_equal(out, [[0, 50, 150, 150]])
+    out, _ = output_boxes(unpad_boxes(box, 500, 300, 300, 300), 500, 300)
+    np.testing.assert_array_equal(out, [[0, 150, 50, 250]])
+
+
+def test_detection_evaluate_fit_large_size_and_pad_as_the_fork(tmp_path):
+    """FIT_LARGE_SIZE_AND_PAD: boxes leave the padding (ProjectBBox), then clip and scale;
+    landscape, portrait and square images, with boxes inside, across and outside the padding."""
+    det, gt = _random_case(np.random.default_rng(12))
+    det[::3, 4], det[::3, 6] = 0.01, 0.05      # some detections wholly in the top padding
+    sizes = [(300, 500), (500, 300), (400, 400)]
+    (tmp_path / "sizes.txt").write_text("".join(f"img{i} {h} {w}\n" for i, (h, w) in enumerate(sizes)))
+    layer = _layer(extra=f'name_size_file: "{tmp_path}/sizes.txt" resize_param {{ '
+                         f"resize_mode: FIT_LARGE_SIZE_AND_PAD height: 300 width: 300 }}")
+    count = 0
+    for _ in range(2):
+        top, = layer(torch.from_numpy(det)[None, None], torch.from_numpy(gt)[None, None])
+        expected = ref_forward(det, gt, 4, 0, 0.5, True, sizes, count, pad=(300, 300))
+        np.testing.assert_array_equal(top[0, 0].numpy(), expected)
+        count = (count + len(set(det[:, 0].astype(int)))) % len(sizes)
+    # By hand, a 300 x 500 image padded to 300 x 300 (rows 0-0.2 and 0.8-1 are padding): the
+    # gt (0.3, 0.2, 0.5, 0.3) projects to y 0-0.167; the detection (0.3, 0.02, 0.5, 0.16)
+    # lies wholly in the padding, so the fork leaves it there, where it now overlaps the gt
+    # (IoU 0.84 in pixels): a true positive, where WARP would find none.
+    (tmp_path / "one.txt").write_text("img 300 500\n")
+    one_gt = np.array([[0, 1, 0, 0.3, 0.2, 0.5, 0.3, 0]], F)
+    one_det = np.array([[0, 1, 0.9, 0.3, 0.02, 0.5, 0.16]], F)
+    for mode, tp in (("FIT_LARGE_SIZE_AND_PAD", 1), ("WARP", 0)):
+        layer = _layer(extra=f'name_size_file: "{tmp_path}/one.txt" resize_param {{ '
+                             f"resize_mode: {mode} height: 300 width: 300 }}")
+        top, = layer(torch.from_numpy(one_det)[None, None], torch.from_numpy(one_gt)[None, None])
+        assert top[0, 0, -1, 3:].tolist() == [tp, 1 - tp]
 
 
 @pytest.mark.parametrize("scales", [(300, 400), (120, 90)])
@@ -301,8 +360,8 @@ def test_detection_evaluate_refuses_what_the_fork_cannot_do(tmp_path):
         _layer(extra=f'name_size_file: "{tmp_path}/none.txt"')
     (tmp_path / "s.txt").write_text("a 10 10\n")
     sizes = f'name_size_file: "{tmp_path}/s.txt"'
-    with pytest.raises(ValueError, match="FIT_LARGE_SIZE_AND_PAD is not supported"):
-        _layer(extra=f"{sizes} resize_param {{ resize_mode: FIT_LARGE_SIZE_AND_PAD height: 4 width: 4 }}")
+    with pytest.raises(ValueError, match="resize_param.height and width must be positive"):
+        _layer(extra=f"{sizes} resize_param {{ resize_mode: FIT_LARGE_SIZE_AND_PAD height: 4 }}")
     with pytest.raises(ValueError, match="resize_param.height and width must be positive"):
         _layer(extra=f"{sizes} resize_param {{ resize_mode: FIT_SMALL_SIZE height_scale: 3 width_scale: 3 }}")
     _layer(extra="resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD }")   # unread without sizes

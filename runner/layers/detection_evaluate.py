@@ -9,7 +9,10 @@ set scales the unclipped box by width_scale and height_scale and clips it to the
 width and height in pixels; the size it stores is then ClipBBox's normalized one, w * h,
 while the overlap still counts both edges (+1), as the fork (so the overlap of a box with
 itself exceeds 1). resize_param's height and width only enter the fork's CHECKs there
-(positive, refused otherwise); FIT_LARGE_SIZE_AND_PAD is refused."""
+(positive, refused otherwise). FIT_LARGE_SIZE_AND_PAD first takes each box out of the
+padding the resize added (ProjectBBox from the part of the height x width input the image
+filled), then clips and scales as WARP; a box wholly inside the padding is left as it was,
+as the fork ignores ProjectBBox's refusal there."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,6 +70,26 @@ def output_boxes(boxes: np.ndarray, height: int, width: int,
     return scaled, np.where((w < 0) | (h < 0), _F32(0), (w + _F32(1)) * (h + _F32(1)))
 
 
+def unpad_boxes(boxes: np.ndarray, height: int, width: int, resize_height: int,
+                resize_width: int) -> np.ndarray:
+    """OutputBBox's FIT_LARGE_SIZE_AND_PAD step: boxes normalized to the resized, padded
+    input, projected onto the part the height x width image filled (clipped to [0, 1]);
+    boxes disjoint from that part stay as they were."""
+    rh, rw = _F32(resize_height), _F32(resize_width)
+    aspect = _F32(width) / _F32(height)
+    if aspect > rw / rh:
+        pad = ((rh - rw / aspect) / _F32(2)) / rh
+        source = np.array([0, pad, 1, 1.0 - float(pad)], dtype=_F32)
+    else:
+        pad = ((rw - rh * aspect) / _F32(2)) / rw
+        source = np.array([pad, 0, 1.0 - float(pad), 1], dtype=_F32)
+    disjoint = ((boxes[:, 0] >= source[2]) | (boxes[:, 2] <= source[0])
+                | (boxes[:, 1] >= source[3]) | (boxes[:, 3] <= source[1]))
+    extent = np.tile(source[2:] - source[:2], 2)
+    projected = np.clip((boxes - np.tile(source[:2], 2)) / extent, _F32(0), _F32(1))
+    return np.where(disjoint[:, None], boxes, projected)
+
+
 def overlaps(box: np.ndarray, size, gt: np.ndarray, gt_sizes: np.ndarray,
              normalized: bool) -> np.ndarray:
     """JaccardOverlap (the NormalizedBBox form) of one box with each gt box, from their
@@ -104,17 +127,16 @@ class DetectionEvaluate(Layer):
         self.sizes = read_name_sizes(p.name_size_file) if p.HasField("name_size_file") else []
         r, resize = p.resize_param, caffe_pb2.ResizeParameter
         self.scales = None   # FIT_SMALL_SIZE's (height_scale, width_scale) when both are set
+        self.padded_to = None   # FIT_LARGE_SIZE_AND_PAD's (height, width)
         if self.sizes and p.HasField("resize_param"):
-            if r.resize_mode == resize.FIT_LARGE_SIZE_AND_PAD:
-                raise ValueError(f"layer '{lp.name}': detection_evaluate_param.resize_param "
-                                 "with resize_mode FIT_LARGE_SIZE_AND_PAD is not supported "
-                                 "(WARP, FIT_SMALL_SIZE or no resize_param)")
             if r.height <= 0 or r.width <= 0:
                 raise ValueError(f"layer '{lp.name}': detection_evaluate_param.resize_param."
                                  "height and width must be positive (the fork CHECKs them "
                                  "when it scales a box to the name_size_file's pixels)")
             if r.resize_mode == resize.FIT_SMALL_SIZE and r.height_scale and r.width_scale:
                 self.scales = (r.height_scale, r.width_scale)
+            if r.resize_mode == resize.FIT_LARGE_SIZE_AND_PAD:
+                self.padded_to = (r.height, r.width)
         self.count = 0   # the fork's count_: images evaluated so far, into name_size_file
 
     def forward(self, det, label):
@@ -150,6 +172,9 @@ class DetectionEvaluate(Layer):
         normalized = not self.sizes
         if not normalized:
             height, width = self.sizes[self.count]
+            if self.padded_to:
+                gt_boxes = unpad_boxes(gt_boxes, height, width, *self.padded_to)
+                boxes = unpad_boxes(boxes, height, width, *self.padded_to)
             gt_boxes, gt_sizes = output_boxes(gt_boxes, height, width, self.scales)
             boxes, sizes = output_boxes(boxes, height, width, self.scales)
         else:
