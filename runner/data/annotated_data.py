@@ -74,7 +74,7 @@ from runner.data.ssd_boxes import (F32, RESIZE, Box, Group, clip_bbox, generate_
                                    transform_annotation, uniform)
 from runner.data.ssd_images import (apply_distort, apply_noise, apply_resize, fork_pixel_bytes,
                                     hwc, infer_new_size, warn_unread_noise_prob)
-from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, phase_value
+from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, crop_offsets, phase_value
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -366,13 +366,8 @@ class AnnotatedDataSource(ProcessReader):
             raise DataError(f"{where}: raw Datum of {dims((channels, img_h, img_w))} would "
                             f"have to give {dims(shape)}; the fork resizes and crops by "
                             "crop_h/crop_w encoded datums only")
-        h_off = w_off = 0
-        if crop_h and crop_w:
-            if self.plain.train:
-                h_off = int(rng.integers(img_h - height + 1))
-                w_off = int(rng.integers(img_w - width + 1))
-            else:
-                h_off, w_off = (img_h - height) // 2, (img_w - width) // 2
+        h_off, w_off = crop_offsets(rng, self.plain.train, (img_h, img_w), (height, width)) \
+            if crop_h and crop_w else (0, 0)
         crop_box = Box(F32(w_off) / F32(img_w), F32(h_off) / F32(img_h),
                        F32(w_off + width) / F32(img_w), F32(h_off + height) / F32(img_h))
         mean, values = self.plain.mean, self.plain.mean_values

@@ -27,7 +27,7 @@ from runner.data.label_images import LabelImageBatches
 from runner.data.imageset import check_resize, read_image, read_pair_list
 from runner.data.prefetch import PrefetchingSource, default_workers
 from runner.data.source import BATCH_STREAM, generator, resolve_seed, stream_offsets
-from runner.data.transformer import DataTransformer
+from runner.data.transformer import DataTransformer, crop_offsets
 from runner.sources import register_source
 
 
@@ -73,8 +73,7 @@ class DenseImageBatches(LabelImageBatches):
             image, label = image[:, ::-1], label[:, ::-1]
         crop_h, crop_w = self.crop
         if crop_h:
-            h_off = int(rng.integers(image.shape[0] - crop_h + 1))
-            w_off = int(rng.integers(image.shape[1] - crop_w + 1))
+            h_off, w_off = crop_offsets(rng, True, image.shape[:2], (crop_h, crop_w))
             image = image[h_off:h_off + crop_h, w_off:w_off + crop_w]
             label = label[h_off:h_off + crop_h, w_off:w_off + crop_w]
         return image, label

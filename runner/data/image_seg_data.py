@@ -32,7 +32,7 @@ from runner.data.imageset import check_resize, read_image, read_list_text
 from runner.data.label_images import LabelImageBatches
 from runner.data.prefetch import PrefetchingSource, default_workers
 from runner.data.source import BATCH_STREAM, generator, resolve_seed, stream_offsets
-from runner.data.transformer import phase_value
+from runner.data.transformer import crop_offsets, phase_value
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -107,11 +107,7 @@ class SegTransform:
                     image.shape[0] + pad_h, image.shape[1] + pad_w, channels)
                 label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT,
                                            value=self.ignore_label)
-            if self.train:
-                h_off = int(rng.integers(image.shape[0] - crop_h + 1))
-                w_off = int(rng.integers(image.shape[1] - crop_w + 1))
-            else:
-                h_off, w_off = (image.shape[0] - crop_h) // 2, (image.shape[1] - crop_w) // 2
+            h_off, w_off = crop_offsets(rng, self.train, image.shape[:2], (crop_h, crop_w))
             image = image[h_off:h_off + crop_h, w_off:w_off + crop_w]
             label = label[h_off:h_off + crop_h, w_off:w_off + crop_w]
         if mirror:

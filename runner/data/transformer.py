@@ -35,6 +35,16 @@ DEEPLAB_FIELDS = ("crop_height", "crop_width")
 CROP_FIELDS = 3
 
 
+def crop_offsets(rng: np.random.Generator | None, train: bool, image_hw: tuple[int, int],
+                 crop_hw: tuple[int, int]) -> tuple[int, int]:
+    """DataTransformer's crop corner (h_off, w_off) of a crop_hw window in an image_hw
+    image: Rand(H - h + 1) then Rand(W - w + 1) in TRAIN, the centre (rounded down) in TEST."""
+    (img_h, img_w), (height, width) = image_hw, crop_hw
+    if train:
+        return int(rng.integers(img_h - height + 1)), int(rng.integers(img_w - width + 1))
+    return (img_h - height) // 2, (img_w - width) // 2
+
+
 def phase_value(phase) -> int:
     """caffe_pb2.TRAIN/TEST from the enum value or its name."""
     if isinstance(phase, str):
@@ -113,14 +123,8 @@ class DataTransformer:
                             "float Datums")
         _, height, width = out.shape
         mirror = self.mirror and rng.integers(2) == 1
-        h_off = w_off = 0
-        if self.crop:
-            if self.train:
-                h_off = int(rng.integers(image.shape[1] - self.crop + 1))
-                w_off = int(rng.integers(image.shape[2] - self.crop + 1))
-            else:
-                h_off = (image.shape[1] - self.crop) // 2
-                w_off = (image.shape[2] - self.crop) // 2
+        h_off, w_off = crop_offsets(rng, self.train, image.shape[1:], (self.crop, self.crop)) \
+            if self.crop else (0, 0)
         _window_into(image[:, h_off:h_off + height, w_off:w_off + width], mirror, out)
         return h_off, w_off, int(mirror)
 

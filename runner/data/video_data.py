@@ -68,7 +68,7 @@ from runner.data.source import BATCH_STREAM, check_tops, generator, resolve_seed
 from runner.data.ssd_boxes import F32
 from runner.data.ssd_images import (apply_noise, apply_resize, fork_pixel_bytes, infer_new_size,
                                     warn_unread_noise_prob)
-from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer
+from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, crop_offsets
 from runner.proto import caffe_pb2
 from runner.sources import register_source
 
@@ -149,13 +149,8 @@ class FrameTransform:
             image = apply_noise(image, self.noise, rng, where)
         img_h, img_w = image.shape[:2]
         channels, height, width = self.shape
-        h_off = w_off = 0
-        if self.crop_hw[0]:
-            if self.plain.train:
-                h_off = int(rng.integers(img_h - height + 1))
-                w_off = int(rng.integers(img_w - width + 1))
-            else:
-                h_off, w_off = (img_h - height) // 2, (img_w - width) // 2
+        h_off, w_off = crop_offsets(rng, self.plain.train, (img_h, img_w), (height, width)) \
+            if self.crop_hw[0] else (0, 0)
         out = fork_pixel_bytes(image, channels, h_off, w_off, height, width
                                ).transpose(2, 0, 1).astype(F32)
         if mirror:
