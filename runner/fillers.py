@@ -1,5 +1,5 @@
 """Caffe's weight fillers (filler.hpp): constant, uniform, gaussian, xavier, msra, bilinear,
-positive_unitball.
+positive_unitball, and FlowNet 2.0's diagonal.
 
 Each filler draws from torch's CPU RNG (the global one unless a `torch.Generator` is
 given), so `torch.manual_seed` makes initialisation reproducible. Values are drawn in
@@ -8,6 +8,8 @@ float32 on the CPU and then copied into the blob, wherever it lives.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 import torch
 
@@ -60,6 +62,20 @@ def _bilinear(shape) -> torch.Tensor:
     return (taps[:, None] * taps[None, :]).float().expand(shape).clone()
 
 
+def _diagonal(shape, diag_val) -> torch.Tensor:
+    """FlowNet 2.0's DiagonalFiller: zeros but, for n < min(num, channels), the kernel of
+    output n on input n, each tap diag_val[n] (1 when not given) / kernel area."""
+    legacy = (tuple(shape) + (1, 1, 1, 1))[:4] if len(shape) <= 4 else None
+    if legacy is None:
+        raise FillerError(f"diagonal filler needs a blob of at most 4 axes, got {list(shape)}")
+    num, channels, height, width = legacy
+    data = torch.zeros(num, channels, height * width)
+    for n in range(min(num, channels)):
+        value = np.float32(diag_val[n] if n < len(diag_val) else 1.0)
+        data[n, n] = float(value / np.float32(height * width))
+    return data.reshape(shape)
+
+
 def sample(shape: tuple[int, ...], p: FillerParameter,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """A new float32 CPU tensor of `shape` filled as Caffe's GetFiller(p) would."""
@@ -90,13 +106,15 @@ def sample(shape: tuple[int, ...], p: FillerParameter,
         return _gaussian(shape, 0.0, math.sqrt(2.0 / _variance_n(p, shape)), generator)
     if p.type == "bilinear":
         return _bilinear(shape)
+    if p.type == "diagonal":
+        return _diagonal(shape, p.diag_val)
     if p.type == "positive_unitball":
         data = _uniform(shape, 0.0, 1.0, generator)
         rows = data.view(shape[0], -1)
         rows /= rows.sum(dim=1, keepdim=True)
         return data
     raise FillerError(f"unknown filler type '{p.type}' (known: constant, uniform, gaussian, "
-                      "xavier, msra, bilinear, positive_unitball)")
+                      "xavier, msra, bilinear, positive_unitball, diagonal)")
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ def statistics_blobs(lp, count: int) -> frozenset[int]:
     """The blobs of `lp` that hold statistics, never learned: all of BatchNorm's (whose
     lr_mult must be 0), and TSN's BN running mean and variance, its slope and bias too when
     `frozen` (the fork sets their lr_mult to 0 whatever the prototxt says)."""
-    if lp.type in FIXED_STATISTICS:
+    if lp.type in FIXED_STATISTICS or lp.type == "DataAugmentation":   # FlowNet's mean blobs
         return frozenset(range(count))
     if lp.type == "BN" and is_tsn_bn(lp):
         return frozenset(range(4) if lp.bn_param.frozen else (2, 3))

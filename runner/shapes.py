@@ -499,4 +499,4 @@ def _accuracy(lp, bottoms):
 
 # The SSD, other fork and recurrent/indexing layers' rules live in their own modules; importing
 # them registers them.
-from runner import shapes_detection, shapes_forks, shapes_sequence  # noqa: E402,F401
+from runner import shapes_detection, shapes_flownet, shapes_forks, shapes_sequence  # noqa: E402,F401

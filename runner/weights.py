@@ -96,7 +96,20 @@ def _proto_values(source, targets: dict, allow_nonfinite: bool):
         if entry.name not in targets:
             log.debug("%s: ignoring layer '%s' (not in the net)", label, entry.name)
             continue
-        _, slots = targets[entry.name]
+        layer, slots = targets[entry.name]
+        custom = getattr(layer, "custom_copy_blobs", None)   # a fork's DoesUseCustomCopyBlobs
+        if custom is not None:
+            stored = [blob_to_array(blob, f"{label}: layer '{entry.name}' blob {j}")
+                      for j, blob in enumerate(entry.blobs)]
+            try:
+                fitted = custom(stored)
+            except ValueError as err:
+                raise WeightsError(f"{label}: {err}") from None
+            values = [torch.from_numpy(_finite(np.asarray(v, np.float32), f"{label}: layer "
+                                               f"'{entry.name}' blob {j}", allow_nonfinite))
+                      for j, v in enumerate(fitted)]
+            pending.append((entry.name, slots, values, [None] * len(slots)))
+            continue
         if len(entry.blobs) != len(slots):
             raise WeightsError(f"{label}: layer '{entry.name}' has {len(entry.blobs)} blob(s), the "
                                f"net's has {len(slots)} {[list(s.shape) for s in slots]} "

@@ -18,6 +18,7 @@ _SEGNET = "alexgkendall/caffe-segnet (SegNet)"
 _DEEPLAB = "DeepLab's Caffe (deeplab-public)"
 _CRNN = "the warp-ctc CRNN Caffe ports (BVLC's warpctc_captcha example)"
 _CHWICK = "ChWick/caffe's ctc branch"
+_FLOWNET = "NVIDIA flownet2 Caffe"
 
 # Types of well-known forks: type -> the fork that defines it.
 FORK_TYPES = {
@@ -38,7 +39,10 @@ FORK_TYPES = {
     "Reorg": "YOLO v2 Caffe ports", "Region": "YOLO v2 Caffe ports",
     "CtcLoss": _CRNN, "ContinuationIndicator": _CRNN, "LabelsequenceAccuracy": _CRNN,
     "CTCLoss": _CHWICK, "WarpCTCLoss": _CHWICK, "CTCGreedyDecoder": _CHWICK,
-    "Resample": "NVIDIA flownet2 Caffe", "Correlation": "NVIDIA flownet2 Caffe",
+    **{t: _FLOWNET for t in (
+        "Resample", "Correlation", "Correlation1D", "FlowWarp", "ChannelNorm", "Accum",
+        "DataAugmentation", "FlowAugmentation", "GenerateAugmentationParameters",
+        "BlackAugmentation", "L1Loss", "NegReLU", "Downsample", "LpqLoss")},
 }
 
 

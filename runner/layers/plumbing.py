@@ -13,13 +13,23 @@ from runner.shapes_detection import permute_order
 
 @register("Eltwise")
 class Eltwise(Layer):
-    """SUM (with one coefficient per bottom), PROD or MAX of same-shaped bottoms.
+    """SUM (with one coefficient per bottom), PROD or MAX of same-shaped bottoms; a single
+    bottom for SUM with one coeff, as FlowNet 2.0's Caffe allows.
 
     MAX routes the gradient as Caffe's mask: between bottoms 0 and 1 a tie goes to 1,
     later bottoms win only when strictly greater.
     """
 
     bottom_count, top_count = (2, None), (1, 1)
+
+    @classmethod
+    def check_blob_counts(cls, lp, n_bottoms):
+        # FlowNet 2.0's Caffe (MinBottomBlobs 1) scales a blob by a one-bottom SUM with one
+        # coeff in its deploy nets; BVLC Caffe refuses one bottom, as here otherwise.
+        p = lp.eltwise_param
+        if n_bottoms == 1 and len(p.coeff) == 1 and p.operation == caffe_pb2.EltwiseParameter.SUM:
+            n_bottoms = 2
+        super().check_blob_counts(lp, n_bottoms)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
