@@ -353,6 +353,14 @@ NO_ONNX_FORM = {
     "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
     "ContinuationIndicator": "CRNN's cont blob for LSTM, which has no ONNX form here yet",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
+    "Correlation": "FlowNet 2.0's correlation: not converted yet (one product and pooling per displacement)",
+    "Correlation1D": "as Correlation",
+    "Resample": "FlowNet 2.0's resampling offsets each axis by the other's factor; no ONNX Resize mode does",
+    "FlowWarp": "FlowNet 2.0's warp: not converted yet (GridSample pads and clamps differently)",
+    "ChannelNorm": "FlowNet 2.0's channel norm: not converted yet",
+    "Accum": "FlowNet 2.0's corner-aligned resize and concatenation: not converted yet",
+    "DataAugmentation": "FlowNet 2.0's mean subtraction updates its running mean in forward; not converted yet",
+    "NegReLU": "FlowNet 2.0's negated leaky ReLU: not converted yet",
 }
 
 

@@ -125,3 +125,27 @@ def test_required_fields_are_checked_on_write_and_read(tmp_path):
     (tmp_path / "c.caffemodel").write_bytes(net.SerializePartialToString())
     with pytest.raises(ProtoError, match=r"c.caffemodel: missing required fields: .*\(layer 'clip1'\)"):
         read_caffemodel(tmp_path / "c.caffemodel")
+
+
+def test_a_forks_parameter_at_clip_params_number_is_dropped_with_a_warning(tmp_path):
+    """ChWick's ctc branch stores ctc_loss_param at 148, BVLC's clip_param: a CTCLoss layer
+    of its .caffemodel reads as carrying a clip_param without min and max. Its blobs load;
+    the field is dropped with a warning; a Clip layer missing them is still refused."""
+    net = caffe_pb2.NetParameter(name="ocr")
+    ip = net.layer.add(name="ip", type="InnerProduct")
+    ip.blobs.add().data.extend([1.0, 2.0])
+    ctc = net.layer.add(name="loss", type="CTCLoss")
+    chwick_ctc_loss_param = bytes([0x10, 0x02])                  # blank_index (its field 2): 2
+    ctc.ParseFromString(ctc.SerializeToString() + bytes([0xA2, 0x09, len(chwick_ctc_loss_param)])
+                        + chwick_ctc_loss_param)                 # field 148, length-delimited
+    assert ctc.HasField("clip_param") and not ctc.clip_param.IsInitialized()
+    path = tmp_path / "ocr.caffemodel"
+    path.write_bytes(net.SerializePartialToString())
+    with pytest.warns(UserWarning, match=r"ocr.caffemodel: layer 'loss' \(CTCLoss\) carries field 148"):
+        loaded = read_caffemodel(path)
+    assert list(loaded.layer[0].blobs[0].data) == [1.0, 2.0]
+    assert not loaded.layer[1].HasField("clip_param")
+    ctc.type = "Clip"
+    path.write_bytes(net.SerializePartialToString())
+    with pytest.raises(ProtoError, match=r"missing required fields: .*\(layer 'loss'\)"):
+        read_caffemodel(path)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TypeVar
+import warnings
+from typing import Callable, TypeVar
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
@@ -53,12 +54,13 @@ def read_file_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> byt
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"   # the first bytes of an HDF5 file
 
 
-def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
+def read_binary(path: str | os.PathLike, message_class: type[M],
+                repair: Callable[[M, str], None] | None = None) -> M:
     """Parse a binary protobuf file into a new `message_class`.
 
     Besides corrupt wire data this rejects top-level fields the message type does not
     have, which is how a file of another type (say a NetParameter read as a BlobProto)
-    shows itself.
+    shows itself. `repair(msg, path)` runs before the required fields are checked.
     """
     type_name = message_class.DESCRIPTOR.full_name
     data = read_file_bytes(path)
@@ -72,6 +74,8 @@ def read_binary(path: str | os.PathLike, message_class: type[M]) -> M:
     if unknown:
         raise ProtoError(f"{path}: not a binary {type_name} (it has field numbers "
                          f"{unknown} that {type_name} does not define)")
+    if repair is not None:
+        repair(msg, str(path))
     check_required_fields(msg, str(path))
     bad = _undecodable_string(msg)
     if bad:
@@ -102,9 +106,24 @@ def write_binary(msg: Message, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, msg.SerializeToString())
 
 
+def drop_forks_field_148(net: caffe_pb2.NetParameter, path: str) -> None:
+    """Field 148 of a layer is BVLC's clip_param, whose min and max are required; ChWick's
+    ctc branch (and TextBoxes++) store their ctc_loss_param there, which reads as a
+    clip_param without them. On a layer that is not a Clip it is dropped, with a warning
+    (the prototxt gives layer parameters); BVLC Caffe refuses such a file."""
+    for layer in net.layer:
+        if layer.type != "Clip" and layer.HasField("clip_param") \
+                and not layer.clip_param.IsInitialized():
+            layer.ClearField("clip_param")
+            warnings.warn(f"{path}: layer '{layer.name}' ({layer.type}) carries field 148, "
+                          "BVLC's clip_param, without its min and max: another fork's "
+                          "parameter there (ChWick's ctc_loss_param) is ignored", stacklevel=3)
+
+
 def read_caffemodel(path: str | os.PathLike, upgrade: bool = True) -> caffe_pb2.NetParameter:
-    """Read trained weights (a binary NetParameter), upgrading legacy layers as Caffe does."""
-    net = read_binary(path, caffe_pb2.NetParameter)
+    """Read trained weights (a binary NetParameter), upgrading legacy layers as Caffe does;
+    a fork's parameter at BVLC's clip_param number is dropped (drop_forks_field_148)."""
+    net = read_binary(path, caffe_pb2.NetParameter, drop_forks_field_148)
     if upgrade:
         upgrade_net(net, str(path))
     return net
