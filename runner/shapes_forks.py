@@ -2,7 +2,8 @@
 ports), BN (SegNet), SegAccuracy (DeepLab), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
-(Fast/Faster R-CNN), with the parameter readings their layers share.
+(Fast/Faster R-CNN) and MultiStageMeanfield (CRF-RNN), with the parameter readings their layers
+share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -261,3 +262,42 @@ def _proposal(lp, bottoms):
         raise ValueError("proposal_param needs feat_stride, base_size and post_nms_topn >= 1")
     rows = p.post_nms_topn   # at most; a forward gives as many as NMS keeps
     return LayerShapes([(rows, 5), (rows, 1)][:len(lp.top)])
+
+
+def meanfield_geometry(lp, bottoms) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of a MultiStageMeanfield layer (CRF-RNN), its parameters and bottoms
+    checked. The fork reads every bottom through Caffe's legacy num/channels/height/width
+    (at most four axes) and takes all sizes from bottom 0; bottom 1 is softmaxed and filtered
+    as if it had bottom 0's shape, bottom 2's first three channels are read at bottom 0's H x W."""
+    p = lp.multi_stage_meanfield_param
+    missing = [f for f in ("theta_alpha", "theta_beta", "theta_gamma", "num_iterations")
+               if not p.HasField(f)]
+    if missing:
+        raise ValueError(f"multi_stage_meanfield_param needs {', '.join(missing)} (required "
+                         f"fields in the fork)")
+    if p.num_iterations <= 1:
+        raise ValueError(f"multi_stage_meanfield_param.num_iterations must be greater than 1 (the "
+                         f"fork's CHECK), got {p.num_iterations}")
+    for name in ("theta_alpha", "theta_beta", "theta_gamma"):
+        theta = getattr(p, name)
+        if not theta or theta != theta or abs(theta) == float("inf"):
+            raise ValueError(f"multi_stage_meanfield_param.{name} must be a nonzero finite number "
+                             f"(the lattice features are divided by it), got {theta}")
+    if any(len(b) > 4 for b in bottoms):
+        raise ValueError(f"bottoms of at most 4 axes (the fork reads num/channels/height/width), "
+                         f"got {[list(b) for b in bottoms]}")
+    unary, q, image = (tuple(b) + (1,) * (4 - len(b)) for b in bottoms)
+    if q != unary:
+        raise ValueError(f"bottom 1 (the Q initialisation) must have bottom 0's (the unaries') "
+                         f"shape {list(unary)}, got {list(q)}")
+    n, c, h, w = unary
+    if image[0] != n or image[2:] != (h, w) or image[1] < 3:
+        raise ValueError(f"bottom 2 (the image) must be N x 3 (or more channels) x H x W with "
+                         f"the unaries' N, H, W ({n}, {h}, {w}), got {list(image)}")
+    return n, c, h, w
+
+
+@rule("MultiStageMeanfield")
+def _multi_stage_meanfield(lp, bottoms):
+    n, c, h, w = meanfield_geometry(lp, bottoms)
+    return LayerShapes([(n, c, h, w)], [(1, 1, c, c)] * 3)
