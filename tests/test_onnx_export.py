@@ -361,6 +361,7 @@ NO_ONNX_FORM = {
     "Accum": "FlowNet 2.0's corner-aligned resize and concatenation: not converted yet",
     "DataAugmentation": "FlowNet 2.0's mean subtraction updates its running mean in forward; not converted yet",
     "NegReLU": "FlowNet 2.0's negated leaky ReLU: not converted yet",
+    "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
 }
 
 
