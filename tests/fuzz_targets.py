@@ -97,8 +97,23 @@ layer { name: "ctc" type: "CtcLoss" bottom: "seq" bottom: "seq_label" top: "ctc"
   ctc_loss_param { alphabet_size: 3 time_step: 4 blank_label: 0 } }
 layer { name: "seq_nt" type: "Permute" bottom: "seq" top: "seq_nt" permute_param { order: 1 order: 0 order: 2 } }
 layer { name: "seq_acc" type: "LabelsequenceAccuracy" bottom: "seq_nt" bottom: "seq_label" top: "seq_acc" }
+layer { name: "corr" type: "Correlation" bottom: "bn" bottom: "dw" top: "corr"
+  correlation_param { pad: 2 kernel_size: 1 max_displacement: 2 stride_1: 1 stride_2: 2 } }
+layer { name: "corr1d" type: "Correlation1D" bottom: "bn" bottom: "dw" top: "corr1d"
+  correlation_param { pad: 2 kernel_size: 3 max_displacement: 2 correlation_type: SUBTRACT } }
+layer { name: "flow" type: "Convolution" bottom: "corr" top: "flow"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "warp" type: "FlowWarp" bottom: "bn" bottom: "flow" top: "warp" }
+layer { name: "cnorm" type: "ChannelNorm" bottom: "warp" top: "cnorm" }
+layer { name: "acc" type: "Accum" bottom: "flow" bottom: "zoom" top: "acc" accum_param { have_reference: true } }
+layer { name: "resample" type: "Resample" bottom: "cnorm" top: "resample" resample_param { width: 5 height: 7 type: CUBIC } }
+layer { name: "negrelu" type: "NegReLU" bottom: "corr1d" top: "negrelu" relu_param { negative_slope: 0.1 } }
+layer { name: "aug" type: "DataAugmentation" bottom: "data" top: "aug"
+  augmentation_param { recompute_mean: 10 mean_per_pixel: false } }
+layer { name: "l1" type: "L1Loss" bottom: "warp" bottom: "bn" top: "l1" l1_loss_param { plateau: 0.1 } }
 layer { name: "silence" type: "Silence" bottom: "zoom" bottom: "near" bottom: "roi" bottom: "psroi"
-  bottom: "bn_mean" bottom: "bn_var" bottom: "cont" bottom: "seq_acc" }
+  bottom: "bn_mean" bottom: "bn_var" bottom: "cont" bottom: "seq_acc" bottom: "acc" bottom: "resample"
+  bottom: "negrelu" bottom: "aug" }
 """
 
 # SegNet's data layer on image and label-image pairs, into a class-weighted loss.
