@@ -1,6 +1,7 @@
 """Shape rules of the recurrent, indexing and patch layers (RNN, LSTM, LSTMUnit, Filter,
-BatchReindex, Parameter, Im2col, HDF5Output) and of CRNN's CTC layers (CtcLoss,
-ContinuationIndicator, LabelsequenceAccuracy); registered with runner.shapes on import."""
+BatchReindex, Parameter, Im2col, HDF5Output), of CRNN's CTC layers (CtcLoss,
+ContinuationIndicator, LabelsequenceAccuracy) and of ChWick's ctc branch (CTCLoss,
+CTCGreedyDecoder, Reverse); registered with runner.shapes on import."""
 from __future__ import annotations
 
 import math
@@ -156,3 +157,43 @@ def _labelsequence_accuracy(lp, bottoms):
         raise ValueError(f"LabelsequenceAccuracy takes N x T x C scores and an N x L label, got "
                          f"{list(scores)} and {list(label)}")
     return LayerShapes([()])
+
+
+def time_major(lp, bottoms) -> tuple[int, int, int]:
+    """(T, N, C) of ChWick's CTC layers: T x N x C scores (a trailing 1 allowed) and T x N
+    sequence indicators, then (CTCLoss, or a decoder's third bottom) T x N labels."""
+    x = bottoms[0]
+    if len(x) < 3 or count(x, 3) != 1:
+        raise ValueError(f"{lp.type} takes T x N x C scores, got {list(x)}")
+    T, N, C = x[:3]
+    for name, b in zip(("sequence indicators", "labels"), bottoms[1:3]):
+        if count(b) != T * N or tuple(b[:2]) != (T, N):
+            raise ValueError(f"{lp.type}'s {name} must be T x N = {[T, N]}, got {list(b)}")
+    return T, N, C
+
+
+@rule("CTCLoss")
+def _ctc_loss_chwick(lp, bottoms):
+    time_major(lp, bottoms)
+    return LayerShapes([()])
+
+
+@rule("CTCGreedyDecoder")
+def _ctc_greedy_decoder(lp, bottoms):
+    T, N, _ = time_major(lp, bottoms)
+    tops = [(N, T, 1, 1)]
+    if len(lp.top) > 1 and (len(bottoms) == 2 or len(lp.top) == 3):
+        tops.append((N, 1, 1, 1))
+    if len(bottoms) == 3 and len(lp.top) > 1:
+        tops.append((1, 1, 1, 1))
+    return LayerShapes(tops)
+
+
+@rule("Reverse")
+def _reverse(lp, bottoms):
+    axis = lp.reverse_param.axis
+    if not 0 <= axis < len(bottoms[0]):
+        raise ValueError(f"reverse_param.axis {axis} must be within [0, {len(bottoms[0])})")
+    if list(lp.top) == list(lp.bottom):
+        raise ValueError("Reverse does not allow in-place computation (as the fork CHECKs)")
+    return LayerShapes([bottoms[0]])

@@ -24,6 +24,7 @@ IMPLEMENTED = {
      "Upsample", "PSROIPooling", "SmoothL1Loss", "Proposal",           # YOLOv3/SegNet, R-FCN, Faster R-CNN
      "Reorg", "BN", "SegAccuracy",                                     # YOLO v2, SegNet, DeepLab
      "CtcLoss", "ContinuationIndicator", "LabelsequenceAccuracy",      # CRNN's warp-ctc ports
+     "CTCLoss", "CTCGreedyDecoder", "Reverse",                         # ChWick's ctc branch
      "MultiStageMeanfield",                                            # CRF-RNN
      "Correlation", "Correlation1D", "Resample", "FlowWarp", "ChannelNorm",  # FlowNet 2.0
      "Accum", "DataAugmentation", "NegReLU", "L1Loss"}
@@ -45,7 +46,6 @@ def test_listing_holds_every_bvlc_caffe_type():
     ("Recurrent", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("GRU", "neither a BVLC Caffe type nor a type of a Caffe fork we know"),
     ("Region", r"a type of the Caffe fork YOLO v2 Caffe ports, not of BVLC Caffe"),
-    ("CTCGreedyDecoder", r"a type of the Caffe fork ChWick/caffe's ctc branch, not of BVLC Caffe"),
     ("FlowAugmentation", r"a type of the Caffe fork NVIDIA flownet2 Caffe, not of BVLC Caffe"),
     ("WarpCTCLoss", r"a type of the Caffe fork ChWick/caffe's ctc branch, not of BVLC Caffe"),
 ])

@@ -362,6 +362,7 @@ NO_ONNX_FORM = {
     "DataAugmentation": "FlowNet 2.0's mean subtraction updates its running mean in forward; not converted yet",
     "NegReLU": "FlowNet 2.0's negated leaky ReLU: not converted yet",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
+    "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",
 }
 
 
@@ -375,6 +376,18 @@ def test_every_layer_type_but_losses_and_metrics_has_an_onnx_form():
     assert without == set(NO_ONNX_FORM), (
         f"layer types without an ONNX form: {sorted(without - set(NO_ONNX_FORM))}; give them one "
         f"in runner/onnx_export/ or list them in NO_ONNX_FORM with the reason")
+
+
+def test_reverse_matches_onnxruntime(tmp_path):
+    """ChWick's Reverse on the time axis (0, the graph's first) and on a later one."""
+    prototxt = tmp_path / "reverse.prototxt"
+    prototxt.write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 5 dim: 3 dim: 4 } } }
+layer { name: "time" type: "Reverse" bottom: "data" top: "time" }
+layer { name: "feature" type: "Reverse" bottom: "time" top: "feature" reverse_param { axis: 2 } }
+""")
+    model = export_and_compare(prototxt)
+    assert [n.op_type for n in model.graph.node].count("Slice") == 2
 
 
 def test_depthwise_and_axpy_match_onnxruntime(tmp_path):

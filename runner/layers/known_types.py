@@ -38,7 +38,7 @@ FORK_TYPES = {
     "Axpy": "hujie-frank/SENet's Caffe",
     "Reorg": "YOLO v2 Caffe ports", "Region": "YOLO v2 Caffe ports",
     "CtcLoss": _CRNN, "ContinuationIndicator": _CRNN, "LabelsequenceAccuracy": _CRNN,
-    "CTCLoss": _CHWICK, "WarpCTCLoss": _CHWICK, "CTCGreedyDecoder": _CHWICK,
+    "CTCLoss": _CHWICK, "WarpCTCLoss": _CHWICK, "CTCGreedyDecoder": _CHWICK, "Reverse": _CHWICK,
     **{t: _FLOWNET for t in (
         "Resample", "Correlation", "Correlation1D", "FlowWarp", "ChannelNorm", "Accum",
         "DataAugmentation", "FlowAugmentation", "GenerateAugmentationParameters",

@@ -1,5 +1,5 @@
 """ONNX forms of Caffe's blob plumbing: Concat, Slice, Flatten, Reshape, Crop, Tile,
-Reduction, Silence, ArgMax. Shapes are static except the batch axis where the layer keeps it."""
+Reduction, Silence, ArgMax, and ChWick's Reverse. Shapes are static except the batch axis where the layer keeps it."""
 from __future__ import annotations
 
 from runner.onnx_export.graph import GraphBuilder
@@ -55,6 +55,14 @@ def _crop(b: GraphBuilder, layer, ins, outs):
     starts = list(layer.offsets)
     ends = [off + ref[ax] for off, ax in zip(starts, axes)]
     b.node("Slice", [ins[0], b.ints("starts", starts), b.ints("ends", ends), b.ints("axes", axes)], outs)
+
+
+@converter("Reverse")
+def _reverse(b: GraphBuilder, layer, ins, outs):
+    """A Slice with step -1 over the whole axis (any size, the batch's included)."""
+    axis = layer.lp.reverse_param.axis
+    b.node("Slice", [ins[0], b.ints("starts", [-1]), b.ints("ends", [-2**63]),
+                     b.ints("axes", [axis]), b.ints("steps", [-1])], outs)
 
 
 @converter("Tile")
