@@ -45,8 +45,8 @@ def test_caffenet_phases():
     assert test.layer[0].data_param.batch_size == 50 and test.layer[-2].name == "accuracy"
     check_bottoms(train, "train_val.prototxt")
     check_bottoms(test, "train_val.prototxt")
-    with pytest.raises(ProtoError, match="train_val.prototxt: layer 'data' \\(Data\\): another layer "
-                                         "already has the name 'data'"):
+    with pytest.raises(ProtoError, match="train_val.prototxt: layer 'data' \\(Data\\): top 'data' is "
+                                         "already produced by layer 'data'"):
         check_bottoms(net, "train_val.prototxt")
 
 

@@ -143,3 +143,35 @@ def test_several_weight_files_load_in_order(tmp_path):
     both = lenet(weights=[tmp_path / "a.caffemodel", tmp_path / "head.caffemodel"])
     assert torch.equal(both.layers["conv1"].blobs[0], a.layers["conv1"].blobs[0])
     assert torch.equal(both.layers["ip2"].blobs[0], b.layers["ip2"].blobs[0])
+
+
+def test_repeated_layer_names_build_and_weights_go_to_the_first_as_caffe(tmp_path):
+    """Caffe allows two layers of one name (the published CRF-RNN deploy net has three
+    'crop' layers); CopyTrainedLayersFrom gives a source layer's blobs to the first target
+    of its name, and pycaffe's layer_dict keeps the last."""
+    from runner.pycaffe import Net as PyNet
+
+    text = '''name: "twice"
+input: "data" input_shape { dim: 1 dim: 2 }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 2 } }
+layer { name: "act" type: "ReLU" bottom: "b" top: "b" }
+layer { name: "act" type: "Sigmoid" bottom: "b" top: "c" }
+'''
+    path = tmp_path / "twice.prototxt"
+    path.write_text(text)
+    weights = caffe_pb2.NetParameter(name="twice")
+    source = weights.layer.add(name="fc", type="InnerProduct")
+    source.blobs.add(shape=caffe_pb2.BlobShape(dim=[2, 2])).data.extend([1, 2, 3, 4])
+    source.blobs.add(shape=caffe_pb2.BlobShape(dim=[2])).data.extend([5, 6])
+    (tmp_path / "w.caffemodel").write_bytes(weights.SerializeToString())
+    net = Net(path, weights=tmp_path / "w.caffemodel")
+    first, second = [layer for layer in net.layers.values() if layer.type == "InnerProduct"]
+    assert first.blobs[0].tolist() == [[1, 2], [3, 4]] and first.blobs[1].tolist() == [5, 6]
+    assert second.blobs[1].tolist() == [0, 0]          # untouched: its bias filler's zeros
+    out = net({"data": torch.tensor([[1.0, -1.0]])})
+    expected = torch.sigmoid(torch.relu(second(first(torch.tensor([[1.0, -1.0]]))[0])[0]))
+    assert torch.allclose(out["c"], expected)
+    py = PyNet(str(path), str(tmp_path / "w.caffemodel"), 1)
+    assert list(py._layer_names) == ["input", "fc", "fc", "act", "act"]
+    assert py.layer_dict["act"].type == "Sigmoid"

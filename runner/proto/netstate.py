@@ -64,18 +64,14 @@ def filter_net(net: caffe_pb2.NetParameter, phase: int | str, stages: Iterable[s
 
 def check_bottoms(net: caffe_pb2.NetParameter, path: str | None = None) -> None:
     """Raise ProtoError unless every layer's bottoms are produced by earlier layers (or
-    are net inputs), each top has one producer (in-place reuse of a bottom aside) and
-    layer names are unique. Pass a filtered net: TRAIN and TEST layers may share names.
-    """
+    are net inputs) and each top has one producer (in-place reuse of a bottom aside), as
+    Caffe's Net::Init. Layer names may repeat, as in Caffe (weights load into the first
+    layer of a name, as its CopyTrainedLayersFrom). Pass a filtered net."""
     where = f"{path}: " if path else ""
     available = set(net.input)
     producer: dict[str, str] = {name: "net input" for name in net.input}
-    seen_names: set[str] = set()
     for layer in net.layer:
         label = f"layer '{layer.name}' ({layer.type})"
-        if layer.name in seen_names:
-            raise ProtoError(f"{where}{label}: another layer already has the name '{layer.name}'")
-        seen_names.add(layer.name)
         for index, blob in enumerate(layer.bottom):
             if blob not in available:
                 raise ProtoError(f"{where}{label}: bottom '{blob}' (bottom {index}) is not "
