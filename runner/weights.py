@@ -281,6 +281,11 @@ def save_hdf5(net, path, with_diffs: bool = False) -> None:
         data = f.create_group("data")
         diff = f.create_group("diff") if with_diffs else None
         for lp, module, slots in net.layer_blobs():
+            if slots and lp.name in data and len(data[lp.name]):
+                raise WeightsError(f"{os.fspath(path)}: two layers with blobs are named "
+                                   f"'{lp.name}', and HDF5 weights hold one group per layer "
+                                   "name (Caffe's ToHDF5 fails on it too); rename one, or "
+                                   "save a .caffemodel")
             group = data.require_group(lp.name)
             diff_group = diff.require_group(lp.name) if with_diffs else None
             for j, slot in enumerate(slots):

@@ -175,3 +175,6 @@ layer { name: "act" type: "Sigmoid" bottom: "b" top: "c" }
     py = PyNet(str(path), str(tmp_path / "w.caffemodel"), 1)
     assert list(py._layer_names) == ["input", "fc", "fc", "act", "act"]
     assert py.layer_dict["act"].type == "Sigmoid"
+    with pytest.raises(WeightsError, match="two layers with blobs are named 'fc'"):
+        py.save_hdf5(str(tmp_path / "w.h5"))
+    assert not (tmp_path / "w.h5").exists()
