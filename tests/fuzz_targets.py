@@ -111,9 +111,23 @@ layer { name: "negrelu" type: "NegReLU" bottom: "corr1d" top: "negrelu" relu_par
 layer { name: "aug" type: "DataAugmentation" bottom: "data" top: "aug"
   augmentation_param { recompute_mean: 10 mean_per_pixel: false } }
 layer { name: "l1" type: "L1Loss" bottom: "warp" bottom: "bn" top: "l1" l1_loss_param { plateau: 0.1 } }
+layer { name: "timeseq" type: "DummyData" top: "timeseq" top: "seq_ind" top: "seq_labels"
+  dummy_data_param { shape { dim: 5 dim: 2 dim: 4 } shape { dim: 5 dim: 2 } shape { dim: 5 dim: 2 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 }
+    data_filler { type: "constant" value: 2 } } }
+layer { name: "back" type: "Reverse" bottom: "timeseq" top: "back" }
+layer { name: "chwick" type: "CTCLoss" bottom: "back" bottom: "seq_ind" bottom: "seq_labels" top: "chwick"
+  ctc_loss_param { blank_index: 0 ctc_merge_repeated: false } }
+layer { name: "decode" type: "CTCGreedyDecoder" bottom: "back" bottom: "seq_ind" bottom: "seq_labels"
+  top: "decoded" top: "edit_acc" }
+layer { name: "crf_image" type: "DummyData" top: "crf_image"
+  dummy_data_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } data_filler { type: "uniform" min: 0 max: 255 } } }
+layer { name: "crf" type: "MultiStageMeanfield" bottom: "bn" bottom: "bn" bottom: "crf_image" top: "crf"
+  multi_stage_meanfield_param { num_iterations: 2 theta_alpha: 4 theta_beta: 30 theta_gamma: 2
+    spatial_filter_weight: 3 bilateral_filter_weight: 5 } }
 layer { name: "silence" type: "Silence" bottom: "zoom" bottom: "near" bottom: "roi" bottom: "psroi"
   bottom: "bn_mean" bottom: "bn_var" bottom: "cont" bottom: "seq_acc" bottom: "acc" bottom: "resample"
-  bottom: "negrelu" bottom: "aug" }
+  bottom: "negrelu" bottom: "aug" bottom: "decoded" bottom: "edit_acc" bottom: "crf" }
 """
 
 # SegNet's data layer on image and label-image pairs, into a class-weighted loss.
