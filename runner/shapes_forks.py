@@ -2,13 +2,15 @@
 ports), BN (SegNet), SegAccuracy (DeepLab), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
-(Fast/Faster R-CNN) and MultiStageMeanfield (CRF-RNN), with the parameter readings their layers
+(Fast/Faster R-CNN), MultiStageMeanfield (CRF-RNN) and DeepLab v2's DenseCRF, MatWrite and
+MatRead, with the parameter readings their layers
 share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
 from __future__ import annotations
 
+from runner import matfile
 from runner.proto import caffe_pb2
 from runner.shapes import LayerShapes, conv_shapes, rule
 
@@ -301,3 +303,82 @@ def meanfield_geometry(lp, bottoms) -> tuple[int, int, int, int]:
 def _multi_stage_meanfield(lp, bottoms):
     n, c, h, w = meanfield_geometry(lp, bottoms)
     return LayerShapes([(n, c, h, w)], [(1, 1, c, c)] * 3)
+
+
+def dense_crf_kernels(lp) -> tuple[list[tuple[float, float]], list[tuple[float, float, float]]]:
+    """DeepLab v2's DenseCRF kernels as its LayerSetUp pairs them: (pos_w, pos_xy_std) per
+    Gaussian kernel, (bi_w, bi_xy_std, bi_rgb_std) per bilateral one."""
+    p = lp.dense_crf_param
+    if len(p.pos_w) != len(p.pos_xy_std):
+        raise ValueError(f"dense_crf_param: pos_w and pos_xy_std should have the same size, got "
+                         f"{len(p.pos_w)} and {len(p.pos_xy_std)}")
+    if not len(p.bi_w) == len(p.bi_xy_std) == len(p.bi_rgb_std):
+        raise ValueError(f"dense_crf_param: bi_w, bi_xy_std and bi_rgb_std should have the same "
+                         f"size, got {len(p.bi_w)}, {len(p.bi_xy_std)} and {len(p.bi_rgb_std)}")
+    for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
+        for std in getattr(p, name):
+            if not std or std != std or abs(std) == float("inf"):
+                raise ValueError(f"dense_crf_param.{name} must be nonzero and finite (the lattice "
+                                 f"features are divided by it), got {std}")
+    return list(zip(p.pos_w, p.pos_xy_std)), list(zip(p.bi_w, p.bi_xy_std, p.bi_rgb_std))
+
+
+@rule("DenseCRF")
+def _dense_crf(lp, bottoms):
+    """Bottoms: scores (N x M x H x W), data_dim (each item's real height and width first),
+    the image (N x 3 x H x W); the top has the scores' legacy 4-D shape. The fork's Reshape
+    reads bottom 2 unconditionally, so its two-bottom form (no image) is refused."""
+    _, bilateral = dense_crf_kernels(lp)
+    if len(bottoms) != 3:
+        raise ValueError(f"DenseCRF needs its third bottom, the image: with {len(bottoms)} bottoms "
+                         f"the fork's Reshape reads a bottom 2 that does not exist")
+    if not bilateral:
+        raise ValueError("DenseCRF has the image as input but no bilateral parameters (bi_w, "
+                         "bi_xy_std, bi_rgb_std)")
+    if any(len(b) > 4 for b in bottoms):
+        raise ValueError(f"bottoms of at most 4 axes (the fork reads num/channels/height/width), "
+                         f"got {[list(b) for b in bottoms]}")
+    scores, dims, image = (tuple(b) + (1,) * (4 - len(b)) for b in bottoms)
+    if image[1] != 3:
+        raise ValueError(f"the image (bottom 2) must have 3 channels (the fork supports only "
+                         f"colour images), got {list(image)}")
+    if not scores[0] == dims[0] == image[0]:
+        raise ValueError(f"scores, data_dim and image must have the same number of items, got "
+                         f"{list(scores)}, {list(dims)} and {list(image)}")
+    if image[2:] != scores[2:]:
+        raise ValueError(f"the image must have the scores' height and width, got {list(image)} "
+                         f"for scores {list(scores)}")
+    if dims[1] * dims[2] * dims[3] < 2:
+        raise ValueError(f"data_dim (bottom 1) must hold each item's height and width, got "
+                         f"{list(dims)}")
+    return LayerShapes([scores])
+
+
+@rule("MatWrite")
+def _mat_write(lp, bottoms):
+    if not lp.mat_write_param.HasField("prefix"):
+        raise ValueError("mat_write_param.prefix is required")
+    if lp.mat_write_param.period <= 0:
+        raise ValueError(f"mat_write_param.period must be positive, got {lp.mat_write_param.period}")
+    for b in bottoms:
+        matfile.legacy_4d(b, "MatWrite")
+    return LayerShapes([])
+
+
+@rule("MatRead")
+def _mat_read(lp, bottoms):
+    """(batch_size, C, H, W) of the first listed file's blob, which must have num 1."""
+    p = lp.mat_read_param
+    if not p.HasField("prefix"):
+        raise ValueError("mat_read_param.prefix is required")
+    if p.batch_size <= 0:
+        raise ValueError(f"mat_read_param.batch_size must be positive, got {p.batch_size}")
+    names = matfile.list_names(p, "MatRead")
+    if not names:
+        raise ValueError("mat_read_param.source must name at least one file (the fork reads the "
+                         "shape from its first name, also without a source)")
+    first = matfile.read_blob(matfile.blob_file(p.prefix, names, 0, 0), "MatRead")
+    if first.shape[0] != 1:
+        raise ValueError(f"the blob in {matfile.blob_file(p.prefix, names, 0, 0)} must have num 1, "
+                         f"got {list(first.shape)}")
+    return LayerShapes([(p.batch_size, *first.shape[1:])])

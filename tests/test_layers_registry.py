@@ -26,6 +26,7 @@ IMPLEMENTED = {
      "CtcLoss", "ContinuationIndicator", "LabelsequenceAccuracy",      # CRNN's warp-ctc ports
      "CTCLoss", "CTCGreedyDecoder", "Reverse",                         # ChWick's ctc branch
      "MultiStageMeanfield",                                            # CRF-RNN
+     "DenseCRF", "MatWrite", "MatRead",                                # DeepLab v2's test layers
      "Correlation", "Correlation1D", "Resample", "FlowWarp", "ChannelNorm",  # FlowNet 2.0
      "Accum", "DataAugmentation", "NegReLU", "L1Loss"}
 

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from runner.layers.base import Layer, register
-from runner.layers.permutohedral import Lattice, LatticeError, filter_values
+from runner.layers.permutohedral import (Lattice, filter_values, named_lattice, normaliser,
+                                         pixel_positions)
 from runner.shapes_forks import meanfield_geometry
 
 log = logging.getLogger(__name__)
 
-NORM_EPS = 1e-20   # the fork's 1 / (norm + 1e-20f)
 _FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.I)
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -126,19 +126,7 @@ class MultiStageMeanfield(Layer):
         return [None, None, None]   # set in __init__
 
     def _lattice(self, features: np.ndarray, what: str) -> Lattice:
-        try:
-            return Lattice(features)
-        except LatticeError as err:
-            raise LatticeError(f"layer '{self.name}': {what}: {err}") from None
-
-    def _positions(self, h: int, w: int, theta: float) -> np.ndarray:
-        """(p % W, p / W) / theta for pixels p, in float as the fork's kernels."""
-        p = np.arange(h * w)
-        return np.stack([(p % w).astype(np.float32), (p // w).astype(np.float32)], 1) / np.float32(theta)
-
-    def _normaliser(self, lattice: Lattice, like: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones(1, lattice.n, dtype=like.dtype, device=like.device)
-        return 1.0 / (lattice.compute(ones)[0] + NORM_EPS)
+        return named_lattice(features, f"layer '{self.name}': {what}")
 
     def forward(self, unary, q, image):
         p = self.lp.multi_stage_meanfield_param
@@ -146,15 +134,15 @@ class MultiStageMeanfield(Layer):
         pixels = h * w
         key = (h, w, str(unary.device), unary.dtype)
         if key not in self._spatial:
-            spatial = self._lattice(self._positions(h, w, p.theta_gamma), "spatial kernel")
-            self._spatial = {key: (spatial, self._normaliser(spatial, unary))}
+            spatial = self._lattice(pixel_positions(h, w, p.theta_gamma), "spatial kernel")
+            self._spatial = {key: (spatial, normaliser(spatial, unary))}
         spatial, spatial_norm = self._spatial[key]
         rgb = image.detach().reshape(n, -1)[:, :3 * pixels].reshape(n, 3, pixels)
         colours = (rgb / p.theta_beta).to(torch.float32).cpu().numpy()
-        positions = self._positions(h, w, p.theta_alpha)
+        positions = pixel_positions(h, w, p.theta_alpha)
         bilateral = [self._lattice(np.concatenate([positions, colours[s].T], 1),
                                    f"bilateral kernel of sample {s}") for s in range(n)]
-        bilateral_norm = torch.stack([self._normaliser(b, unary) for b in bilateral])[:, None]
+        bilateral_norm = torch.stack([normaliser(b, unary) for b in bilateral])[:, None]
         w_spatial, w_bilateral, compatibility = (b.reshape(c, c) for b in self.blobs)
         u = unary.reshape(n, c, pixels)
         out = q.reshape(n, c, pixels)

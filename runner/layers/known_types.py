@@ -30,6 +30,7 @@ FORK_TYPES = {
     "Proposal": "Intel's and OpenCV's Faster R-CNN Caffe variants (py-faster-rcnn uses a Python layer)",
     "Upsample": _SEGNET, "BN": _SEGNET, "DenseImageData": _SEGNET,
     "Interp": f"{_DEEPLAB} and PSPNet's Caffe", "ImageSegData": _DEEPLAB, "SegAccuracy": _DEEPLAB,
+    "DenseCRF": _DEEPLAB, "MatWrite": _DEEPLAB, "MatRead": _DEEPLAB,
     "MultiStageMeanfield": "torrvision/crfasrnn (CRF-RNN)",
     "ReLU6": "MobileNet-v2 Caffe ports (OpenCV's importer accepts it)",
     "ConvolutionDepthwise": "MobileNet Caffe forks (depthwise convolution)",

@@ -20,6 +20,13 @@ are symmetric, so the fork's `reverse` filter (blur directions d..0) is the exac
 of the forward one (0..d); `filter_values` is a torch autograd Function whose backward is
 that reverse filter, as MeanfieldIteration::Backward_cpu calls it.
 
+DeepLab v2's DenseCRF (deeplab-public-ver2's src/caffe/util/permutohedral.cpp, Krahenbuhl's
+lattice that the modified one started from) builds and filters the same way in its x86 (SSE)
+build: the same elevation, ties-to-even rounding, rank order, zero-feature padding of the last
+block of four, barycentric weights, blur order 0..d, and alpha applied to the weights when
+slicing; only its hash table differs (open addressing, vertices numbered by first insertion),
+which changes nothing but the order of float sums. So it uses this module as it is.
+
 Complexity, for N points of dimension d and C value channels: building is O(N d^2) for the
 ranks plus a sort of the N (d + 1) vertex keys, O(N d log(N d)); the lattice has M <= N (d+1)
 (+ d + 1 padding) vertices, and neighbour lookup is d + 1 binary searches over them,
@@ -185,6 +192,31 @@ class Lattice:
         for r in range(self.d + 1):
             out.addcmul_(torch.index_select(lattice, 0, offsets[r]), (weights[r] * alpha)[:, None])
         return out.t()
+
+
+NORM_EPS = 1e-20   # both forks' 1 / (norm + 1e-20f)
+
+
+def pixel_positions(h: int, w: int, scale: float) -> np.ndarray:
+    """(x, y) / scale of the h x w pixels in row-major order, in float, as both forks'
+    position features: (p % W, p / W) / theta in CRF-RNN, (i, j) / xy_std in DenseCRF."""
+    p = np.arange(h * w)
+    return np.stack([(p % w).astype(np.float32), (p // w).astype(np.float32)], 1) / np.float32(scale)
+
+
+def named_lattice(features: np.ndarray, where: str) -> "Lattice":
+    """Lattice(features), its LatticeError prefixed with `where` (the layer and kernel)."""
+    try:
+        return Lattice(features)
+    except LatticeError as err:
+        raise LatticeError(f"{where}: {err}") from None
+
+
+def normaliser(lattice: "Lattice", like: torch.Tensor) -> torch.Tensor:
+    """1 / (the filtered ones + 1e-20), per point: the per-pixel normalisation of CRF-RNN's
+    norm_feed and of DenseCRF's PottsPotential."""
+    ones = torch.ones(1, lattice.n, dtype=like.dtype, device=like.device)
+    return 1.0 / (lattice.compute(ones)[0] + NORM_EPS)
 
 
 class _Filter(torch.autograd.Function):
