@@ -142,6 +142,19 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" to
   loss_param {{ weight_by_label_freqs: true class_weighting: 0.5 class_weighting: 1 class_weighting: 2 }} }}
 """
 
+# The SSD fork's VideoData on a short MJPG clip, with its transform and noise, into a
+# convolution and a loss.
+VIDEO_NET = """name: "fuzz-video"
+layer { name: "data" type: "VideoData" top: "data" top: "label"
+  transform_param { crop_size: 8 mirror: true mean_value: 100 scale: 0.01
+    noise_param { inverse: true saltpepper: true saltpepper_param { fraction: 0.1 value: 255 } } }
+  data_param { batch_size: 2 } video_data_param { video_type: VIDEO video_file: "clip.avi" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "conv" bottom: "conv" top: "loss" }
+layer { name: "quiet" type: "Silence" bottom: "label" }
+"""
+
 # SSD training on AnnotatedDatum records (written per input from anno.bin, mutated, between
 # two intact ones) with every augmentation the layer implements, into MultiBoxLoss; and the
 # same net with FIT_SMALL_SIZE (batch_size 1, an image size per batch) and the other noise.
@@ -300,6 +313,11 @@ def make_seeds(folder: Path) -> None:
         cv2.imwrite(str(folder / f"img{i}.png"), rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8))
         cv2.imwrite(str(folder / f"lab{i}.png"), rng.integers(0, CLASSES, (SIDE, SIDE), dtype=np.uint8))
     (folder / "pairs.txt").write_text("".join(f"img{i}.png lab{i}.png\n" for i in range(3)))
+    (folder / "video_net.prototxt").write_text(VIDEO_NET)
+    video = cv2.VideoWriter(str(folder / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 12))
+    for i in range(6):
+        video.write(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    video.release()
     torch.manual_seed(0)
     Net(folder / "deploy.prototxt").save_caffemodel(folder / "deploy.caffemodel")
     with _inside(folder):
@@ -427,6 +445,17 @@ def run_dense(folder: Path) -> None:
     source.close()
 
 
+def run_video(folder: Path) -> None:
+    """Two batches of the VideoData net from the clip, with backward."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # noise_param.prob is ignored, as in the fork
+        net = Net("video_net.prototxt", phase="TRAIN", source_kwargs={"seed": 0})
+    source = net.sources[0]
+    for _ in range(2):
+        net.objective(net(next(source))).backward()
+    source.close()
+
+
 def run_solver(folder: Path) -> None:
     param = load_solver_param("solver.prototxt")
     param.max_iter = min(param.max_iter, 2)      # a long run is not a hang
@@ -519,6 +548,7 @@ FORMATS = {
     "annotated datum": Format("anno.bin", BYTE_MUTATORS + [message_mutator(caffe_pb2.AnnotatedDatum)] * 6,
                               run_annotated_datum),
     "voc xml": Format("anno.xml", BYTE_MUTATORS + TEXT_MUTATORS, run_voc_xml),
+    "video": Format("clip.avi", BYTE_MUTATORS, run_video),
     "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
     "caffemodel": Format("deploy.caffemodel",
                          BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,
