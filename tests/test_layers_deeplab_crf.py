@@ -288,8 +288,9 @@ def fork_dense_crf(bottom, data_dims, im, max_iter, pos, bi, output_prob=True):
 # ---- fast_exp and the lattice --------------------------------------------------------------------
 
 def test_fast_exp_and_normalisation_equal_the_forks_scalar_code_bit_for_bit():
-    t = np.concatenate([np.linspace(-25, 25, 4001), [-20.0, -19.999, 20.0, 20.5, 0.0, -0.69, -5.52,
-                                                     -2.76, -1.38, 0.69, 5.52]]).astype(F32)
+    edges = np.array([20.0, 0.69, 1.38, 2.76, 5.52, 11.04, 0.345], F32)   # the loops' limits
+    near = np.concatenate([edges, np.nextafter(edges, F32(0)), np.nextafter(edges, F32(100))])
+    t = np.concatenate([np.linspace(-25, 25, 4001).astype(F32), near, -near, [F32(0)]])
     got = fast_exp(torch.from_numpy(t)).numpy()
     np.testing.assert_array_equal(got, np.array([scalar_fast_exp(v) for v in t], F32))
     assert got[t < -20].max() == 0 and got[t > 20].max() == 0   # the fork's cut-off, both signs

@@ -37,33 +37,42 @@ from runner.shapes_forks import dense_crf_kernels
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 # very_fast_exp's coefficients (densecrf_util.hpp), as float: exp(-x) ~ 1 - x(c0 - x(c1 - ...))
-_EXP_POLY = [float(np.float32(c)) for c in (0.9999999995, 0.4999999206, 0.1666653019, 0.0416573475,
-                                     0.0083013598, 0.0013298820, 0.0001413161)]
-# fast_exp's range reduction: while x > 0.69 * 8, 0.69 * 4, 0.69 * 2 (double compares)
-_REDUCE = ((0.69 * 2 * 2 * 2, 8.0, 3), (0.69 * 2 * 2, 4.0, 2), (0.69, 2.0, 1))
+_EXP_POLY = [float(np.float32(c)) for c in (0.9999999995, 0.4999999206, 0.1666653019,
+                                            0.0416573475, 0.0083013598, 0.0013298820, 0.0001413161)]
+
+
+def _below(limit: float) -> float:
+    """The largest float32 under the double `limit`: for float32 x, x > it iff x > limit."""
+    f = np.float32(limit)
+    return float(np.nextafter(f, np.float32(-np.inf)) if float(f) >= limit else f)
+
+
+# fast_exp's range reduction: while x > 0.69 * 8, 0.69 * 4, 0.69 * 2 (compares in double),
+# divide by 8, 4, 2 and count 3, 2, 1; for x <= 20 those loops run at most 1, 1, 2 times.
+_REDUCE = ((_below(0.69 * 2 * 2 * 2), 8.0, 3, 1), (_below(0.69 * 2 * 2), 4.0, 2, 1),
+           (_below(0.69), 2.0, 1, 2))
 
 
 def fast_exp(t: torch.Tensor) -> torch.Tensor:
     """densecrf_util.hpp's scalar fast_exp of float32 values: |t| > 20 gives 0 (whatever the
     sign), else |t| halved m times (m the fewest that bring it to <= 0.69), very_fast_exp's
     polynomial (an approximation of exp(-x)), squared m times, inverted for t >= 0."""
-    x = t.abs()
-    mult = torch.zeros_like(t, dtype=torch.int64)
-    for limit, divisor, count in _REDUCE:
-        while True:
-            over = x.double() > limit
-            if not bool(over.any()):
-                break
+    magnitude = t.abs()
+    x = magnitude.clamp(max=20.0)   # beyond 20 the result is 0 anyway
+    mult = torch.zeros_like(x)
+    for limit, divisor, count, passes in _REDUCE:
+        for _ in range(passes):
+            over = x > limit
             x = torch.where(over, x / divisor, x)
-            mult += over * count
+            mult += over * float(count)
     p = x * _EXP_POLY[6]
     for c in reversed(_EXP_POLY[:6]):
         p = x * (c - p)
     x = 1.0 - p
-    for k in range(int(mult.max()) if mult.numel() else 0):
+    for k in range(5):   # m <= 5 for |t| <= 20
         x = torch.where(mult > k, x * x, x)
     x = torch.where(t < 0, x, 1.0 / x)
-    return torch.where(t.abs() > 20, torch.zeros_like(x), x)
+    return torch.where(magnitude > 20, torch.zeros_like(x), x)
 
 
 def exp_and_normalize(values: torch.Tensor) -> torch.Tensor:
