@@ -208,3 +208,32 @@ def test_a_forward_frees_what_no_later_layer_reads():
     assert seen["alive"] is False
     with torch.no_grad():
         assert max_difference(got, net(x), fast.output_names) <= TOL
+
+
+def test_building_leaves_carried_state_and_counters_as_they_were(tmp_path):
+    """for_inference's check forwards would advance an LSTM's carried state and a SegAccuracy
+    summing over forwards (reset: false); both are put back, so the first forward after
+    building computes what the plain net's first forward does."""
+    text = '''name: "stateful"
+input: "x" input_shape { dim: 3 dim: 2 dim: 4 }
+input: "cont" input_shape { dim: 3 dim: 2 }
+input: "label" input_shape { dim: 2 dim: 1 dim: 1 dim: 3 }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "scores" type: "Permute" bottom: "h" top: "scores" permute_param { order: 1 order: 2 order: 0 } }
+layer { name: "grid" type: "Reshape" bottom: "scores" top: "grid" reshape_param { shape { dim: 2 dim: 5 dim: 1 dim: 3 } } }
+layer { name: "acc" type: "SegAccuracy" bottom: "grid" bottom: "label" top: "acc" seg_accuracy_param { reset: false } }
+'''
+    torch.manual_seed(0)
+    plain = Net(parse_net_text(text))
+    twin = Net(parse_net_text(text))
+    twin.load_state_dict(plain.state_dict())
+    inputs = {"x": torch.randn(3, 2, 4), "cont": torch.ones(3, 2),
+              "label": torch.randint(0, 5, (2, 1, 1, 3)).float()}
+    fast = twin.for_inference(outputs=["h", "acc"], example=inputs)
+    assert twin.layers["lstm"]._state is None
+    assert twin.layers["acc"].confusion.sum() == 0
+    with torch.no_grad():
+        for _ in range(2):   # the second forward carries the first's state and confusion
+            want, got = plain(inputs), fast(inputs)
+            assert torch.equal(got["h"], want["h"]) and torch.equal(got["acc"], want["acc"])

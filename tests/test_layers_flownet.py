@@ -546,6 +546,17 @@ def test_data_augmentation_recomputes_its_mean_and_adjusts_stored_blobs(tmp_path
     np.testing.assert_allclose(net.layers["aug"].blobs[1].detach().numpy(), np.broadcast_to(avg, (1, 3, 4, 5)), rtol=1e-6)
 
 
+def test_for_inference_leaves_the_augmentation_count_and_mean_as_they_were():
+    """Building the inference form runs the net several times; the count and the running
+    mean (blobs the forward changes) are put back."""
+    x = _rand(31, 2, 3, 4, 5)
+    net = Net(parse_net_text(_net(_aug_layer("recompute_mean: 2 mean_per_pixel: true"), (2, 3, 4, 5))))
+    fast = net.for_inference(example={"a": torch.from_numpy(_rand(32, 2, 3, 4, 5))})
+    assert net.layers["aug"].blobs[0].item() == 0 and net.layers["aug"].blobs[1].abs().max() == 0
+    out = fast({"a": torch.from_numpy(x)})["o"].numpy()
+    np.testing.assert_allclose(out, x - x.mean(0, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
 def test_data_augmentation_refuses_cropping_and_passes_no_gradient():
     with pytest.raises(ShapeError, match="crop_width and crop_height.*not supported"):
         Net(parse_net_text(_net(_aug_layer("crop_width: 4 crop_height: 4 mirror { rand_type: 'bernoulli' }"),

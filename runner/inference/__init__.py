@@ -7,12 +7,17 @@ interface (inputs by name in, the kept blobs by name out).
    and residual sum fused in (packed.py). Every other layer runs as it is.
 3. The result is checked against the plain net on an example input; where it differs by
    more than `tolerance` the next simpler form is used ("packed", "folded", "plain").
+   What those forwards change in the layers (counters, carried RNN state, running sums:
+   Layer.forward_state) is put back afterwards; files a layer wrote are written again by
+   the forwards that follow.
 4. A forward drops each blob after the last layer that uses it (only the kept outputs
    remain), so the next layers' tops reuse memory that is still in cache.
 
 The weights are those of the net when this is built: rebuild after changing them.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -69,6 +74,36 @@ def _seeded(device: torch.device, run):
         return run()
 
 
+def saved_forward_state(layers) -> list[tuple]:
+    """Copies of what each layer's forwards change (Layer.forward_state)."""
+    saved = []
+    for layer in layers:
+        for name in getattr(layer, "forward_state", ()):
+            value = getattr(layer, name)
+            if isinstance(value, nn.ParameterList):
+                value = [p.detach().clone() for p in value]
+            elif isinstance(value, torch.Tensor):
+                value = value.detach().clone()
+            else:
+                value = copy.deepcopy(value)
+            saved.append((layer, name, value))
+    return saved
+
+
+def restore_forward_state(saved: list[tuple]) -> None:
+    """Put back what saved_forward_state copied (tensors in place, so parameters and
+    buffers stay the objects the layers hold)."""
+    for layer, name, value in saved:
+        current = getattr(layer, name)
+        if isinstance(current, nn.ParameterList):
+            for p, v in zip(current, value):
+                p.data.copy_(v)
+        elif isinstance(current, torch.Tensor) and current.shape == value.shape:
+            current.data.copy_(value)
+        else:
+            setattr(layer, name, copy.deepcopy(value))
+
+
 class InferenceNet(nn.Module):
     """A Net's forward, optimised (see the module docstring). `forward(inputs)` takes
     {blob: tensor} as Net does and returns {blob: tensor} for `output_names` (the net's
@@ -102,11 +137,14 @@ class InferenceNet(nn.Module):
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         example = example if example is not None else {
             n: torch.randn(net.blob_shapes[n], device=device) for n in self.input_names}
+        state = saved_forward_state(net.layers.values())
         try:
             want = _seeded(device, lambda: net(example))
         except (RuntimeError, ValueError, IndexError) as err:
             raise ValueError(f"{net.origin}: the plain net fails on a random example input "
                              f"({err}); pass example={{blob: tensor}} with valid inputs") from err
+        finally:
+            restore_forward_state(state)
         keep, shapes, inputs = self.output_names, net.blob_shapes, self.input_names
         plain = [Step(k, layer, b, t) for (k, layer), (b, t, _) in zip(net.layers.items(), net._steps)]
         folded = fold_affine_layers(plain, inputs, shapes, keep)
@@ -121,7 +159,10 @@ class InferenceNet(nn.Module):
         self.differences = {}
         for name in order:
             steps = builders[name]()
-            got = _seeded(device, lambda: run_steps(steps, dict(example)))
+            try:
+                got = _seeded(device, lambda: run_steps(steps, dict(example)))
+            finally:
+                restore_forward_state(state)
             self.differences[name] = max_difference(got, want, keep)
             if self.differences[name] <= tolerance:
                 break

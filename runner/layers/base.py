@@ -68,6 +68,9 @@ class Layer(nn.Module):
     """
 
     is_loss = False  # loss layers weigh their first top by 1 unless loss_weight says otherwise
+    # Attributes a forward changes and a later forward reads (counters, carried state, running
+    # sums): for_inference saves and restores them around the forwards it checks with.
+    forward_state: tuple[str, ...] = ()
     # Bottoms that force_backward does not reach (Caffe's AllowForceBackward false: labels).
     force_backward_blocked: tuple[int, ...] = ()
     # Caffe's Exact/Min/MaxNumBottomBlobs and ...TopBlobs as (min, max); None: unbounded.

@@ -172,6 +172,7 @@ class MatWrite(Layer):
     No tops; no gradient."""
 
     bottom_count, top_count = (0, None), (0, 0)
+    forward_state = ("iteration",)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
@@ -204,6 +205,7 @@ class MatRead(Layer):
     file's channels, height and width. No bottoms; no gradient."""
 
     bottom_count, top_count = (0, 0), (1, 1)
+    forward_state = ("iteration",)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

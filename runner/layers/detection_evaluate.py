@@ -116,6 +116,7 @@ class DetectionEvaluate(Layer):
     boxes are compared in the original image's pixels."""
 
     bottom_count, top_count = (2, 2), (1, 1)
+    forward_state = ("count",)
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

@@ -340,6 +340,7 @@ class DataAugmentation(Layer):
     average of the stored blob 1 and blob 1 that average spread over the pixels."""
 
     bottom_count, top_count = (1, 1), (1, 1)
+    forward_state = ("blobs",)   # the forward count and the running mean
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

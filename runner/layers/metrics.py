@@ -103,6 +103,7 @@ class SegAccuracy(Layer):
     `reset: false`, when it adds up over the layer's life."""
 
     bottom_count, top_count = (2, 2), (1, 1)
+    forward_state = ("confusion",)   # summed over forwards with reset: false
 
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)

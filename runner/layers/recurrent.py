@@ -65,6 +65,7 @@ class _Recurrent(Layer):
     between forwards; fillers from recurrent_param."""
 
     bottom_count, top_count = (2, 5), (1, 3)   # exact counts depend on expose_hidden
+    forward_state = ("_state",)
 
     n_state = 1
 
