@@ -69,10 +69,12 @@ class ContinuationIndicator(Layer):
         return (cont,)
 
 
-def greedy_decode(best: torch.Tensor, blank: int) -> list[int]:
-    """A path of per-step classes as CTC reads it: repeats merged, then blanks dropped."""
+def greedy_decode(best, blank: int, merge: bool = True) -> list[int]:
+    """A path of per-step classes (a tensor or array) as CTC reads it: repeats merged
+    (unless `merge` is false), then blanks dropped."""
     path = best.tolist()
-    return [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+    return [c for i, c in enumerate(path)
+            if c != blank and not (merge and i and c == path[i - 1])]
 
 
 @register("LabelsequenceAccuracy")

@@ -18,6 +18,7 @@ import torch
 
 from runner.layers.base import Layer, register
 from runner.layers.common import LabelError
+from runner.layers.ctc import greedy_decode
 
 _F32 = np.float32
 
@@ -27,11 +28,16 @@ def blank_index(index: int, classes: int) -> int:
     return classes - 1 if index < 0 else index
 
 
+def rounded(values):
+    """static_cast<int>(x + 0.5) in float, as the branch reads indicators and labels (as
+    floats with integer values)."""
+    return np.trunc(values + _F32(0.5))
+
+
 def sequence_lengths(cont: np.ndarray) -> np.ndarray:
-    """Per sample, the first t >= 1 whose indicator rounds (static_cast<int>(x + 0.5)) to
-    0, else T."""
+    """Per sample, the first t >= 1 whose indicator rounds to 0, else T."""
     T = cont.shape[0]
-    ended = np.trunc(cont[1:] + _F32(0.5)) == 0
+    ended = rounded(cont[1:]) == 0
     return np.where(ended.any(0), ended.argmax(0) + 1, T)
 
 
@@ -169,7 +175,7 @@ class CTCLoss(Layer):
         for i, value in enumerate(row):
             if i and collapse and value == row[i - 1]:
                 continue
-            index = int(np.trunc(value + _F32(0.5)))
+            index = int(rounded(value))
             if index >= classes or index == self.blank:
                 finished = True
             elif finished:
@@ -226,15 +232,13 @@ class CTCGreedyDecoder(Layer):
         sums = np.zeros(N, _F32)
         decoded = []
         for n in range(N):
-            steps = T
+            steps = T   # up to the next indicator equal to 0 as a float (CTCLoss rounds it)
             ends = np.flatnonzero(ind[1:, n] == 0)
             if len(ends):
                 steps = ends[0] + 1
-            path = best[:steps, n]
             for t in range(steps):
                 sums[n] = sums[n] - top[t, n]
-            keep = (path != self.blank) & ~(merge & (path == np.r_[-1, path[:-1]]))
-            decoded.append(path[keep].tolist())
+            decoded.append(greedy_decode(best[:steps, n], self.blank, merge))
             sequences[n, :len(decoded[n])] = decoded[n]
         out = [sequences.reshape(N, T, 1, 1)]
         if len(self.lp.top) > 1 and (not target or len(self.lp.top) == 3):
@@ -249,7 +253,7 @@ class CTCGreedyDecoder(Layer):
         lengths = label_lengths(labels)
         error = _F32(0)   # the branch sums in float
         for n in range(N):
-            truth = np.trunc(labels[:lengths[n], n] + _F32(0.5)).astype(int).tolist()
+            truth = rounded(labels[:lengths[n], n]).astype(int).tolist()
             longer = max(len(truth), len(decoded[n]))
             if longer:
                 error = _F32(float(error) + edit_distance(truth, decoded[n]) / longer)
