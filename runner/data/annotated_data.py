@@ -73,7 +73,7 @@ from runner.data.source import (BATCH_STREAM, SKIP_STREAM, check_tops, generator
 from runner.data.ssd_boxes import (F32, RESIZE, Box, Group, clip_bbox, generate_batch_samples,
                                    transform_annotation, uniform)
 from runner.data.ssd_images import (apply_distort, apply_noise, apply_resize, fork_pixel_bytes,
-                                    hwc, infer_new_size, warn_unread_noise_prob)
+                                    hwc, resized_size, warn_unread_noise_prob)
 from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, crop_offsets, phase_value
 from runner.proto import caffe_pb2
 from runner.sources import register_source
@@ -323,13 +323,8 @@ class AnnotatedDataSource(ProcessReader):
         FIT_LARGE_SIZE_AND_PAD give its size, FIT_SMALL_SIZE the image's aspect ratio
         covering it) and the crop."""
         height, width, channels = item.image.shape
-        if self.resize is not None:
-            height, width = infer_new_size(self.resize, width, height)
+        height, width = resized_size(self.resize, self.crop_hw, height, width, where, "image")
         crop_h, crop_w = self.crop_hw
-        if height < crop_h or width < crop_w:
-            raise DataError(f"{where}: image is {height} x {width}"
-                            f"{' after resize_param' if self.resize is not None else ''}, "
-                            f"smaller than the crop {crop_h} x {crop_w}")
         return channels, crop_h or height, crop_w or width
 
     def _check_mean_values(self, channels: int, where: str) -> None:

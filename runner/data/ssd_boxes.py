@@ -100,8 +100,8 @@ def meet_emit_constraint(src: Box, b: Box, emit: caffe_pb2.EmitConstraint) -> bo
 def fit_small_size(param: caffe_pb2.ResizeParameter, width: int, height: int
                    ) -> tuple[np.float32, np.float32]:
     """The (height, width) FIT_SMALL_SIZE scales a width x height image to, in float as
-    UpdateBBoxByResizePolicy and ExtrapolateBBox compute it (the image's own size truncates
-    these)."""
+    UpdateBBoxByResizePolicy and ExtrapolateBBox compute it (InferNewSize,
+    runner.data.ssd_images.infer_new_size, truncates them to the image's pixels)."""
     new_h, new_w = F32(param.height), F32(param.width)
     orig_aspect = F32(width) / F32(height)
     if orig_aspect < new_w / new_h:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from runner.data.datum import DataError
-from runner.data.ssd_boxes import F32, RESIZE, uniform
+from runner.data.ssd_boxes import F32, RESIZE, fit_small_size, uniform
 from runner.proto import caffe_pb2
 
 INTERPOLATIONS = {RESIZE.LINEAR: cv2.INTER_LINEAR, RESIZE.AREA: cv2.INTER_AREA,
@@ -18,6 +18,7 @@ INTERPOLATIONS = {RESIZE.LINEAR: cv2.INTER_LINEAR, RESIZE.AREA: cv2.INTER_AREA,
                   RESIZE.LANCZOS4: cv2.INTER_LANCZOS4}
 PADDINGS = {RESIZE.CONSTANT: cv2.BORDER_CONSTANT, RESIZE.MIRRORED: cv2.BORDER_REFLECT_101,
             RESIZE.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
+
 
 def hwc(image: np.ndarray) -> np.ndarray:
     """An OpenCV result with its channel axis (a one-channel image comes back H x W)."""
@@ -89,10 +90,23 @@ def infer_new_size(p: caffe_pb2.ResizeParameter, width: int, height: int) -> tup
     aspect ratio up until it covers height x width, truncating the longer side."""
     if p.resize_mode != RESIZE.FIT_SMALL_SIZE:
         return p.height, p.width
-    orig_aspect = F32(width) / F32(height)
-    if orig_aspect < F32(p.width) / F32(p.height):
-        return int(F32(p.width) / orig_aspect), p.width
-    return p.height, int(orig_aspect * F32(p.height))
+    new_h, new_w = fit_small_size(p, width, height)
+    return int(new_h), int(new_w)
+
+
+def resized_size(p: caffe_pb2.ResizeParameter | None, crop_hw: tuple[int, int], height: int,
+                 width: int, where: str, what: str) -> tuple[int, int]:
+    """InferBlobShape's (height, width) of a height x width `what` (image, frame) after
+    resize_param (None: none), before the crop; a DataError where it is smaller than the
+    crop (crop_h, crop_w)."""
+    if p is not None:
+        height, width = infer_new_size(p, width, height)
+    crop_h, crop_w = crop_hw
+    if height < crop_h or width < crop_w:
+        raise DataError(f"{where}: {what} is {height} x {width}"
+                        f"{' after resize_param' if p is not None else ''}, "
+                        f"smaller than the crop {crop_h} x {crop_w}")
+    return height, width
 
 
 def apply_resize(image: np.ndarray, p: caffe_pb2.ResizeParameter, rng: np.random.Generator,

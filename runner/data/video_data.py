@@ -66,7 +66,7 @@ import torch
 from runner.data.datum import DataError, dims
 from runner.data.source import BATCH_STREAM, check_tops, generator, resolve_seed
 from runner.data.ssd_boxes import F32
-from runner.data.ssd_images import (apply_noise, apply_resize, fork_pixel_bytes, infer_new_size,
+from runner.data.ssd_images import (apply_noise, apply_resize, fork_pixel_bytes, resized_size,
                                     warn_unread_noise_prob)
 from runner.data.transformer import _SSD_FORK_FIELDS, DataTransformer, crop_offsets
 from runner.proto import caffe_pb2
@@ -115,13 +115,8 @@ class FrameTransform:
         FIT_SMALL_SIZE the frame's aspect ratio covering it) and the crop, checked against
         the mean; the first call fixes the shape every later frame must give."""
         height, width, channels = frame.shape
-        if self.resize is not None:
-            height, width = infer_new_size(self.resize, width, height)
+        height, width = resized_size(self.resize, self.crop_hw, height, width, where, "frame")
         crop_h, crop_w = self.crop_hw
-        if height < crop_h or width < crop_w:
-            raise DataError(f"{where}: frame is {height} x {width}"
-                            f"{' after resize_param' if self.resize is not None else ''}, "
-                            f"smaller than the crop {crop_h} x {crop_w}")
         shape = (channels, crop_h or height, crop_w or width)
         mean, values = self.plain.mean, self.plain.mean_values
         if mean is not None and (shape[1:] != (height, width) or mean.shape != shape):
