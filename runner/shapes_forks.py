@@ -3,8 +3,7 @@ ports), BN (SegNet), SegAccuracy (DeepLab), Interp
 (DeepLab, PSPNet), ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), the MobileNet forks' depthwise
 convolutions, Axpy (SENet), Upsample (YOLOv3 ports, SegNet), SmoothL1Loss and Proposal
 (Fast/Faster R-CNN), MultiStageMeanfield (CRF-RNN) and DeepLab v2's DenseCRF, MatWrite and
-MatRead, with the parameter readings their layers
-share.
+MatRead, with the parameter readings their layers share.
 
 Imported by runner.shapes, which keeps the rule registry.
 """
@@ -266,6 +265,15 @@ def _proposal(lp, bottoms):
     return LayerShapes([(rows, 5), (rows, 1)][:len(lp.top)])
 
 
+def _legacy_bottoms(bottoms) -> list[tuple[int, int, int, int]]:
+    """Each bottom as Caffe's legacy num/channels/height/width read it (missing axes 1),
+    which take at most four axes."""
+    if any(len(b) > 4 for b in bottoms):
+        raise ValueError(f"bottoms of at most 4 axes (the fork reads num/channels/height/width), "
+                         f"got {[list(b) for b in bottoms]}")
+    return [tuple(b) + (1,) * (4 - len(b)) for b in bottoms]
+
+
 def meanfield_geometry(lp, bottoms) -> tuple[int, int, int, int]:
     """(N, C, H, W) of a MultiStageMeanfield layer (CRF-RNN), its parameters and bottoms
     checked. The fork reads every bottom through Caffe's legacy num/channels/height/width
@@ -285,10 +293,7 @@ def meanfield_geometry(lp, bottoms) -> tuple[int, int, int, int]:
         if not theta or theta != theta or abs(theta) == float("inf"):
             raise ValueError(f"multi_stage_meanfield_param.{name} must be a nonzero finite number "
                              f"(the lattice features are divided by it), got {theta}")
-    if any(len(b) > 4 for b in bottoms):
-        raise ValueError(f"bottoms of at most 4 axes (the fork reads num/channels/height/width), "
-                         f"got {[list(b) for b in bottoms]}")
-    unary, q, image = (tuple(b) + (1,) * (4 - len(b)) for b in bottoms)
+    unary, q, image = _legacy_bottoms(bottoms)
     if q != unary:
         raise ValueError(f"bottom 1 (the Q initialisation) must have bottom 0's (the unaries') "
                          f"shape {list(unary)}, got {list(q)}")
@@ -335,10 +340,7 @@ def _dense_crf(lp, bottoms):
     if not bilateral:
         raise ValueError("DenseCRF has the image as input but no bilateral parameters (bi_w, "
                          "bi_xy_std, bi_rgb_std)")
-    if any(len(b) > 4 for b in bottoms):
-        raise ValueError(f"bottoms of at most 4 axes (the fork reads num/channels/height/width), "
-                         f"got {[list(b) for b in bottoms]}")
-    scores, dims, image = (tuple(b) + (1,) * (4 - len(b)) for b in bottoms)
+    scores, dims, image = _legacy_bottoms(bottoms)
     if image[1] != 3:
         raise ValueError(f"the image (bottom 2) must have 3 channels (the fork supports only "
                          f"colour images), got {list(image)}")
@@ -360,8 +362,7 @@ def _mat_write(lp, bottoms):
         raise ValueError("mat_write_param.prefix is required")
     if lp.mat_write_param.period <= 0:
         raise ValueError(f"mat_write_param.period must be positive, got {lp.mat_write_param.period}")
-    for b in bottoms:
-        matfile.legacy_4d(b, "MatWrite")
+    _legacy_bottoms(bottoms)
     return LayerShapes([])
 
 
