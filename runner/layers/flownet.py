@@ -78,8 +78,9 @@ class Correlation(Layer):
     upper-left corner is (y * stride_1 + max_displacement, x * stride_1 + max_displacement)
     of bottom 0 times bottom 1 displaced by ((j - r) * stride_2, (i - r) * stride_2),
     r = max_displacement / stride_2; SUBTRACT takes |a - b| instead. Correlation1D displaces in
-    x only, its windows start at row y * stride_1, and with single_direction 1 (any value
-    but 0 and -1: the fork's x_shift is then -r) keeps r + 1 displacements from 0 (from -r).
+    x only, its windows start at row y * stride_1, and a nonzero single_direction keeps
+    r + 1 displacements: from 0 with 1, from -r with any other value but -1 (refused: the
+    fork's x_shift then reads before its buffer).
     `do_abs` is read and never used by the fork, as here.
 
     MULTIPLY's backward (CorrelateDataBackward0/1) is autograd's, which equals it;
@@ -179,8 +180,8 @@ class Resample(Layer):
             flat = ys[:, None] * w_in + xs[None, :]
             planes = np.arange(n * c)[:, None, None] * (h_in * w_in)
             if (planes + flat).min() < 0 or (planes + flat).max() >= n * c * h_in * w_in:
-                raise ValueError(f"Resample '{lp.name}': NEAREST from {h_in} x {w_in} to {h_out} x "
-                                 f"{w_out} reads outside the blob in the fork's kernel")
+                raise ValueError(f"layer '{lp.name}' (Resample): NEAREST from {h_in} x {w_in} to "
+                                 f"{h_out} x {w_out} reads outside the blob in the fork's kernel")
             self.register_buffer("index", torch.from_numpy(flat.reshape(-1)), persistent=False)
         else:
             cubic = p.type == caffe_pb2.ResampleParameter.CUBIC
