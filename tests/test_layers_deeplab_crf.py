@@ -381,6 +381,19 @@ def test_every_item_takes_the_first_images_colours_as_the_fork():
     assert np.abs(top[1].numpy() - own[1].numpy()).max() > 1e-3
 
 
+def test_gaussian_kernels_are_cached_for_the_last_region_size_only():
+    """A test set's images each have their own data_dim: the cached lattices must not grow
+    with them (before, every size seen stayed cached)."""
+    layer, scores, _, image, first = _crf_run(7, [6, 7, 6, 7], max_iter=1)
+    for h, w in [(5, 6), (4, 7), (6, 5), (3, 3)]:
+        dims = np.array([h, w, h, w], F32).reshape(2, 1, 1, 2)
+        layer(torch.from_numpy(scores), torch.from_numpy(dims), torch.from_numpy(image))
+        assert len(layer._spatial) == len(layer.gaussian)
+    whole = np.array([6, 7, 6, 7], F32).reshape(2, 1, 1, 2)
+    (again,) = layer(*(torch.from_numpy(x) for x in (scores, whole, image)))
+    np.testing.assert_array_equal(again.numpy(), first.numpy())
+
+
 def test_max_iter_zero_is_the_softmax_and_empty_regions_stay_zero():
     _, scores, _, _, top = _crf_run(5, [6, 7, 0, 5], max_iter=0)
     np.testing.assert_allclose(top[0].numpy(), torch.softmax(torch.from_numpy(scores[0]), 0).numpy(),

@@ -108,16 +108,20 @@ class DenseCRF(Layer):
     def __init__(self, lp, bottom_shapes, phase):
         super().__init__(lp, bottom_shapes, phase)
         self.gaussian, self.bilateral = dense_crf_kernels(lp)
+        self._spatial_key = None   # the (h, w, device) of the cached Gaussian kernels
         self._spatial: dict = {}
 
     def _gaussian(self, h: int, w: int, k: int, like: torch.Tensor):
-        """The k-th Gaussian kernel's lattice and normaliser for an h x w region (cached)."""
-        key = (h, w, k, str(like.device))
-        if key not in self._spatial:
+        """The k-th Gaussian kernel's lattice and normaliser for an h x w region, cached for
+        the last region size only (each image of a test set may have its own)."""
+        key = (h, w, str(like.device))
+        if key != self._spatial_key:
+            self._spatial_key, self._spatial = key, {}
+        if k not in self._spatial:
             lattice = named_lattice(pixel_positions(h, w, self.gaussian[k][1]),
                                     f"layer '{self.name}': Gaussian kernel {k}")
-            self._spatial[key] = (lattice, normaliser(lattice, like))
-        return self._spatial[key]
+            self._spatial[k] = (lattice, normaliser(lattice, like))
+        return self._spatial[k]
 
     def _kernels(self, h: int, w: int, image: torch.Tensor, like: torch.Tensor):
         """[(weight, lattice, normaliser)] in the fork's order: Gaussian, then bilateral."""
