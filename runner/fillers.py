@@ -65,10 +65,9 @@ def _bilinear(shape) -> torch.Tensor:
 def _diagonal(shape, diag_val) -> torch.Tensor:
     """FlowNet 2.0's DiagonalFiller: zeros but, for n < min(num, channels), the kernel of
     output n on input n, each tap diag_val[n] (1 when not given) / kernel area."""
-    legacy = (tuple(shape) + (1, 1, 1, 1))[:4] if len(shape) <= 4 else None
-    if legacy is None:
+    if len(shape) > 4:
         raise FillerError(f"diagonal filler needs a blob of at most 4 axes, got {list(shape)}")
-    num, channels, height, width = legacy
+    num, channels, height, width = tuple(shape) + (1,) * (4 - len(shape))
     data = torch.zeros(num, channels, height * width)
     for n in range(min(num, channels)):
         value = np.float32(diag_val[n] if n < len(diag_val) else 1.0)
