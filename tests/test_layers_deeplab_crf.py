@@ -635,3 +635,32 @@ layer {{ name: "silence" type: "Silence" bottom: "label" }}
             net(next(source))
     finally:
         source.close()
+
+
+def test_malformed_mat_files_are_errors_naming_the_file_not_crashes(tmp_path):
+    """scipy's compiled reader crashes the process on a variable holding an element of an
+    unknown data type; the elements are checked first. Garbage, a truncated file and a
+    MATLAB v7.3 (HDF5) file are errors too."""
+    import io
+    import struct
+
+    from runner.matfile import read_blob
+
+    buffer = io.BytesIO()
+    sio.savemat(buffer, {"data": np.ones((3, 4, 2, 1), np.float32)}, format="5", do_compression=False)
+    good = buffer.getvalue()
+    real_part = good.index(struct.pack("<II", 7, 96))   # miSINGLE, 24 floats
+    cases = {
+        "unknown type": good[:real_part] + struct.pack("<I", 20) + good[real_part + 4:],
+        "oversized": good[:real_part] + struct.pack("<II", 7, 10 ** 6) + good[real_part + 8:],
+        "truncated": good[:-50],
+        "garbage": b"garbage" * 10,
+        "v7.3": b"MATLAB 7.3 MAT-file".ljust(116) + bytes(8) + b"\x00\x02IM" + bytes(400),
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.mat"
+        path.write_bytes(data)
+        with pytest.raises(MatFileError, match=f"layer 'rd'.*{name}.mat"):
+            read_blob(str(path), "layer 'rd'")
+    (tmp_path / "good.mat").write_bytes(good)
+    assert read_blob(str(tmp_path / "good.mat"), "layer 'rd'").shape == (1, 2, 4, 3)
