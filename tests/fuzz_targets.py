@@ -26,6 +26,7 @@ from runner import Net
 from runner.data.datum import encoded_datum, image_to_datum
 from runner.data.lmdb_store import LmdbReader, write_lmdb
 from runner.data.mean import compute_image_mean, load_mean
+from runner.matfile import write_blob
 from runner.proto import array_to_blob, caffe_pb2, write_binary
 from runner.solver import Solver, SolverOptions, load_solver_param
 from runner.tools.convert_annoset import main as convert_annoset
@@ -153,6 +154,16 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "conv" bottom: "conv" top: "loss" }
 layer { name: "quiet" type: "Silence" bottom: "label" }
+"""
+
+# DeepLab's MatRead of a .mat file (written by scipy, as MatWrite writes them), into a
+# convolution and a loss.
+MAT_NET = """name: "fuzz-mat"
+layer { name: "read" type: "MatRead" top: "scores"
+  mat_read_param { prefix: "" source: "mat_ids.txt" batch_size: 1 } }
+layer { name: "conv" type: "Convolution" bottom: "scores" top: "conv"
+  convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "conv" bottom: "conv" top: "loss" }
 """
 
 # SSD training on AnnotatedDatum records (written per input from anno.bin, mutated, between
@@ -314,6 +325,9 @@ def make_seeds(folder: Path) -> None:
         cv2.imwrite(str(folder / f"lab{i}.png"), rng.integers(0, CLASSES, (SIDE, SIDE), dtype=np.uint8))
     (folder / "pairs.txt").write_text("".join(f"img{i}.png lab{i}.png\n" for i in range(3)))
     (folder / "video_net.prototxt").write_text(VIDEO_NET)
+    (folder / "mat_net.prototxt").write_text(MAT_NET)
+    (folder / "mat_ids.txt").write_text("seg\n")
+    write_blob(str(folder / "seg_blob_0.mat"), rng.normal(size=(1, 3, 4, 5)).astype(np.float32), "seed")
     video = cv2.VideoWriter(str(folder / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 12))
     for i in range(6):
         video.write(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
@@ -456,6 +470,13 @@ def run_video(folder: Path) -> None:
     source.close()
 
 
+def run_mat(folder: Path) -> None:
+    """Two forwards of the MatRead net (the file read each time), with backward."""
+    net = Net("mat_net.prototxt", phase="TRAIN")
+    for _ in range(2):
+        net.objective(net({})).backward()
+
+
 def run_solver(folder: Path) -> None:
     param = load_solver_param("solver.prototxt")
     param.max_iter = min(param.max_iter, 2)      # a long run is not a hang
@@ -549,6 +570,7 @@ FORMATS = {
                               run_annotated_datum),
     "voc xml": Format("anno.xml", BYTE_MUTATORS + TEXT_MUTATORS, run_voc_xml),
     "video": Format("clip.avi", BYTE_MUTATORS, run_video),
+    "mat file": Format("seg_blob_0.mat", BYTE_MUTATORS, run_mat),
     "solver prototxt": Format("solver.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_solver),
     "caffemodel": Format("deploy.caffemodel",
                          BYTE_MUTATORS + [message_mutator(caffe_pb2.NetParameter)] * 6,
