@@ -59,6 +59,21 @@ def _read_exactly(stdout: str, truths: dict[str, str]) -> float:
     return right / len(truths)
 
 
+def _train_and_read(tmp_path: Path, net: str, iterations: int, train: str, read: str,
+                    truths: dict[str, str]) -> tuple[float, float]:
+    """Run the guide's training command for `net`, check its result file's TEST accuracy,
+    then its reading command on the weights it wrote; (accuracy, fraction read exactly)."""
+    _run(train, tmp_path)
+    result = json.loads((tmp_path / "ocr" / f"{net}_result.json").read_text())
+    assert result["status"] == "done" and result["iterations"] == iterations
+    accuracy = result["tests"][0]["final"]["accuracy"]
+    assert accuracy > 0.9, result["tests"]
+    assert f"ocr/{net}_iter_{iterations}.caffemodel" in read
+    read_exactly = _read_exactly(_run(read, tmp_path), truths)
+    assert read_exactly > 0.9
+    return accuracy, read_exactly
+
+
 def test_the_ocr_guide_trains_and_reads_as_written(tmp_path):
     _lines(tmp_path, "train", 400, 1)
     _lines(tmp_path, "val", 100, 2)
@@ -84,25 +99,11 @@ def test_the_ocr_guide_trains_and_reads_as_written(tmp_path):
     assert label[0].tolist() == [int(c) for c in first] + [10] * (24 - len(first))
 
     # CRNN with CtcLoss: the solver's TEST accuracy (exact sequences), then the deploy net
-    _run(COMMANDS[1], tmp_path)
-    result = json.loads((tmp_path / "ocr" / "crnn_result.json").read_text())
-    assert result["status"] == "done" and result["iterations"] == 300
-    crnn_accuracy = result["tests"][0]["final"]["accuracy"]
-    assert crnn_accuracy > 0.9, result["tests"]
-    assert "ocr/crnn_iter_300.caffemodel" in COMMANDS[2]
-    crnn_read = _read_exactly(_run(COMMANDS[2], tmp_path), truths)
-    assert crnn_read > 0.9
+    crnn_accuracy, crnn_read = _train_and_read(tmp_path, "crnn", 300, COMMANDS[1], COMMANDS[2], truths)
 
     # ChWick's form: -1 padding, a BLSTM with CTCLoss, its decoder's edit-distance accuracy
     _run(COMMANDS[3], tmp_path)
     with h5py.File(tmp_path / "ocr" / "val_tm_0.h5") as f:
         assert f["label"][0].tolist() == [int(c) for c in first] + [-1] * (24 - len(first))
-    _run(COMMANDS[4], tmp_path)
-    result = json.loads((tmp_path / "ocr" / "blstm_result.json").read_text())
-    assert result["status"] == "done" and result["iterations"] == 150
-    blstm_accuracy = result["tests"][0]["final"]["accuracy"]
-    assert blstm_accuracy > 0.9, result["tests"]
-    assert "ocr/blstm_iter_150.caffemodel" in COMMANDS[5]
-    blstm_read = _read_exactly(_run(COMMANDS[5], tmp_path), truths)
-    assert blstm_read > 0.9
+    blstm_accuracy, blstm_read = _train_and_read(tmp_path, "blstm", 150, COMMANDS[4], COMMANDS[5], truths)
     print(f"crnn {crnn_accuracy:.3f} / {crnn_read:.3f}, blstm {blstm_accuracy:.3f} / {blstm_read:.3f}")
