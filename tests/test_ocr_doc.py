@@ -1,7 +1,8 @@
-"""docs/ocr.md as written: its prepare_ocr.py, nets, solvers and read_lines.py written out
-from the page, its commands run as they stand (python from this environment, runner/solve.py
-from this repository) on text lines drawn with cv2.putText, both nets trained with the
-solver and both deploy nets reading the validation lines."""
+"""docs/ocr.md as written: its prepare_ocr.py, nets, solvers, read_lines.py and
+read_lines_onnx.py written out from the page, its commands run as they stand (python from
+this environment, runner/solve.py from this repository) on text lines drawn with
+cv2.putText, both nets trained with the solver and both deploy nets reading the validation
+lines, through pycaffe and, exported, through ONNX Runtime."""
 import json
 import os
 import re
@@ -60,17 +61,21 @@ def _read_exactly(stdout: str, truths: dict[str, str]) -> float:
 
 
 def _train_and_read(tmp_path: Path, net: str, iterations: int, train: str, read: str,
-                    truths: dict[str, str]) -> tuple[float, float]:
+                    read_onnx: str, truths: dict[str, str]) -> tuple[float, float]:
     """Run the guide's training command for `net`, check its result file's TEST accuracy,
-    then its reading command on the weights it wrote; (accuracy, fraction read exactly)."""
+    then its reading command on the weights it wrote, then its ONNX export and reading
+    through ONNX Runtime, which must print the same lines; (accuracy, fraction read exactly)."""
     _run(train, tmp_path)
     result = json.loads((tmp_path / "ocr" / f"{net}_result.json").read_text())
     assert result["status"] == "done" and result["iterations"] == iterations
     accuracy = result["tests"][0]["final"]["accuracy"]
     assert accuracy > 0.9, result["tests"]
     assert f"ocr/{net}_iter_{iterations}.caffemodel" in read
-    read_exactly = _read_exactly(_run(read, tmp_path), truths)
+    read_out = _run(read, tmp_path)
+    read_exactly = _read_exactly(read_out, truths)
     assert read_exactly > 0.9
+    assert f"ocr/{net}_iter_{iterations}.caffemodel ocr/{net}.onnx" in read_onnx
+    assert _run(read_onnx, tmp_path) == read_out
     return accuracy, read_exactly
 
 
@@ -78,15 +83,15 @@ def test_the_ocr_guide_trains_and_reads_as_written(tmp_path):
     _lines(tmp_path, "train", 400, 1)
     _lines(tmp_path, "val", 100, 2)
     truths = dict(line.split(" ", 1) for line in (tmp_path / "val_list.txt").read_text().splitlines())
-    assert set(FILES) == {"prepare_ocr.py", "read_lines.py", "ocr/train_val.prototxt",
+    assert set(FILES) == {"prepare_ocr.py", "read_lines.py", "read_lines_onnx.py", "ocr/train_val.prototxt",
                           "ocr/solver.prototxt", "ocr/deploy.prototxt", "ocr/blstm.prototxt",
                           "ocr/blstm_solver.prototxt", "ocr/blstm_deploy.prototxt"}
     (tmp_path / "ocr").mkdir()
     for name, code in FILES.items():
         (tmp_path / name).write_text(code)
-    assert len(COMMANDS) == 6
+    assert len(COMMANDS) == 8
     assert COMMANDS[1].strip() == "python runner/solve.py train --solver ocr/solver.prototxt"
-    assert COMMANDS[4].strip() == "python runner/solve.py train --solver ocr/blstm_solver.prototxt"
+    assert COMMANDS[5].strip() == "python runner/solve.py train --solver ocr/blstm_solver.prototxt"
 
     # the data: 24 x 96 grey lines in [0, 1], label rows of T = 24 padded with the blank, 10
     _run(COMMANDS[0], tmp_path)
@@ -99,11 +104,11 @@ def test_the_ocr_guide_trains_and_reads_as_written(tmp_path):
     assert label[0].tolist() == [int(c) for c in first] + [10] * (24 - len(first))
 
     # CRNN with CtcLoss: the solver's TEST accuracy (exact sequences), then the deploy net
-    crnn_accuracy, crnn_read = _train_and_read(tmp_path, "crnn", 300, COMMANDS[1], COMMANDS[2], truths)
+    crnn_accuracy, crnn_read = _train_and_read(tmp_path, "crnn", 300, *COMMANDS[1:4], truths)
 
     # ChWick's form: -1 padding, a BLSTM with CTCLoss, its decoder's edit-distance accuracy
-    _run(COMMANDS[3], tmp_path)
+    _run(COMMANDS[4], tmp_path)
     with h5py.File(tmp_path / "ocr" / "val_tm_0.h5") as f:
         assert f["label"][0].tolist() == [int(c) for c in first] + [-1] * (24 - len(first))
-    blstm_accuracy, blstm_read = _train_and_read(tmp_path, "blstm", 150, COMMANDS[4], COMMANDS[5], truths)
+    blstm_accuracy, blstm_read = _train_and_read(tmp_path, "blstm", 150, *COMMANDS[5:8], truths)
     print(f"crnn {crnn_accuracy:.3f} / {crnn_read:.3f}, blstm {blstm_accuracy:.3f} / {blstm_read:.3f}")

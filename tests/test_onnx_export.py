@@ -40,7 +40,7 @@ def assert_matches(net: Net, model: onnx.ModelProto, inputs: dict, label: str) -
         ours = net(inputs)
     theirs = run_onnx(model, inputs)
     for name, got in theirs.items():
-        expected = ours[name].numpy()
+        expected = ours[name].detach().numpy()
         assert got.shape == expected.shape, f"{label}: blob '{name}' shape {got.shape} != {expected.shape}"
         scale = max(float(np.abs(expected).max()), 1e-30)
         err = float(np.abs(got - expected).max())
@@ -346,24 +346,14 @@ NO_ONNX_FORM = {
     "MatRead": "DeepLab's: reads .mat files named by a list, which ONNX cannot hold",
     "DenseCRF": "DeepLab's CRF: a permutohedral lattice built from each image (data-dependent size), as MultiStageMeanfield",
     "Filter": "a data-dependent number of rows; not converted yet",
-    "BatchReindex": "not converted yet (a Gather over the batch axis)",
-    "Im2col": "not converted yet (a convolution with one-hot kernels)",
-    "Parameter": "not converted yet (a constant initializer)",
-    "RNN": "state carried between forwards; not converted yet",
-    "LSTM": "state carried between forwards; not converted yet",
-    "LSTMUnit": "not converted yet",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
     "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
-    "ContinuationIndicator": "CRNN's cont blob for LSTM, which has no ONNX form here yet",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
     "Correlation": "FlowNet 2.0's correlation: not converted yet (one product and pooling per displacement)",
     "Correlation1D": "as Correlation",
     "Resample": "FlowNet 2.0's resampling offsets each axis by the other's factor; no ONNX Resize mode does",
     "FlowWarp": "FlowNet 2.0's warp: not converted yet (GridSample pads and clamps differently)",
-    "ChannelNorm": "FlowNet 2.0's channel norm: not converted yet",
-    "Accum": "FlowNet 2.0's corner-aligned resize and concatenation: not converted yet",
     "DataAugmentation": "FlowNet 2.0's mean subtraction updates its running mean in forward; not converted yet",
-    "NegReLU": "FlowNet 2.0's negated leaky ReLU: not converted yet",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
     "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",
 }
@@ -391,6 +381,39 @@ layer { name: "feature" type: "Reverse" bottom: "time" top: "feature" reverse_pa
 """)
     model = export_and_compare(prototxt)
     assert [n.op_type for n in model.graph.node].count("Slice") == 2
+
+
+def test_parameter_im2col_and_flownet_layers_match_onnxruntime(tmp_path):
+    """Parameter (a constant), Im2col (2-D and over a 1-D signal), NegReLU, ChannelNorm and
+    Accum (with a reference, and resizing two bottoms to the largest)."""
+    prototxt = tmp_path / "more.prototxt"
+    prototxt.write_text("""
+layer { name: "data" type: "Input" top: "data" top: "small" top: "signal"
+  input_param { shape { dim: 2 dim: 3 dim: 6 dim: 7 } shape { dim: 2 dim: 2 dim: 3 dim: 4 } shape { dim: 2 dim: 3 dim: 9 } } }
+layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 3 dim: 6 dim: 7 } } }
+layer { name: "sum" type: "Bias" bottom: "data" bottom: "p" top: "sum" }
+layer { name: "cols" type: "Im2col" bottom: "sum" top: "cols"
+  convolution_param { kernel_h: 2 kernel_w: 3 pad_h: 1 stride_w: 2 dilation: 2 } }
+layer { name: "cols1d" type: "Im2col" bottom: "signal" top: "cols1d" convolution_param { kernel_size: 3 pad: 2 stride: 2 } }
+layer { name: "neg" type: "NegReLU" bottom: "sum" top: "neg" relu_param { negative_slope: 0.25 } }
+layer { name: "norm" type: "ChannelNorm" bottom: "neg" top: "norm" }
+layer { name: "up" type: "Accum" bottom: "small" bottom: "norm" top: "up" accum_param { have_reference: true } }
+layer { name: "both" type: "Accum" bottom: "norm" bottom: "small" top: "both" accum_param { size_divisible_by: 5 } }
+""")
+    model = export_and_compare(prototxt)
+    assert {"Conv", "Where", "ReduceSumSquare", "Resize"} <= {n.op_type for n in model.graph.node}
+
+
+def test_batch_reindex_matches_onnxruntime(tmp_path):
+    prototxt = tmp_path / "reindex.prototxt"
+    prototxt.write_text("""
+layer { name: "data" type: "Input" top: "data" top: "permut" input_param { shape { dim: 4 dim: 2 dim: 3 } shape { dim: 6 } } }
+layer { name: "picked" type: "BatchReindex" bottom: "data" bottom: "permut" top: "picked" }
+""")
+    net = Net(prototxt, phase="TEST")
+    model = build_model(net, outputs=["picked"])
+    inputs = {"data": torch.randn(4, 2, 3), "permut": torch.tensor([3.0, 0.0, 3.9, 1.2, 2.0, 0.0])}
+    assert_matches(net, model, inputs, "BatchReindex (3.9 and 1.2 truncated)")
 
 
 def test_depthwise_and_axpy_match_onnxruntime(tmp_path):

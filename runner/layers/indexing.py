@@ -75,11 +75,11 @@ class Im2col(Layer):
         k = math.prod(kernel)
         # One-hot kernels: output channel c*k + j copies input channel c at kernel offset j.
         eye = torch.eye(k).reshape(k, 1, *kernel).repeat(self.channels, 1, *([1] * n_spatial))
-        self.register_buffer("_unit", eye, persistent=False)
-        self._kw = dict(stride=tuple(stride), padding=tuple(pad), dilation=tuple(dilation),
+        self.register_buffer("one_hot", eye, persistent=False)
+        self.conv_args = dict(stride=tuple(stride), padding=tuple(pad), dilation=tuple(dilation),
                         groups=self.channels)
 
     def forward(self, x):
         lead = x.shape[:self.axis]
-        y = self._op(x.reshape(-1, *x.shape[self.axis:]), self._unit.to(x.dtype), **self._kw)
+        y = self._op(x.reshape(-1, *x.shape[self.axis:]), self.one_hot.to(x.dtype), **self.conv_args)
         return (y.reshape(*lead, *y.shape[1:]),)

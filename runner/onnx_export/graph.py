@@ -72,6 +72,14 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=self.temp(op), **attrs))
         return outputs[0]
 
+    def body(self) -> "GraphBuilder":
+        """A builder for a control-flow body graph (Scan's): nodes of its own; names and
+        initializers shared with this graph, whose values the body reads from outer scope."""
+        child = GraphBuilder(self._last_writer)
+        child._taken, child.initializers = self._taken, self.initializers
+        child.layer_index, child.layer_name = self.layer_index, self.layer_name
+        return child
+
     def fix_batch(self, reason: str) -> None:
         """Record that the graph only works for the net's own batch size."""
         self.fixed_batch_reason = self.fixed_batch_reason or f"layer '{self.layer_name}' {reason}"

@@ -1,9 +1,12 @@
 """ONNX forms of Caffe's blob plumbing: Concat, Slice, Flatten, Reshape, Crop, Tile,
-Reduction, Silence, ArgMax, and ChWick's Reverse. Shapes are static except the batch axis where the layer keeps it."""
+Reduction, Silence, ArgMax, Parameter, BatchReindex, Im2col, and ChWick's Reverse. Shapes
+are static except the batch axis where the layer keeps it."""
 from __future__ import annotations
 
+from onnx import TensorProto
+
 from runner.onnx_export.graph import GraphBuilder
-from runner.onnx_export.registry import converter
+from runner.onnx_export.registry import blob_array, converter
 from runner.proto import caffe_pb2
 from runner.shapes import count
 
@@ -119,3 +122,33 @@ def _argmax(b: GraphBuilder, layer, ins, outs):
     parts = [index, values] if p.out_max_val else [index]
     stacked = b.node("Concat", [b.node("Unsqueeze", [part, b.ints("axis", [1])]) for part in parts], axis=1)
     _reshape_to(b, stacked, layer.top_shapes[0], True, outs)
+
+
+@converter("Parameter")
+def _parameter(b: GraphBuilder, layer, ins, outs):
+    """Its blob as a constant."""
+    b.node("Identity", [b.const("blob", blob_array(layer.blobs[0]))], outs)
+
+
+@converter("BatchReindex")
+def _batch_reindex(b: GraphBuilder, layer, ins, outs):
+    """A Gather over the batch axis; indices truncated toward zero as Caffe's static_cast."""
+    b.fix_batch("gathers items of the batch")
+    b.node("Gather", [ins[0], b.node("Cast", [ins[1]], to=TensorProto.INT64)], outs, axis=0)
+
+
+@converter("Im2col")
+def _im2col(b: GraphBuilder, layer, ins, outs):
+    """The layer's convolution with one-hot kernels (one group per channel)."""
+    bottom = layer.bottom_shapes[0]
+    kernel = list(layer.one_hot.shape[2:])
+    x = ins[0]
+    if layer.axis != 1:
+        b.fix_batch("folds the axes before its channel axis into one")
+        x = b.node("Reshape", [x, b.ints("folded", [-1, *bottom[layer.axis:]])])
+    kw = layer.conv_args
+    y = b.node("Conv", [x, b.const("one_hot", layer.one_hot.numpy())], kernel_shape=kernel,
+               strides=list(kw["stride"]), pads=list(kw["padding"]) * 2,
+               dilations=list(kw["dilation"]), group=kw["groups"])
+    b.node("Reshape", [y, b.ints("shape", list(layer.top_shapes[0]) if layer.axis != 1
+                                 else [0, *layer.top_shapes[0][1:]])], outs)
