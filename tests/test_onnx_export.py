@@ -384,7 +384,7 @@ layer { name: "feature" type: "Reverse" bottom: "time" top: "feature" reverse_pa
 
 
 def test_parameter_im2col_and_flownet_layers_match_onnxruntime(tmp_path):
-    """Parameter (a constant), Im2col (2-D and over a 1-D signal), NegReLU, ChannelNorm and
+    """Parameter (a constant), Im2col (2-D, over a 1-D signal, and from axis 2), NegReLU, ChannelNorm and
     Accum (with a reference, and resizing two bottoms to the largest)."""
     prototxt = tmp_path / "more.prototxt"
     prototxt.write_text("""
@@ -395,6 +395,7 @@ layer { name: "sum" type: "Bias" bottom: "data" bottom: "p" top: "sum" }
 layer { name: "cols" type: "Im2col" bottom: "sum" top: "cols"
   convolution_param { kernel_h: 2 kernel_w: 3 pad_h: 1 stride_w: 2 dilation: 2 } }
 layer { name: "cols1d" type: "Im2col" bottom: "signal" top: "cols1d" convolution_param { kernel_size: 3 pad: 2 stride: 2 } }
+layer { name: "rows" type: "Im2col" bottom: "data" top: "rows" convolution_param { axis: 2 kernel_size: 3 pad: 1 } }
 layer { name: "neg" type: "NegReLU" bottom: "sum" top: "neg" relu_param { negative_slope: 0.25 } }
 layer { name: "norm" type: "ChannelNorm" bottom: "neg" top: "norm" }
 layer { name: "up" type: "Accum" bottom: "small" bottom: "norm" top: "up" accum_param { have_reference: true } }
