@@ -349,11 +349,6 @@ NO_ONNX_FORM = {
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
     "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
-    "Correlation": "FlowNet 2.0's correlation: not converted yet (one product and pooling per displacement)",
-    "Correlation1D": "as Correlation",
-    "Resample": "FlowNet 2.0's resampling offsets each axis by the other's factor; no ONNX Resize mode does",
-    "FlowWarp": "FlowNet 2.0's warp: not converted yet (GridSample pads and clamps differently)",
-    "DataAugmentation": "FlowNet 2.0's mean subtraction updates its running mean in forward; not converted yet",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
     "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",
 }
@@ -403,6 +398,76 @@ layer { name: "both" type: "Accum" bottom: "norm" bottom: "small" top: "both" ac
 """)
     model = export_and_compare(prototxt)
     assert {"Conv", "Where", "ReduceSumSquare", "Resize"} <= {n.op_type for n in model.graph.node}
+
+
+FLOWNET = """
+layer { name: "data" type: "Input" top: "img0" top: "img1" top: "edge_flow"
+  input_param { shape { dim: 2 dim: 3 dim: 12 dim: 16 } shape { dim: 2 dim: 3 dim: 12 dim: 16 }
+                shape { dim: 2 dim: 2 dim: 12 dim: 16 } } }
+layer { name: "mean0" type: "DataAugmentation" bottom: "img0" top: "img0_aug"
+  augmentation_param { recompute_mean: 3 mean_per_pixel: false } }
+layer { name: "mean1" type: "DataAugmentation" bottom: "img1" top: "img1_aug"
+  augmentation_param { recompute_mean: 3 mean_per_pixel: true } }
+layer { name: "fixed" type: "DataAugmentation" bottom: "img1" top: "img1_fixed"
+  augmentation_param { mean: 0.4 mean: 0.5 mean: 0.6 } }
+layer { name: "conv" type: "Convolution" bottom: "img0_aug" bottom: "img1_aug" top: "f0" top: "f1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "corr" type: "Correlation" bottom: "f0" bottom: "f1" top: "corr"
+  correlation_param { pad: 3 kernel_size: 3 max_displacement: 2 stride_1: 2 stride_2: 1 } }
+layer { name: "corr_sub" type: "Correlation" bottom: "f0" bottom: "f1" top: "corr_sub"
+  correlation_param { pad: 2 kernel_size: 1 max_displacement: 2 stride_2: 2 correlation_type: SUBTRACT } }
+layer { name: "corr1d" type: "Correlation1D" bottom: "f0" bottom: "f1" top: "corr1d"
+  correlation_param { pad: 2 kernel_size: 1 max_displacement: 2 single_direction: 1 } }
+layer { name: "flow" type: "Convolution" bottom: "corr_sub" top: "flow"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+layer { name: "scaled" type: "Eltwise" bottom: "flow" top: "scaled" eltwise_param { operation: SUM coeff: 8 } }
+layer { name: "up" type: "Resample" bottom: "scaled" bottom: "img0" top: "up" resample_param { type: LINEAR } }
+layer { name: "up_cubic" type: "Resample" bottom: "img0" top: "down" resample_param { type: CUBIC antialias: true width: 7 height: 5 } }
+layer { name: "up_nearest" type: "Resample" bottom: "scaled" bottom: "img0" top: "near" resample_param { type: NEAREST } }
+layer { name: "warp" type: "FlowWarp" bottom: "img1_fixed" bottom: "up" top: "warped" }
+layer { name: "warp_nan" type: "FlowWarp" bottom: "img1" bottom: "near" top: "warped_nan"
+  flow_warp_param { fill_value: NOT_A_NUMBER } }
+layer { name: "warp_edge" type: "FlowWarp" bottom: "img0" bottom: "edge_flow" top: "warped_edge" }
+"""
+
+
+def test_flownet_layers_match_onnxruntime(tmp_path):
+    """Correlation (MULTIPLY with stride_1 2, SUBTRACT, 1-D), DataAugmentation (means
+    past recompute_mean, per pixel or per channel, and fixed), Resample (LINEAR to a
+    reference, CUBIC antialiased down, NEAREST), FlowWarp with flows reaching outside the
+    image (zero fill, and NaN fill where the graph must keep NaN) and onto the last row and
+    column, where the right and lower neighbours clamp."""
+    prototxt = tmp_path / "flownet.prototxt"
+    prototxt.write_text(FLOWNET)
+    net = Net(prototxt, phase="TEST")
+    gen = torch.Generator().manual_seed(6)
+    randomize(net, gen)
+    with torch.no_grad():
+        for name in ("mean0", "mean1"):
+            net.layers[name].blobs[0].fill_(3)   # the running mean has settled
+    wanted = computed_blobs(net)
+    model = build_model(net, outputs=wanted)
+    inputs = random_inputs(net, gen)
+    target = torch.rand(2, 2, 12, 16, generator=gen) * torch.tensor([17.0, 13.0]).reshape(1, 2, 1, 1) - 0.5
+    inputs["edge_flow"] = target - torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(12.0), indexing="xy"))
+    assert ((target[:, 0] > 15) & (target[:, 0] < 16)).sum() > 10
+    with torch.no_grad():
+        ours = net(inputs)
+    theirs = run_onnx(model, inputs)
+    assert np.isnan(theirs["warped_nan"]).any() and (np.abs(ours["up"].numpy()) > 16).any()
+    np.testing.assert_array_equal(np.isnan(theirs["warped_nan"]), ours["warped_nan"].isnan().numpy())
+    for name in wanted:
+        got, expected = np.nan_to_num(theirs[name]), ours[name].nan_to_num().numpy()
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), name
+
+
+def test_data_augmentation_whose_mean_still_moves_is_refused(tmp_path):
+    prototxt = tmp_path / "moving.prototxt"
+    prototxt.write_text(FLOWNET)
+    net = Net(prototxt, phase="TEST")
+    with pytest.raises(OnnxExportError, match="layer 'mean0'.*still moves for 3 more forwards"):
+        build_model(net, outputs=["img0_aug"])
 
 
 def test_batch_reindex_matches_onnxruntime(tmp_path):
