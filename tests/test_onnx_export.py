@@ -345,7 +345,6 @@ NO_ONNX_FORM = {
     "MatWrite": "DeepLab's: writes .mat files, a side effect ONNX cannot hold",
     "MatRead": "DeepLab's: reads .mat files named by a list, which ONNX cannot hold",
     "DenseCRF": "DeepLab's CRF: a permutohedral lattice built from each image (data-dependent size), as MultiStageMeanfield",
-    "Filter": "a data-dependent number of rows; not converted yet",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
     "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
@@ -470,16 +469,20 @@ def test_data_augmentation_whose_mean_still_moves_is_refused(tmp_path):
         build_model(net, outputs=["img0_aug"])
 
 
-def test_batch_reindex_matches_onnxruntime(tmp_path):
+def test_batch_reindex_and_filter_match_onnxruntime(tmp_path):
     prototxt = tmp_path / "reindex.prototxt"
     prototxt.write_text("""
-layer { name: "data" type: "Input" top: "data" top: "permut" input_param { shape { dim: 4 dim: 2 dim: 3 } shape { dim: 6 } } }
+layer { name: "data" type: "Input" top: "data" top: "permut" top: "labels" top: "selector"
+  input_param { shape { dim: 4 dim: 2 dim: 3 } shape { dim: 6 } shape { dim: 4 } shape { dim: 4 dim: 1 } } }
 layer { name: "picked" type: "BatchReindex" bottom: "data" bottom: "permut" top: "picked" }
+layer { name: "kept" type: "Filter" bottom: "data" bottom: "labels" bottom: "selector" top: "kept" top: "kept_labels" }
 """)
     net = Net(prototxt, phase="TEST")
-    model = build_model(net, outputs=["picked"])
-    inputs = {"data": torch.randn(4, 2, 3), "permut": torch.tensor([3.0, 0.0, 3.9, 1.2, 2.0, 0.0])}
-    assert_matches(net, model, inputs, "BatchReindex (3.9 and 1.2 truncated)")
+    model = build_model(net, outputs=["picked", "kept", "kept_labels"])
+    inputs = {"data": torch.randn(4, 2, 3), "permut": torch.tensor([3.0, 0.0, 3.9, 1.2, 2.0, 0.0]),
+              "labels": torch.arange(4.0), "selector": torch.tensor([[1.0], [0.0], [-0.5], [0.0]])}
+    assert_matches(net, model, inputs, "BatchReindex (3.9 and 1.2 truncated), Filter")
+    assert run_onnx(model, inputs)["kept_labels"].tolist() == [0.0, 2.0]
 
 
 def test_depthwise_and_axpy_match_onnxruntime(tmp_path):

@@ -1,5 +1,5 @@
 """ONNX forms of Caffe's blob plumbing: Concat, Slice, Flatten, Reshape, Crop, Tile,
-Reduction, Silence, ArgMax, Parameter, BatchReindex, Im2col, and ChWick's Reverse. Shapes
+Reduction, Silence, ArgMax, Parameter, Filter, BatchReindex, Im2col, and ChWick's Reverse. Shapes
 are static except the batch axis where the layer keeps it."""
 from __future__ import annotations
 
@@ -128,6 +128,15 @@ def _argmax(b: GraphBuilder, layer, ins, outs):
 def _parameter(b: GraphBuilder, layer, ins, outs):
     """Its blob as a constant."""
     b.node("Identity", [b.const("blob", blob_array(layer.blobs[0]))], outs)
+
+
+@converter("Filter")
+def _filter(b: GraphBuilder, layer, ins, outs):
+    """Compress over the batch axis: the items whose selector (N x 1 x ...) is non-zero."""
+    selector = b.node("Reshape", [ins[-1], b.ints("items", [-1])])
+    keep = b.node("Not", [b.node("Equal", [selector, b.const("zero", 0.0)])])
+    for x, y in zip(ins[:-1], outs):
+        b.node("Compress", [x, keep], [y], axis=0)
 
 
 @converter("BatchReindex")
