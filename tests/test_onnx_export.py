@@ -242,21 +242,33 @@ def test_layer_without_onnx_form_is_named(tmp_path):
     assert not list(tmp_path.glob("*.onnx*"))
 
 
-def test_pooling_mask_top_is_refused(tmp_path):
-    prototxt = tmp_path / "mask.prototxt"
-    prototxt.write_text(
-        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
-        'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
-        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
-    with pytest.raises(OnnxExportError, match=r"layer 'pool' \(Pooling\): a MAX pooling mask top"):
-        build_model(Net(prototxt, phase="TEST"))
-    prototxt.write_text(   # SegNet's Upsample reads such a mask: refused too, even from an input
-        'layer { name: "data" type: "Input" top: "data" top: "mask" input_param { '
-        'shape { dim: 1 dim: 1 dim: 2 dim: 2 } shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }\n'
-        'layer { name: "up" type: "Upsample" bottom: "data" bottom: "mask" top: "up" '
-        'upsample_param { scale: 2 } }\n')
-    with pytest.raises(OnnxExportError, match=r"layer 'up' \(Upsample\): Upsample with a pooling mask"):
-        build_model(Net(prototxt, phase="TEST"))
+SEGNET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 11 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" top: "mask" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "up" type: "Upsample" bottom: "pool" bottom: "mask" top: "up" upsample_param { scale: 2 upsample_h: 9 upsample_w: 11 } }
+layer { name: "pool3" type: "Pooling" bottom: "conv" top: "pool3" top: "mask3" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "up3" type: "Upsample" bottom: "pool3" bottom: "mask3" top: "up3" upsample_param { upsample_h: 9 upsample_w: 11 } }
+layer { name: "pool_far" type: "Pooling" bottom: "data" top: "pool_far" top: "mask_far" pooling_param { pool: MAX kernel_size: 2 stride: 3 } }
+"""
+
+
+def test_segnet_pooling_masks_and_upsample_match_onnxruntime(tmp_path):
+    """MAX pooling with Caffe's mask top (ceil rounding, overlapping windows, padding, and a
+    window wholly in the padding: mask -1 there) and SegNet's Upsample scattering by it."""
+    prototxt = tmp_path / "segnet.prototxt"
+    prototxt.write_text(SEGNET)
+    model = export_and_compare(prototxt)
+    assert {"MaxPool", "ScatterElements"} <= {n.op_type for n in model.graph.node}
+    net = Net(prototxt, phase="TEST")
+    inputs = {"data": torch.randn(2, 3, 9, 11)}
+    with torch.no_grad():
+        ours = net(inputs)
+    theirs = run_onnx(build_model(net, outputs=["pool_far", "mask_far", "mask3"]), inputs)
+    # kernel 2, stride 3: the last row of windows lies past the input (-FLT_MAX, mask -1)
+    assert (ours["mask_far"] == -1).any()
+    for name in ("pool_far", "mask_far", "mask3"):   # masks exactly; -FLT_MAX swamps the 1e-4 scale
+        np.testing.assert_array_equal(theirs[name], ours[name].numpy(), err_msg=name)
 
 
 def run_export(*args) -> subprocess.CompletedProcess:

@@ -1,10 +1,12 @@
 """ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape),
 SegNet's BN in INFERENCE mode (Mul, Add), TSN's BN (BatchNormalization), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
-whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample without a mask (Resize,
-nearest). The depthwise convolutions are
+whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample (Resize, nearest; with
+SegNet's pooling mask, ScatterElements into a zero top). The depthwise convolutions are
 Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
+
+from onnx import TensorProto, helper
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import blob_array, converter
@@ -88,8 +90,17 @@ def _axpy(b: GraphBuilder, layer, ins, outs):
 
 @converter("Upsample")
 def _upsample(b: GraphBuilder, layer, ins, outs):
-    if len(ins) > 1:
-        raise OnnxExportError("Upsample with a pooling mask (SegNet) has no ONNX form here: the "
-                              "MAX pooling mask it reads has none")
+    if len(ins) > 1:   # SegNet's: each value written where the mask points, in a zero top
+        height, width = layer.top_shapes[0][2:]
+        values = b.node("Reshape", [ins[0], b.ints("planes", [0, 0, -1])])
+        index = b.node("Cast", [b.node("Reshape", [ins[1], b.ints("planes", [0, 0, -1])])],
+                       to=TensorProto.INT64)
+        lead = b.node("Slice", [b.node("Shape", [ins[0]]), b.ints("from", [0]), b.ints("to", [2])])
+        shape = b.node("Concat", [lead, b.ints("plane", [height * width])], axis=0)
+        zeros = b.node("ConstantOfShape", [shape],
+                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        top = b.node("ScatterElements", [zeros, index, values], axis=2)
+        b.node("Reshape", [top, b.ints("shape", [0, 0, height, width])], outs)
+        return
     b.node("Resize", [ins[0], "", "", _sizes(b, ins[0], layer)], outs, mode="nearest",
            coordinate_transformation_mode="asymmetric", nearest_mode="floor")

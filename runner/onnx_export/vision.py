@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from onnx import TensorProto
 
 from runner.layers.common import FLT_MAX
 from runner.layers.vision import PoolPlan
@@ -32,12 +33,40 @@ def _convolution(b: GraphBuilder, layer, ins, outs):
 
 @converter("Pooling")
 def _pooling(b: GraphBuilder, layer, ins, outs):
-    if layer.with_mask:
-        raise OnnxExportError("a MAX pooling mask top has no ONNX form")
     h, w = layer.bottom_shapes[0][2:]
     p = layer.lp.pooling_param
     plan = PoolPlan(pooling_geometry(p, h, w), p.round_mode == caffe_pb2.PoolingParameter.CEIL, h, w)
-    _pool(b, ins[0], plan, layer.is_max, outs)
+    if layer.with_mask:
+        _max_pool_with_mask(b, ins[0], plan, outs)
+    else:
+        _pool(b, ins[0], plan, layer.is_max, outs)
+
+
+def _max_pool_with_mask(b: GraphBuilder, x: str, plan: PoolPlan, outs) -> None:
+    """MAX pooling and Caffe's mask (h * W + w in the bottom, as float; -1 for a window
+    wholly in the padding) from MaxPool's flat indices, which count the unpadded input, or
+    the explicitly padded one where Caffe's -FLT_MAX padding is needed."""
+    h, w = plan.size
+    kernel, stride, before = list(plan.kernel), list(plan.stride), list(plan.pad)
+    after = [max(a, 0) for a in plan.after]
+    index = b.temp("index")
+    if all(a < k for a, k in zip(after, kernel)):
+        b.node("MaxPool", [x], [outs[0], index], kernel_shape=kernel, strides=stride, pads=before + after)
+        plane = b.node("Mod", [index, b.ints("plane", [h * w])])
+    else:
+        padded = b.node("Pad", [x, b.ints("pads", [0, 0, *before, 0, 0, *plan.after]),
+                                b.const("fill", -FLT_MAX)])
+        b.node("MaxPool", [padded], [outs[0], index], kernel_shape=kernel, strides=stride)
+        padded_h, padded_w = h + before[0] + plan.after[0], w + before[1] + plan.after[1]
+        at = b.node("Mod", [index, b.ints("padded_plane", [padded_h * padded_w])])
+        row = b.node("Sub", [b.node("Div", [at, b.ints("padded_w", [padded_w])]), b.ints("top", [before[0]])])
+        col = b.node("Sub", [b.node("Mod", [at, b.ints("padded_w", [padded_w])]), b.ints("left", [before[1]])])
+        inside = b.node("And", [
+            b.node("And", [b.node("GreaterOrEqual", [row, b.ints("zero", [0])]), b.node("Less", [row, b.ints("h", [h])])]),
+            b.node("And", [b.node("GreaterOrEqual", [col, b.ints("zero", [0])]), b.node("Less", [col, b.ints("w", [w])])])])
+        plane = b.node("Where", [inside, b.node("Add", [b.node("Mul", [row, b.ints("w", [w])]), col]),
+                                 b.ints("outside", [-1])])
+    b.node("Cast", [plane], [outs[1]], to=TensorProto.FLOAT)
 
 
 @converter("SPP")
