@@ -1,5 +1,6 @@
 """docs/segmentation.md as written: its list command, its SegNet-style net and solver trained
-with runner/solve.py on generated pairs, and its DeepLab-style net built and run."""
+with runner/solve.py on generated pairs, folded and exported to ONNX (ONNX Runtime's scores
+against the net's), and its DeepLab-style net built and run."""
 import os
 import re
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 from runner import Net
@@ -63,7 +66,17 @@ def test_the_segnet_example_trains_as_written(tmp_path, monkeypatch):
     deploy = Net("seg/inference.prototxt", phase="TRAIN", weights="seg/segnet_inference.caffemodel",
                  source_kwargs={"workers": 0})
     assert deploy.layers["conv1_bn"].lp.bn_param.bn_mode == 1
-    assert float(deploy.eval()(batch)["accuracy"]) > 0.8   # population statistics do as well
+    blobs = deploy.eval()(batch)
+    assert float(blobs["accuracy"]) > 0.8   # population statistics do as well
+    export = commands[3].replace("\\\n", " ").split()
+    assert export[:3] == ["python", "-m", "runner.tools.export_onnx"]
+    subprocess.run([sys.executable, *export[1:]], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    session = ort.InferenceSession("seg/segnet.onnx", providers=["CPUExecutionProvider"])
+    (score,) = session.run(["score"], {"data": batch["data"].numpy()})
+    expected = blobs["score"].detach().numpy()
+    assert np.abs(score - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert {n.op_type for n in onnx.load("seg/segnet.onnx").graph.node} >= {"MaxPool", "ScatterElements"}
 
 
 def test_the_deeplab_example_builds_and_runs(tmp_path, monkeypatch):
