@@ -332,6 +332,10 @@ def test_detection_output_without_detections_writes_one_row_per_image():
     ("share_location: true", [(1, 40), (1, 30), (1, 2, 40)], "num_classes is required"),
     ("num_classes: 3 visualize: true", [(1, 40), (1, 30), (1, 2, 40)], "visualize and save_output_param"),
     ("num_classes: 3 nms_param { eta: 1.5 }", [(1, 40), (1, 30), (1, 2, 40)], r"eta must be in \(0, 1\]"),
+    # the fork skips decoding label -1, its background, then aborts looking for it
+    ("num_classes: 3 background_label_id: -1", [(1, 40), (1, 30), (1, 2, 40)],
+     "background_label_id -1 with share_location.*Could not find location predictions"),
+    ("num_classes: 3 background_label_id: -1 share_location: false", [(1, 120), (1, 30), (1, 2, 40)], None),
 ])
 def test_detection_output_checks_its_bottoms_and_parameters(fields, shapes, message):
     text = f'name: "det" type: "DetectionOutput" detection_output_param {{ {fields} }}'

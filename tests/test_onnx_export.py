@@ -323,7 +323,7 @@ def test_pooling_window_past_the_input_gives_caffes_minus_flt_max(tmp_path):
 
 def test_ssd_layers_up_to_the_detection_output(tmp_path):
     """SSD300 (narrowed): Normalize, Permute, PriorBox (a constant), the heads' Concat and
-    Softmax, every blob DetectionOutput reads; DetectionOutput itself has no ONNX form."""
+    Softmax, every blob DetectionOutput reads (DetectionOutput: tests/test_onnx_detection.py)."""
     prototxt = tmp_path / "ssd.prototxt"
     prototxt.write_text(ssd300_deploy())
     model = export_and_compare(prototxt, leave_out=["detection_out"])
@@ -333,9 +333,6 @@ def test_ssd_layers_up_to_the_detection_output(tmp_path):
     assert priors.type.tensor_type.shape.dim[0].dim_value == 1      # not the batch axis
     loc = [o for o in model.graph.output if o.name == "mbox_loc"][0]
     assert loc.type.tensor_type.shape.dim[0].dim_param == "batch"
-    with pytest.raises(OnnxExportError, match=r"layer 'detection_out' has type 'DetectionOutput', "
-                                              r"which has no ONNX form \(export a deploy net, or only the blobs"):
-        build_model(Net(prototxt, phase="TEST"))
 
 
 def test_only_the_layers_behind_the_outputs_are_exported():
@@ -350,7 +347,6 @@ def test_only_the_layers_behind_the_outputs_are_exported():
 NO_ONNX_FORM = {
     "Accuracy": "a metric over labels, not part of inference",
     "SegAccuracy": "DeepLab's metric over label images, not part of inference",
-    "DetectionOutput": "NMS into a data-dependent number of rows; export the blobs it reads",
     "DetectionEvaluate": "SSD's metric over detections and ground truth, not part of inference",
     "Python": "runs the user's own Python code, which ONNX cannot hold",
     "HDF5Output": "writes a file, a side effect ONNX cannot hold",
@@ -358,7 +354,7 @@ NO_ONNX_FORM = {
     "MatRead": "DeepLab's: reads .mat files named by a list, which ONNX cannot hold",
     "DenseCRF": "DeepLab's CRF: a permutohedral lattice built from each image (data-dependent size), as MultiStageMeanfield",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
-    "Proposal": "region proposals: NMS into a variable number of rows, as DetectionOutput",
+    "Proposal": "region proposals: anchors, NMS and the pre/post-NMS counts; not converted yet",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
     "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",

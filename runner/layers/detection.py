@@ -139,6 +139,12 @@ class DetectionOutput(Layer):
             raise ValueError(f"layer '{lp.name}': nms_param.eta must be in (0, 1], got {nms.eta:g}")
         self.num_classes = p.num_classes
         self.background = p.background_label_id
+        if p.share_location and self.background == -1:
+            raise ValueError(f"layer '{lp.name}': background_label_id -1 with share_location: "
+                             "the fork's DecodeBBoxesAll skips the shared locations (their label "
+                             "is -1) and its Forward then aborts ('Could not find location "
+                             "predictions for label -1'); use share_location: false, or another "
+                             "background label")
         self.share_location = p.share_location
         self.code_type, self.encoded_in_target = p.code_type, p.variance_encoded_in_target
         self.keep_top_k = p.keep_top_k
