@@ -1,7 +1,9 @@
-"""DetectionOutput's ONNX form checked by ONNX Runtime against our layer (itself checked
-against OpenCV and the fork's code): SSD300 end to end, and one layer fed crafted blobs under
-each code type, separate locations per class, another background label or none, no top_k or
-keep_top_k, keep_top_k cutting each image, several images, and nothing kept at all."""
+"""The ONNX forms of the detection layers checked by ONNX Runtime against ours (themselves
+checked against OpenCV and the forks' code). DetectionOutput: SSD300 end to end, and one
+layer fed crafted blobs under each code type, separate locations per class, another
+background label or none, no top_k or keep_top_k, keep_top_k cutting each image, several
+images, and nothing kept at all. Proposal: small and VGG-sized maps, with and without the
+pre-NMS cut, and py-faster-rcnn's Python layer."""
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,83 @@ def test_adaptive_nms_is_refused():
     net = _layer_net("background_label_id: 0 nms_param { nms_threshold: 0.45 eta: 0.9 }")
     with pytest.raises(OnnxExportError, match=r"layer 'det' \(DetectionOutput\): adaptive NMS"):
         build_model(net)
+
+
+def _rpn_text(height: int, width: int, post: int, pre: int = 6000, python: bool = False) -> str:
+    inputs = (f'layer {{ name: "in" type: "Input" top: "cls" top: "bbox" top: "im_info" input_param {{ '
+              f'shape {{ dim: 1 dim: 18 dim: {height} dim: {width} }} shape {{ dim: 1 dim: 36 dim: {height} '
+              f'dim: {width} }} shape {{ dim: 1 dim: 3 }} }} }}\n')
+    if python:   # py-faster-rcnn's layer, which runs as Proposal without its module
+        return inputs + ('layer { name: "proposal" type: "Python" bottom: "cls" bottom: "bbox" bottom: "im_info" '
+                         'top: "rois" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" '
+                         "param_str: \"'feat_stride': 16\" } }\n")
+    return inputs + (f'layer {{ name: "proposal" type: "Proposal" bottom: "cls" bottom: "bbox" bottom: "im_info" '
+                     f'top: "rois" top: "scores" proposal_param {{ feat_stride: 16 base_size: 16 min_size: 16 '
+                     f'ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16 scale: 32 pre_nms_topn: {pre} '
+                     f'post_nms_topn: {post} nms_thresh: 0.7 }} }}\n')
+
+
+@pytest.mark.parametrize("height, width, post, pre, python", [
+    (5, 6, 30, 6000, False),      # fewer boxes than pre_nms_topn
+    (38, 50, 300, 6000, False),   # a VGG-16 map of a 600 x 800 image: 17,100 anchors
+    (20, 25, 100, 0, False),      # no pre-NMS cut
+    (24, 32, 300, 6000, True),    # py-faster-rcnn's Python layer
+])
+def test_proposals_match_onnxruntime(height, width, post, pre, python):
+    net = Net(text_format.Parse(_rpn_text(height, width, post, pre, python), caffe_pb2.NetParameter()),
+              phase="TEST")
+    rng = np.random.default_rng(height)
+    inputs = {"cls": torch.tensor(rng.random((1, 18, height, width)), dtype=torch.float32),
+              "bbox": torch.tensor(rng.normal(size=(1, 36, height, width)) * 0.2, dtype=torch.float32),
+              "im_info": torch.tensor([[16.0 * height - 5, 16.0 * width - 3, 1.2]])}
+    model = build_model(net)
+    with torch.no_grad():
+        ours = net(inputs)
+    theirs = run_onnx(model, inputs)
+    assert 10 < len(ours["rois"]) <= post
+    for name in theirs:
+        assert theirs[name].shape == ours[name].shape, name
+        np.testing.assert_allclose(theirs[name], ours[name].numpy(), rtol=0, atol=1e-3, err_msg=name)
+
+
+FASTER_RCNN = """
+layer { name: "input" type: "Input" top: "data" top: "im_info"
+  input_param { shape { dim: 1 dim: 3 dim: 320 dim: 480 } shape { dim: 1 dim: 3 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 8 kernel_size: 16 stride: 16 } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "rpn_cls_score" type: "Convolution" bottom: "conv" top: "rpn_cls_score"
+  convolution_param { num_output: 18 kernel_size: 1 } }
+layer { name: "rpn_bbox_pred" type: "Convolution" bottom: "conv" top: "rpn_bbox_pred"
+  convolution_param { num_output: 36 kernel_size: 1 } }
+layer { name: "rpn_cls_score_reshape" type: "Reshape" bottom: "rpn_cls_score" top: "rpn_cls_score_reshape"
+  reshape_param { shape { dim: 0 dim: 2 dim: -1 dim: 0 } } }
+layer { name: "rpn_cls_prob" type: "Softmax" bottom: "rpn_cls_score_reshape" top: "rpn_cls_prob" }
+layer { name: "rpn_cls_prob_reshape" type: "Reshape" bottom: "rpn_cls_prob" top: "rpn_cls_prob_reshape"
+  reshape_param { shape { dim: 0 dim: 18 dim: -1 dim: 0 } } }
+layer { name: "proposal" type: "Python" bottom: "rpn_cls_prob_reshape" bottom: "rpn_bbox_pred" bottom: "im_info"
+  top: "rois" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "'feat_stride': 16" } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "conv" bottom: "rois" top: "pool"
+  roi_pooling_param { pooled_w: 3 pooled_h: 3 spatial_scale: 0.0625 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 16 } }
+layer { name: "cls_score" type: "InnerProduct" bottom: "fc" top: "cls_score" inner_product_param { num_output: 4 } }
+layer { name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }
+layer { name: "bbox_pred" type: "InnerProduct" bottom: "fc" top: "bbox_pred" inner_product_param { num_output: 16 } }
+"""
+
+
+def test_a_faster_rcnn_test_net_exports_whole():
+    """RPN, py-faster-rcnn's proposal layer, ROIPooling and the two heads in one graph."""
+    net = Net(text_format.Parse(FASTER_RCNN, caffe_pb2.NetParameter()), phase="TEST")
+    gen = torch.Generator().manual_seed(7)
+    randomize(net, gen)
+    model = build_model(net, outputs=["rois", "cls_prob", "bbox_pred"])
+    inputs = {"data": torch.randn(1, 3, 320, 480, generator=gen), "im_info": torch.tensor([[320.0, 480.0, 1.0]])}
+    with torch.no_grad():
+        ours = net(inputs)
+    theirs = run_onnx(model, inputs)
+    assert len(ours["rois"]) > 10 and {"NonMaxSuppression", "MaxRoiPool"} <= {n.op_type for n in model.graph.node}
+    for name in theirs:
+        expected = ours[name].numpy()
+        assert theirs[name].shape == expected.shape, name
+        assert np.abs(theirs[name] - expected).max() <= 1e-4 * np.abs(expected).max(), name

@@ -437,6 +437,14 @@ class Proposal(Layer):
         p = lp.proposal_param
         self.anchors = generate_anchors(p.base_size, *proposal_anchor_shapes(p))
 
+    def cell_anchors(self, height: int, width: int) -> np.ndarray:
+        """The anchors of every cell of a height x width map, (H W A, 4) float32 in the
+        order of the transposed (H, W, A) scores."""
+        stride = self.lp.proposal_param.feat_stride
+        shift_x, shift_y = np.meshgrid(np.arange(width) * stride, np.arange(height) * stride)
+        shifts = np.stack([shift_x.ravel(), shift_y.ravel()] * 2, axis=1)
+        return (self.anchors[None] + shifts[:, None]).reshape(-1, 4).astype(np.float32)
+
     def forward(self, scores, deltas, im_info):
         p = self.lp.proposal_param
         count = len(self.anchors)
@@ -445,10 +453,7 @@ class Proposal(Layer):
         fg = fg.transpose(0, 2, 3, 1).reshape(-1)
         moves = deltas.detach().to("cpu", torch.float32).numpy().transpose(0, 2, 3, 1).reshape(-1, 4)
         info = im_info.detach().to("cpu", torch.float32).numpy().reshape(-1)
-        shift_x, shift_y = np.meshgrid(np.arange(width) * p.feat_stride, np.arange(height) * p.feat_stride)
-        shifts = np.stack([shift_x.ravel(), shift_y.ravel()] * 2, axis=1)
-        anchors = (self.anchors[None] + shifts[:, None]).reshape(-1, 4).astype(np.float32)
-        boxes = _shift_boxes(anchors, moves)
+        boxes = _shift_boxes(self.cell_anchors(height, width), moves)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, info[1] - 1)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, info[0] - 1)
         least = p.min_size * info[2]

@@ -1,11 +1,13 @@
 """ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape),
 SegNet's BN in INFERENCE mode (Mul, Add), TSN's BN (BatchNormalization), Interp
 (Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
-whose definition is Fast R-CNN's), Axpy (Mul, Add) and Upsample (Resize, nearest; with
-SegNet's pooling mask, ScatterElements into a zero top). The depthwise convolutions are
+whose definition is Fast R-CNN's), Proposal (anchors, TopK and NonMaxSuppression), Axpy
+(Mul, Add) and Upsample (Resize, nearest; with SegNet's pooling mask, ScatterElements into
+a zero top). The depthwise convolutions are
 Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
+import numpy as np
 from onnx import TensorProto, helper
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
@@ -104,3 +106,60 @@ def _upsample(b: GraphBuilder, layer, ins, outs):
         return
     b.node("Resize", [ins[0], "", "", _sizes(b, ins[0], layer)], outs, mode="nearest",
            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+@converter("Proposal")
+def _proposal(b: GraphBuilder, layer, ins, outs):
+    """py-faster-rcnn's proposals for one image: the shifted anchors (constants of the
+    feature map's size) moved by the deltas as bbox_transform_inv, clipped to im_info's
+    height and width, those under min_size * scale dropped (Compress), the pre_nms_topn best
+    (TopK), then NonMaxSuppression on boxes grown by one pixel at their far corner, which
+    makes its overlap py_cpu_nms's +1 one, at most post_nms_topn kept."""
+    p = layer.lp.proposal_param
+    b.fix_batch("(Proposal) reads one image, as py-faster-rcnn's layer")
+    count = len(layer.anchors)
+    _, _, height, width = layer.bottom_shapes[0]
+    fg = b.node("Slice", [ins[0], b.ints("from", [count]), b.ints("to", [2 * count]), b.ints("axis", [1])])
+    fg = b.node("Reshape", [b.node("Transpose", [fg], perm=[0, 2, 3, 1]), b.ints("flat", [-1])])
+    deltas = b.node("Reshape", [b.node("Transpose", [ins[1]], perm=[0, 2, 3, 1]), b.ints("rows", [-1, 4])])
+    anchors = layer.cell_anchors(height, width)
+    sizes = anchors[:, 2:] - anchors[:, :2] + np.float32(1)
+    centres = anchors[:, :2] + np.float32(0.5) * sizes
+    shift = b.node("Slice", [deltas, b.ints("from", [0]), b.ints("to", [2]), b.ints("axis", [1])])
+    scale = b.node("Slice", [deltas, b.ints("from", [2]), b.ints("to", [4]), b.ints("axis", [1])])
+    size_c = b.const("sizes", sizes)
+    centre = b.node("Add", [b.node("Mul", [shift, size_c]), b.const("centres", centres)])
+    half = b.node("Mul", [b.const("half", 0.5), b.node("Mul", [b.node("Exp", [scale]), size_c])])
+    info = b.node("Reshape", [ins[2], b.ints("info", [-1])])
+
+    def item(i):
+        return b.node("Gather", [info, b.ints(f"info{i}", [i])])
+    one = b.const("one", 1.0)
+    far = b.node("Concat", [b.node("Sub", [item(1), one]), b.node("Sub", [item(0), one])], axis=0)
+    zero = b.const("zero", 0.0)
+    first = b.node("Min", [b.node("Max", [b.node("Sub", [centre, half]), zero]), far])
+    last = b.node("Min", [b.node("Max", [b.node("Add", [centre, half]), zero]), far])
+    extent = b.node("Add", [b.node("Sub", [last, first]), one])
+    least = b.node("Mul", [b.const("min_size", float(p.min_size)), item(2)])
+    big = b.node("ReduceMin", [b.node("Cast", [b.node("GreaterOrEqual", [extent, least])], to=TensorProto.INT64),
+                               b.ints("corners", [1])], keepdims=0)
+    big = b.node("Cast", [big], to=TensorProto.BOOL)
+    boxes = b.node("Compress", [b.node("Concat", [first, last], axis=1), big], axis=0)
+    fg = b.node("Compress", [fg, big], axis=0)
+    kept = b.node("Shape", [fg])
+    if p.pre_nms_topn > 0:
+        kept = b.node("Min", [kept, b.ints("pre_nms_topn", [p.pre_nms_topn])])
+    best, order = b.temp("best"), b.temp("order")
+    b.node("TopK", [fg, kept], [best, order], axis=0, largest=1, sorted=1)
+    boxes = b.node("Gather", [boxes, order], axis=0)
+    grown = b.node("Add", [boxes, b.const("grow", [0.0, 0.0, 1.0, 1.0])])
+    selected = b.node("NonMaxSuppression", [b.node("Unsqueeze", [grown, b.ints("batch", [0])]),
+                                            b.node("Reshape", [best, b.ints("scores", [1, 1, -1])]),
+                                            b.ints("post_nms_topn", [p.post_nms_topn]),
+                                            b.const("iou", p.nms_thresh)])
+    index = b.node("Gather", [selected, b.const("box", 2, np.int64)], axis=1)
+    rois = b.node("Gather", [boxes, index], axis=0)
+    b.node("Concat", [b.node("Mul", [b.node("Slice", [rois, b.ints("from", [0]), b.ints("to", [1]),
+                                                         b.ints("axis", [1])]), zero]), rois], outs[:1], axis=1)
+    if len(outs) > 1:
+        b.node("Unsqueeze", [b.node("Gather", [best, index], axis=0), b.ints("column", [1])], outs[1:])
