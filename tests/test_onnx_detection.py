@@ -3,7 +3,9 @@ checked against OpenCV and the forks' code). DetectionOutput: SSD300 end to end,
 layer fed crafted blobs under each code type, separate locations per class, another
 background label or none, no top_k or keep_top_k, keep_top_k cutting each image, several
 images, and nothing kept at all. Proposal: small and VGG-sized maps, with and without the
-pre-NMS cut, and py-faster-rcnn's Python layer."""
+pre-NMS cut, and py-faster-rcnn's Python layer. PSROIPooling: crafted regions. Faster R-CNN
+and R-FCN test nets exported whole. The RPN maps here have no ReLU: its dead cells would
+tie scores, which the two sort in different orders."""
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +157,11 @@ def test_proposals_match_onnxruntime(height, width, post, pre, python):
         np.testing.assert_allclose(theirs[name], ours[name].numpy(), rtol=0, atol=1e-3, err_msg=name)
 
 
-FASTER_RCNN = """
+RPN = """
 layer { name: "input" type: "Input" top: "data" top: "im_info"
   input_param { shape { dim: 1 dim: 3 dim: 320 dim: 480 } shape { dim: 1 dim: 3 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param { num_output: 8 kernel_size: 16 stride: 16 } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 layer { name: "rpn_cls_score" type: "Convolution" bottom: "conv" top: "rpn_cls_score"
   convolution_param { num_output: 18 kernel_size: 1 } }
 layer { name: "rpn_bbox_pred" type: "Convolution" bottom: "conv" top: "rpn_bbox_pred"
@@ -172,6 +173,9 @@ layer { name: "rpn_cls_prob_reshape" type: "Reshape" bottom: "rpn_cls_prob" top:
   reshape_param { shape { dim: 0 dim: 18 dim: -1 dim: 0 } } }
 layer { name: "proposal" type: "Python" bottom: "rpn_cls_prob_reshape" bottom: "rpn_bbox_pred" bottom: "im_info"
   top: "rois" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "'feat_stride': 16" } }
+"""
+
+FASTER_RCNN = RPN + """
 layer { name: "roi_pool" type: "ROIPooling" bottom: "conv" bottom: "rois" top: "pool"
   roi_pooling_param { pooled_w: 3 pooled_h: 3 spatial_scale: 0.0625 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 16 } }
@@ -181,18 +185,76 @@ layer { name: "bbox_pred" type: "InnerProduct" bottom: "fc" top: "bbox_pred" inn
 """
 
 
+def _assert_exports_whole(text: str, op: str, seed: int) -> None:
+    """The net (random weights) exported whole and run by ONNX Runtime, then checked layer by
+    layer: each of our layers fed ONNX Runtime's values of its bottoms gives its tops (a
+    whole-net comparison would let rounding-sized differences in the RPN flip NMS decisions);
+    more than ten proposals, and `op` in the graph."""
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TEST")
+    gen = torch.Generator().manual_seed(seed)
+    randomize(net, gen)
+    steps = net.layer_steps()
+    final = {top: i for i, (_, _, tops) in enumerate(steps) for top in tops}
+    model = build_model(net, outputs=list(final))
+    assert {"NonMaxSuppression", op} <= {n.op_type for n in model.graph.node}
+    inputs = {"data": torch.randn(1, 3, 320, 480, generator=gen), "im_info": torch.tensor([[320.0, 480.0, 1.0]])}
+    theirs = run_onnx(model, inputs)
+    assert len(theirs["rois"]) > 10
+    current = dict(inputs)
+    for i, (layer, bottoms, tops) in enumerate(steps):
+        with torch.no_grad():
+            ours = layer(*(current[name] for name in bottoms))
+        for name, value in zip(tops, ours):
+            if final[name] != i:   # an in-place blob's earlier version
+                current[name] = value
+                continue
+            expected = value.numpy()
+            assert theirs[name].shape == expected.shape, name
+            assert np.abs(theirs[name] - expected).max() <= 1e-4 * np.abs(expected).max(), name
+            current[name] = torch.from_numpy(theirs[name])
+
+
 def test_a_faster_rcnn_test_net_exports_whole():
     """RPN, py-faster-rcnn's proposal layer, ROIPooling and the two heads in one graph."""
-    net = Net(text_format.Parse(FASTER_RCNN, caffe_pb2.NetParameter()), phase="TEST")
-    gen = torch.Generator().manual_seed(7)
-    randomize(net, gen)
-    model = build_model(net, outputs=["rois", "cls_prob", "bbox_pred"])
-    inputs = {"data": torch.randn(1, 3, 320, 480, generator=gen), "im_info": torch.tensor([[320.0, 480.0, 1.0]])}
+    _assert_exports_whole(FASTER_RCNN, "MaxRoiPool", 7)
+
+
+def test_psroi_pooling_matches_onnxruntime():
+    """Regions on two images, partly or wholly outside the map, a point, half-pixel corners
+    (C's rounding), bins of different sizes and empty ones."""
+    text = """
+layer { name: "in" type: "Input" top: "maps" top: "rois"
+  input_param { shape { dim: 2 dim: 18 dim: 12 dim: 16 } shape { dim: 9 dim: 5 } } }
+layer { name: "ps" type: "PSROIPooling" bottom: "maps" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 3 } }
+"""
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TEST")
+    rois = torch.tensor([[0, 0, 0, 20, 30], [1, 4, 8, 50, 40], [0, 10, 10, 10, 10], [1, -8, -8, 70, 70],
+                         [0, 30, 20, 33, 25], [1, 2.5, 3.5, 13.5, 9.5], [0, 60, 60, 90, 90],
+                         [1, -1.5, 0, 1.5, 47], [0, 0, 0, 63, 47]], dtype=torch.float32)
+    inputs = {"maps": torch.randn(2, 18, 12, 16), "rois": rois}
     with torch.no_grad():
-        ours = net(inputs)
-    theirs = run_onnx(model, inputs)
-    assert len(ours["rois"]) > 10 and {"NonMaxSuppression", "MaxRoiPool"} <= {n.op_type for n in model.graph.node}
-    for name in theirs:
-        expected = ours[name].numpy()
-        assert theirs[name].shape == expected.shape, name
-        assert np.abs(theirs[name] - expected).max() <= 1e-4 * np.abs(expected).max(), name
+        ours = net(inputs)["ps"].numpy()
+    assert (ours[6] == 0).all() and (ours != 0).any()   # the region past the map: empty bins
+    theirs = run_onnx(build_model(net), inputs)["ps"]
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
+
+
+RFCN = RPN + """
+layer { name: "rfcn_cls" type: "Convolution" bottom: "conv" top: "rfcn_cls" convolution_param { num_output: 36 kernel_size: 1 } }
+layer { name: "rfcn_bbox" type: "Convolution" bottom: "conv" top: "rfcn_bbox" convolution_param { num_output: 72 kernel_size: 1 } }
+layer { name: "psroipooled_cls_rois" type: "PSROIPooling" bottom: "rfcn_cls" bottom: "rois" top: "psroipooled_cls_rois"
+  psroi_pooling_param { spatial_scale: 0.0625 output_dim: 4 group_size: 3 } }
+layer { name: "ave_cls_score_rois" type: "Pooling" bottom: "psroipooled_cls_rois" top: "cls_score"
+  pooling_param { pool: AVE kernel_size: 3 stride: 3 } }
+layer { name: "psroipooled_loc_rois" type: "PSROIPooling" bottom: "rfcn_bbox" bottom: "rois" top: "psroipooled_loc_rois"
+  psroi_pooling_param { spatial_scale: 0.0625 output_dim: 8 group_size: 3 } }
+layer { name: "ave_bbox_pred_rois" type: "Pooling" bottom: "psroipooled_loc_rois" top: "bbox_pred"
+  pooling_param { pool: AVE kernel_size: 3 stride: 3 } }
+layer { name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }
+"""
+
+
+def test_an_rfcn_test_net_exports_whole():
+    """RPN, py-faster-rcnn's proposal layer, position-sensitive pooling and voting."""
+    _assert_exports_whole(RFCN, "Einsum", 8)

@@ -353,7 +353,6 @@ NO_ONNX_FORM = {
     "MatWrite": "DeepLab's: writes .mat files, a side effect ONNX cannot hold",
     "MatRead": "DeepLab's: reads .mat files named by a list, which ONNX cannot hold",
     "DenseCRF": "DeepLab's CRF: a permutohedral lattice built from each image (data-dependent size), as MultiStageMeanfield",
-    "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator; not converted yet",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
     "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",

@@ -1,10 +1,10 @@
 """ONNX forms of the other fork layers: ShuffleChannel and Reorg (Reshape, Transpose, Reshape),
-SegNet's BN in INFERENCE mode (Mul, Add), TSN's BN (BatchNormalization), Interp
-(Slice for its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool,
-whose definition is Fast R-CNN's), Proposal (anchors, TopK and NonMaxSuppression), Axpy
-(Mul, Add) and Upsample (Resize, nearest; with SegNet's pooling mask, ScatterElements into
-a zero top). The depthwise convolutions are
-Convolution modules and export as Conv (runner/onnx_export/vision.py)."""
+SegNet's BN in INFERENCE mode (Mul, Add), TSN's BN (BatchNormalization), Interp (Slice for
+its crop, then Resize, linear with corners aligned), ROIPooling (MaxRoiPool, whose
+definition is Fast R-CNN's), PSROIPooling (bin masks and Einsum), Proposal (anchors, TopK
+and NonMaxSuppression), Axpy (Mul, Add) and Upsample (Resize, nearest; with SegNet's
+pooling mask, ScatterElements into a zero top). The depthwise convolutions are Convolution
+modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -83,6 +83,59 @@ def _roi_pooling(b: GraphBuilder, layer, ins, outs):
            spatial_scale=p.spatial_scale)
 
 
+@converter("PSROIPooling")
+def _psroi_pooling(b: GraphBuilder, layer, ins, outs):
+    """Each region's bins as row and column masks over the map (the fork's floor/ceil bin
+    edges, clipped), the masked sums as two Einsum contractions over all images, the region's
+    image then picked (GatherND), divided by the bin's area (0 for an empty bin)."""
+    p = layer.lp.psroi_pooling_param
+    groups, dim = p.group_size, p.output_dim
+    _, _, height, width = layer.bottom_shapes[0]
+    rois = b.node("Reshape", [ins[1], b.ints("rois", [-1, 5])])
+
+    def column(i):
+        return b.node("Slice", [rois, b.ints("from", [i]), b.ints("to", [i + 1]), b.ints("axis", [1])])
+    scale = b.const("scale", p.spatial_scale)
+
+    def c_round(v):   # halves away from zero
+        return b.node("Mul", [b.node("Sign", [v]), b.node("Floor", [b.node("Add", [b.node("Abs", [v]),
+                                                                                  b.const("half", 0.5)])])])
+    one = b.const("one", 1.0)
+    x1, y1 = (b.node("Mul", [c_round(column(i)), scale]) for i in (1, 2))
+    x2, y2 = (b.node("Mul", [b.node("Add", [c_round(column(i)), one]), scale]) for i in (3, 4))
+
+    def masks(start, end, size):
+        """(R, groups, size): whether each position lies in each bin along one axis."""
+        bin_size = b.node("Div", [b.node("Max", [b.node("Sub", [end, start]), b.const("least", 0.1)]),
+                                  b.const("groups", float(groups))])
+        steps = b.const("steps", np.arange(groups, dtype=np.float32)[None])
+        begin = b.node("Floor", [b.node("Add", [b.node("Mul", [steps, bin_size]), start])])
+        finish = b.node("Ceil", [b.node("Add", [b.node("Mul", [b.node("Add", [steps, one]), bin_size]), start])])
+        begin, finish = (b.node("Unsqueeze", [b.node("Clip", [v, b.const("low", 0.0), b.const("high", float(size))]),
+                                              b.ints("positions", [2])]) for v in (begin, finish))
+        at = b.const("at", np.arange(size, dtype=np.float32)[None, None])
+        inside = b.node("And", [b.node("GreaterOrEqual", [at, begin]), b.node("Less", [at, finish])])
+        return b.node("Cast", [inside], to=TensorProto.FLOAT)
+
+    rows, cols = masks(y1, y2, height), masks(x1, x2, width)
+    planes = b.node("Reshape", [ins[0], b.ints("planes", [0, dim, groups, groups, height, width])])
+    by_cols = b.node("Einsum", [planes, cols], equation="ndijhw,rjw->nrdijh")
+    sums = b.node("Einsum", [by_cols, rows], equation="nrdijh,rih->nrdij")
+    image = b.node("Cast", [column(0)], to=TensorProto.INT64)
+    region = b.node("Unsqueeze", [b.node("Range", [b.const("first", 0, np.int64),
+                                                   b.node("Squeeze", [b.node("Shape", [image], start=0, end=1)]),
+                                                   b.const("step", 1, np.int64)]), b.ints("column", [1])])
+    picked = b.node("GatherND", [b.node("Transpose", [sums], perm=[1, 0, 2, 3, 4]),
+                                 b.node("Concat", [region, image], axis=1)])   # (R, dim, g, g)
+    area = b.node("Mul", [b.node("Unsqueeze", [b.node("ReduceSum", [rows, b.ints("h", [2])], keepdims=0),
+                                               b.ints("j", [2])]),
+                          b.node("Unsqueeze", [b.node("ReduceSum", [cols, b.ints("w", [2])], keepdims=0),
+                                               b.ints("i", [1])])])                   # (R, g, g)
+    area = b.node("Unsqueeze", [area, b.ints("channel", [1])])
+    zero = b.const("zero", 0.0)
+    b.node("Where", [b.node("Greater", [area, zero]), b.node("Div", [picked, b.node("Max", [area, one])]), zero], outs)
+
+
 @converter("Axpy")
 def _axpy(b: GraphBuilder, layer, ins, outs):
     ndim = len(layer.bottom_shapes[1])
@@ -114,7 +167,9 @@ def _proposal(b: GraphBuilder, layer, ins, outs):
     feature map's size) moved by the deltas as bbox_transform_inv, clipped to im_info's
     height and width, those under min_size * scale dropped (Compress), the pre_nms_topn best
     (TopK), then NonMaxSuppression on boxes grown by one pixel at their far corner, which
-    makes its overlap py_cpu_nms's +1 one, at most post_nms_topn kept."""
+    makes its overlap py_cpu_nms's +1 one, at most post_nms_topn kept. Boxes of equal score
+    may be taken in another order than the layer's (numpy's argsort, reversed), and so
+    another of them kept (a ReLU map with dead cells gives such ties)."""
     p = layer.lp.proposal_param
     b.fix_batch("(Proposal) reads one image, as py-faster-rcnn's layer")
     count = len(layer.anchors)
