@@ -4,6 +4,8 @@ ROIPooling (Fast/Faster R-CNN), the MobileNet forks' depthwise convolutions and 
 (SENet), against OpenCV's Caffe importer where it reads them, and against loop-by-loop numpy
 transcriptions of the forks' C++ (forward and backward) or a hand computation elsewhere,
 OpenCV's gaps included (Interp's shrink_factor and pads; its Axpy fails on 4.14)."""
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -914,10 +916,14 @@ def test_an_importable_rpn_proposal_layer_runs_as_the_users_code(tmp_path, monke
         "    def forward(self, bottom, top):\n        top[0].data[...] = 7\n"
         "    def backward(self, top, propagate_down, bottom):\n        pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cls, bbox, info = _rpn_inputs()
-    net = Net(parse_net_text(_py_faster_rcnn_net()))
-    out = net({"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)})
-    np.testing.assert_array_equal(out["rois"].numpy(), np.full((1, 5), 7, F32))
+    try:
+        cls, bbox, info = _rpn_inputs()
+        net = Net(parse_net_text(_py_faster_rcnn_net()))
+        out = net({"cls": torch.from_numpy(cls), "bbox": torch.from_numpy(bbox), "im_info": torch.from_numpy(info)})
+        np.testing.assert_array_equal(out["rois"].numpy(), np.full((1, 5), 7, F32))
+    finally:   # the imported package would outlive the path: later nets in this process would find it
+        for name in [m for m in sys.modules if m == "rpn" or m.startswith("rpn.")]:
+            del sys.modules[name]
 
 
 def test_region_and_mask_values_outside_the_blob_are_blob_value_errors():

@@ -355,7 +355,6 @@ NO_ONNX_FORM = {
     "DenseCRF": "DeepLab's CRF: a permutohedral lattice built from each image (data-dependent size), as MultiStageMeanfield",
     "LabelsequenceAccuracy": "CRNN's metric over label rows, not part of inference",
     "MultiStageMeanfield": "CRF-RNN's mean field on a permutohedral lattice built per image (a hash of data-dependent size); not converted",
-    "CTCGreedyDecoder": "ChWick's decoder: per-sample sequences of data-dependent length",
 }
 
 

@@ -1,7 +1,7 @@
-"""ONNX forms of the recurrent layers (LSTM and RNN as a Scan, LSTMUnit, ContinuationIndicator)
-checked by ONNX Runtime against our forward: static input, exposed state, cont read from an
-Input with resets inside the sequence, other sequence lengths, and docs/ocr.md's two deploy
-nets."""
+"""ONNX forms of the sequence layers (LSTM and RNN as a Scan, LSTMUnit, ContinuationIndicator,
+CTCGreedyDecoder) checked by ONNX Runtime against our forward: static input, exposed state,
+cont read from an Input with resets inside the sequence, other sequence lengths, decoding
+cut by indicators, and docs/ocr.md's two deploy nets."""
 import re
 from pathlib import Path
 
@@ -119,3 +119,31 @@ def test_the_ocr_guides_deploy_nets_export_up_to_their_scores():
                            f"{name} at batch {batch}")
             scores = run_onnx(model, {"data": torch.zeros(batch, 1, 24, 96)})["fc"]
             assert scores.shape == (24, batch, 11) and np.isfinite(scores).all()
+
+
+DECODER = """
+layer { name: "data" type: "Input" top: "scores" top: "cont"
+  input_param { shape { dim: 12 dim: 4 dim: 5 } shape { dim: 12 dim: 4 } } }
+layer { name: "decoder" type: "CTCGreedyDecoder" bottom: "scores" bottom: "cont" top: "decoded" top: "score"
+  ctc_decoder_param { %s } }
+"""
+
+
+def test_ctc_greedy_decoder(tmp_path):
+    """Sequences cut at a sample's next 0 indicator (at t = 5, at t = 1, none), repeats
+    merged or kept, the blank last or given; few classes so that repeats and blanks abound."""
+    gen = torch.Generator().manual_seed(9)
+    cont = torch.ones(12, 4)
+    cont[0] = 0
+    cont[5, 1], cont[1, 2], cont[8, 2] = 0, 0, 0
+    for param in ("", "ctc_merge_repeated: false", "blank_index: 0"):
+        net = _net(DECODER % param)
+        model = build_model(net)
+        inputs = {"scores": torch.randn(12, 4, 5, generator=gen), "cont": cont}
+        with torch.no_grad():
+            ours = net(inputs)
+        theirs = run_onnx(model, inputs)
+        np.testing.assert_array_equal(theirs["decoded"], ours["decoded"].numpy(), err_msg=param)
+        np.testing.assert_allclose(theirs["score"], ours["score"].numpy(), rtol=1e-6, err_msg=param)
+        lengths = (ours["decoded"].numpy().reshape(4, 12) >= 0).sum(1)
+        assert lengths[2] <= 1 and lengths[1] <= 5 and lengths.max() > 5, param

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from runner.atomic import atomic_write_bytes
 from runner.onnx_export import (  # noqa: F401  (register converters)
-    detection, elementwise, flownet, forks, plumbing, recurrent, vision)
+    ctc, detection, elementwise, flownet, forks, plumbing, recurrent, vision)
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import converter_for, exportable_types
 
