@@ -142,6 +142,9 @@ def pooling_geometry(p, h: int, w: int) -> tuple[list[int], list[int], list[int]
         raise ValueError("kernel and stride must be positive")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ValueError("pad must be smaller than kernel")
+    if max(stride) > INT_MAX:
+        raise ValueError(f"stride {max(stride)} is beyond Caffe's int (at most {INT_MAX}), in "
+                         "which its pooling layer keeps it")
     for size, k, s, q in zip((h, w), kernel, stride, pad):
         # Caffe's int window arithmetic (hstart + kernel_h) must not overflow.
         if (pool_out(size, k, s, q) - 1) * s + k > INT_MAX:

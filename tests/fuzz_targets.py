@@ -67,6 +67,35 @@ layer {{ name: "prob" type: "Softmax" bottom: "ip" top: "prob" }}
 
 # Every fork layer that runs on plain blobs, small, ending in a loss so that `solve.py time`
 # takes a backward through them all.
+ONNX_NET = """name: "to_onnx"
+layer { name: "data" type: "Input" top: "a" top: "b" top: "seq"
+  input_param { shape { dim: 2 dim: 3 dim: 12 dim: 16 } shape { dim: 2 dim: 3 dim: 12 dim: 16 }
+                shape { dim: 5 dim: 2 dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "a" bottom: "b" top: "fa" top: "fb"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "xavier" } } }
+layer { name: "pool" type: "Pooling" bottom: "fa" top: "pool" top: "mask"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "unpool" type: "Upsample" bottom: "pool" bottom: "mask" top: "unpool"
+  upsample_param { upsample_h: 6 upsample_w: 8 } }
+layer { name: "ave" type: "Pooling" bottom: "fb" top: "ave" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "corr" type: "Correlation" bottom: "fa" bottom: "unpool" top: "corr"
+  correlation_param { pad: 2 kernel_size: 1 max_displacement: 2 stride_2: 2 } }
+layer { name: "neg" type: "NegReLU" bottom: "corr" top: "neg" relu_param { negative_slope: 0.2 } }
+layer { name: "norm" type: "ChannelNorm" bottom: "neg" top: "norm" }
+layer { name: "acc" type: "Accum" bottom: "norm" bottom: "ave" top: "acc" accum_param { top_height: 9 top_width: 11 } }
+layer { name: "up" type: "Resample" bottom: "acc" top: "up" resample_param { type: LINEAR width: 13 height: 7 } }
+layer { name: "interp" type: "Interp" bottom: "fb" top: "interp" interp_param { zoom_factor: 2 } }
+layer { name: "lrn" type: "LRN" bottom: "interp" top: "lrn" lrn_param { local_size: 3 norm_region: WITHIN_CHANNEL } }
+layer { name: "flow" type: "Convolution" bottom: "fa" top: "flow" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "warp" type: "FlowWarp" bottom: "fb" bottom: "flow" top: "warp" }
+layer { name: "cont" type: "ContinuationIndicator" bottom: "seq" top: "cont"
+  continuation_indicator_param { time_step: 5 axis: 1 } }
+layer { name: "lstm" type: "LSTM" bottom: "seq" bottom: "cont" top: "lstm" recurrent_param { num_output: 3 } }
+layer { name: "back" type: "Reverse" bottom: "lstm" top: "back" }
+layer { name: "ip" type: "InnerProduct" bottom: "back" top: "ip" inner_product_param { num_output: 4 axis: 2 } }
+layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" softmax_param { axis: 2 } }
+"""
+
 FORK_NET = """name: "forks"
 layer { name: "data" type: "DummyData" top: "data" top: "rois"
   dummy_data_param { shape { dim: 2 dim: 8 dim: 8 dim: 8 } shape { dim: 3 dim: 5 }
@@ -307,6 +336,7 @@ def make_seeds(folder: Path) -> None:
     (folder / "solver.prototxt").write_text(SOLVER)
     (folder / "data_net.prototxt").write_text(DATA_NET)
     (folder / "fork_net.prototxt").write_text(FORK_NET)
+    (folder / "onnx_net.prototxt").write_text(ONNX_NET)
     (folder / "dense_net.prototxt").write_text(DENSE_NET)
     (folder / "ssd_net.prototxt").write_text(SSD_NET)
     (folder / "ssd_small_net.prototxt").write_text(SSD_SMALL_NET)
@@ -412,6 +442,37 @@ def run_net(folder: Path, net_file: str = "train_val.prototxt") -> str | None:
 
 def run_fork_net(folder: Path) -> str | None:
     return run_net(folder, "fork_net.prototxt")
+
+
+def run_onnx_net(folder: Path) -> None:
+    """The net exported to ONNX (its weights random, as the Net's fillers make them) and run
+    by ONNX Runtime on seeded inputs: every blob finite where ours is and there within 1e-3
+    of the largest of ours (where ours overflowed, garbage in, the two may differ); a
+    mismatch is a failure."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    net = Net("onnx_net.prototxt", phase="TEST")
+    model = net.export_onnx("net.onnx", [b for b in net.blob_shapes if b not in net.input_names])
+    if 4 * sum(int(np.prod(s)) for s in net.blob_shapes.values()) > MAX_BLOB_BYTES:
+        return
+    gen = torch.Generator().manual_seed(1)
+    inputs = {name: torch.randn(net.blob_shapes[name], generator=gen) for name in net.input_names}
+    with torch.no_grad():
+        ours = net(inputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}   # those the outputs need
+    for name, theirs in zip(names, session.run(names, feed)):
+        expected = ours[name].detach().numpy()
+        if theirs.shape != expected.shape:
+            raise RuntimeError(f"ONNX blob '{name}': shape {theirs.shape}, ours {expected.shape}")
+        finite = np.isfinite(expected)   # where ours overflowed, the two may disagree
+        if not np.isfinite(theirs[finite]).all():
+            raise RuntimeError(f"ONNX blob '{name}' is not finite where ours is")
+        gap = float(np.abs(theirs[finite] - expected[finite]).max(initial=0))
+        if gap > 1e-3 * float(np.abs(expected[finite]).max(initial=0)) + 1e-6:
+            raise RuntimeError(f"ONNX blob '{name}' differs from ours by {gap:.3g}")
 
 
 def run_annotated_datum(folder: Path) -> None:
@@ -564,6 +625,7 @@ def run_zoo(folder: Path) -> str | None:
 FORMATS = {
     "net prototxt": Format("train_val.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_net),
     "fork net prototxt": Format("fork_net.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_fork_net),
+    "net prototxt to onnx": Format("onnx_net.prototxt", BYTE_MUTATORS + TEXT_MUTATORS * 2, run_onnx_net),
     "dense image pairs": Format("pairs.txt", BYTE_MUTATORS + TEXT_MUTATORS, run_dense),
     "label image": Format("lab1.png", BYTE_MUTATORS, run_dense),
     "annotated datum": Format("anno.bin", BYTE_MUTATORS + [message_mutator(caffe_pb2.AnnotatedDatum)] * 6,

@@ -98,6 +98,9 @@ def test_blob_counts_are_checked_at_build(layer, expected):
      'pad: 2147483647 }', "layer 'x' (Convolution): top 0: .* more than Caffe's limit"),
     ('type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 3 stride: 2147483647 }',
      "layer 'x' (Pooling): stride 2147483647 .* beyond Caffe's int arithmetic"),
+    # one window (pad 1 clips the second), so no window arithmetic overflows; torch's kernel did
+    ('type: "Pooling" bottom: "data" top: "p" top: "m" pooling_param { kernel_size: 3 stride: 2147483648 pad: 1 }',
+     "layer 'x' (Pooling): stride 2147483648 is beyond Caffe's int"),
     ('type: "InnerProduct" bottom: "data" top: "i" inner_product_param { num_output: 268435456 }',
      "layer 'x' (InnerProduct): blob 0: shape .* more than Caffe's limit"),
 ])

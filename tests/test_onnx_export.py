@@ -335,6 +335,17 @@ def test_ssd_layers_up_to_the_detection_output(tmp_path):
     assert loc.type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+def test_a_graph_without_outputs_is_refused(tmp_path):
+    """ONNX Runtime cannot load a graph with no outputs (which onnx.checker passes)."""
+    prototxt = tmp_path / "empty.prototxt"
+    prototxt.write_text('name: "empty"\n')
+    with pytest.raises(OnnxExportError, match=r"empty.prototxt: nothing to export: the net has no output blobs"):
+        build_model(Net(prototxt, phase="TEST"))
+    net = Net(NETS / "caffenet_like.prototxt", phase="TEST")
+    with pytest.raises(OnnxExportError, match="nothing to export"):
+        build_model(net, outputs=[])
+
+
 def test_only_the_layers_behind_the_outputs_are_exported():
     net = Net(NETS / "caffenet_like.prototxt", phase="TEST")
     model = build_model(net, outputs=["pool2"])

@@ -53,6 +53,9 @@ def build_model(net, outputs: list[str] | None = None) -> onnx.ModelProto:
     names, default the net's outputs), named as the blobs. Only the layers that compute
     them are exported."""
     wanted = list(outputs) if outputs is not None else list(net.output_names)
+    if not wanted:
+        raise OnnxExportError(f"{net.origin}: nothing to export: the net has no output blobs "
+                              "(a graph needs at least one)")
     unknown = [name for name in wanted if name not in net.blob_shapes]
     if unknown:
         raise OnnxExportError(f"{net.origin}: no blob named {unknown} to export; blobs: "
