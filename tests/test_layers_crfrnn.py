@@ -189,6 +189,11 @@ def test_lattice_refuses_what_the_fork_cannot_hold():
         Lattice(np.array([[0.0, np.nan]], F32))
     with pytest.raises(LatticeError, match="16-bit"):
         Lattice(np.array([[0.0, 1e5]], F32))
+    # so large that float32 loses the remainders the rank sort needs (it indexed past its row),
+    # or overflows to inf while elevating
+    for big in (4e9, 3e38):
+        with pytest.raises(LatticeError, match="16-bit"):
+            Lattice(np.array([[0.0, 1.0, 2.0], [big, 3.0, big]], F32))
 
 
 # ---- MultiStageMeanfield against the fork's loops ------------------------------------------------

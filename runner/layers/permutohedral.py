@@ -65,11 +65,16 @@ def lattice_coordinates(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dplus1 = np.float32(d + 1)
     elevated = np.empty((n, d + 1), np.float32)
     sm = np.zeros(n, np.float32)
-    for j in range(d, 0, -1):
-        cf = f[:, j - 1] * scale[j - 1]
-        elevated[:, j] = sm - np.float32(j) * cf
-        sm = sm + cf
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is refused just below
+        for j in range(d, 0, -1):
+            cf = f[:, j - 1] * scale[j - 1]
+            elevated[:, j] = sm - np.float32(j) * cf
+            sm = sm + cf
     elevated[:, 0] = sm
+    largest = float(np.abs(elevated).max(initial=0))
+    if not largest < KEY_LIMIT + d + 1:   # each key lies within d + 1 of its elevated point
+        raise LatticeError(f"lattice coordinates reach {largest:.3g}, beyond the fork's 16-bit "
+                           "keys (features too large)")
     v = np.rint(one_over * elevated)          # nearest, ties to even (SSE rounding)
     rem0 = v * dplus1
     total = v.sum(1, dtype=np.float32)        # integers: exact in any order
