@@ -18,7 +18,7 @@ from google.protobuf import text_format
 
 from runner import Net
 from runner.layers.crfrnn import MultiStageMeanfield
-from runner.layers.permutohedral import Lattice, LatticeError, filter_values
+from runner.layers.permutohedral import Lattice, LatticeError, _scale_factors, filter_values
 from runner.proto import caffe_pb2, parse_net_text
 from runner.proto.blobs import _varint
 from runner.shapes import ShapeError
@@ -194,6 +194,10 @@ def test_lattice_refuses_what_the_fork_cannot_hold():
     for big in (4e9, 3e38):
         with pytest.raises(LatticeError, match="16-bit"):
             Lattice(np.array([[0.0, 1.0, 2.0], [big, 3.0, big]], F32))
+    # keys come from the first d elevated coordinates: a last one past the limit is held
+    features = np.zeros((4, 5), F32)
+    features[:, 4] = [0, 7000 / _scale_factors(5)[4], 2, 3]
+    assert Lattice(features).m > 4
 
 
 # ---- MultiStageMeanfield against the fork's loops ------------------------------------------------

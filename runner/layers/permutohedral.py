@@ -71,7 +71,7 @@ def lattice_coordinates(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             elevated[:, j] = sm - np.float32(j) * cf
             sm = sm + cf
     elevated[:, 0] = sm
-    largest = float(np.abs(elevated).max(initial=0))
+    largest = float(np.abs(elevated[:, :d]).max(initial=0))   # the columns the keys come from
     if not largest < KEY_LIMIT + d + 1:   # each key lies within d + 1 of its elevated point
         raise LatticeError(f"lattice coordinates reach {largest:.3g}, beyond the fork's 16-bit "
                            "keys (features too large)")
