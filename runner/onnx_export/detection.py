@@ -143,27 +143,37 @@ def _detection_output(b: GraphBuilder, layer, ins, outs):
     box = b.node("GatherND", [boxes, b.node("Gather", [selected, b.ints("entry_box", [0, 2])], axis=1)])
     image = b.node("Div", [entry, b.const("classes", classes, np.int64)])
     label = b.node("Gather", [label_index, b.node("Mod", [entry, b.const("classes", classes, np.int64)])])
+    rows = (image, label, score, box)
+    if layer.keep_top_k > -1:
+        rows = _keep_best_per_image(b, rows, layer.keep_top_k, ins[0])
+    image, label, score, box = rows
     count = b.node("Shape", [score])
-    if layer.keep_top_k > -1:   # the keep_top_k best of each image
-        order = _stable_order(b, score, count, largest=1)
-        image, label, score, box = (b.node("Gather", [v, order], axis=0) for v in (image, label, score, box))
-        order = _stable_order(b, image, count, largest=0)
-        image, label, score, box = (b.node("Gather", [v, order], axis=0) for v in (image, label, score, box))
-        images = b.node("Gather", [b.node("Shape", [ins[0]]), b.ints("n", [0])])
-        per_image = b.node("ReduceSum", [b.node("OneHot", [image, images, b.ints("off_on", [0, 1])], axis=-1),
-                                         b.ints("rows", [0])], keepdims=0)
-        first = b.node("Gather", [b.node("CumSum", [per_image, b.const("axis", 0, np.int64)], exclusive=1), image])
-        position = b.node("Range", [b.const("start", 0, np.int64), b.node("Squeeze", [count]), b.const("step", 1, np.int64)])
-        keep = b.node("Less", [b.node("Sub", [position, first]), b.ints("keep_top_k", [layer.keep_top_k])])
-        image, label, score, box = (b.node("Compress", [v, keep], axis=0) for v in (image, label, score, box))
-        count = b.node("Shape", [score])
-        for by_image in (False, True):   # regroup: by image, then label, each in score order
-            order = _stable_order(b, image if by_image else label, count, largest=0)
-            image, label, score, box = (b.node("Gather", [v, order], axis=0) for v in (image, label, score, box))
     as_column = [b.node("Unsqueeze", [b.node("Cast", [v], to=TensorProto.FLOAT), b.ints("column", [1])])
                  for v in (image, label)]
     rows = b.node("Concat", [*as_column, b.node("Unsqueeze", [score, b.ints("column", [1])]), box], axis=1)
     _rows_or_placeholders(b, rows, count, ins[0], outs)
+
+
+def _keep_best_per_image(b: GraphBuilder, rows: tuple, keep_top_k: int, loc: str) -> tuple:
+    """The keep_top_k best-scoring of each image's (image, label, score, box) rows (ties in
+    label-then-NMS order, TopK keeping equal keys in order), regrouped by image, then label,
+    each in score order."""
+    def ordered(rows, order):
+        return tuple(b.node("Gather", [v, order], axis=0) for v in rows)
+    count = b.node("Shape", [rows[2]])
+    rows = ordered(rows, _stable_order(b, rows[2], count, largest=1))
+    rows = ordered(rows, _stable_order(b, rows[0], count, largest=0))   # by image, in score order
+    image = rows[0]
+    images = b.node("Gather", [b.node("Shape", [loc]), b.ints("n", [0])])
+    per_image = b.node("ReduceSum", [b.node("OneHot", [image, images, b.ints("off_on", [0, 1])], axis=-1),
+                                     b.ints("rows", [0])], keepdims=0)
+    first = b.node("Gather", [b.node("CumSum", [per_image, b.const("axis", 0, np.int64)], exclusive=1), image])
+    position = b.node("Range", [b.const("start", 0, np.int64), b.node("Squeeze", [count]), b.const("step", 1, np.int64)])
+    keep = b.node("Less", [b.node("Sub", [position, first]), b.ints("keep_top_k", [keep_top_k])])
+    rows = tuple(b.node("Compress", [v, keep], axis=0) for v in rows)
+    count = b.node("Shape", [rows[2]])
+    rows = ordered(rows, _stable_order(b, rows[1], count, largest=0))   # by label
+    return ordered(rows, _stable_order(b, rows[0], count, largest=0))   # then by image
 
 
 def _rows_or_placeholders(b: GraphBuilder, rows: str, count: str, loc: str, outs) -> None:
