@@ -6,7 +6,6 @@ images, and nothing kept at all. Proposal: small and VGG-sized maps, with and wi
 pre-NMS cut, and py-faster-rcnn's Python layer. PSROIPooling: crafted regions. Faster R-CNN
 and R-FCN test nets exported whole. The RPN maps here have no ReLU: its dead cells would
 tie scores, which the two sort in different orders."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ kept classes moved to the front by ScatterElements, -1 after them."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import converter
@@ -36,8 +36,7 @@ def _ctc_greedy_decoder(b: GraphBuilder, layer, ins, outs):
     slot = b.node("Where", [keep, position, steps])                    # unkept ones to a spare row T
     spare_shape = b.node("Concat", [b.node("Add", [steps, b.ints("spare", [1])]),
                                     b.node("Slice", [shape, b.ints("from", [1]), b.ints("to", [2])])], axis=0)
-    filled = b.node("ConstantOfShape", [spare_shape],
-                    value=helper.make_tensor("minus_one", TensorProto.FLOAT, [1], [-1.0]))
+    filled = b.filled(spare_shape, -1.0)
     placed = b.node("ScatterElements", [filled, slot, b.node("Cast", [best], to=TensorProto.FLOAT)], axis=0)
     sequences = b.node("Slice", [placed, b.ints("from", [0]), steps, b.ints("axis", [0])])
     b.node("Reshape", [b.node("Transpose", [sequences], perm=[1, 0]), b.ints("shape", [0, 0, 1, 1])], outs[:1])

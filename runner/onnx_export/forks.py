@@ -8,7 +8,7 @@ modules and export as Conv (runner/onnx_export/vision.py)."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from runner.onnx_export.graph import GraphBuilder, OnnxExportError
 from runner.onnx_export.registry import blob_array, converter
@@ -152,8 +152,7 @@ def _upsample(b: GraphBuilder, layer, ins, outs):
                        to=TensorProto.INT64)
         lead = b.node("Slice", [b.node("Shape", [ins[0]]), b.ints("from", [0]), b.ints("to", [2])])
         shape = b.node("Concat", [lead, b.ints("plane", [height * width])], axis=0)
-        zeros = b.node("ConstantOfShape", [shape],
-                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        zeros = b.filled(shape, 0.0)
         top = b.node("ScatterElements", [zeros, index, values], axis=2)
         b.node("Reshape", [top, b.ints("shape", [0, 0, height, width])], outs)
         return

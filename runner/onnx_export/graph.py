@@ -66,6 +66,11 @@ class GraphBuilder:
     def ints(self, what: str, values) -> str:
         return self.const(what, list(values), np.int64)
 
+    def filled(self, shape: str, value: float) -> str:
+        """A float tensor of the (computed, int64) `shape` holding `value` everywhere."""
+        return self.node("ConstantOfShape", [shape],
+                         value=helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value]))
+
     def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> str:
         """Append a node; returns its (first) output, a temporary when none is given."""
         outputs = outputs or [self.temp(op.lower())]

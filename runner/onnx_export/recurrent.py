@@ -45,8 +45,7 @@ def _zeros_state(b: GraphBuilder, cont: str, hidden: int) -> str:
     """An N x hidden zero state, N read from cont (T x N)."""
     n = b.node("Slice", [b.node("Shape", [cont]), b.ints("n_from", [1]), b.ints("n_to", [2])])
     shape = b.node("Concat", [n, b.ints("hidden", [hidden])], axis=0)
-    return b.node("ConstantOfShape", [shape],
-                  value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    return b.filled(shape, 0.0)
 
 
 def _scan(b: GraphBuilder, layer, ins, outs, n_state: int, step) -> None:
