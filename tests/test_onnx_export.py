@@ -381,6 +381,13 @@ def test_every_layer_type_but_losses_and_metrics_has_an_onnx_form():
         f"in runner/onnx_export/ or list them in NO_ONNX_FORM with the reason")
 
 
+def test_docs_onnx_names_every_layer_type_with_a_form_and_without():
+    from runner.onnx_export import exportable_types
+    doc = (ROOT / "docs" / "onnx.md").read_text()
+    missing = [t for t in [*exportable_types(), *NO_ONNX_FORM] if f"`{t}`" not in doc]
+    assert not missing, f"docs/onnx.md does not name {missing}"
+
+
 def test_reverse_matches_onnxruntime(tmp_path):
     """ChWick's Reverse on the time axis (0, the graph's first) and on a later one."""
     prototxt = tmp_path / "reverse.prototxt"
