@@ -48,21 +48,24 @@ def _prior_box(b: GraphBuilder, layer, ins, outs):
     b.node("Identity", [b.const("priors", layer.boxes(feature[2], feature[3], img_h, img_w))], outs)
 
 
+def _coordinate(b: GraphBuilder, boxes: str, i: int) -> str:
+    """Column i of the last axis (xmin, ymin, xmax, ymax, or a delta), kept as an axis."""
+    return b.node("Slice", [boxes, b.ints("from", [i]), b.ints("to", [i + 1]), b.ints("axis", [-1])])
+
+
 def _decode(b: GraphBuilder, layer, priors: str, variances: str, loc: str) -> str:
     """DecodeBBoxes of loc (..., P, 4) against priors and variances (P, 4), in the float and
     double steps of runner.layers.bbox.decode_boxes."""
-    def column(x, i):
-        return b.node("Slice", [x, b.ints("from", [i]), b.ints("to", [i + 1]), b.ints("axis", [-1])])
     offsets = loc if layer.encoded_in_target else b.node("Mul", [variances, loc])
     if layer.code_type == caffe_pb2.PriorBoxParameter.CORNER:
         return b.node("Add", [priors, offsets])
-    xmin, ymin, xmax, ymax = (column(priors, i) for i in range(4))
+    xmin, ymin, xmax, ymax = (_coordinate(b, priors, i) for i in range(4))
     prior_w, prior_h = b.node("Sub", [xmax, xmin]), b.node("Sub", [ymax, ymin])
     if layer.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE:
         sides = b.node("Concat", [prior_w, prior_h, prior_w, prior_h], axis=-1)
         return b.node("Add", [priors, b.node("Mul", [offsets, sides])])
     two = b.const("two", 2.0)
-    dx, dy, dw, dh = (column(offsets, i) for i in range(4))
+    dx, dy, dw, dh = (_coordinate(b, offsets, i) for i in range(4))
     x = b.node("Add", [b.node("Mul", [dx, prior_w]), b.node("Div", [b.node("Add", [xmin, xmax]), two])])
     y = b.node("Add", [b.node("Mul", [dy, prior_h]), b.node("Div", [b.node("Add", [ymin, ymax]), two])])
 
@@ -91,9 +94,7 @@ def _as_caffe_overlaps(b: GraphBuilder, boxes: str) -> str:
     (xmax < xmin or ymax < ymin) becomes an empty one, which overlaps nothing there, as it
     overlaps nothing in the fork's JaccardOverlap (no intersection of positive width and
     height)."""
-    def column(i):
-        return b.node("Slice", [boxes, b.ints("from", [i]), b.ints("to", [i + 1]), b.ints("axis", [-1])])
-    xmin, ymin, xmax, ymax = (column(i) for i in range(4))
+    xmin, ymin, xmax, ymax = (_coordinate(b, boxes, i) for i in range(4))
     inverted = b.node("Or", [b.node("Less", [xmax, xmin]), b.node("Less", [ymax, ymin])])
     return b.node("Where", [inverted, b.const("empty", [0.0] * 4), boxes])
 

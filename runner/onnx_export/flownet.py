@@ -29,10 +29,7 @@ def _channel_norm(b: GraphBuilder, layer, ins, outs):
 
 @converter("Accum")
 def _accum(b: GraphBuilder, layer, ins, outs):
-    h, w = layer.size
-    if h == 1 or w == 1:
-        raise OnnxExportError(f"a {h} x {w} top: the fork's corner-aligned positions divide "
-                              "by the top size minus 1")
+    h, w = layer.size   # at least 2 x 2: accum_size refuses less at build
     resized = ins[:-1] if layer.lp.accum_param.have_reference else ins
     parts = []
     for x in resized:
